@@ -1,0 +1,324 @@
+"""TTT-Linear and TTT-MLP scans: the efficient dual-form PyTorch path and its naive twin.
+
+Test-Time Training layers (Sun et al. 2024, arXiv 2407.04620; video form: Dalal et al. 2025, arXiv 2504.05298)
+keep, per head, a small model ``f`` (linear, or a 2-layer GELU MLP) as the recurrent state and train it by one
+gradient step per mini-batch of ``N`` tokens on the self-supervised loss
+
+    l_j(W) = 1/2 || LN(f_W(k_j)) - r_j ||^2        (LN: per-head LayerNorm with weight/bias, biased variance)
+
+Token ``j`` contributes with step size ``E[i, j]`` to the weights that read out query ``i``:
+
+* non-causal (video) form: ``E[i, j] = eta_j / N`` for every ``i, j`` in the mini-batch (every token of a
+  mini-batch is read out with the weights at its end);
+* causal (language) form: ``E[i, j] = eta_j / (i + 1)`` for ``j <= i`` and 0 otherwise (token-position
+  weighting of ttt-lm-pytorch); the state after the mini-batch uses the last row ``eta_j / N`` in both forms.
+
+``N`` is the number of tokens actually in the mini-batch, so a ragged last mini-batch takes the mean over its
+own tokens. The scans return the raw read-out ``z_i = f_{W_i}(q_i)``; the layer adds ``q + LN(z)``.
+
+Shapes (legend): B batch, H heads, T tokens, K head dim, F inner width (``K`` for TTT-Linear, ``4K`` for
+TTT-MLP), N tokens in a mini-batch. Inputs are ``[B, H, T, K]``; ``eta`` is ``[B, H, T]``; the per-head LN
+weight/bias are ``[H, K]``; states are tuples ``(W1 [B,H,K,F], b1 [B,H,1,F][, W2 [B,H,F,K], b2 [B,H,1,K]])``.
+All arithmetic is fp32 (or fp64); callers cast.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+Kind = Literal["linear", "mlp"]
+State = tuple[torch.Tensor, ...]
+
+__all__ = [
+    "gelu_tanh",
+    "gelu_tanh_grad",
+    "head_layer_norm",
+    "ln_l2_grad",
+    "reconstruction_target",
+    "init_state",
+    "ttt_scan",
+    "ttt_scan_naive",
+]
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+def gelu_tanh_grad(x: torch.Tensor) -> torch.Tensor:
+    """d/dx GELU_tanh(x), written out so the scan does not need autograd for the inner gradient."""
+    t = torch.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x.pow(3)))
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * (_SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * x * x))
+
+
+def _head_affine(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    # [H, K] -> broadcastable against [B, H, N, K]
+    return w.view(1, w.shape[0], 1, w.shape[1]).to(x.dtype)
+
+
+def head_layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
+    """Per-head LayerNorm over the last dim (biased variance, eps inside the sqrt). x: [B, H, N, K]; w, b: [H, K]."""
+    mu = x.mean(-1, keepdim=True)
+    xc = x - mu
+    rstd = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps)
+    return xc * rstd * _head_affine(w, x) + _head_affine(b, x)
+
+
+def ln_l2_grad(z: torch.Tensor, target: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
+    """Gradient w.r.t. ``z`` of ``1/2 || LN(z) - target ||^2`` row by row. z, target: [B, H, N, K]."""
+    K = z.shape[-1]
+    mu = z.mean(-1, keepdim=True)
+    zc = z - mu
+    rstd = torch.rsqrt(zc.pow(2).mean(-1, keepdim=True) + eps)
+    xhat = zc * rstd
+    w_ = _head_affine(w, z)
+    g_xhat = (xhat * w_ + _head_affine(b, z) - target) * w_
+    return (rstd / K) * (
+        K * g_xhat - g_xhat.sum(-1, keepdim=True) - xhat * (g_xhat * xhat).sum(-1, keepdim=True)
+    )
+
+
+def reconstruction_target(
+    v: torch.Tensor, k: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float = 1e-8
+) -> torch.Tensor:
+    """The regression target ``r = LN_t(v - k)`` of the public video code.
+
+    ``LN_t`` normalises with the *unbiased* standard deviation and adds ``eps`` to the std (not the variance),
+    as the reference does; the weight/bias are the inner LN's. Shapes as ``head_layer_norm``.
+    """
+    d = v - k
+    mu = d.mean(-1, keepdim=True)
+    std = d.std(-1, keepdim=True, unbiased=True)
+    return (d - mu) / (std + eps) * _head_affine(w, d) + _head_affine(b, d)
+
+
+def init_state(params: tuple[torch.Tensor, ...], batch: int, dtype: torch.dtype) -> State:
+    """Expand per-head initial weights ``[H, ...]`` to per-sequence states ``[B, H, ...]`` in ``dtype``."""
+    return tuple(p.to(dtype).unsqueeze(0).expand(batch, *p.shape) for p in params)
+
+
+def _step_weights(eta: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """eta: [B, H, N] -> (E [B, H, N, N] read-out step sizes, last [B, H, N] state-update step sizes)."""
+    N = eta.shape[-1]
+    last = eta / N
+    if causal:
+        pos = 1.0 / torch.arange(1, N + 1, device=eta.device, dtype=eta.dtype)  # token-position weighting
+        E = torch.tril(pos[:, None] * eta[..., None, :])
+    else:
+        E = last[..., None, :].expand(*eta.shape, N)
+    return E, last
+
+
+def _mb_step(
+    kind: Kind,
+    state: State,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    r: torch.Tensor,
+    eta: torch.Tensor,
+    ln_w: torch.Tensor,
+    ln_b: torch.Tensor,
+    eps: float,
+    causal: bool,
+    dual: bool,
+) -> tuple[State, torch.Tensor]:
+    """One mini-batch: inner gradient at the current state, read-out for the queries, updated state.
+
+    q, k, r: [B, H, N, K]; eta: [B, H, N]. Returns (new state, z [B, H, N, K]).
+    """
+    E, last = _step_weights(eta, causal)
+    lw = last.unsqueeze(-1)  # [B, H, N, 1]
+    if kind == "linear":
+        W1, b1 = state
+        z = k @ W1 + b1
+        g1 = ln_l2_grad(z, r, ln_w, ln_b, eps)  # [B, H, N, K]
+        W1n = W1 - k.mT @ (lw * g1)
+        b1n = b1 - (lw * g1).sum(-2, keepdim=True)
+        if dual:
+            # z_i = q_i W_i + b_i with W_i = W1 - sum_j E_ij k_j^T g_j, without materialising any W_i.
+            zq = q @ W1 + b1 - (E * (q @ k.mT)) @ g1 - E @ g1
+        else:
+            zq = q @ W1n + b1n
+        return (W1n, b1n), zq
+
+    W1, b1, W2, b2 = state
+    z1 = k @ W1 + b1  # [B, H, N, F]
+    a = gelu_tanh(z1)
+    z2 = a @ W2 + b2  # [B, H, N, K]
+    g2 = ln_l2_grad(z2, r, ln_w, ln_b, eps)
+    g1 = (g2 @ W2.mT) * gelu_tanh_grad(z1)  # [B, H, N, F]
+    W1n = W1 - k.mT @ (lw * g1)
+    b1n = b1 - (lw * g1).sum(-2, keepdim=True)
+    W2n = W2 - a.mT @ (lw * g2)
+    b2n = b2 - (lw * g2).sum(-2, keepdim=True)
+    if dual:
+        z1q = q @ W1 + b1 - (E * (q @ k.mT)) @ g1 - E @ g1
+        aq = gelu_tanh(z1q)
+        zq = aq @ W2 + b2 - (E * (aq @ a.mT)) @ g2 - E @ g2
+    else:
+        zq = gelu_tanh(q @ W1n + b1n) @ W2n + b2n
+    return (W1n, b1n, W2n, b2n), zq
+
+
+def _check_scan_inputs(q, k, r, eta, state, kind, mini_batch_size):
+    if kind not in ("linear", "mlp"):
+        raise ValueError(f"kind must be 'linear' or 'mlp', got {kind!r}")
+    if not (q.shape == k.shape == r.shape) or q.dim() != 4:
+        raise ValueError(f"q, k, r must share shape [B, H, T, K]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(r.shape)}")
+    if eta.shape != q.shape[:3]:
+        raise ValueError(f"eta must be [B, H, T] = {tuple(q.shape[:3])}, got {tuple(eta.shape)}")
+    if len(state) != (2 if kind == "linear" else 4):
+        raise ValueError(f"state for kind={kind!r} must have {2 if kind == 'linear' else 4} tensors, got {len(state)}")
+    if not isinstance(mini_batch_size, int) or mini_batch_size < 1:
+        raise ValueError(f"mini_batch_size must be a positive int, got {mini_batch_size!r}")
+
+
+def ttt_scan(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    r: torch.Tensor,
+    eta: torch.Tensor,
+    ln_w: torch.Tensor,
+    ln_b: torch.Tensor,
+    state: State,
+    *,
+    kind: Kind,
+    causal: bool,
+    mini_batch_size: int,
+    eps: float = 1e-8,
+    checkpoint_group: int = 0,
+    dual: bool | None = None,
+) -> tuple[torch.Tensor, State]:
+    """Efficient TTT scan (dual form for the causal read-out), batched over B and H.
+
+    Args:
+        q, k, r: queries, keys and regression targets ``[B, H, T, K]``; ``T`` need not divide ``mini_batch_size``.
+        eta: per-token inner learning rates ``[B, H, T]`` (already including base lr / head dim).
+        ln_w, ln_b: per-head LN weight and bias ``[H, K]``.
+        state: initial state (see module docstring), e.g. from :func:`init_state`.
+        kind: ``"linear"`` or ``"mlp"``. causal: causal (language) or non-causal (video) form.
+        checkpoint_group: if > 0 and grad is enabled, recompute groups of this many mini-batches in backward
+            (activation memory O(T / group) states instead of O(T) intermediates).
+        dual: read out with the dual form (default: only in the causal form, where it avoids per-token weights;
+            in the non-causal form the updated state is needed anyway, so reading out with it is cheaper).
+
+    Returns:
+        ``z [B, H, T, K]`` (raw inner-model read-out) and the state after the last *complete* mini-batch
+        (tokens past ``T // N * N`` are a pending partial mini-batch; a causal caller re-feeds them).
+    """
+    _check_scan_inputs(q, k, r, eta, state, kind, mini_batch_size)
+    dual = causal if dual is None else dual
+    if causal and not dual:
+        raise ValueError("the causal form needs the dual read-out (dual=True or None): primal read-out is per mini-batch")
+    B, H, T, K = q.shape
+    N = mini_batch_size
+    n_full = T // N
+    # One split per input (its backward is a single cat); slicing per mini-batch would make backward
+    # allocate a full-size gradient per slice, O(T^2) memory traffic.
+    chunks = list(zip(*(torch.split(t, N, dim=2) for t in (q, k, r, eta))))
+    args = (ln_w, ln_b, eps, causal, dual)
+
+    def run_group(n: int, *flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        st, mbs = tuple(flat[: len(state)]), flat[len(state):]
+        zs = []
+        for i in range(n):
+            st, z = _mb_step(kind, st, *mbs[4 * i : 4 * i + 4], *args)
+            zs.append(z)
+        return (torch.cat(zs, dim=2), *st)
+
+    use_ckpt = checkpoint_group > 0 and torch.is_grad_enabled()
+    group = checkpoint_group if use_ckpt else max(n_full, 1)
+    outs: list[torch.Tensor] = []
+    for g0 in range(0, n_full, group):
+        g1 = min(g0 + group, n_full)
+        flat = [t for c in chunks[g0:g1] for t in c]
+        if use_ckpt:
+            z, *st = checkpoint(run_group, g1 - g0, *state, *flat, use_reentrant=False)
+        else:
+            z, *st = run_group(g1 - g0, *state, *flat)
+        state = tuple(st)
+        outs.append(z)
+    boundary_state = tuple(state)
+    if T > n_full * N:
+        _, z = _mb_step(kind, state, *chunks[n_full], *args)
+        outs.append(z)
+    return torch.cat(outs, dim=2), boundary_state
+
+
+def ttt_scan_naive(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    r: torch.Tensor,
+    eta: torch.Tensor,
+    ln_w: torch.Tensor,
+    ln_b: torch.Tensor,
+    state: State,
+    *,
+    kind: Kind,
+    causal: bool,
+    mini_batch_size: int,
+    eps: float = 1e-8,
+    checkpoint_group: int = 0,
+    dual: bool | None = None,
+) -> tuple[torch.Tensor, State]:
+    """Reference twin of :func:`ttt_scan`: primal form, inner gradients by autograd, a loop per mini-batch
+    (and per token in the causal form, where every token gets its own materialised weights).
+
+    Same signature and return value as :func:`ttt_scan` (``checkpoint_group`` and ``dual`` are ignored).
+    Slow; for tests and small inputs.
+    """
+    _check_scan_inputs(q, k, r, eta, state, kind, mini_batch_size)
+    B, H, T, K = q.shape
+    N = mini_batch_size
+
+    def f(params: State, x: torch.Tensor) -> torch.Tensor:
+        if kind == "linear":
+            W1, b1 = params
+            return x @ W1 + b1
+        W1, b1, W2, b2 = params
+        return gelu_tanh(x @ W1 + b1) @ W2 + b2
+
+    def ln(z: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(z, (K,), eps=eps) * _head_affine(ln_w, z) + _head_affine(ln_b, z)
+
+    outs = []
+    boundary_state = tuple(state)
+    grad_outside = torch.is_grad_enabled()
+    with torch.enable_grad():
+        params = tuple(p if p.requires_grad else p.detach().requires_grad_() for p in state)
+        for t0 in range(0, T, N):
+            s = slice(t0, min(t0 + N, T))
+            qi, ki, ri, ei = q[:, :, s], k[:, :, s], r[:, :, s], eta[:, :, s]
+            n = ki.shape[2]
+            loss_j = 0.5 * (ln(f(params, ki)) - ri).pow(2).sum(-1)  # [B, H, n]
+
+            def step(weights: torch.Tensor) -> State:  # weights [B, H, n]
+                grads = torch.autograd.grad((weights * loss_j).sum(), params, create_graph=True, retain_graph=True)
+                return tuple(p - g for p, g in zip(params, grads))
+
+            if causal:
+                zs = []
+                for i in range(n):
+                    w_i = torch.zeros_like(ei)
+                    w_i[..., : i + 1] = ei[..., : i + 1] / (i + 1)
+                    zs.append(f(step(w_i), qi[:, :, i : i + 1]))
+                z = torch.cat(zs, dim=2)
+                new = step(ei / n)
+            else:
+                new = step(ei / n)
+                z = f(new, qi)
+            outs.append(z)
+            if n == N:
+                params = new
+                boundary_state = new
+    z = torch.cat(outs, dim=2)
+    if not grad_outside:  # the inner autograd graph is an implementation detail; do not leak it
+        return z.detach(), tuple(p.detach() for p in boundary_state)
+    return z, boundary_state

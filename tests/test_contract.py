@@ -1,0 +1,85 @@
+"""Every registry entry obeys the layer contract (see tests/contract.py)."""
+
+import pytest
+import torch
+
+from seqmix import layers
+
+import contract as C
+
+NAMES = layers.available()
+
+
+def test_every_registered_mixer_has_a_contract_config():
+    missing = sorted(set(NAMES) - set(C.SMALL_CONFIGS))
+    assert not missing, f"add a small config to tests/contract.py SMALL_CONFIGS for: {missing}"
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError) as e:
+        layers.build("not_a_mixer", dim=8, num_heads=1)
+    for n in NAMES:
+        assert n in str(e.value)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shape_dtype(name):
+    C.check_shape_dtype(C.make(name))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_backward(name):
+    C.check_backward(C.make(name))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reports_state_and_backend(name):
+    layer = C.make(name)
+    s = layer.state_size()
+    assert isinstance(s, int) and s >= 0
+    assert layer.backend in layer.backends
+    assert isinstance(layer.causal, bool)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if C.has_causal_option(n)])
+def test_causal_form_leaks_nothing(name):
+    layer = C.make(name, causal=True)
+    assert layer.causal
+    C.check_causality(layer)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if C.has_causal_option(n)])
+def test_state_carry_equals_full_pass(name):
+    C.check_state_carry(C.make(name, causal=True))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bidirectional_wrapper(name):
+    over = {"causal": True} if C.has_causal_option(name) else {}
+    C.check_bidirectional(C.make(name, **over))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_inputs(name):
+    C.check_bad_inputs(name, C.make(name))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_on_non_causal_layer_is_rejected(name):
+    layer = C.make(name)
+    if layer.causal:
+        pytest.skip("layer is causal by construction: carrying state is allowed")
+    with pytest.raises(ValueError, match="causal"):
+        layer(C.rand_x(1, 4), state=object())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bf16_autocast(name):
+    layer = C.make(name)
+    x = C.rand_x(2, 12)
+    ref = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    err = ((y.float() - ref).norm() / ref.norm()).item()
+    assert err < 5e-2, f"{name}: bf16 autocast output drifts by {err:.3e}"
