@@ -6,6 +6,8 @@ every check below on it. Keep configurations tiny: the whole harness runs on a 2
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from seqmix import layers
@@ -17,11 +19,24 @@ DIM, HEADS = 32, 2
 SMALL_CONFIGS: dict[str, dict] = {
     "ttt_linear": dict(mini_batch_size=4),
     "ttt_mlp": dict(mini_batch_size=4, mlp_expansion=2),
+    "gated_deltanet": dict(head_dim=16, expand_v=1.0),
+    "mamba2": dict(d_state=8, headdim=8, expand=2, chunk_size=4),
+    "swa": dict(window=4),
+    "full_attn": dict(),
+    "local_attn": dict(window=16),
+    "identity": dict(),
 }
 
 
 def has_causal_option(name: str) -> bool:
-    return "causal" in {f.name for f in __import__("dataclasses").fields(layers.config_class(name))}
+    return "causal" in {f.name for f in dataclasses.fields(layers.config_class(name))}
+
+
+def causal_overrides(name: str) -> dict | None:
+    """Config overrides that make ``name`` causal ({} if it is causal by construction), or None if it cannot be."""
+    if has_causal_option(name):
+        return {"causal": True}
+    return {} if make(name).causal else None
 
 
 def make(name: str, dtype=torch.float32, seed: int = 0, **over) -> layers.Mixer:
@@ -87,10 +102,11 @@ def check_bidirectional(layer: layers.Mixer, T: int = 10) -> None:
     y = bi(x)
     assert y.shape == x.shape
     # Non-causal: the first output must see the last token.
-    x2 = x.clone()
-    x2[:, -1] += 1.0
-    assert not torch.allclose(bi(x2)[:, 0], y[:, 0]), f"{layer.name}: bidirectional wrapper did not look back"
-    assert bi.state_size() == 2 * layer.state_size()
+    if layer.mixes_tokens:  # a layer that mixes no tokens (identity) has nothing to look back at
+        x2 = x.clone()
+        x2[:, -1] += 1.0
+        assert not torch.allclose(bi(x2)[:, 0], y[:, 0]), f"{layer.name}: bidirectional wrapper did not look back"
+    assert bi.state_size(seq_len=T) == 2 * layer.state_size(seq_len=T)
 
 
 def check_bad_inputs(name: str, layer: layers.Mixer) -> None:

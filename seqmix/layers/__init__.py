@@ -7,9 +7,17 @@
 ``available()`` lists the names; ``config_class(name)`` gives the typed config whose fields ``build`` accepts.
 """
 
+import importlib as _importlib
+import pkgutil as _pkgutil
+
 from .base import BackendUnavailable, Mixer, MixerConfig, available, build, config_class, register
 from .ttt import TTTLinear, TTTMLP, TTTState
 from .wrappers import Bidirectional, TanhGate
+
+# Every module of this package is a mixer family that registers itself on import (one file per family).
+for _m in _pkgutil.iter_modules(__path__):
+    if not _m.name.startswith("_"):
+        _importlib.import_module(f"{__name__}.{_m.name}")
 
 __all__ = [
     "BackendUnavailable",

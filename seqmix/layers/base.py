@@ -128,6 +128,12 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
     backends: ClassVar[tuple[str, ...]] = ("torch",)
     # Backends that are only a fallback (never chosen by "auto" on a device where a faster one runs).
     _reference_backends: ClassVar[tuple[str, ...]] = ()
+    # False only for layers that mix no tokens at all (the "no global layer" baseline).
+    mixes_tokens: ClassVar[bool] = True
+    # Config fields that grow the state size / parameter count monotonically (used by seqmix.layers.sizing to
+    # size a layer to a matched state or parameter budget); None where no such knob exists.
+    state_knob: ClassVar[str | None] = None
+    param_knob: ClassVar[str | None] = None
 
     def __init__(self, dim: int, num_heads: int, config: MixerConfig):
         super().__init__()
@@ -150,8 +156,11 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
         return bool(getattr(self.config, "causal", False))
 
     @abc.abstractmethod
-    def state_size(self) -> int:
-        """Elements of recurrent state (or KV cache) kept per sequence."""
+    def state_size(self, seq_len: int | None = None) -> int:
+        """Elements of recurrent state (or KV cache) kept per sequence after ``seq_len`` tokens.
+
+        Fixed-state mixers ignore ``seq_len``; attention's KV cache grows with it (full attention needs it).
+        """
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, heads={self.num_heads}, causal={self.causal}, backend={self.config.backend}"

@@ -88,6 +88,8 @@ class _TTTBase(Mixer):
     default_base_lr: ClassVar[float]
     backends = ("torch", "naive")
     _reference_backends = ("naive",)
+    state_knob = "head_dim"
+    param_knob = "head_dim"
 
     def __init__(self, dim: int, num_heads: int, config: TTTConfig):
         super().__init__(dim, num_heads, config)
@@ -141,7 +143,7 @@ class _TTTBase(Mixer):
         names = ("W1", "b1") if self.kind == "linear" else ("W1", "b1", "W2", "b2")
         return {n: getattr(self, n) for n in names}
 
-    def state_size(self) -> int:
+    def state_size(self, seq_len: int | None = None) -> int:
         return sum(p.numel() for p in self.inner_params().values())
 
     def extra_repr(self) -> str:

@@ -65,8 +65,8 @@ class Bidirectional(Mixer):
     def causal(self) -> bool:
         return False
 
-    def state_size(self) -> int:
-        return 2 * self.inner.state_size()
+    def state_size(self, seq_len: int | None = None) -> int:
+        return 2 * self.inner.state_size(seq_len)
 
     def backend_for(self, device: torch.device | str) -> str:
         return self.inner.backend_for(device)
