@@ -1,7 +1,9 @@
 """The ``seqmix`` command line.
 
-    seqmix bench layers [--quick] [--out DIR] [--lengths [..]] [--layers [..]]   layer speed / memory vs T
-    seqmix layers                                                                 list registry layers
+    seqmix fit|validate|test|predict --config RECIPE.yaml [--key value ...]   Lightning CLI over a recipe
+    seqmix compare mqar [--quick] [--recipes [..]] [--widths [..]] [--lrs [..]]  equal-budget comparison
+    seqmix bench layers [--quick] [--lengths [..]] [--layers [..]]             layer speed / memory vs T
+    seqmix layers                                                              list registry layers
 
 The CLI layer prints results for people; library code only logs.
 """
@@ -11,16 +13,52 @@ from __future__ import annotations
 import logging
 import sys
 
-from jsonargparse import CLI
+__all__ = ["main", "SeqmixCLI", "run_lightning"]
 
-from seqmix import layers as L
+_LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+# Boolean options that may be given bare (``--quick``) as well as with a value (``--quick true``).
+_BARE_FLAGS = ("--quick",)
 
-__all__ = ["main"]
+
+def _lightning_cli_class():
+    from lightning.pytorch.cli import LightningCLI
+
+    class SeqmixCLI(LightningCLI):
+        """LightningCLI whose model and data are chosen by ``class_path`` in the recipe."""
+
+    return SeqmixCLI
+
+
+def run_lightning(args: list[str], run: bool = True):
+    """Build a LightningCLI from ``args`` (e.g. ``["fit", "--config", "recipes/mqar/ttt_mlp.yaml"]``).
+
+    With ``run=False`` the subcommand is not given and nothing runs: the parsed ``cli.model``,
+    ``cli.datamodule`` and ``cli.trainer`` are returned for programmatic use (``seqmix compare``).
+    """
+    import warnings
+
+    import lightning.pytorch as pl
+
+    cls = _lightning_cli_class()
+    with warnings.catch_warnings():
+        # Programmatic use passes `args` while sys.argv holds the outer command's arguments; that is intended.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        return cls(
+            model_class=pl.LightningModule,
+            datamodule_class=pl.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=args,
+            run=run,
+            save_config_kwargs={"overwrite": True},
+        )
 
 
 def list_layers() -> None:
     """List registry layers with their config fields."""
     import dataclasses
+
+    from seqmix import layers as L
 
     for name in L.available():
         fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(L.config_class(name))
@@ -76,8 +114,41 @@ def bench_layers(
     print(f"\nwrote {paths['json']}, {paths['md']}" + (f", {paths['png']}" if paths["png"] else ""))
 
 
-# Boolean options that may be given bare (``--quick``) as well as with a value (``--quick true``).
-_BARE_FLAGS = ("--quick",)
+def compare_mqar(
+    recipes: list[str] | None = None,
+    widths: list[int] | None = None,
+    lrs: list[float] | None = None,
+    max_steps: int | None = None,
+    out: str = "runs/compare-mqar",
+    quick: bool = False,
+) -> None:
+    """Train every MQAR recipe at each width and learning rate with the same data and budget; report the best
+    validation accuracy per (layer, width) against the layer's state size (markdown + JSON + plot).
+
+    Args:
+        recipes: recipe YAML files (default: every file under recipes/mqar/).
+        widths: model widths to sweep (default 32, 64).
+        lrs: learning-rate grid (default 1e-3, 3e-3); the best per point is reported.
+        max_steps: optimizer steps per run (default: the recipe's epoch of data).
+        out: output directory.
+        quick: a smoke run (two recipes, one width, one lr, a few steps).
+    """
+    from seqmix.compare import MQARSweep, run_mqar_sweep
+
+    sweep = MQARSweep(out=out)
+    if recipes:
+        sweep.recipes = recipes
+    if widths:
+        sweep.widths = widths
+    if lrs:
+        sweep.lrs = lrs
+    if max_steps:
+        sweep.max_steps = max_steps
+    if quick:
+        sweep = sweep.quick()
+    result = run_mqar_sweep(sweep)
+    print(result["markdown"])
+    print(f"\nwrote {', '.join(str(p) for p in result['paths'].values() if p)}")
 
 
 def _expand_bare_flags(argv: list[str]) -> list[str]:
@@ -91,9 +162,15 @@ def _expand_bare_flags(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in _LIGHTNING_SUBCOMMANDS:
+        run_lightning(args)
+        return
+    from jsonargparse import CLI
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = _expand_bare_flags(list(sys.argv[1:] if argv is None else argv))
-    CLI({"layers": list_layers, "bench": {"layers": bench_layers}}, args=args)
+    CLI({"layers": list_layers, "bench": {"layers": bench_layers}, "compare": {"mqar": compare_mqar}},
+        args=_expand_bare_flags(args))
 
 
 if __name__ == "__main__":

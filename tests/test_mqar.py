@@ -1,0 +1,138 @@
+"""MQAR generator (definition properties), the LM backbone with every registry layer, and the MQAR recipes."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from seqmix import layers
+from seqmix.backbones import LMConfig, MixerLM
+from seqmix.data.mqar import IGNORE_INDEX, MQARConfig, make_mqar
+
+import contract as C
+
+RECIPES = sorted(str(p) for p in (Path(__file__).resolve().parents[1] / "recipes" / "mqar").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("random_fill", [True, False], ids=["random-fill", "zero-fill"])
+def test_every_query_key_appeared_earlier_with_its_value(random_fill):
+    cfg = MQARConfig(vocab_size=64, seq_len=64, num_kv_pairs=6, random_non_queries=random_fill)
+    x, y = make_mqar(cfg, 200, seed=3)
+    assert x.shape == y.shape == (200, 64) and x.dtype == y.dtype == torch.int64
+    P = cfg.num_kv_pairs
+    for seq, lab in zip(x, y):
+        keys, vals = seq[0 : 2 * P : 2], seq[1 : 2 * P : 2]
+        assert len(set(keys.tolist())) == P, "keys must be distinct"
+        assert (keys >= 1).all() and (keys < 32).all() and (vals >= 32).all() and (vals < 64).all()
+        q = (lab != IGNORE_INDEX).nonzero().flatten()
+        assert len(q) == P, "every key is queried exactly once"
+        for t in q.tolist():
+            assert t >= 2 * P, "no target inside the key-value context"
+            k = seq[t].item()
+            i = keys.tolist().index(k)  # the queried key appeared earlier ...
+            assert lab[t].item() == vals[i].item(), "... and the target is its value"
+            if t + 1 < len(seq):
+                assert seq[t + 1].item() == vals[i].item(), "the value follows its query in the input"
+
+
+def test_no_target_outside_query_positions_and_determinism():
+    cfg = MQARConfig(vocab_size=128, seq_len=96, num_kv_pairs=8)
+    x1, y1 = make_mqar(cfg, 50, seed=7)
+    x2, y2 = make_mqar(cfg, 50, seed=7)
+    x3, _ = make_mqar(cfg, 50, seed=8)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert not torch.equal(x1, x3)
+    scored = y1 != IGNORE_INDEX
+    assert (scored.sum(1) == 8).all()
+    assert (y1[scored] >= 64).all(), "targets are values only"
+
+
+def test_power_law_prefers_short_gaps():
+    cfg = MQARConfig(vocab_size=512, seq_len=256, num_kv_pairs=4, power_a=0.01)
+    _, y = make_mqar(cfg, 500, seed=0)
+    pos = (y != IGNORE_INDEX).nonzero()[:, 1].float()
+    first_half = ((pos - 8) < (256 - 8) / 2).float().mean()
+    assert first_half > 0.6
+
+
+@pytest.mark.parametrize(
+    "kw, msg",
+    [(dict(seq_len=30, num_kv_pairs=8), "seq_len=30 is too short"),
+     (dict(vocab_size=16, num_kv_pairs=8), "vocab_size=16 is too small"),
+     (dict(num_kv_pairs=0), "num_kv_pairs"),
+     (dict(power_a=0.0), "power_a")],
+)
+def test_bad_settings_fail_clearly(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        make_mqar(MQARConfig(**kw), 4, seed=0)
+
+
+@pytest.mark.parametrize("name", layers.available())
+def test_lm_with_every_layer_is_causal(name):
+    torch.manual_seed(0)
+    cfg = dict(C.SMALL_CONFIGS[name])
+    lm = MixerLM(LMConfig(vocab_size=50, dim=C.DIM, num_layers=2, num_heads=C.HEADS, mixer=name,
+                          mixer_config=cfg, max_len=64)).double()
+    x = torch.randint(0, 50, (2, 19))
+    logits = lm(x)
+    assert logits.shape == (2, 19, 50)
+    t = 9
+    x2 = x.clone()
+    x2[:, t] = (x2[:, t] + 1) % 50
+    logits2 = lm(x2)
+    assert torch.allclose(logits[:, :t], logits2[:, :t], atol=1e-10, rtol=0), f"{name}: position < t saw token t"
+    assert not torch.allclose(logits[:, t:], logits2[:, t:])
+
+
+def test_hybrid_stack_and_errors():
+    lm = MixerLM(LMConfig(vocab_size=20, dim=32, num_layers=2, num_heads=2, mixer=["ttt_linear", "ttt_mlp"],
+                          mixer_config=[{"mini_batch_size": 4}, {"mini_batch_size": 8}]))
+    assert lm.mixer_names == ["ttt_linear", "ttt_mlp"]
+    assert all(b.mixer.causal for b in lm.blocks)
+    assert lm(torch.randint(0, 20, (1, 10))).shape == (1, 10, 20)
+    with pytest.raises(ValueError, match="one per layer"):
+        MixerLM(LMConfig(vocab_size=20, dim=32, num_layers=3, mixer=["ttt_linear", "ttt_mlp"]))
+    with pytest.raises(ValueError, match="causal=False"):
+        MixerLM(LMConfig(vocab_size=20, dim=32, mixer="ttt_linear", mixer_config={"causal": False}))
+    with pytest.raises(ValueError, match="token ids"):
+        lm(torch.tensor([[0, 25]]))
+
+
+def test_lm_chunked_inference_with_state_equals_full_pass():
+    torch.manual_seed(0)
+    lm = MixerLM(LMConfig(vocab_size=30, dim=32, num_layers=2, num_heads=2, mixer="ttt_mlp",
+                          mixer_config={"mini_batch_size": 4})).double()
+    x = torch.randint(0, 30, (2, 13))
+    full = lm(x)
+    a, st = lm(x[:, :6], return_state=True)
+    b, st = lm(x[:, 6:7], state=st, return_state=True, offset=6)
+    c, _ = lm(x[:, 7:], state=st, return_state=True, offset=7)
+    assert torch.allclose(torch.cat([a, b, c], 1), full, atol=1e-10)
+
+
+def test_every_layer_has_an_mqar_recipe():
+    have = {Path(r).stem for r in RECIPES}
+    want = set(layers.available()) - {"identity", "local_attn"}  # every global layer (not the no-op baselines)
+    assert want <= have, f"missing MQAR recipes: {sorted(want - have)}"
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: Path(r).stem)
+def test_mqar_recipe_fast_dev_run(recipe, tmp_path):
+    from seqmix.cli import run_lightning
+
+    cli = run_lightning(["fit", "--config", recipe, "--trainer.fast_dev_run=true",
+                         f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
+                         "--data.init_args.num_train=128", "--data.init_args.num_val=64"])
+    assert cli.trainer.global_step == 1
+    assert torch.isfinite(torch.tensor(float(cli.trainer.callback_metrics["train/loss"])))
+
+
+def test_compare_quick_writes_table(tmp_path):
+    from seqmix.compare import MQARSweep, run_mqar_sweep
+
+    sweep = MQARSweep(recipes=[r for r in RECIPES if Path(r).stem in ("ttt_mlp", "ttt_linear")],
+                      widths=[32], lrs=[1e-3], max_steps=2, out=str(tmp_path))
+    res = run_mqar_sweep(sweep, progress=False)
+    assert (tmp_path / "results.json").is_file() and (tmp_path / "results.md").is_file()
+    assert {r["mixer"] for r in res["best"]} == {"ttt_mlp", "ttt_linear"}
+    assert all(0.0 <= r["val_acc"] <= 1.0 and r["steps"] == 2 for r in res["best"])
