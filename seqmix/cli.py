@@ -3,6 +3,7 @@
     seqmix fit|validate|test|predict --config RECIPE.yaml [--key value ...]   Lightning CLI over a recipe
     seqmix compare mqar [--quick] [--recipes [..]] [--widths [..]] [--lrs [..]]  equal-budget comparison
     seqmix bench layers [--quick] [--lengths [..]] [--layers [..]]             layer speed / memory vs T
+    seqmix prepare storyboards|videos ...                                      write latent shard datasets
     seqmix layers                                                              list registry layers
 
 The CLI layer prints results for people; library code only logs.
@@ -151,6 +152,46 @@ def compare_mqar(
     print(f"\nwrote {', '.join(str(p) for p in result['paths'].values() if p)}")
 
 
+def prepare_storyboards(out: str, num_examples: int = 1024, num_segments: int = 3, seed: int = 0,
+                        shard_size: int = 256) -> None:
+    """Write procedural storyboard latents as a shard dataset (see seqmix.data.shards).
+
+    Args:
+        out: output directory (must not hold a dataset yet).
+        num_examples: number of videos.
+        num_segments: 3 s segments per video.
+        seed: dataset seed.
+        shard_size: examples per shard file.
+    """
+    from seqmix.data.prepare import write_storyboards
+    from seqmix.data.storyboard import StoryboardConfig
+
+    path = write_storyboards(out, StoryboardConfig(num_segments=num_segments), num_examples, seed, shard_size)
+    print(f"wrote {num_examples} storyboards to {path}")
+
+
+def prepare_videos(manifest: str, out: str, vae: str, text_encoder: str, height: int = 480, width: int = 720,
+                   frames_per_segment: int = 48, text_tokens: int = 226, device: str = "cpu") -> None:
+    """Encode real videos (JSON-lines manifest) with a local CogVideoX VAE and T5 encoder into shards.
+
+    Args:
+        manifest: JSON-lines file, one {"frames": path, "captions": [...]} per video.
+        out: output directory.
+        vae: local diffusers AutoencoderKLCogVideoX directory (never downloaded).
+        text_encoder: local transformers T5 encoder + tokenizer directory (never downloaded).
+        height: frame height before encoding.
+        width: frame width before encoding.
+        frames_per_segment: pixel frames per 3 s segment (48; plus one leading frame per video).
+        text_tokens: text tokens per segment (padded / truncated).
+        device: where to run the encoders.
+    """
+    from seqmix.data.prepare import encode_videos
+
+    path = encode_videos(manifest, out, vae_path=vae, text_encoder_path=text_encoder, height=height, width=width,
+                         frames_per_segment=frames_per_segment, text_tokens=text_tokens, device=device)
+    print(f"wrote {path}")
+
+
 def _expand_bare_flags(argv: list[str]) -> list[str]:
     out = []
     for i, a in enumerate(argv):
@@ -169,7 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     from jsonargparse import CLI
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    CLI({"layers": list_layers, "bench": {"layers": bench_layers}, "compare": {"mqar": compare_mqar}},
+    CLI({"layers": list_layers, "bench": {"layers": bench_layers}, "compare": {"mqar": compare_mqar},
+         "prepare": {"storyboards": prepare_storyboards, "videos": prepare_videos}},
         args=_expand_bare_flags(args))
 
 
