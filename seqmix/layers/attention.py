@@ -1,0 +1,440 @@
+"""Attention mixers: sliding-window (``swa``), full (``full_attn``), block-local (``local_attn``) and the
+no-global-layer baseline (``identity``).
+
+These are the attention baselines of Dalal et al. 2025 (arXiv 2504.05298, "One-Minute Video Generation with
+Test-Time Training"), used in the place of the global layer: sliding-window attention with an 8192-token window
+(~1.5 s of video), full attention (the quadratic upper bound, ~11x slower than local attention at 63 s) and
+"local attention only" (attention inside blocks; as a mixer, blocks of ``window`` tokens). ``identity`` is "no
+global layer at all": it returns zeros, so a gated residual insertion of it is a no-op.
+
+Layer (per head, H heads of width K = ``head_dim``, default ``dim // num_heads``):
+own Q/K/V projections ``D -> H K`` (with bias); optional per-head LayerNorm of Q and K (``qk_norm``, as
+CogVideoX); RoPE on Q and K when ``positions`` are passed (1D ``[T]``/``[B, T]`` or 3D ``[T, 3]``/``[B, T, 3]``,
+see :mod:`seqmix.ops.rope`); masked softmax attention with scale ``1 / sqrt(K)`` (masks defined in
+:mod:`seqmix.ops.attention`); output projection ``H K -> D`` (with bias).
+
+Visibility of key position s from query position t (w = ``window``):
+
+* ``swa``: causal ``t - w < s <= t`` (w keys, itself included); non-causal ``|s - t| < w`` (2w - 1 keys).
+* ``local_attn``: same block ``s // w == t // w`` (blocks ``[0, w), [w, 2w), ...``), and ``s <= t`` if causal.
+* ``full_attn``: every key (``s <= t`` if causal).
+
+Parameters: ``4 D H K + 3 H K + D`` (+ ``4 K`` with ``qk_norm``); at the paper's D = 3072, H = 48, K = 64 that is
+~37.8M per layer. State (KV cache, causal use): see each class's ``state_size``.
+
+Backends (``backend=``): ``"flash_attn"`` (flash-attn, CUDA, fp16/bf16), ``"flex"`` (compiled FlexAttention,
+CUDA), ``"sdpa"`` (block-wise ``F.scaled_dot_product_attention``, anywhere, fp64 included) and ``"naive"``
+(dense masked reference). ``"auto"`` picks flash_attn > flex > sdpa on CUDA and sdpa on CPU. ``layer.backend`` is
+the choice for the layer's device; a call whose dtype / head dim / KV cache the chosen fast path cannot take runs
+the next backend instead, and ``layer.last_backend`` records what the last call used.
+
+Legend: B batch, T tokens, D model dim, H heads, K head dim.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
+
+import torch
+from torch import nn
+
+from seqmix.ops import attention as attn_ops
+from seqmix.ops.rope import apply_rope, rope_angles
+
+from .base import Mixer, MixerConfig, register
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "AttentionConfig",
+    "KVCache",
+    "SlidingWindowAttention",
+    "FullAttention",
+    "LocalAttention",
+    "NoMixer",
+]
+
+MAX_WINDOW = 1 << 20  # 1,048,576 tokens: ~3x the paper's 63 s video (341,550 tokens); beyond it use full_attn.
+_CALL_WARNED: set[tuple[str, str, str]] = set()
+
+
+class KVCache(NamedTuple):
+    """Carried state of a causal attention layer between calls.
+
+    ``k, v``: ``[B, H, n, K]`` keys (after RoPE / qk-norm) and values of the ``n`` most recent tokens that a
+    future query can still see: the last ``window - 1`` tokens (swa), all tokens (full_attn), the tokens of the
+    current unfinished block (local_attn). ``pos``: number of tokens seen so far, i.e. the absolute position of
+    the next token (it aligns local_attn's blocks across calls).
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+    pos: int
+
+
+@dataclass(kw_only=True)
+class AttentionConfig(MixerConfig):
+    """Settings shared by the attention mixers.
+
+    Attributes:
+        causal: causal attention (keys ``s <= t`` only; enables KV-cache state carry) or the non-causal form
+            (the video DiT's use).
+        head_dim: per-head width K; default ``dim // num_heads``.
+        qk_norm: per-head LayerNorm (eps 1e-6, with affine) on Q and K before RoPE, as CogVideoX's attention.
+        rope_theta: RoPE base used when ``positions`` are passed to ``forward``.
+        backend: ``"auto"``, ``"flash_attn"``, ``"flex"``, ``"sdpa"`` or ``"naive"`` (dense reference).
+    """
+
+    causal: bool = False
+    head_dim: int | None = None
+    qk_norm: bool = False
+    rope_theta: float = 1e4
+
+
+def _check_window(name: str, window) -> int:
+    if not isinstance(window, int) or isinstance(window, bool):
+        raise TypeError(f"{name}: window must be an int (tokens), got {type(window).__name__}")
+    if window < 1:
+        raise ValueError(f"{name}: window must be >= 1 token, got {window}")
+    if window > MAX_WINDOW:
+        raise ValueError(
+            f"{name}: window must be <= 2**20 = {MAX_WINDOW} tokens, got {window}; for unbounded context use full_attn"
+        )
+    return window
+
+
+class _Attention(Mixer):
+    """Multi-head attention with a visibility pattern ``kind`` (see :mod:`seqmix.ops.attention`)."""
+
+    kind: ClassVar[str]
+    backends = ("flash_attn", "flex", "sdpa", "naive")
+    _reference_backends = ("naive",)
+    param_knob = "head_dim"
+
+    def __init__(self, dim: int, num_heads: int, config: AttentionConfig):
+        super().__init__(dim, num_heads, config)
+        c = config
+        if c.head_dim is None and dim % num_heads:
+            raise ValueError(f"{self.name}: dim={dim} is not divisible by num_heads={num_heads}; pass head_dim")
+        K = c.head_dim if c.head_dim is not None else dim // num_heads
+        if not isinstance(K, int) or isinstance(K, bool) or K <= 0:
+            raise ValueError(f"{self.name}: head_dim must be a positive int, got {K!r}")
+        self.window: int | None = _check_window(self.name, c.window) if self.kind != "full" else None
+        self.head_dim = K
+        HK = num_heads * K
+        self.wq = nn.Linear(dim, HK)
+        self.wk = nn.Linear(dim, HK)
+        self.wv = nn.Linear(dim, HK)
+        self.wo = nn.Linear(HK, dim)
+        self.q_norm = nn.LayerNorm(K, eps=1e-6) if c.qk_norm else None
+        self.k_norm = nn.LayerNorm(K, eps=1e-6) if c.qk_norm else None
+        self.last_backend: str | None = None  # backend of the most recent forward call (for inspection)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for lin in (self.wq, self.wk, self.wv, self.wo):
+            nn.init.normal_(lin.weight, std=0.02)
+            nn.init.zeros_(lin.bias)
+        for norm in (self.q_norm, self.k_norm):
+            if norm is not None:
+                norm.reset_parameters()
+
+    def _kv_elements(self, tokens: int) -> int:
+        return 2 * self.num_heads * self.head_dim * tokens
+
+    def extra_repr(self) -> str:
+        win = "" if self.window is None else f", window={self.window}"
+        return f"{super().extra_repr()}, head_dim={self.head_dim}{win}"
+
+    # ------------------------------------------------------------------------------------------------ backends
+    def _backend_ok(self, backend: str, device: torch.device) -> str | None:
+        if backend == "flash_attn":
+            if device.type != "cuda":
+                return f"flash-attn needs a CUDA device, got {device.type}"
+            return attn_ops.flash_attn_unavailable()
+        if backend == "flex":
+            if device.type != "cuda":
+                return f"FlexAttention needs a CUDA device for training (it has no backward on {device.type})"
+            return attn_ops.flex_unavailable()
+        return None
+
+    def _call_reason(self, backend: str, q: torch.Tensor, cached: bool) -> str | None:
+        """Why ``backend`` cannot take this particular call (dtype, head dim, KV cache), or ``None``."""
+        K = q.shape[-1]
+        if backend == "flash_attn":
+            if q.dtype not in (torch.float16, torch.bfloat16):
+                return f"flash-attn needs fp16/bf16 inputs, got {q.dtype}"
+            if K % 8 or K > 256:
+                return f"flash-attn needs a head dim that is a multiple of 8 and <= 256, got {K}"
+        if backend == "flex":
+            if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+                return f"FlexAttention takes fp16/bf16/fp32, got {q.dtype}"
+            if K < 16 or K & (K - 1):
+                return f"FlexAttention needs a power-of-two head dim >= 16, got {K}"
+            if cached:
+                # Every new cache length would be a new compiled kernel; decode-sized calls are cheap in sdpa.
+                return "calls with a carried KV cache run sdpa (flex would recompile per cache length)"
+        return None
+
+    def _select_backend(self, q: torch.Tensor, cached: bool) -> str:
+        """The device-level choice (``backend_for``) unless this call rules it out; then the next that fits."""
+        chosen = self.backend_for(q.device)
+        order = self.backends[self.backends.index(chosen) :]
+        first_reason = None
+        for b in order:
+            reason = self._backend_ok(b, q.device) or self._call_reason(b, q, cached)
+            if reason is None:
+                if b != chosen:
+                    self._note_skip(chosen, b, first_reason)
+                return b
+            first_reason = first_reason or reason
+        raise RuntimeError(f"{self.name}: no attention backend can take this call")  # pragma: no cover
+
+    def _note_skip(self, chosen: str, used: str, reason: str) -> None:
+        key = (self.name, chosen, reason)
+        if self.config.backend == chosen and key not in _CALL_WARNED:
+            # An explicit request that this call cannot use: say so once; "auto" falls through quietly.
+            _CALL_WARNED.add(key)
+            logger.warning("%s: backend %r cannot take this call (%s); using %r", self.name, chosen, reason, used)
+        else:
+            logger.debug("%s: backend %r skipped for this call (%s); using %r", self.name, chosen, reason, used)
+
+    # ------------------------------------------------------------------------------------------------ forward
+    def _angles(self, positions: torch.Tensor, T: int, device: torch.device) -> torch.Tensor:
+        if not isinstance(positions, torch.Tensor):
+            raise TypeError(f"{self.name}: positions must be an integer tensor, got {type(positions).__name__}")
+        three_d = positions.dim() >= 2 and positions.shape[-1] == 3
+        n = positions.shape[-2] if three_d else positions.shape[-1]
+        if positions.dim() > (3 if three_d else 2) or n != T:
+            raise ValueError(
+                f"{self.name}: positions {tuple(positions.shape)} do not fit T={T}; "
+                "expected [T], [B, T] (1D RoPE) or [T, 3], [B, T, 3] (3D RoPE)"
+            )
+        return rope_angles(positions.to(device), self.head_dim, self.config.rope_theta)
+
+    def _forward(self, x, *, layout, positions, state, return_state):
+        if layout is not None:
+            raise TypeError(
+                f"{self.name}: takes no layout (windows are in tokens of the sequence as given); "
+                f"got {type(layout).__name__}, expected None"
+            )
+        if return_state and not self.causal:
+            raise ValueError(f"{self.name}: return_state needs causal=True (a KV cache is only defined causally)")
+        B, T, _ = x.shape
+        H, K = self.num_heads, self.head_dim
+
+        # 1. projections [B, T, H, K] (autocast applies here), q/k norm, RoPE
+        q, k, v = (proj(x).view(B, T, H, K) for proj in (self.wq, self.wk, self.wv))
+        if self.q_norm is not None:
+            # LayerNorm runs in fp32 under autocast; attention needs q, k, v in one dtype.
+            q, k = self.q_norm(q).to(v.dtype), self.k_norm(k).to(v.dtype)
+        if positions is not None:
+            ang = self._angles(positions, T, x.device)
+            q, k = apply_rope(q, ang), apply_rope(k, ang)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, K]
+
+        # 2. prepend the KV cache: queries are the last T of the keys, which start at absolute position k_start
+        pos = 0
+        if state is not None:
+            cache = self._check_state(state, B)
+            pos = cache.pos
+            k = torch.cat([cache.k.to(device=k.device, dtype=k.dtype), k], dim=2)
+            v = torch.cat([cache.v.to(device=v.device, dtype=v.dtype), v], dim=2)
+        k_start = pos - (k.shape[2] - T)
+
+        # 3. attention
+        backend = self._select_backend(q, cached=state is not None)
+        self.last_backend = backend
+        extra = {"block_size": self.config.block_size} if backend == "sdpa" and self.kind == "swa" else {}
+        o = attn_ops.get_attention_fn(backend)(
+            q, k, v, kind=self.kind, window=self.window, causal=self.causal, k_start=k_start, **extra
+        )  # [B, H, T, K]
+
+        # 4. output projection
+        y = self.wo(o.transpose(1, 2).reshape(B, T, H * K))
+        new_state = self._next_state(k, v, pos + T) if return_state else None
+        return y, new_state
+
+    # ------------------------------------------------------------------------------------------------ state
+    def _keep(self, total: int, pos: int) -> int:
+        """How many of the ``total`` most recent keys a query after ``pos`` tokens can still see."""
+        raise NotImplementedError
+
+    def _next_state(self, k: torch.Tensor, v: torch.Tensor, pos: int) -> KVCache:
+        Tk = k.shape[2]
+        n = self._keep(Tk, pos)
+        if n == Tk:
+            return KVCache(k, v, pos)
+        # clone: a slice would keep the whole concatenated [cache + chunk] tensor alive
+        return KVCache(k[:, :, Tk - n :].clone(), v[:, :, Tk - n :].clone(), pos)
+
+    def _check_state(self, state, B: int) -> KVCache:
+        if not isinstance(state, KVCache):
+            raise TypeError(
+                f"{self.name}: state must be the KVCache returned with return_state=True, got {type(state).__name__}"
+            )
+        H, K = self.num_heads, self.head_dim
+        k, v, pos = state
+        if k.dim() != 4 or k.shape[0] != B or k.shape[1] != H or k.shape[3] != K or v.shape != k.shape:
+            raise ValueError(
+                f"{self.name}: carried KV cache k {tuple(k.shape)}, v {tuple(v.shape)} does not fit "
+                f"[B={B}, H={H}, n, K={K}]"
+            )
+        n = k.shape[2]
+        # The cache after `pos` tokens always holds what _keep gives when all `pos` tokens were available.
+        if not isinstance(pos, int) or isinstance(pos, bool) or pos < n or self._keep(pos, pos) != n:
+            raise ValueError(f"{self.name}: carried KV cache of {n} tokens is inconsistent with position {pos}")
+        return state
+
+
+@register("swa")
+class SlidingWindowAttention(_Attention):
+    """Sliding-window attention: causal ``t - w < s <= t``; non-causal (default) ``|s - t| < w``.
+
+    The paper's SWA baseline uses an 8192-token window (~1.5 s of video). State (causal): a KV cache of the last
+    ``window - 1`` tokens is carried between calls; ``state_size(seq_len) = 2 H K min(seq_len, window)`` counts
+    the keys/values the newest query attends to (the carried ``window - 1`` plus its own).
+    """
+
+    kind = "swa"
+    state_knob = "window"
+
+    @dataclass(kw_only=True)
+    class Config(AttentionConfig):
+        """Sliding-window settings; see :class:`AttentionConfig`.
+
+        Attributes:
+            window: w, keys seen on each side of a query, itself included (causal: w keys; non-causal: 2w - 1).
+                1 <= w <= 2**20. Paper: 8192 tokens (~1.5 s of video).
+            block_size: query-block size of the block-wise "sdpa" backend; ``None`` = the window clamped to
+                [128, 1024] (see :func:`seqmix.ops.attention.default_block_size`). Affects speed/memory only.
+        """
+
+        window: int = 8192
+        block_size: int | None = None
+
+    def __init__(self, dim: int, num_heads: int, config: AttentionConfig):
+        bs = config.block_size
+        if bs is not None and (not isinstance(bs, int) or isinstance(bs, bool) or bs < 1):
+            raise ValueError(f"swa: block_size must be None or an int >= 1, got {bs!r}")
+        super().__init__(dim, num_heads, config)
+
+    def state_size(self, seq_len: int | None = None) -> int:
+        n = self.window if seq_len is None else min(_check_seq_len(self.name, seq_len), self.window)
+        return self._kv_elements(n)
+
+    def _keep(self, total: int, pos: int) -> int:
+        return min(total, self.window - 1)
+
+
+@register("full_attn")
+class FullAttention(_Attention):
+    """Full attention (the quadratic upper bound): every query sees every key (``s <= t`` when causal).
+
+    State (causal): the KV cache of all tokens; ``state_size(seq_len) = 2 H K seq_len`` (``seq_len`` required).
+    """
+
+    kind = "full"
+    state_knob = "head_dim"
+
+    @dataclass(kw_only=True)
+    class Config(AttentionConfig):
+        """Full-attention settings; see :class:`AttentionConfig`."""
+
+    def state_size(self, seq_len: int | None = None) -> int:
+        if seq_len is None:
+            raise ValueError("full_attn: the KV cache grows with the sequence; pass state_size(seq_len=...)")
+        return self._kv_elements(_check_seq_len(self.name, seq_len))
+
+    def _keep(self, total: int, pos: int) -> int:
+        return total
+
+
+@register("local_attn")
+class LocalAttention(_Attention):
+    """Block-local attention: tokens attend only inside their block ``[i w, (i + 1) w)`` (causal option inside).
+
+    The paper's "local attention only" baseline as a mixer (its attention is full inside 3 s segments of
+    ~18k tokens: 13 latent frames x 1350 + text). Sequence lengths need not be a multiple of the block.
+    State (causal): the tokens of the current unfinished block (and the absolute position, so that blocks align
+    across calls); ``state_size(seq_len) = 2 H K min(seq_len, window)`` (the most the cache holds).
+    """
+
+    kind = "local"
+    state_knob = "window"
+
+    @dataclass(kw_only=True)
+    class Config(AttentionConfig):
+        """Block-local settings; see :class:`AttentionConfig`.
+
+        Attributes:
+            window: block size w in tokens, 1 <= w <= 2**20. Default 18048, one 3 s segment of the paper's
+                video DiT (its 3 s training context).
+        """
+
+        window: int = 18048
+
+    def state_size(self, seq_len: int | None = None) -> int:
+        n = self.window if seq_len is None else min(_check_seq_len(self.name, seq_len), self.window)
+        return self._kv_elements(n)
+
+    def _keep(self, total: int, pos: int) -> int:
+        return pos % self.window
+
+
+def _check_seq_len(name: str, seq_len) -> int:
+    if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 0:
+        raise ValueError(f"{name}: seq_len must be an int >= 0, got {seq_len!r}")
+    return seq_len
+
+
+@register("identity")
+class NoMixer(Mixer):
+    """No global layer: ``x [B, T, D] -> zeros [B, T, D]`` (so ``x + gate * layer(x)`` is ``x``).
+
+    Not ``nn.Identity``: it returns zeros, which is what a mixer that "mixes nothing" contributes to a gated
+    residual. Zero parameters, ``state_size() == 0``, causal by construction; carrying state is trivial (the
+    state is ``None``). ``layout`` and ``positions`` are accepted and ignored, so it drops in for any mixer.
+    The output stays attached to the autograd graph (gradient zero), so training code that calls
+    ``backward()`` through it works unchanged.
+    """
+
+    backends = ("torch",)
+    mixes_tokens = False
+
+    @dataclass(kw_only=True)
+    class Config(MixerConfig):
+        """No settings besides ``backend`` (``"auto"`` or ``"torch"``)."""
+
+    def __init__(self, dim: int, num_heads: int, config: MixerConfig):
+        super().__init__(dim, num_heads, config)
+        # Zero-size buffer that follows .to(dtype): it lets a parameterless layer reject mismatched input dtypes
+        # as the others do (base.check_input looks at parameters only). Not saved in state_dict.
+        self.register_buffer("_dtype_anchor", torch.empty(0), persistent=False)
+
+    @property
+    def causal(self) -> bool:
+        return True
+
+    def state_size(self, seq_len: int | None = None) -> int:
+        return 0
+
+    def check_input(self, x: torch.Tensor) -> None:
+        super().check_input(x)
+        want = self._dtype_anchor.dtype
+        if x.dtype != want and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"{self.name}: input dtype {x.dtype} does not match layer dtype {want}; "
+                "cast the layer (layer.to(dtype)) or run under torch.autocast"
+            )
+
+    def _forward(self, x, *, layout, positions, state, return_state):
+        if state is not None:
+            raise TypeError(
+                f"{self.name}: carries no state; pass back the None it returned, got {type(state).__name__}"
+            )
+        # masked_fill keeps exact zeros even for inf/nan inputs while staying differentiable w.r.t. x.
+        y = x.masked_fill(torch.ones((), dtype=torch.bool, device=x.device), 0.0)
+        return y, None
