@@ -64,7 +64,7 @@ class _ResumableSampler(Sampler[int]):
         self.n, self.seed, self.shuffle = n, seed, shuffle
         self.epoch_fn, self.rank_fn = epoch_fn, rank_fn
         self.batch_size, self.drop_last = batch_size, drop_last
-        self.skip_batches = 0
+        self.resume: tuple[int, int] | None = None  # (epoch, batches already trained in it)
 
     def _order(self, epoch: int) -> list[int]:
         if self.shuffle:
@@ -83,8 +83,12 @@ class _ResumableSampler(Sampler[int]):
         return out
 
     def __iter__(self):
-        order = self._order(self.epoch_fn())
-        skip, self.skip_batches = self.skip_batches * self.batch_size, 0
+        epoch = self.epoch_fn()
+        order = self._order(epoch)
+        skip = 0
+        if self.resume is not None and self.resume[0] == epoch:  # a checkpoint saved at an epoch end skips nothing
+            skip = self.resume[1] * self.batch_size
+        self.resume = None
         return iter(order[skip:])
 
     def __len__(self) -> int:
@@ -115,5 +119,5 @@ class ResumableLoader(DataLoader):
         return {"epoch": epoch, "batches_done": done}
 
     def load_state_dict(self, state: dict) -> None:
-        self.sampler.skip_batches = int(state.get("batches_done", 0))
-        logger.info("resuming data order at epoch %s after %s batches", state.get("epoch"), self.sampler.skip_batches)
+        self.sampler.resume = (int(state["epoch"]), int(state["batches_done"]))
+        logger.info("resuming data order at epoch %s after %s batches", *self.sampler.resume)

@@ -1,0 +1,356 @@
+"""Mamba-2 mixer (Dao & Gu 2024, "Transformers are SSMs: Generalized Models and Efficient Algorithms Through
+Structured State Space Duality", arXiv 2405.21060), laid out as mamba-ssm's ``Mamba2`` module so its weights load.
+
+Block (inner width ``E = expand * D``, ``H = E / headdim`` heads of width P, G groups of B/C, state dim N)::
+
+    z, xBC, dt = split(in_proj(u))               # [B,T,E], [B,T,E+2GN], [B,T,H]   (mamba-ssm order [z, x, B, C, dt])
+    xBC = SiLU(depthwise_causal_conv1d(xBC))     # kernel d_conv, over time
+    x, B, C = split(xBC)                         # [B,T,H,P], [B,T,G,N], [B,T,G,N]
+    dt = softplus(dt + dt_bias); A = -exp(A_log) # per token and head / per head (scalar decay)
+    y = SSD(x, dt, A, B, C) + D x                # seqmix.ops.ssd
+    out = out_proj(RMSNorm_G(y * SiLU(z)))       # gated RMSNorm over G groups, norm_before_gate=False
+
+Parameters (names and shapes as mamba-ssm; conv channels ``E_c = E + 2 G N``): ``in_proj.weight [2E + 2GN + H, D]``,
+``conv1d.weight [E_c, 1, d_conv]``, ``conv1d.bias [E_c]``, ``dt_bias, A_log, D [H]``, ``norm.weight [E]``,
+``out_proj.weight [D, E]`` (``bias=True`` adds in/out projection biases). Count:
+``D (2E + 2GN + H) + E_c (d_conv + 1) + 3 H + E + E D``; at D = 3072 with the defaults (E = 6144, H = 96, N = 128):
+57.7M per layer. Recurrent state per sequence: ``H P N + (d_conv - 1) E_c`` elements (SSM state + conv tail).
+
+Heads: as in mamba-ssm, the head count is ``expand * dim / headdim``; the ``num_heads`` passed to
+:func:`seqmix.layers.build` is ignored (``layer.num_heads`` reports the real count), so that a backbone can pass its
+attention head count to every mixer and mamba-ssm configs map one to one.
+
+Backends (``layer.backend``): ``"mamba_ssm"`` (mamba-ssm's fused Triton SSD and causal-conv1d if importable; CUDA),
+``"fla"`` (fla's ``chunk_simple_gla``; CUDA, or CPU under ``TRITON_INTERPRET=1`` when asked for explicitly),
+``"torch"`` (chunked SSD in PyTorch, runs anywhere, fp64 included) and ``"naive"`` (per-token loop, reference).
+fp64 inputs always run on ``"torch"`` / ``"naive"`` (the Triton paths do not compute in fp64).
+
+Legend: B batch, T tokens, D model dim, E inner dim, H heads, P head dim, G groups, N state dim, K conv kernel.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seqmix.ops import ssd as ssd_ops
+
+from .base import Mixer, MixerConfig, register
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Mamba2", "Mamba2State", "GatedRMSNorm"]
+
+
+class Mamba2State(NamedTuple):
+    """Carried state of a :class:`Mamba2` layer between calls (returned with ``return_state=True``).
+
+    ``conv``: [B, E_c, K - 1] the last ``d_conv - 1`` inputs of the causal conv (pre-activation ``xBC``; zeros before
+    the sequence start), in the activations' dtype. ``ssm``: [B, H, P, N] the SSM state after the last token, fp32
+    (fp64 for fp64 inputs). mamba-ssm keeps ``conv`` as ``[B, E_c, K]`` (one slot for the incoming token).
+    """
+
+    conv: torch.Tensor
+    ssm: torch.Tensor
+
+
+class GatedRMSNorm(nn.Module):
+    """``RMSNorm(x * SiLU(z)) * weight`` with the RMS taken over groups of ``group_size`` channels: mamba-ssm's
+    ``RMSNorm(norm_before_gate=False, group_size=E / ngroups)`` in PyTorch. Computes in fp32 (fp64 for fp64)."""
+
+    def __init__(self, dim: int, group_size: int, eps: float = 1e-5):
+        super().__init__()
+        if dim % group_size:
+            raise ValueError(f"GatedRMSNorm: dim={dim} is not divisible by group_size={group_size}")
+        self.group_size = group_size
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """x, z: [..., E] -> [..., E] in fp32 (fp64 for fp64 x)."""
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            h = x.to(acc) * F.silu(z.to(acc))
+            hg = h.unflatten(-1, (-1, self.group_size))  # [..., G, E / G]
+            hg = hg * torch.rsqrt(hg.square().mean(dim=-1, keepdim=True) + self.eps)
+            return hg.flatten(-2) * self.weight.to(acc)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, group_size={self.group_size}, eps={self.eps}"
+
+
+_SCANS = {
+    "mamba_ssm": ssd_ops.ssd_mamba,
+    "fla": ssd_ops.ssd_fla,
+    "torch": ssd_ops.ssd_chunk,
+    "naive": ssd_ops.ssd_naive,
+}
+
+
+@register("mamba2")
+class Mamba2(Mixer):
+    """Mamba-2 block with mamba-ssm's parameter names, shapes and initialisation (see the module docstring).
+
+    ``num_heads`` is ignored: H = expand * dim / headdim (``self.num_heads`` and ``self.nheads`` report it). Always
+    causal; carries :class:`Mamba2State` across calls.
+    """
+
+    backends = ("mamba_ssm", "fla", "torch", "naive")
+    _reference_backends = ("naive",)
+    state_knob = "d_state"  # state H P N + (K-1)(E + 2GN) grows with N
+    param_knob = "expand"  # every projection grows with E = expand * D
+
+    @dataclass(kw_only=True)
+    class Config(MixerConfig):
+        """Mamba-2 settings; defaults are mamba-ssm's ``Mamba2`` defaults.
+
+        Attributes:
+            d_state: N, SSM state size per head channel.
+            d_conv: K, kernel width of the depthwise causal conv over ``xBC``.
+            expand: inner width E = expand * dim (E must be an integer divisible by ``headdim``).
+            headdim: P, channels per head; the head count is H = E / P.
+            ngroups: G, groups of heads sharing B and C (and the RMSNorm groups); must divide H.
+            chunk_size: Q, tokens per chunk of the SSD scan (``"torch"`` and ``"mamba_ssm"``; fla uses 64).
+            dt_min, dt_max: range of the log-uniform initial step size dt (``dt_bias = softplus^-1(dt)``).
+            dt_init_floor: lower clamp of the initial dt.
+            A_init_range: range of the uniform initial decay rate ``-A = exp(A_log)``.
+            norm_eps: eps of the gated RMSNorm.
+            conv_init: if set, the conv weight is initialised uniform in ``[-conv_init, conv_init]`` (else PyTorch's
+                default Conv1d init).
+            bias: bias in ``in_proj`` and ``out_proj``.
+            conv_bias: bias in ``conv1d``.
+            backend: ``"auto"``, ``"mamba_ssm"``, ``"fla"``, ``"torch"`` or ``"naive"`` (see the module docstring).
+        """
+
+        d_state: int = 128
+        d_conv: int = 4
+        expand: float = 2
+        headdim: int = 64
+        ngroups: int = 1
+        chunk_size: int = 256
+        dt_min: float = 0.001
+        dt_max: float = 0.1
+        dt_init_floor: float = 1e-4
+        A_init_range: tuple[float, float] = (1.0, 16.0)
+        norm_eps: float = 1e-5
+        conv_init: float | None = None
+        bias: bool = False
+        conv_bias: bool = True
+
+    def __init__(self, dim: int, num_heads: int, config: "Mamba2.Config"):
+        super().__init__(dim, num_heads, config)
+        c = config
+        self._validate(c)
+        d_inner = c.expand * dim
+        if abs(d_inner - round(d_inner)) > 1e-9:
+            raise ValueError(f"mamba2: expand * dim = {c.expand} * {dim} = {d_inner} must be an integer")
+        d_inner = int(round(d_inner))
+        if d_inner % c.headdim:
+            divisors = [p for p in range(1, d_inner + 1) if d_inner % p == 0]
+            raise ValueError(
+                f"mamba2: expand * dim = {d_inner} is not divisible by headdim={c.headdim}; headdim must be one of {divisors} "
+                f"(or change expand)"
+            )
+        nheads = d_inner // c.headdim
+        if nheads % c.ngroups:
+            allowed = [g for g in range(1, nheads + 1) if nheads % g == 0]
+            raise ValueError(f"mamba2: ngroups={c.ngroups} must divide the number of heads {nheads}; allowed: {allowed}")
+        if num_heads != nheads:
+            logger.debug("mamba2: num_heads=%d ignored; heads = expand * dim / headdim = %d", num_heads, nheads)
+        self.num_heads = nheads  # the real head count (see module docstring)
+        self.d_inner, self.nheads, self.headdim = d_inner, nheads, c.headdim
+        self.d_state, self.ngroups, self.d_conv = c.d_state, c.ngroups, c.d_conv
+        self.conv_dim = d_inner + 2 * c.ngroups * c.d_state
+
+        # Created in mamba-ssm's order so that the same seed gives the same initial weights.
+        self.in_proj = nn.Linear(dim, 2 * d_inner + 2 * c.ngroups * c.d_state + nheads, bias=c.bias)
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, kernel_size=c.d_conv, groups=self.conv_dim,
+                                padding=c.d_conv - 1, bias=c.conv_bias)
+        if c.conv_init is not None:
+            nn.init.uniform_(self.conv1d.weight, -c.conv_init, c.conv_init)
+        self.dt_bias = nn.Parameter(self._init_dt_bias())
+        self.A_log = nn.Parameter(self._init_A_log())
+        self.D = nn.Parameter(torch.ones(nheads))
+        for p in (self.dt_bias, self.A_log, self.D):
+            p._no_weight_decay = True  # as mamba-ssm: optimiser recipes skip weight decay on these
+        self.norm = GatedRMSNorm(d_inner, group_size=d_inner // c.ngroups, eps=c.norm_eps)
+        self.out_proj = nn.Linear(d_inner, dim, bias=c.bias)
+
+    @staticmethod
+    def _validate(c: "Mamba2.Config") -> None:
+        for name in ("d_state", "d_conv", "headdim", "ngroups", "chunk_size"):
+            v = getattr(c, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"mamba2: {name} must be a positive int, got {v!r}")
+        if not isinstance(c.expand, (int, float)) or c.expand <= 0:
+            raise ValueError(f"mamba2: expand must be a positive number, got {c.expand!r}")
+        if not 0 < c.dt_min <= c.dt_max:
+            raise ValueError(f"mamba2: need 0 < dt_min <= dt_max, got dt_min={c.dt_min}, dt_max={c.dt_max}")
+        if not c.dt_init_floor > 0:
+            raise ValueError(f"mamba2: dt_init_floor must be > 0, got {c.dt_init_floor}")
+        lo_hi = tuple(c.A_init_range)
+        if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
+            raise ValueError(f"mamba2: A_init_range must be (lo, hi) with 0 < lo <= hi, got {c.A_init_range!r}")
+        if not c.norm_eps > 0:
+            raise ValueError(f"mamba2: norm_eps must be > 0, got {c.norm_eps}")
+
+    # --------------------------------------------------------------------------------------------- initialisation
+    def _init_dt_bias(self) -> torch.Tensor:
+        """dt log-uniform in [dt_min, dt_max] (clamped at dt_init_floor); stored as softplus^-1(dt)."""
+        c = self.config
+        dt = torch.exp(torch.rand(self.nheads) * (math.log(c.dt_max) - math.log(c.dt_min)) + math.log(c.dt_min))
+        dt = torch.clamp(dt, min=c.dt_init_floor)
+        return dt + torch.log(-torch.expm1(-dt))  # inverse softplus
+
+    def _init_A_log(self) -> torch.Tensor:
+        """-A uniform in A_init_range (S4D-real style per-head decay rates), stored as log."""
+        return torch.log(torch.empty(self.nheads, dtype=torch.float32).uniform_(*self.config.A_init_range))
+
+    def reset_parameters(self) -> None:
+        """Re-draw every parameter as at construction (same order, so the same seed gives the same weights)."""
+        c = self.config
+        self.in_proj.reset_parameters()
+        self.conv1d.reset_parameters()
+        if c.conv_init is not None:
+            nn.init.uniform_(self.conv1d.weight, -c.conv_init, c.conv_init)
+        with torch.no_grad():
+            self.dt_bias.copy_(self._init_dt_bias())
+            self.A_log.copy_(self._init_A_log())
+            self.D.fill_(1.0)
+            self.norm.weight.fill_(1.0)
+        self.out_proj.reset_parameters()
+
+    # ------------------------------------------------------------------------------------------------- contract
+    @property
+    def causal(self) -> bool:
+        """Always causal: the conv and the scan only look back."""
+        return True
+
+    def state_size(self, seq_len: int | None = None) -> int:
+        return self.nheads * self.headdim * self.d_state + (self.d_conv - 1) * self.conv_dim
+
+    def _backend_ok(self, backend: str, device: torch.device) -> str | None:
+        if backend in ("torch", "naive"):
+            return None
+        if backend == "mamba_ssm":
+            if device.type != "cuda":
+                return f"mamba-ssm's Triton SSD needs a CUDA device (got {device.type})"
+            return ssd_ops.mamba_ssm_import_error()
+        if backend == "fla":
+            if device.type != "cuda":
+                # On CPU fla's Triton kernels only run in the interpreter (~1 ms per program): a test mode, never
+                # chosen by "auto".
+                if os.environ.get("TRITON_INTERPRET") != "1":
+                    return f"fla's Triton kernels need a CUDA device (got {device.type}; CPU only with TRITON_INTERPRET=1)"
+                if self.config.backend != "fla":
+                    return "fla on CPU (Triton interpreter) only runs when backend='fla' is asked for explicitly"
+            return ssd_ops.fla_import_error()
+        return f"unknown backend {backend!r}"
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (
+            f"{super().extra_repr()}, d_inner={self.d_inner}, headdim={self.headdim}, d_state={self.d_state}, "
+            f"ngroups={self.ngroups}, d_conv={self.d_conv}, chunk_size={c.chunk_size}"
+        )
+
+    # --------------------------------------------------------------------------------------------------- forward
+    def _forward(self, x, *, layout, positions, state, return_state):
+        if layout is not None:
+            raise ValueError(f"{self.name}: takes no layout (the backbone orders tokens); got {type(layout).__name__}")
+        # positions are ignored: Mamba-2 is position-free (order comes from the scan itself).
+        b, T, _ = x.shape
+        E, H, P, G, N = self.d_inner, self.nheads, self.headdim, self.ngroups, self.d_state
+        backend = self.backend_for(x.device)
+        if x.dtype == torch.float64 and backend in ("mamba_ssm", "fla"):
+            backend = "torch"  # the Triton kernels do not compute in fp64
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        conv_state, ssm_state = self._check_state(state, b, x.device, acc)
+
+        # 1. Input projection, mamba-ssm order [z, xBC, dt].
+        z, xBC, dt = torch.split(self.in_proj(x), [E, self.conv_dim, H], dim=-1)
+
+        # 2. Depthwise causal conv over time (+ SiLU), continuing from the carried tail of earlier inputs.
+        xBC, new_conv = self._conv(xBC, conv_state, backend, return_state)
+        xs, Bm, Cm = torch.split(xBC, [E, G * N, G * N], dim=-1)
+
+        # 3. Discretisation parameters in fp32 (fp64): exp(A_log) could overflow fp16, softplus needs the precision.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            dt = F.softplus(dt.to(acc) + self.dt_bias.to(acc))  # [B, T, H]
+            A = -torch.exp(self.A_log.to(acc))  # [H]
+            # 4. SSD scan (+ D skip). A single decode token takes the recurrent step: no chunk padding needed.
+            scan = _SCANS["naive" if backend == "torch" and T == 1 else backend]
+            y, h = scan(
+                xs.reshape(b, T, H, P), dt, A, Bm.reshape(b, T, G, N), Cm.reshape(b, T, G, N),
+                chunk_size=self.config.chunk_size, D=self.D, initial_state=ssm_state,
+                output_final_state=return_state,
+            )
+            # 5. Gated RMSNorm (norm(y * SiLU(z)), groups of E / G channels) in fp32.
+            y = self.norm(y.reshape(b, T, E), z)
+        out = self.out_proj(y.to(x.dtype))  # autocast (if on) applies to the projection
+        new_state = Mamba2State(new_conv, h.to(acc)) if return_state else None
+        return out, new_state
+
+    def _conv(self, xBC: torch.Tensor, conv_state: torch.Tensor | None, backend: str, return_state: bool):
+        """xBC: [B, T, E_c] -> (SiLU(causal depthwise conv) [B, T, E_c], new conv tail [B, E_c, K-1] or None)."""
+        K = self.d_conv
+        xt = xBC.transpose(1, 2)  # [B, E_c, T]
+        prefix = xt.new_zeros(xt.shape[0], xt.shape[1], K - 1) if conv_state is None else conv_state.to(xt.dtype)
+        tail = None
+        if return_state:  # the last K-1 inputs, reaching back into the previous tail (or zeros) when T < K-1
+            recent = torch.cat([prefix, xt[..., max(xt.shape[-1] - (K - 1), 0):]], dim=-1)  # <= 2(K-1) columns
+            tail = recent[..., recent.shape[-1] - (K - 1):]
+        fn = _causal_conv1d_fn() if conv_state is None and backend == "mamba_ssm" and xt.is_cuda else None
+        if fn is not None:
+            w, bias = self.conv1d.weight.squeeze(1).to(xt.dtype), self.conv1d.bias
+            y = fn(xt.contiguous(), w, None if bias is None else bias.to(xt.dtype), activation="silu")
+            return y.transpose(1, 2), tail
+        xp = torch.cat([prefix, xt], dim=-1)  # [B, E_c, K-1+T]: earlier inputs (or zeros), then this call's
+        return F.silu(_depthwise_conv(xp, self.conv1d.weight, self.conv1d.bias)).transpose(1, 2), tail
+
+    def _check_state(self, state, b: int, device: torch.device, acc: torch.dtype):
+        if state is None:
+            return None, None
+        if not isinstance(state, Mamba2State):
+            raise TypeError(
+                f"{self.name}: state must be the Mamba2State returned with return_state=True, got {type(state).__name__}"
+            )
+        want_conv, want_ssm = (b, self.conv_dim, self.d_conv - 1), (b, self.nheads, self.headdim, self.d_state)
+        if tuple(state.conv.shape) != want_conv or tuple(state.ssm.shape) != want_ssm:
+            raise ValueError(
+                f"{self.name}: carried state shapes conv={tuple(state.conv.shape)}, ssm={tuple(state.ssm.shape)}; "
+                f"expected conv={want_conv}, ssm={want_ssm}"
+            )
+        return state.conv.to(device), state.ssm.to(device=device, dtype=acc)
+
+
+def _depthwise_conv(xp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Valid depthwise conv (cross-correlation, as ``F.conv1d(groups=E_c)``): xp [B, E_c, K-1+T] -> [B, E_c, T].
+
+    On CPU it is written as K shifted multiply-adds: PyTorch's CPU depthwise conv1d kernel is ~100x slower at these
+    shapes (and takes seconds per call in fp64 on a busy 2-core machine); on CUDA cuDNN's kernel is used.
+    """
+    if xp.is_cuda:
+        return F.conv1d(xp, weight, bias, groups=weight.shape[0])
+    K = weight.shape[-1]
+    T = xp.shape[-1] - (K - 1)
+    y = weight[:, 0, 0, None] * xp[..., :T]
+    for k in range(1, K):
+        y = y + weight[:, 0, k, None] * xp[..., k:k + T]
+    return y if bias is None else y + bias[:, None]
+
+
+def _causal_conv1d_fn():
+    """Dao-AILab causal-conv1d's CUDA conv if importable, else None (the PyTorch conv is used)."""
+    try:
+        from causal_conv1d import causal_conv1d_fn
+    except Exception:
+        return None
+    return causal_conv1d_fn
