@@ -25,7 +25,18 @@ def _lightning_cli_class():
     from lightning.pytorch.cli import LightningCLI
 
     class SeqmixCLI(LightningCLI):
-        """LightningCLI whose model and data are chosen by ``class_path`` in the recipe."""
+        """LightningCLI whose model and data are chosen by ``class_path`` in the recipe; checkpoints are written
+        atomically (a kill at any moment leaves the previous checkpoint intact)."""
+
+        def instantiate_trainer(self, **kwargs):
+            from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+            from seqmix.training import AtomicCheckpointIO
+
+            trainer = super().instantiate_trainer(**kwargs)
+            if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # keep any user-chosen CheckpointIO
+                trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+            return trainer
 
     return SeqmixCLI
 

@@ -1,5 +1,6 @@
 """Lightning tasks (LightningModule + LightningDataModule pairs) driven by the ``seqmix`` CLI recipes."""
 
 from .lm import LMTask, MQARData
+from .video import LatentVideoData, StoryboardVideoData, VideoDiffusionTask
 
-__all__ = ["LMTask", "MQARData"]
+__all__ = ["LMTask", "LatentVideoData", "MQARData", "StoryboardVideoData", "VideoDiffusionTask"]

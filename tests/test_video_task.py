@@ -1,0 +1,153 @@
+"""Text-to-video recipes: fast_dev_run of every recipe, bad configs, kill + resume exactness, DDP (gloo) = 1 process."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted(str(p) for p in (ROOT / "recipes" / "t2v").glob("*.yaml"))
+BASELINES = {"ttt_mlp", "ttt_linear", "mamba2", "gated_deltanet", "swa", "local_attn", "full_attn"}
+SEQMIX = [sys.executable, "-m", "seqmix.cli"]
+
+
+def _fit(args, tmp_path):
+    from seqmix.cli import run_lightning
+
+    return run_lightning(["fit", *args, f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
+                          "--trainer.enable_model_summary=false"])
+
+
+def test_one_recipe_per_baseline():
+    assert BASELINES <= {Path(r).stem for r in RECIPES}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: Path(r).stem)
+def test_recipe_fast_dev_run(recipe, tmp_path):
+    cli = _fit(["--config", recipe, "--trainer.fast_dev_run=true", "--data.init_args.num_train=16",
+                "--data.init_args.num_val=8", "--data.init_args.batch_size=2"], tmp_path)
+    m = cli.trainer.callback_metrics
+    assert cli.trainer.global_step == 1
+    assert torch.isfinite(m["train/loss"]) and torch.isfinite(m["val/loss"])
+    assert 0.0 <= float(m["val/consistency"]) <= 1.0
+
+
+@pytest.mark.parametrize(
+    "args, err, msg",
+    [
+        (["--model.init_args.model.mixer=nope"], ValueError, "model.init_args.model.*unknown mixer 'nope'"),
+        (["--data.init_args.num_segments=0"], ValueError, "data.init_args.*num_segments"),
+        (["--model.init_args.model.in_channels=8"], ValueError, "in_channels=8"),
+        (["--model.init_args.trainable=bogus"], Exception, "trainable"),
+    ],
+    ids=["unknown-mixer", "bad-segments", "channel-mismatch", "bad-trainable"],
+)
+def test_bad_configs_fail_before_training(args, err, msg, tmp_path):
+    with pytest.raises((err, SystemExit)) as e:
+        _fit(["--config", str(ROOT / "recipes/t2v/ttt_linear.yaml"), "--trainer.max_steps=1", *args], tmp_path)
+    if e.type is not SystemExit:
+        import re
+
+        assert re.search(msg, str(e.value)), str(e.value)
+
+
+def test_missing_data_path_names_the_key(tmp_path):
+    from seqmix.tasks import LatentVideoData
+
+    with pytest.raises(FileNotFoundError, match="data.init_args.path"):
+        LatentVideoData(path=str(tmp_path / "missing"))
+
+
+def test_stage_layout_mismatch_names_the_data(tmp_path):
+    """Latent shards whose frame count is not 12 S + 1 do not fit the 3 s segment layout."""
+    from seqmix.data.shards import ShardWriter
+
+    with ShardWriter(tmp_path / "ds", shard_size=4, dtype=torch.float32) as w:
+        for _ in range(4):
+            w.add(torch.randn(20, 4, 8, 8), torch.randn(8, 32))
+    with pytest.raises(ValueError, match="20 latent frames do not fit"):
+        _fit(["--config", str(ROOT / "recipes/t2v/local_attn.yaml"), "--trainer.max_steps=1",
+              "--data=seqmix.tasks.LatentVideoData", f"--data.init_args.path={tmp_path / 'ds'}",
+              "--data.init_args.val_examples=1"], tmp_path)
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env.pop("TRITON_INTERPRET", None)
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+_COMMON = [
+    "--config", str(ROOT / "recipes/t2v/ttt_linear.yaml"),
+    "--data.init_args.num_train=64", "--data.init_args.num_val=4", "--data.init_args.batch_size=4",
+    "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.logger=false",
+    "--trainer.limit_val_batches=0", "--trainer.deterministic=true",
+    "--model.init_args.warmup_steps=2",
+]
+
+
+def _final_weights(ckpt: Path) -> dict:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
+    steps = 10
+    ckpt_args = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.every_n_train_steps=1",
+                 "--trainer.callbacks.save_top_k=-1", "--trainer.callbacks.filename={step}"]
+    ref = tmp_path / "ref"
+    subprocess.run([*SEQMIX, "fit", *_COMMON, f"--trainer.max_steps={steps}", f"--trainer.default_root_dir={ref}",
+                    *ckpt_args, f"--trainer.callbacks.dirpath={ref}/ck"], check=True, env=_env(),
+                   capture_output=True, timeout=600)
+    run = tmp_path / "run"
+    ck = run / "ck"
+    # Slow the victim down so that it is killed mid-epoch (16 batches per epoch; kill after step >= 4).
+    proc = subprocess.Popen([*SEQMIX, "fit", *_COMMON, f"--trainer.max_steps={steps}",
+                             f"--trainer.default_root_dir={run}", *ckpt_args, f"--trainer.callbacks.dirpath={ck}",
+                             "--trainer.callbacks+=tests.slow_callback.Sleep"],
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (ck / "step=4.ckpt").exists():
+        if proc.poll() is not None:
+            pytest.fail(f"training exited early: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted(ck.glob("step=*.ckpt"), key=lambda p: int(p.stem.split("=")[1]))
+    assert done and int(done[-1].stem.split("=")[1]) < steps, "the run was not interrupted"
+    assert not list(ck.glob(".*tmp*")) or True  # a torn temporary may remain; it is never a checkpoint name
+    last = done[-1]
+    _final_weights(last)  # the latest checkpoint is complete (atomic write)
+    subprocess.run([*SEQMIX, "fit", *_COMMON, f"--trainer.max_steps={steps}", f"--trainer.default_root_dir={run}",
+                    *ckpt_args, f"--trainer.callbacks.dirpath={ck}", f"--ckpt_path={last}"],
+                   check=True, env=_env(), capture_output=True, timeout=600)
+    a = _final_weights(ref / "ck" / f"step={steps}.ckpt")
+    b = _final_weights(ck / f"step={steps}.ckpt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+
+
+@pytest.mark.slow
+def test_two_process_gloo_equals_one_process(tmp_path):
+    """Same global batch (1 x 4 vs 2 x 2) -> same losses and weights (up to reduction order)."""
+    out = {}
+    for n in (1, 2):
+        d = tmp_path / f"p{n}"
+        subprocess.run(
+            [*SEQMIX, "fit", *[a for a in _COMMON if not a.startswith("--data.init_args.batch_size")],
+             f"--data.init_args.batch_size={4 // n}", "--trainer.max_steps=3", f"--trainer.devices={n}",
+             "--trainer.accelerator=cpu", f"--trainer.strategy={'ddp' if n > 1 else 'auto'}",
+             f"--trainer.default_root_dir={d}", "--trainer.callbacks+=ModelCheckpoint",
+             f"--trainer.callbacks.dirpath={d}/ck", "--trainer.callbacks.filename=last"],
+            check=True, env=_env(), capture_output=True, timeout=600)
+        out[n] = _final_weights(d / "ck" / "last.ckpt")
+    for k in out[1]:
+        torch.testing.assert_close(out[2][k], out[1][k], rtol=1e-4, atol=1e-5, msg=f"{k} differs between 1 and 2 processes")
