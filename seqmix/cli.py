@@ -1,6 +1,7 @@
 """The ``seqmix`` command line.
 
     seqmix fit|validate|test|predict --config RECIPE.yaml [--key value ...]   Lightning CLI over a recipe
+    seqmix compare video [--quick] [--recipes [..]] [--max_steps N]            t2v baselines, equal budgets (main job)
     seqmix compare mqar [--quick] [--recipes [..]] [--widths [..]] [--lrs [..]]  equal-budget comparison
     seqmix bench layers [--quick] [--lengths [..]] [--layers [..]]             layer speed / memory vs T
     seqmix prepare storyboards|videos ...                                      write latent shard datasets
@@ -155,6 +156,39 @@ def prepare_videos(manifest: str, out: str, vae: str, text_encoder: str, height:
     print(f"wrote {path}")
 
 
+def compare_video(
+    recipes: list[str] | None = None,
+    max_steps: int | None = None,
+    samples: int | None = None,
+    out: str = "runs/compare-video",
+    quick: bool = False,
+) -> None:
+    """Train every text-to-video baseline recipe on the procedural storyboards with the same budget, evaluate
+    them on the same held-out videos and write a table (markdown + JSON), a plot and sample GIFs.
+
+    Args:
+        recipes: t2v recipe files (default: the seven baselines under recipes/t2v/).
+        max_steps: optimizer steps per recipe (default 200).
+        samples: sampled videos per recipe written as GIFs (default 1).
+        out: output directory.
+        quick: a smoke run (two recipes, two steps).
+    """
+    from seqmix.compare import VideoComparison, run_video_comparison
+
+    cmp = VideoComparison(out=out)
+    if recipes:
+        cmp.recipes = recipes
+    if max_steps:
+        cmp.max_steps = max_steps
+    if samples is not None:
+        cmp.samples = samples
+    if quick:
+        cmp = cmp.quick()
+    result = run_video_comparison(cmp)
+    print(result["markdown"])
+    print(f"\nwrote {', '.join(str(p) for p in result['paths'].values() if p)}")
+
+
 def _expand_bare_flags(argv: list[str]) -> list[str]:
     out = []
     for i, a in enumerate(argv):
@@ -175,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from seqmix.bench.cli import BENCH_COMMANDS
 
-    CLI({"layers": list_layers, "bench": BENCH_COMMANDS, "compare": {"mqar": compare_mqar},
+    CLI({"layers": list_layers, "bench": BENCH_COMMANDS, "compare": {"mqar": compare_mqar, "video": compare_video},
          "prepare": {"storyboards": prepare_storyboards, "videos": prepare_videos}},
         args=_expand_bare_flags(args))
 

@@ -55,7 +55,9 @@ class VideoDiffusionTask(pl.LightningModule):
         warmup_steps: linear warm-up of every group.
         betas, weight_decay: AdamW settings (paper: (0.9, 0.95), 1e-4).
         text_dropout: probability of dropping a video's text during training (enables guidance).
-        eval_timesteps: timesteps of the fixed-noise validation.
+        eval_timesteps: timesteps of the fixed-noise validation (losses, PSNR, SSIM).
+        consistency_timesteps: timesteps where appearance recall is scored: high noise, where the noisy frames of a
+            returning segment carry (almost) no colour, so only context (segment 1's text and frames) can tell it.
         sample_steps, guidance: DDIM steps and (first, last) guidance scales for ``predict``.
         sample_dir: where ``predict`` writes GIFs (None: no files).
         seed: seed of the per-example training / evaluation randomness.
@@ -78,6 +80,7 @@ class VideoDiffusionTask(pl.LightningModule):
         weight_decay: float = 1e-4,
         text_dropout: float = 0.1,
         eval_timesteps: list[int] | None = None,
+        consistency_timesteps: list[int] | None = None,
         sample_steps: int = 50,
         guidance: tuple[float, float] = (1.0, 4.0),
         sample_dir: str | None = None,
@@ -93,7 +96,9 @@ class VideoDiffusionTask(pl.LightningModule):
         self.save_hyperparameters()
         self.diffusion = VDiffusion(schedule)
         self.eval_timesteps = eval_timesteps or [300, 600, 900]
-        bad = [t for t in self.eval_timesteps if not 0 <= t < self.diffusion.num_timesteps]
+        self.consistency_timesteps = consistency_timesteps or [950, 990]
+        bad = [t for t in (*self.eval_timesteps, *self.consistency_timesteps)
+               if not 0 <= t < self.diffusion.num_timesteps]
         if bad:
             raise ValueError(f"model.init_args.eval_timesteps {bad} outside [0, {self.diffusion.num_timesteps})")
         try:
@@ -189,23 +194,28 @@ class VideoDiffusionTask(pl.LightningModule):
         B = x0.shape[0]
         lo, hi = x0.amin().item(), x0.amax().item()
         losses, segs, psnr, ssim, cons = [], [], [], [], []
-        for k, t_val in enumerate(self.eval_timesteps):
+        score_cons = self._storyboard is not None and "mask" in batch and self.layout.num_segments >= 3
+        timesteps = [(t, "eval") for t in self.eval_timesteps]
+        if score_cons:
+            timesteps += [(t, "consistency") for t in self.consistency_timesteps]
+        for k, (t_val, kind) in enumerate(timesteps):
             # Fixed noise per (example, eval timestep): every model is scored on the same inputs.
             _, noise, _ = self._draw(batch, -1 - k, train=False)
             t = torch.full((B,), t_val, device=x0.device, dtype=torch.long)
             x_t = self.diffusion.add_noise(x0, noise, t)
             v_hat = self.denoise(x_t, t, text).float()
+            x0_hat = self.diffusion.x0_from_v(x_t.float(), v_hat, t)
+            if kind == "consistency":
+                cons.append(consistency(x0_hat, batch["mask"], batch["appearance"], self._storyboard).mean())
+                continue
             err = (v_hat - self.diffusion.velocity(x0, noise, t).float()).pow(2)  # [B, F, C, H, W]
             losses.append(err.mean())
             segs.append(torch.stack([err[:, a:b].mean() for a, b in self._segment_frames()]))
-            x0_hat = self.diffusion.x0_from_v(x_t.float(), v_hat, t)
             frames_hat, frames = x0_hat.flatten(0, 1), x0.float().flatten(0, 1)
             psnr.append(peak_signal_noise_ratio(frames_hat, frames, data_range=(lo, hi)))
             ks = min(7, frames.shape[-1] - (1 - frames.shape[-1] % 2), frames.shape[-2] - (1 - frames.shape[-2] % 2))
             ssim.append(structural_similarity_index_measure(frames_hat, frames, data_range=(lo, hi),
                                                             kernel_size=max(3, ks)))
-            if self._storyboard is not None and "mask" in batch and self.layout.num_segments >= 3:
-                cons.append(consistency(x0_hat, batch["mask"], batch["appearance"], self._storyboard).mean())
         kw = dict(batch_size=B, sync_dist=True)
         self.log("val/loss", torch.stack(losses).mean(), prog_bar=True, **kw)
         for i, s in enumerate(torch.stack(segs).mean(0)):
