@@ -33,6 +33,8 @@ Legend: B batch, T tokens, D model dim, H heads, K head dim.
 
 from __future__ import annotations
 
+import abc
+
 import logging
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
@@ -258,9 +260,9 @@ class _Attention(Mixer):
         return y, new_state
 
     # ------------------------------------------------------------------------------------------------ state
+    @abc.abstractmethod
     def _keep(self, total: int, pos: int) -> int:
         """How many of the ``total`` most recent keys a query after ``pos`` tokens can still see."""
-        raise NotImplementedError
 
     def _next_state(self, k: torch.Tensor, v: torch.Tensor, pos: int) -> KVCache:
         Tk = k.shape[2]
