@@ -7,9 +7,10 @@ SEQMIX := .venv/bin/seqmix
 setup:
 	bash scripts/setup.sh
 
-# Main job (small built-in default): compare every registry layer's speed, memory and state size vs T on CPU.
+# Main job (small built-in default): train and evaluate every text-to-video baseline with equal budgets on
+# procedural storyboards; prints the table, writes runs/compare-video/ (results.md/json/png, sample GIFs).
 run: setup
-	$(SEQMIX) bench layers --lengths '[256, 512, 1024, 2048]' --out runs/layers
+	$(SEQMIX) compare video --out runs/compare-video
 
 test: setup
 	$(PY) -m pytest -q

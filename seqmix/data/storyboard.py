@@ -43,6 +43,8 @@ class StoryboardConfig:
         text_tokens: L, text tokens per segment.
         text_dim: text embedding width.
         noise: std of per-pixel noise added to the latents (texture).
+        background: std of the random per-video background colour (0 = a plain scene, so that the character is
+            what a model has to get right).
     """
 
     num_segments: int = 3
@@ -54,6 +56,7 @@ class StoryboardConfig:
     text_tokens: int = 4
     text_dim: int = 32
     noise: float = 0.02
+    background: float = 0.0
 
     @property
     def num_frames(self) -> int:
@@ -92,7 +95,8 @@ def make_storyboard(cfg: StoryboardConfig, seed: int) -> dict:
     pal, words = _tables(cfg)
     S, F, C, H, W, c = cfg.num_segments, cfg.num_frames, cfg.channels, cfg.height, cfg.width, cfg.char_size
     app = int(rng.integers(cfg.num_appearances))
-    bg = (0.4 * rng.normal(size=(C, 1, 1)) + 0.1 * rng.normal(size=(C, H, W))).astype(np.float32)
+    bg = (cfg.background * rng.normal(size=(C, 1, 1)) + 0.25 * cfg.background * rng.normal(size=(C, H, W)))
+    bg = bg.astype(np.float32)
     lat = np.broadcast_to(bg, (F, C, H, W)).copy()
     mask = np.zeros((F, H, W), dtype=bool)
     events = cfg.events()

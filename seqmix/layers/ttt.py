@@ -19,6 +19,7 @@ TTT-MLP ~ 39.4M parameters per layer.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
@@ -69,8 +70,10 @@ class TTTConfig(MixerConfig):
         ln_eps: eps of the inner per-head LayerNorm (and of the target's std).
         post_norm_eps: eps of the post-LayerNorm over all heads.
         rope_theta: RoPE base used when ``positions`` are passed to ``forward``.
-        scan_checkpoint_group: if > 0, recompute the scan in backward in groups of this many mini-batches.
-        backend: ``"auto"``, ``"torch"`` (dual form) or ``"naive"`` (reference loop).
+        scan_checkpoint_group: if > 0, recompute the scan in backward in groups of this many mini-batches
+            (``"triton"``: mini-batches between saved states; 0 picks ~sqrt(#mini-batches) there).
+        backend: ``"auto"``, ``"triton"`` (fused kernels of :mod:`seqmix.kernels.ttt_triton`; auto on CUDA for
+            head dims 16/32/64/128), ``"torch"`` (dual form) or ``"naive"`` (reference loop).
     """
 
     causal: bool = False
@@ -86,7 +89,7 @@ class TTTConfig(MixerConfig):
 class _TTTBase(Mixer):
     kind: ClassVar[str]
     default_base_lr: ClassVar[float]
-    backends = ("torch", "naive")
+    backends = ("triton", "torch", "naive")
     _reference_backends = ("naive",)
     state_knob = "head_dim"
     param_knob = "head_dim"
@@ -153,6 +156,37 @@ class _TTTBase(Mixer):
             f"base_lr={self.base_lr}"
         )
 
+    # ----------------------------------------------------------------------------------------------- backends
+    def _backend_ok(self, backend: str, device: torch.device) -> str | None:
+        if backend in ("torch", "naive"):
+            return None
+        if backend != "triton":
+            return f"unknown backend {backend!r}"
+        if self.W1.dtype == torch.float64:
+            return "the TTT Triton kernels compute in float32; float64 layers use the torch backend"
+        if device.type == "cpu":
+            if os.environ.get("TRITON_INTERPRET") != "1":
+                return "the TTT Triton kernels need a CUDA device (on CPU only under TRITON_INTERPRET=1, for tests)"
+            # The interpreter is ~1 ms per program instance: never an automatic choice, only an explicit one.
+            if self.config.backend != "triton":
+                return "the Triton interpreter is for tests only; request backend='triton' explicitly"
+        elif device.type != "cuda":
+            return f"the TTT Triton kernels do not run on {device.type}"
+        try:  # imported here, never at `import seqmix` (TRITON_INTERPRET must be set before @triton.jit runs)
+            from seqmix.kernels.ttt_triton import check_supported
+        except ImportError as e:
+            return f"cannot import the TTT Triton kernels ({e})"
+        # The layer hands the scan fp32 inputs (see _project), whatever the parameter dtype.
+        K, F_ = self.W1.shape[-2:]
+        return check_supported(self.kind, K, F_, self.config.mini_batch_size, torch.float32, device)
+
+    def _scan_fn(self, backend: str):
+        if backend == "triton":
+            from seqmix.kernels.ttt_triton import ttt_scan_triton
+
+            return ttt_scan_triton
+        return ttt_ops.ttt_scan if backend == "torch" else ttt_ops.ttt_scan_naive
+
     # ------------------------------------------------------------------------------------------------ forward
     def _project(self, x: torch.Tensor, positions: torch.Tensor | None):
         """x [B, T, D] -> q, k, r [B, H, T, K] and eta [B, H, T], in fp32 (fp64 for fp64 inputs)."""
@@ -184,7 +218,7 @@ class _TTTBase(Mixer):
         c: TTTConfig = self.config
         B, T, _ = x.shape
         backend = self.backend_for(x.device)
-        scan = ttt_ops.ttt_scan if backend == "torch" else ttt_ops.ttt_scan_naive
+        scan = self._scan_fn(backend)
         acc = _acc_dtype(x)
         q, k, r, eta = self._project(x, positions)
         # Inner state, gradients and LN statistics in fp32 (fp64 for fp64 inputs) even under bf16 autocast.

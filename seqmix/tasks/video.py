@@ -338,6 +338,8 @@ class StoryboardVideoData(_VideoData):
         channels, height, width: latent channels and grid.
         text_tokens, text_dim: text slot length per segment and embedding width.
         num_appearances: character palette size.
+        char_size: side of the square character in latent pixels.
+        background: std of the random per-video background colour (0: plain scenes).
         num_train, num_val: videos per split (validation uses disjoint seeds).
         batch_size: per-process batch size.
         seed: data seed (also the order seed).
@@ -345,11 +347,12 @@ class StoryboardVideoData(_VideoData):
     """
 
     def __init__(self, num_segments: int = 3, channels: int = 4, height: int = 8, width: int = 8,
-                 text_tokens: int = 4, text_dim: int = 32, num_appearances: int = 8, num_train: int = 512,
-                 num_val: int = 64, batch_size: int = 8, seed: int = 0, num_workers: int = 0):
+                 text_tokens: int = 4, text_dim: int = 32, num_appearances: int = 8, char_size: int = 2, background: float = 0.0,
+                 num_train: int = 512, num_val: int = 64, batch_size: int = 8, seed: int = 0, num_workers: int = 0):
         super().__init__(batch_size, seed, num_workers)
         self.cfg = StoryboardConfig(num_segments=num_segments, channels=channels, height=height, width=width,
-                                    text_tokens=text_tokens, text_dim=text_dim, num_appearances=num_appearances)
+                                    text_tokens=text_tokens, text_dim=text_dim, num_appearances=num_appearances,
+                                    char_size=char_size, background=background)
         try:
             self.cfg.validate()
         except ValueError as e:
