@@ -227,7 +227,7 @@ def _video_markdown(rows: list[dict], cmp: VideoComparison, command: str) -> str
         f"Command: `{command}`  ",
         f"Every recipe: {cmp.max_steps} steps on the same storyboards (3 s segments; the character's appearance is "
         "named only in segment 1, absent in segment 2, back in segment 3), evaluated on the same held-out videos at "
-        "fixed noise. consistency = appearance recall in returning segments (chance 1/8).", "",
+        f"fixed noise. consistency = appearance recall in returning segments (chance {_chance(rows)}).", "",
         f"| recipe | global layer | params | state | train s | val loss | {seg_cols} | consistency | PSNR | SSIM |",
         "|---|---|---:|---:|---:|---:|" + "---:|" * S + "---:|---:|---:|",
     ]
@@ -239,6 +239,11 @@ def _video_markdown(rows: list[dict], cmp: VideoComparison, command: str) -> str
             f"{r['train_seconds']:.0f} | {m['val/loss']:.4f} | {segs} | {m.get('val/consistency', float('nan')):.3f} | "
             f"{m['val/psnr']:.2f} | {m['val/ssim']:.3f} |")
     return "\n".join(lines)
+
+
+def _chance(rows: list[dict]) -> str:
+    k = {r.get("num_appearances") for r in rows} - {None}
+    return f"1/{k.pop()}" if len(k) == 1 else "1/#appearances"
 
 
 def _video_plot(rows: list[dict], path: Path) -> Path | None:
@@ -254,7 +259,8 @@ def _video_plot(rows: list[dict], path: Path) -> Path | None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     cons = [r["metrics"].get("val/consistency", float("nan")) for r in rows]
     axes[0].bar(names, cons, color=["tab:gray" if r["mixer"] is None else "tab:blue" for r in rows])
-    axes[0].axhline(1 / 8, color="k", ls="--", lw=1, label="chance")
+    k = rows[0].get("num_appearances") or 8
+    axes[0].axhline(1 / k, color="k", ls="--", lw=1, label="chance")
     axes[0].set_ylabel("appearance recall in returning segments")
     axes[0].set_ylim(0, 1)
     axes[0].legend()
@@ -292,7 +298,8 @@ def run_video_comparison(cmp: VideoComparison, progress: bool = True) -> dict:
             task = cli.model
             row = {"name": name, "recipe": recipe, "mixer": task.dit.config.mixer, "steps": int(cli.trainer.global_step),
                    "train_seconds": train_s, "metrics": metrics, "params": sum(p.numel() for p in task.parameters()),
-                   "state_size": task.dit.state_size(seq_len=task.layout.total_tokens)}
+                   "state_size": task.dit.state_size(seq_len=task.layout.total_tokens),
+                   "num_appearances": getattr(getattr(cli.datamodule, "cfg", None), "num_appearances", None)}
             if cmp.samples:
                 row["samples"] = _sample(cli, cmp, out / "samples" / name)
             rows.append(row)
