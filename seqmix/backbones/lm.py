@@ -37,6 +37,8 @@ class LMConfig:
             a dict for all blocks or a list with one dict per block.
         mlp_ratio: hidden width of the MLP as a multiple of D (0 = no MLP).
         max_len: number of learned absolute positions (0 = none; then only the mixers see order).
+        rope: pass token positions to the mixers that take RoPE positions (attention, TTT: config field
+            ``rope_theta``); position-free recurrences see order through their scan.
         norm_eps: LayerNorm eps.
         dropout: dropout on embeddings and residual branches.
     """
@@ -49,6 +51,7 @@ class LMConfig:
     mixer_config: dict | list[dict] = field(default_factory=dict)
     mlp_ratio: float = 4.0
     max_len: int = 2048
+    rope: bool = True
     norm_eps: float = 1e-5
     dropout: float = 0.0
 
@@ -74,12 +77,14 @@ class _Block(nn.Module):
         h = int(round(c.dim * c.mlp_ratio))
         self.mlp = nn.Sequential(nn.Linear(c.dim, h), nn.GELU(approximate="tanh"), nn.Linear(h, c.dim)) if h else None
         self.drop = nn.Dropout(c.dropout)
+        self.rope = c.rope and "rope_theta" in {f.name for f in dataclasses.fields(L.config_class(name))}
 
-    def forward(self, x: torch.Tensor, state=None, return_state: bool = False):
+    def forward(self, x: torch.Tensor, state=None, return_state: bool = False, positions=None):
+        kw = {"positions": positions} if self.rope and positions is not None else {}
         if return_state:
-            m, state = self.mixer(self.norm1(x), state=state, return_state=True)
+            m, state = self.mixer(self.norm1(x), state=state, return_state=True, **kw)
         else:
-            m = self.mixer(self.norm1(x))
+            m = self.mixer(self.norm1(x), **kw)
         x = x + self.drop(m)
         if self.mlp is not None:
             x = x + self.drop(self.mlp(self.norm2(x)))
@@ -130,18 +135,19 @@ class MixerLM(nn.Module):
         if int(tokens.max()) >= self.config.vocab_size or int(tokens.min()) < 0:
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got [{int(tokens.min())}, {int(tokens.max())}]")
         x = self.embed(tokens)
+        positions = torch.arange(offset, offset + T, device=tokens.device)
         if self.pos is not None:
             if offset + T > self.config.max_len:
                 raise ValueError(f"positions up to {offset + T} exceed max_len={self.config.max_len}")
-            x = x + self.pos(torch.arange(offset, offset + T, device=tokens.device))
+            x = x + self.pos(positions)
         x = self.drop(x)
         states = [None] * len(self.blocks) if state is None else list(state)
         new_states = []
         for blk, st in zip(self.blocks, states):
             if return_state:
-                x, st = blk(x, state=st, return_state=True)
+                x, st = blk(x, state=st, return_state=True, positions=positions)
                 new_states.append(st)
             else:
-                x = blk(x)
+                x = blk(x, positions=positions)
         logits = self.norm(x) @ self.embed.weight.T  # tied head
         return (logits, new_states) if return_state else logits
