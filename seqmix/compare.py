@@ -267,6 +267,7 @@ def _video_plot(rows: list[dict], path: Path) -> Path | None:
     S = max(len([k for k in r["metrics"] if k.startswith("val/loss_seg")]) for r in rows)
     for r in rows:
         axes[1].plot(range(1, S + 1), [r["metrics"][f"val/loss_seg{i}"] for i in range(S)], marker="o", label=r["name"])
+    axes[1].set_xticks(range(1, S + 1))
     axes[1].set_xlabel("segment position")
     axes[1].set_ylabel("denoising loss (fixed noise)")
     axes[1].legend(fontsize=7)
