@@ -170,9 +170,12 @@ def chunk_gated_delta_rule(
 
     S = q_.new_zeros(B, HV, K, V) if initial_state is None else initial_state.to(acc)
     outs = []
+    # One unbind per tensor: indexing chunk n inside the loop would make autograd allocate a full-size gradient
+    # per chunk in backward (O(T^2) memory traffic); unbind's backward is a single stack.
+    us, ws, qds, atts, cds, kds = (t.unbind(2) for t in (u_tilde, w, q_decay, attn_CC, chunk_decay, k_decay))
     for n in range(N):  # the only sequential part: hand the [K, V] state from chunk to chunk
-        u = u_tilde[:, :, n] - w[:, :, n] @ S  # [B, HV, C, V]
-        outs.append(q_decay[:, :, n] @ S + attn_CC[:, :, n] @ u)
-        S = S * chunk_decay[:, :, n, None, None] + k_decay[:, :, n].transpose(-1, -2) @ u
+        u = us[n] - ws[n] @ S  # [B, HV, C, V]
+        outs.append(qds[n] @ S + atts[n] @ u)
+        S = S * cds[n][..., None, None] + kds[n].transpose(-1, -2) @ u
     o = torch.stack(outs, dim=2).reshape(B, HV, N * C, V)[:, :, :T]
     return o.transpose(1, 2).to(q.dtype), (S if output_final_state else None)

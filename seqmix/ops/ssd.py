@@ -162,9 +162,10 @@ def ssd_chunk(
     chunk_decay = torch.exp(a_cs[..., -1])  # [B, H, c]
     h = x.new_zeros(b, H, P, N, dtype=acc) if initial_state is None else initial_state.to(acc)
     entering = []
-    for i in range(c):
+    # unbind once (see delta_rule.chunk_gated_delta_rule: per-chunk indexing makes backward O(T^2))
+    for cd, cs in zip(chunk_decay.unbind(2), chunk_states.unbind(1)):
         entering.append(h)
-        h = h * chunk_decay[:, :, i, None, None] + chunk_states[:, i]
+        h = h * cd[..., None, None] + cs
     states = torch.stack(entering, dim=1)  # [B, c, H, P, N]
 
     # 4. Entering state -> outputs (left factor of the off-diagonal blocks), decayed to each token.
