@@ -38,6 +38,7 @@ __all__ = [
     "versions",
     "measure_peaks",
     "is_oom",
+    "record_failure",
     "memory_budget",
     "roofline",
     "combine_peaks",
@@ -187,6 +188,15 @@ def is_oom(e: BaseException) -> bool:
     if oom is not None and isinstance(e, oom):
         return True
     return isinstance(e, RuntimeError) and ("out of memory" in str(e).lower() or "can't allocate" in str(e).lower())
+
+
+def record_failure(rec: "Measurement", e: BaseException, series: "SeriesBudget", key: tuple, size: int) -> bool:
+    """Mark ``rec`` skipped (out of memory) or errored by ``e``, stop its series at ``size``; True if OOM."""
+    oom = is_oom(e)
+    rec.status = "skipped" if oom else "error"
+    rec.reason = ("out of memory: " if oom else f"{type(e).__name__}: ") + str(e).splitlines()[0][:300]
+    series.kill(key, size, rec.reason)
+    return oom
 
 
 def memory_budget(device: torch.device | str, fraction: float = 0.6) -> int:

@@ -41,7 +41,7 @@ from seqmix.backbones.dit import DiTConfig, SegmentedDiT
 from seqmix.backbones.layout import VideoLayout
 
 from . import costs
-from .core import (Measurement, SeriesBudget, combine_peaks, is_oom, measure, measure_peaks, median, memory_budget,
+from .core import (Measurement, SeriesBudget, combine_peaks, record_failure, measure, measure_peaks, median, memory_budget,
                    roofline, torch_threads)
 from .gates import gate
 from .report import RunInfo, make_doc, markdown_header, pyplot, start_run, write_doc
@@ -298,11 +298,7 @@ def _run(cfg: DiTBenchConfig, progress: bool, command: str | None) -> DiTBenchRe
             times, peak = measure(fn, repeats=cfg.repeats, warmup=cfg.warmup, device=device,
                                   max_seconds=cfg.max_seconds_per_point)
         except Exception as e:  # noqa: BLE001 - record and go on
-            oom = is_oom(e)
-            rec.status = "skipped" if oom else "error"
-            rec.reason = ("out of memory: " if oom else f"{type(e).__name__}: ") + str(e).splitlines()[0][:300]
-            series.kill(key, lay.total_tokens, rec.reason)
-            if not oom:
+            if not record_failure(rec, e, series, key, lay.total_tokens):
                 logger.warning("dit %s %ss %s failed: %s", variant, seconds, mode, rec.reason)
             continue
         finally:

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from seqmix import layers as L
 
 from . import costs
-from .core import (Measurement, SeriesBudget, combine_peaks, fit_exponent, is_oom, measure, measure_peaks, median,
+from .core import (Measurement, SeriesBudget, combine_peaks, fit_exponent, record_failure, measure, measure_peaks, median,
                    memory_budget, roofline, torch_threads)
 from .gates import gate
 from .report import RunInfo, make_doc, markdown_header, pyplot, start_run, write_doc
@@ -322,11 +322,7 @@ def _run(cfg: LayerBenchConfig, names: list[str], progress: bool, command: str |
             times, peak = measure(fn, repeats=cfg.repeats, warmup=cfg.warmup, device=device,
                                   max_seconds=cfg.max_seconds_per_point)
         except Exception as e:  # noqa: BLE001 - record and continue with the other points
-            oom = is_oom(e)
-            rec.status = "skipped" if oom else "error"
-            rec.reason = ("out of memory: " if oom else f"{type(e).__name__}: ") + str(e).splitlines()[0][:300]
-            series.kill(key, T, rec.reason)
-            if not oom:
+            if not record_failure(rec, e, series, key, T):
                 logger.warning("%s/%s %s T=%d failed: %s", name, backend, mode, T, rec.reason)
             continue
         finally:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from .core import (Measurement, SeriesBudget, fit_exponent, is_oom, measure, measure_peaks, median, memory_budget,
+from .core import (Measurement, SeriesBudget, fit_exponent, record_failure, measure, measure_peaks, median, memory_budget,
                    roofline)
 from .report import markdown_header, pyplot, start_run
 
@@ -304,11 +304,7 @@ def run_ttt_kernel_bench(cfg: TTTKernelBenchConfig, progress: bool = True,
             times, peak = measure(fn, repeats=cfg.repeats, warmup=cfg.warmup, device=device,
                                   max_seconds=cfg.max_seconds_per_point)
         except Exception as e:  # noqa: BLE001 - record and go on with the other points
-            oom = is_oom(e)
-            rec.status = "skipped" if oom else "error"
-            rec.reason = ("out of memory: " if oom else f"{type(e).__name__}: ") + str(e).splitlines()[0][:300]
-            budget.kill(key, T, rec.reason)
-            if not oom:
+            if not record_failure(rec, e, budget, key, T):
                 logger.warning("ttt_%s/%s %s T=%d failed: %s", kind, backend, mode, T, rec.reason)
             continue
         finally:
