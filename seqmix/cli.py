@@ -2,7 +2,7 @@
 
     seqmix fit|validate|test|predict --config RECIPE.yaml [--key value ...]   Lightning CLI over a recipe
     seqmix compare video [--quick] [--recipes [..]] [--max_steps N]            t2v baselines, equal budgets (main job)
-    seqmix compare mqar [--quick] [--recipes [..]] [--widths [..]] [--lrs [..]]  equal-budget comparison
+    seqmix compare mqar [--quick] [--widths [..]] [--lrs [..]] [--jobs N]     MQAR accuracy vs state size
     seqmix bench layers [--quick] [--lengths [..]] [--layers [..]]             layer speed / memory vs T
     seqmix prepare storyboards|videos ...                                      write latent shard datasets
     seqmix layers                                                              list registry layers
@@ -84,6 +84,7 @@ def compare_mqar(
     widths: list[int] | None = None,
     lrs: list[float] | None = None,
     max_steps: int | None = None,
+    jobs: int = 0,
     out: str = "runs/compare-mqar",
     quick: bool = False,
 ) -> None:
@@ -93,14 +94,16 @@ def compare_mqar(
     Args:
         recipes: recipe YAML files (default: every file under recipes/mqar/).
         widths: model widths to sweep (default 32, 64).
-        lrs: learning-rate grid (default 1e-3, 3e-3); the best per point is reported.
+        lrs: learning-rate grid (default 3e-3, which fits the 15-minute CPU budget; e.g. `--lrs [1e-3,3e-3,1e-2]`
+            for a wider search); the best per point is reported.
         max_steps: optimizer steps per run (default: the recipe's epoch of data).
+        jobs: runs trained at once in separate processes (0 = one per CPU core without a GPU, else 1).
         out: output directory.
         quick: a smoke run (two recipes, one width, one lr, a few steps).
     """
     from seqmix.compare import MQARSweep, run_mqar_sweep
 
-    sweep = MQARSweep(out=out)
+    sweep = MQARSweep(out=out, jobs=jobs)
     if recipes:
         sweep.recipes = recipes
     if widths:
@@ -160,6 +163,7 @@ def compare_video(
     recipes: list[str] | None = None,
     max_steps: int | None = None,
     samples: int | None = None,
+    jobs: int = 0,
     out: str = "runs/compare-video",
     quick: bool = False,
 ) -> None:
@@ -168,14 +172,15 @@ def compare_video(
 
     Args:
         recipes: t2v recipe files (default: the seven baselines under recipes/t2v/).
-        max_steps: optimizer steps per recipe (default 200).
+        max_steps: optimizer steps per recipe (default 500).
         samples: sampled videos per recipe written as GIFs (default 1).
+        jobs: recipes trained at once in separate processes (0 = one per CPU core without a GPU, else 1).
         out: output directory.
         quick: a smoke run (two recipes, two steps).
     """
     from seqmix.compare import VideoComparison, run_video_comparison
 
-    cmp = VideoComparison(out=out)
+    cmp = VideoComparison(out=out, jobs=jobs)
     if recipes:
         cmp.recipes = recipes
     if max_steps:

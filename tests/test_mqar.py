@@ -1,5 +1,6 @@
 """MQAR generator (definition properties), the LM backbone with every registry layer, and the MQAR recipes."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,34 @@ def test_lm_chunked_inference_with_state_equals_full_pass():
     assert torch.allclose(torch.cat([a, b, c], 1), full, atol=1e-10)
 
 
+@pytest.mark.parametrize("mixer", [["full_attn", "mamba2"], ["ttt_linear", "gated_deltanet"]], ids="+".join)
+def test_short_conv_is_causal_and_carries_state(mixer):
+    torch.manual_seed(0)
+    cfgs = [dict(C.SMALL_CONFIGS[m]) for m in mixer]
+    lm = MixerLM(LMConfig(vocab_size=30, dim=C.DIM, num_layers=2, num_heads=C.HEADS, mixer=mixer, mixer_config=cfgs,
+                          short_conv=4, max_len=32)).double()
+    with torch.no_grad():  # zero-initialised taps would make every check below trivial
+        for b in lm.blocks:
+            b.conv.weight.normal_()
+    x = torch.randint(0, 30, (2, 13))
+    full = lm(x)
+    x2 = x.clone()
+    x2[:, 7] = (x2[:, 7] + 1) % 30
+    assert torch.equal(lm(x2)[:, :7], full[:, :7])
+    a, st = lm(x[:, :6], return_state=True)
+    b, st = lm(x[:, 6:7], state=st, return_state=True, offset=6)
+    c, _ = lm(x[:, 7:], state=st, return_state=True, offset=7)
+    assert torch.allclose(torch.cat([a, b, c], 1), full, atol=1e-10)
+    # the shifted multiply-adds equal a causal depthwise conv1d (plus the residual)
+    conv = lm.blocks[0].conv
+    h = torch.randn(2, 13, C.DIM, dtype=torch.float64)
+    ref = h + torch.nn.functional.conv1d(torch.nn.functional.pad(h.transpose(1, 2), (3, 0)),
+                                         conv.weight.T[:, None, :], groups=C.DIM).transpose(1, 2)
+    assert torch.allclose(conv(h)[0], ref, atol=1e-12)
+    with pytest.raises(ValueError, match="short_conv"):
+        MixerLM(LMConfig(vocab_size=30, dim=32, short_conv=1))
+
+
 def test_every_layer_has_an_mqar_recipe():
     have = {Path(r).stem for r in RECIPES}
     want = set(layers.available()) - {"identity", "local_attn"}  # every global layer (not the no-op baselines)
@@ -131,8 +160,11 @@ def test_compare_quick_writes_table(tmp_path):
     from seqmix.compare import MQARSweep, run_mqar_sweep
 
     sweep = MQARSweep(recipes=[r for r in RECIPES if Path(r).stem in ("ttt_mlp", "ttt_linear")],
-                      widths=[32], lrs=[1e-3], max_steps=2, out=str(tmp_path))
-    res = run_mqar_sweep(sweep, progress=False)
+                      widths=[32], lrs=[1e-3], max_steps=2, jobs=2, out=str(tmp_path))
+    res = run_mqar_sweep(sweep, progress=False)  # two worker processes, one run each
     assert (tmp_path / "results.json").is_file() and (tmp_path / "results.md").is_file()
     assert {r["mixer"] for r in res["best"]} == {"ttt_mlp", "ttt_linear"}
     assert all(0.0 <= r["val_acc"] <= 1.0 and r["steps"] == 2 for r in res["best"])
+    assert all(r["threads"] == max(1, (os.cpu_count() or 1) // 2) for r in res["records"])
+    with pytest.raises(ValueError, match="jobs"):
+        MQARSweep(jobs=-1).validate()

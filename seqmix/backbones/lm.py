@@ -1,7 +1,12 @@
 """A small causal language-model backbone around any registry mixer (Zoology-style, arXiv 2312.04927).
 
-token embedding (+ learned absolute positions) -> N pre-norm blocks of ``x + mixer(LN(x))``, ``x + MLP(LN(x))``
--> final LayerNorm -> output head tied to the embedding. A hybrid stack picks a mixer per layer index.
+token embedding (+ learned absolute positions) -> N pre-norm blocks of ``x + mixer(conv(LN(x)))``,
+``x + MLP(LN(x))`` -> final LayerNorm -> output head tied to the embedding. A hybrid stack picks a mixer per layer
+index. ``conv`` is an optional short causal depthwise convolution with a residual (``short_conv`` taps, off by
+default): it hands every position its few predecessors, which associative recall needs (the value must be stored
+next to its key) and which attention otherwise has to learn with a second layer (Zoology's short convolutions,
+"Canon layers" of Allen-Zhu 2025). Mamba2 and Gated DeltaNet carry such a convolution inside; giving it to every
+layer keeps a comparison fair.
 
 Parameters: ``V D + P D`` embeddings, per block ``mixer + 2 (D^2 r) + 2 (D r) + D + 4 D`` (MLP ratio r), ``2 D``
 final norm; the head is tied. Shapes: tokens ``[B, T]`` (int64) -> logits ``[B, T, V]``.
@@ -39,6 +44,8 @@ class LMConfig:
         max_len: number of learned absolute positions (0 = none; then only the mixers see order).
         rope: pass token positions to the mixers that take RoPE positions (attention, TTT: config field
             ``rope_theta``); position-free recurrences see order through their scan.
+        short_conv: taps K of the causal depthwise convolution before every mixer (``y = x + conv_K(x)``, weights
+            initialised to zero so it starts as the identity); 0 = none.
         norm_eps: LayerNorm eps.
         dropout: dropout on embeddings and residual branches.
     """
@@ -52,6 +59,7 @@ class LMConfig:
     mlp_ratio: float = 4.0
     max_len: int = 2048
     rope: bool = True
+    short_conv: int = 0
     norm_eps: float = 1e-5
     dropout: float = 0.0
 
@@ -66,10 +74,37 @@ def _causal_cfg(name: str, cfg: dict) -> dict:
     return cfg
 
 
+class ShortConv(nn.Module):
+    """Causal depthwise convolution with a residual: ``y_t = x_t + sum_{i<K} w_i * x_{t-K+1+i}`` (zero-initialised).
+
+    ``forward(x [B, T, D], state [B, K-1, D] | None) -> (y [B, T, D], state)``: the state is the last K-1 inputs,
+    so chunked inference equals one pass. Shifted multiply-adds instead of ``conv1d``: exact, and much faster on
+    CPU for these tiny kernels.
+    """
+
+    def __init__(self, dim: int, taps: int):
+        super().__init__()
+        if taps < 2:
+            raise ValueError(f"short_conv must be 0 (off) or >= 2 taps, got {taps}")
+        self.taps = taps
+        self.weight = nn.Parameter(torch.zeros(taps, dim))  # [K, D]; w[K-1] multiplies the current token
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T, D = x.shape
+        K = self.taps
+        past = x.new_zeros(B, K - 1, D) if state is None else state.to(x.dtype)
+        xp = torch.cat([past, x], dim=1)  # [B, K-1+T, D]
+        y = x + sum(xp[:, i:i + T] * self.weight[i] for i in range(K))
+        return y, xp[:, -(K - 1):]
+
+
 class _Block(nn.Module):
     def __init__(self, c: LMConfig, name: str, mcfg: dict):
         super().__init__()
         self.norm1 = nn.LayerNorm(c.dim, eps=c.norm_eps)
+        if c.short_conv < 0 or c.short_conv == 1:
+            raise ValueError(f"short_conv must be 0 (off) or >= 2 taps, got {c.short_conv}")
+        self.conv = ShortConv(c.dim, c.short_conv) if c.short_conv else None
         self.mixer = L.build(name, dim=c.dim, num_heads=c.num_heads, **_causal_cfg(name, mcfg))
         if not self.mixer.causal:
             raise ValueError(f"LM block mixer {name!r} is not causal; a causal LM needs causal mixers")
@@ -81,10 +116,17 @@ class _Block(nn.Module):
 
     def forward(self, x: torch.Tensor, state=None, return_state: bool = False, positions=None):
         kw = {"positions": positions} if self.rope and positions is not None else {}
+        h = self.norm1(x)
+        conv_state = None
+        if self.conv is not None:  # the block state is (conv state, mixer state)
+            conv_state, state = (None, None) if state is None else state
+            h, conv_state = self.conv(h, conv_state)
         if return_state:
-            m, state = self.mixer(self.norm1(x), state=state, return_state=True, **kw)
+            m, state = self.mixer(h, state=state, return_state=True, **kw)
+            if self.conv is not None:
+                state = (conv_state, state)
         else:
-            m = self.mixer(self.norm1(x), **kw)
+            m = self.mixer(h, **kw)
         x = x + self.drop(m)
         if self.mlp is not None:
             x = x + self.drop(self.mlp(self.norm2(x)))

@@ -135,7 +135,7 @@ def ssd_chunk(
     """
     b, T, H, P, G, N = _check(x, dt, A, B, C, chunk_size, D, initial_state)
     acc = _acc_dtype(x)
-    Q = chunk_size
+    Q = min(chunk_size, T)  # a chunk longer than the input would only multiply zero padding (Q^2 work per chunk)
     xdt = x.to(acc) * dt.to(acc)[..., None]  # [B, T, H, P] discretised input dt x
     a = dt.to(acc) * A.to(acc)  # [B, T, H] log decay of each step (<= 0)
     Bh, Ch = _heads(B, H).to(acc), _heads(C, H).to(acc)  # [B, T, H, N]
