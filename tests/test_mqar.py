@@ -3,28 +3,32 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from seqmix import layers
 from seqmix.backbones import LMConfig, MixerLM
-from seqmix.data.mqar import IGNORE_INDEX, MQARConfig, make_mqar
+from seqmix.data.mqar import FORMS, IGNORE_INDEX, MQARConfig, assemble_mqar, make_mqar
 
 import contract as C
 
 RECIPES = sorted(str(p) for p in (Path(__file__).resolve().parents[1] / "recipes" / "mqar").glob("*.yaml"))
 
 
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("random_fill", [True, False], ids=["random-fill", "zero-fill"])
-def test_every_query_key_appeared_earlier_with_its_value(random_fill):
-    cfg = MQARConfig(vocab_size=64, seq_len=64, num_kv_pairs=6, random_non_queries=random_fill)
+def test_every_query_key_appeared_earlier_with_its_value(random_fill, form):
+    cfg = MQARConfig(vocab_size=66, seq_len=64, num_kv_pairs=6, random_non_queries=random_fill, form=form)
     x, y = make_mqar(cfg, 200, seed=3)
     assert x.shape == y.shape == (200, 64) and x.dtype == y.dtype == torch.int64
     P = cfg.num_kv_pairs
     for seq, lab in zip(x, y):
         keys, vals = seq[0 : 2 * P : 2], seq[1 : 2 * P : 2]
         assert len(set(keys.tolist())) == P, "keys must be distinct"
-        assert (keys >= 1).all() and (keys < 32).all() and (vals >= 32).all() and (vals < 64).all()
+        assert (keys >= 1).all() and (keys < 33).all() and (vals >= 33).all() and (vals < 66).all()
+        if form == "zoology":
+            assert len(set(vals.tolist())) == P, "values are drawn without replacement (as Zoology)"
         q = (lab != IGNORE_INDEX).nonzero().flatten()
         assert len(q) == P, "every key is queried exactly once"
         for t in q.tolist():
@@ -32,8 +36,30 @@ def test_every_query_key_appeared_earlier_with_its_value(random_fill):
             k = seq[t].item()
             i = keys.tolist().index(k)  # the queried key appeared earlier ...
             assert lab[t].item() == vals[i].item(), "... and the target is its value"
-            if t + 1 < len(seq):
+            if t + 1 < len(seq) and form == "answer_in_input":
                 assert seq[t + 1].item() == vals[i].item(), "the value follows its query in the input"
+            if t + 1 < len(seq) and form == "zoology" and not random_fill:
+                assert seq[t + 1].item() == 0, "no answer in the input after a query (Zoology)"
+
+
+def test_zoology_form_equals_hand_written_sequences():
+    # Zoology's own docstring example: V=12, 2 pairs, zero fill; key 4 queried at position 6, key 2 at 12.
+    x, y = assemble_mqar(np.array([[2, 4]]), np.array([[8, 7]]), np.array([[4, 1]]), seq_len=16)
+    assert x.tolist() == [[2, 8, 4, 7, 0, 0, 4, 0, 0, 0, 0, 0, 2, 0, 0, 0]]
+    I = IGNORE_INDEX
+    assert y.tolist() == [[I, I, I, I, I, I, 7, I, I, I, I, I, 8, I, I, I]]
+    # Random filler only where there is neither context nor a query key.
+    fill = np.full((1, 10), 99)
+    x, y = assemble_mqar(np.array([[5]]), np.array([[11]]), np.array([[0]]), seq_len=10, fill=fill)
+    assert x.tolist() == [[5, 11, 5, 99, 99, 99, 99, 99, 99, 99]]
+    assert y.tolist() == [[I, I, 11, I, I, I, I, I, I, I]]
+
+
+def test_zoology_form_draws_fill_from_the_whole_vocabulary():
+    cfg = MQARConfig(vocab_size=200, seq_len=128, num_kv_pairs=4)
+    x, y = make_mqar(cfg, 100, seed=0)
+    filler = x[:, 8:][y[:, 8:] == IGNORE_INDEX]
+    assert filler.min() == 0 and filler.max() >= 190, "filler is uniform over [0, V), as Zoology's"
 
 
 def test_no_target_outside_query_positions_and_determinism():
@@ -61,7 +87,10 @@ def test_power_law_prefers_short_gaps():
     [(dict(seq_len=30, num_kv_pairs=8), "seq_len=30 is too short"),
      (dict(vocab_size=16, num_kv_pairs=8), "vocab_size=16 is too small"),
      (dict(num_kv_pairs=0), "num_kv_pairs"),
-     (dict(power_a=0.0), "power_a")],
+     (dict(power_a=0.0), "power_a"),
+     (dict(seq_len=63, vocab_size=256), "must be even"),
+     (dict(seq_len=128, vocab_size=128), "must exceed seq_len"),
+     (dict(form="zoo"), "unknown MQAR form")],
 )
 def test_bad_settings_fail_clearly(kw, msg):
     with pytest.raises(ValueError, match=msg):

@@ -101,18 +101,19 @@ class MQARData(pl.LightningDataModule):
     """In-memory MQAR train / validation sets (see :mod:`seqmix.data.mqar`).
 
     Args:
-        vocab_size, seq_len, num_kv_pairs, power_a, random_non_queries: the task (``MQARConfig``).
+        vocab_size, seq_len, num_kv_pairs, power_a, random_non_queries, form: the task (``MQARConfig``;
+            ``form="answer_in_input"`` reproduces results made before Zoology's form became the default).
         num_train, num_val: examples per split (validation uses a different seed).
         batch_size: examples per batch.
         seed: base seed; the data are a pure function of the settings and the seed.
     """
 
     def __init__(self, vocab_size: int = 8192, seq_len: int = 128, num_kv_pairs: int = 8, power_a: float = 0.01,
-                 random_non_queries: bool = True, num_train: int = 20_000, num_val: int = 1_000,
-                 batch_size: int = 64, seed: int = 0):
+                 random_non_queries: bool = True, form: str = "zoology", num_train: int = 20_000,
+                 num_val: int = 1_000, batch_size: int = 64, seed: int = 0):
         super().__init__()
         self.cfg = MQARConfig(vocab_size=vocab_size, seq_len=seq_len, num_kv_pairs=num_kv_pairs, power_a=power_a,
-                              random_non_queries=random_non_queries)
+                              random_non_queries=random_non_queries, form=form)
         self.cfg.validate()  # fail at construction, before any training starts
         if batch_size < 1 or num_train < 1 or num_val < 1:
             raise ValueError(f"batch_size, num_train and num_val must be >= 1, got {batch_size}, {num_train}, {num_val}")
