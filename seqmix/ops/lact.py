@@ -1,0 +1,247 @@
+"""Large-chunk test-time training (LaCT) scans: the chunked matmul form and its naive per-token twin.
+
+LaCT (Zhang et al. 2025, "Test-Time Training Done Right", arXiv 2505.23884) keeps, per head, a SwiGLU MLP
+
+    f_W(x) = w1 (silu(w0 x) * (w2 x))        w0, w2: [F, K], w1: [K, F]
+
+as fast weights and updates it once per chunk of ``C`` tokens (thousands, where TTT-MLP uses 16-64) on the
+negative dot-product loss ``l_t(W) = -<f_W(k_t), v_t>`` with a learnable per-token learning rate for each weight
+(``lr0, lr1, lr2``). One chunk step, for every weight ``w_i``:
+
+    g_i  = sum_{t in chunk} lr_i[t] * d<f_W(k_t), v_t>/d w_i          (gradient ascent on the dot product)
+    g_i <- g_i + m * g_i_prev                                          (momentum, optional; m = chunk mean)
+    g_i <- NewtonSchulz(g_i)                                           (Muon orthogonalisation, optional)
+    w_i <- w_i + g_i
+    w_i <- w_i / ||w_i||_row * ||w_i_prev||_row                         (renormalisation, optional)
+
+where the row norms are taken over the input dimension of each weight (the last axis) and the target norm is the
+weight's norm before the step, so every row keeps the norm it was initialised with.
+
+Order inside a chunk (``causal``):
+
+* non-causal (bidirectional / video) form: update with the chunk, then read its queries with the new weights;
+* causal form: read the chunk's queries with the weights from before it, then update ("apply then update"); the
+  last, possibly partial, chunk only reads. Precision inside a chunk comes from window attention beside it.
+
+Shapes (legend: B batch, H heads, T tokens, K head dim, F fast-weight hidden width, C chunk): ``q, k, v``
+``[B, H, T, K]``; ``lr0, lr1, lr2`` ``[B, H, T]``; ``momentum`` ``[B, H, T]`` (or ``None``). The state is a tuple
+``(w0 [B,H,F,K], w1 [B,H,K,F], w2 [B,H,F,K])``, followed by the previous updates ``(g0, g1, g2)`` of the same
+shapes when momentum is used. All arithmetic is in the dtype of the state (fp32 under bf16 autocast, or fp64);
+callers cast. The Newton-Schulz iteration also runs in that dtype (the public code runs it in bf16).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+State = tuple[torch.Tensor, ...]
+
+__all__ = [
+    "NS_COEFFS",
+    "newton_schulz",
+    "swiglu_apply",
+    "chunk_update",
+    "lact_scan",
+    "lact_scan_naive",
+]
+
+# Quintic Newton-Schulz coefficients (a, b, c) of the five-step orthogonalisation used by LaCT's Muon.
+NS_COEFFS = (
+    (4.0848, -6.8946, 2.9270),
+    (3.9505, -6.3029, 2.6377),
+    (3.7418, -5.5913, 2.3037),
+    (2.8769, -3.1427, 1.2046),
+    (2.8366, -3.0525, 1.2012),
+)
+
+
+def newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Approximately orthogonalise each matrix of ``g [..., M, N]`` (the zeroth power ``U V^T`` of its SVD).
+
+    The iteration ``X <- a X + (b A + c A^2) X`` with ``A = X X^T`` runs on the wide orientation (``M <= N``)
+    after scaling ``X`` to Frobenius norm 1, which bounds its spectral norm by 1. ``steps`` <= 5 uses the first
+    coefficient triples of :data:`NS_COEFFS`; more steps repeat the last one.
+    """
+    if steps < 1:
+        raise ValueError(f"Newton-Schulz needs steps >= 1, got {steps}")
+    tall = g.shape[-2] > g.shape[-1]
+    x = g.transpose(-1, -2) if tall else g
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    for i in range(steps):
+        a, b, c = NS_COEFFS[min(i, len(NS_COEFFS) - 1)]
+        A = x @ x.transpose(-1, -2)
+        x = a * x + (b * A + c * (A @ A)) @ x
+    return x.transpose(-1, -2) if tall else x
+
+
+def swiglu_apply(w0: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``f_W(x)`` for ``x [B, H, N, K]`` with per-head weights ``w0, w2 [B,H,F,K]``, ``w1 [B,H,K,F]`` -> ``[B,H,N,K]``."""
+    hidden = F.silu(x @ w0.transpose(-1, -2)) * (x @ w2.transpose(-1, -2))  # [B, H, N, F]
+    return hidden @ w1.transpose(-1, -2)
+
+
+def _silu_grad(x: torch.Tensor) -> torch.Tensor:
+    s = torch.sigmoid(x)
+    return s * (1 + x * (1 - s))
+
+
+def chunk_update(
+    weights: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lrs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The summed, learning-rate weighted ascent directions ``(g0, g1, g2)`` of one chunk, written out by hand.
+
+    ``k, v [B, H, N, K]``, ``lrs`` three ``[B, H, N]``; returns tensors shaped like ``weights``.
+    """
+    w0, w1, w2 = weights
+    lr0, lr1, lr2 = (lr.unsqueeze(-1) for lr in lrs)  # [B, H, N, 1]
+    gate = k @ w0.transpose(-1, -2)  # [B, H, N, F]
+    up = k @ w2.transpose(-1, -2)
+    act = F.silu(gate)
+    hidden = act * up
+    d_hidden = v @ w1  # [B, H, N, F]: d<w1 h, v>/dh
+    g1 = (v * lr1).transpose(-1, -2) @ hidden  # [B, H, K, F]
+    g2 = (d_hidden * act * lr2).transpose(-1, -2) @ k  # [B, H, F, K]
+    g0 = (d_hidden * up * _silu_grad(gate) * lr0).transpose(-1, -2) @ k
+    return g0, g1, g2
+
+
+def _step(
+    weights: tuple[torch.Tensor, ...],
+    grads: tuple[torch.Tensor, ...],
+    prev: tuple[torch.Tensor, ...] | None,
+    m: torch.Tensor | None,
+    muon_steps: int,
+    renorm: bool,
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None]:
+    """Momentum, Muon, addition and renormalisation of one chunk step (shared by both scans: the definition)."""
+    if m is not None:
+        grads = tuple(g + m[..., None, None] * p for g, p in zip(grads, prev))
+        prev = grads
+    if muon_steps:
+        grads = tuple(newton_schulz(g, muon_steps) for g in grads)
+    new = []
+    for w, g in zip(weights, grads):
+        u = w + g
+        if renorm:
+            u = u / (u.norm(dim=-1, keepdim=True) + 1e-5) * w.norm(dim=-1, keepdim=True)
+        new.append(u)
+    return tuple(new), prev
+
+
+def _check(q, k, v, lrs, momentum, state, chunk_size) -> None:
+    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"q, k, v must share one shape [B, H, T, K], got {tuple(q.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(v.shape)}")
+    for name, lr in zip(("lr0", "lr1", "lr2"), lrs):
+        if lr.shape != q.shape[:3]:
+            raise ValueError(f"{name} must be [B, H, T] = {tuple(q.shape[:3])}, got {tuple(lr.shape)}")
+    if momentum is not None and momentum.shape != q.shape[:3]:
+        raise ValueError(f"momentum must be [B, H, T] = {tuple(q.shape[:3])}, got {tuple(momentum.shape)}")
+    want = 6 if momentum is not None else 3
+    if len(state) != want:
+        raise ValueError(f"state must hold {want} tensors (w0, w1, w2{', g0, g1, g2' if want == 6 else ''}), "
+                         f"got {len(state)}")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+
+
+def lact_scan(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lr0: torch.Tensor,
+    lr1: torch.Tensor,
+    lr2: torch.Tensor,
+    state: State,
+    *,
+    chunk_size: int,
+    causal: bool,
+    momentum: torch.Tensor | None = None,
+    muon_steps: int = 0,
+    renorm: bool = True,
+) -> tuple[torch.Tensor, State]:
+    """LaCT over ``T`` tokens in chunks of ``chunk_size``: batched matmuls per chunk, hand-written inner gradient.
+
+    Returns ``(o [B, H, T, K], state)``; in the causal form the state is the one after the last COMPLETE chunk
+    (a partial last chunk only reads), in the non-causal form after every chunk, the partial last one included.
+    """
+    lrs = (lr0, lr1, lr2)
+    _check(q, k, v, lrs, momentum, state, chunk_size)
+    weights, prev = tuple(state[:3]), (tuple(state[3:]) if momentum is not None else None)
+    T = q.shape[2]
+    outs = []
+    for s in range(0, T, chunk_size):
+        e = min(s + chunk_size, T)
+        full = e - s == chunk_size
+        m = momentum[:, :, s:e].mean(-1) if momentum is not None else None
+        if causal:
+            outs.append(swiglu_apply(*weights, q[:, :, s:e]))
+        if full or not causal:
+            grads = chunk_update(weights, k[:, :, s:e], v[:, :, s:e], tuple(lr[:, :, s:e] for lr in lrs))
+            weights, prev = _step(weights, grads, prev, m, muon_steps, renorm)
+        if not causal:
+            outs.append(swiglu_apply(*weights, q[:, :, s:e]))
+    return torch.cat(outs, dim=2), weights + (prev if prev is not None else ())
+
+
+def lact_scan_naive(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lr0: torch.Tensor,
+    lr1: torch.Tensor,
+    lr2: torch.Tensor,
+    state: State,
+    *,
+    chunk_size: int,
+    causal: bool,
+    momentum: torch.Tensor | None = None,
+    muon_steps: int = 0,
+    renorm: bool = True,
+) -> tuple[torch.Tensor, State]:
+    """Twin of :func:`lact_scan`: per-token inner gradients by autograd, per-token read-out, one token at a time.
+
+    Slow (meant for tests in fp64); differentiable with respect to every input and the initial state.
+    """
+    lrs = (lr0, lr1, lr2)
+    _check(q, k, v, lrs, momentum, state, chunk_size)
+    weights, prev = tuple(state[:3]), (tuple(state[3:]) if momentum is not None else None)
+    B, H, T, K = q.shape
+    outs = []
+
+    def read(ws, s, e):
+        w0, w1, w2 = ws
+        rows = []
+        for t in range(s, e):
+            x = q[:, :, t]  # [B, H, K]
+            h = F.silu(torch.einsum("bhfk,bhk->bhf", w0, x)) * torch.einsum("bhfk,bhk->bhf", w2, x)
+            rows.append(torch.einsum("bhkf,bhf->bhk", w1, h))
+        return torch.stack(rows, dim=2)
+
+    with torch.enable_grad():
+        for s in range(0, T, chunk_size):
+            e = min(s + chunk_size, T)
+            m = momentum[:, :, s:e].mean(-1) if momentum is not None else None
+            if causal:
+                outs.append(read(weights, s, e))
+            if e - s == chunk_size or not causal:
+                # Detached leaves for the inner derivative; create_graph keeps the outer graph through it.
+                grads = [torch.zeros_like(w) for w in weights]
+                for t in range(s, e):
+                    ws = [w if w.requires_grad else w.detach().requires_grad_(True) for w in weights]
+                    w0, w1, w2 = ws
+                    x = k[:, :, t]
+                    h = F.silu(torch.einsum("bhfk,bhk->bhf", w0, x)) * torch.einsum("bhfk,bhk->bhf", w2, x)
+                    score = (torch.einsum("bhkf,bhf->bhk", w1, h) * v[:, :, t]).sum(-1)  # [B, H]
+                    for i in range(3):
+                        # Each weight has its own rate: d(sum_bh lr_i * score)/d w_i, batch/head entries separate.
+                        (g,) = torch.autograd.grad((lrs[i][:, :, t] * score).sum(), ws[i], create_graph=True)
+                        grads[i] = grads[i] + g
+                weights, prev = _step(weights, tuple(grads), prev, m, muon_steps, renorm)
+            if not causal:
+                outs.append(read(weights, s, e))
+    return torch.cat(outs, dim=2), weights + (prev if prev is not None else ())
