@@ -25,6 +25,7 @@ SMALL_CONFIGS: dict[str, dict] = {
     "full_attn": dict(),
     "local_attn": dict(window=16),
     "identity": dict(),
+    "lact": dict(chunk_size=4, inter_multi=1.5, momentum=True),
 }
 
 

@@ -191,6 +191,22 @@ def _gdn_core(layer, n: int, ctx: int, batch: int, elem: int) -> Cost:
     return Cost(flops, nbytes, f"delta rule: chunks of C={layer.config.chunk_size}")
 
 
+def _lact_core(layer, n: int, ctx: int, batch: int, elem: int) -> Cost:
+    """Per head and token: 4 K F (f(k)), 8 K F (update), 6 K F (read-out); Newton-Schulz once per update."""
+    c = layer.config
+    H, K, F, C = layer.num_heads, layer.head_dim, layer.hidden, c.chunk_size
+    pending = ctx % C if c.causal else 0
+    m = pending + n  # tokens the scan runs over (pending ones are re-fed)
+    updates = m // C if c.causal else math.ceil(m / C)
+    lo, hi = min(K, F), max(K, F)
+    muon = 3 * c.muon_steps * (4.0 * lo * lo * hi + 2.0 * lo ** 3) if c.muon else 0.0
+    flops = H * batch * (18.0 * K * F * m + updates * muon)
+    state = layer.state_size()
+    # q, k, v and three rates read (fp32), o written; the fast weights read and written once per update
+    nbytes = _FP32 * batch * (H * m * (3 * K + 3) + H * n * K + state * (1 + updates))
+    return Cost(flops, nbytes, f"lact: 18 K F per token, chunks of C={C}")
+
+
 def _identity_core(layer, n: int, ctx: int, batch: int, elem: int) -> Cost:
     return Cost(0.0, 0.0, "identity: no core (its traffic is the layer's input read and output written)")
 
@@ -206,6 +222,7 @@ COST_MODELS: dict[str, Callable[..., Cost]] = {
     "mamba2": _mamba2_core,
     "gated_deltanet": _gdn_core,
     "identity": _identity_core,
+    "lact": _lact_core,
 }
 _WARNED: set[str] = set()
 

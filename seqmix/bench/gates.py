@@ -44,6 +44,7 @@ GATES: dict[str, list[str]] = {
     "layers/local_attn/flex": ["tests/test_attention.py::test_flex_forward_on_cpu_matches_sdpa"],
     "layers/identity": ["tests/test_attention.py::test_identity_returns_zeros_and_carries_trivial_state",
                         *_contract("identity")],
+    "layers/lact": ["tests/test_lact_ops.py", "tests/test_lact.py", *_contract("lact")],
     "layers/*/decode": ["tests/test_contract.py::test_state_carry_equals_full_pass[{name}]",
                         "tests/test_contract.py::test_causal_form_leaks_nothing[{name}]"],
     "dit/*": ["tests/test_dit.py::test_windows_match_diffusers_block_loop",

@@ -1,0 +1,205 @@
+"""Large-chunk test-time training (LaCT; Zhang et al. 2025, "Test-Time Training Done Right", arXiv 2505.23884).
+
+Per head, a SwiGLU MLP ``f(x) = w1 (silu(w0 x) * (w2 x))`` is the fast-weight state, updated once per chunk of
+``chunk_size`` tokens (thousands on a GPU, a whole frame or several for video) on the negative dot-product loss
+``-<f(k), v>`` with learnable per-token learning rates, optional momentum, optional Muon orthogonalisation of
+the update and row renormalisation (see :mod:`seqmix.ops.lact`). Large chunks turn the update into plain batched
+matmuls, which is what lets LaCT run near the matmul peak where TTT-MLP's 16-64-token mini-batches cannot.
+
+Layer: a shared Q/K/V projection followed by SiLU; Q and K L2-normalised per head; per-token rates
+``softplus(x W_lr + inv_softplus(base_lr))`` (three per head, fp32); momentum ``sigmoid(x W_m)`` per head; the
+fast-weight scan in fp32 (fp64 for fp64 inputs) even under bf16 autocast; a per-head RMSNorm of the read-out
+and an output projection.
+
+Forms: non-causal (``causal=False``, the bidirectional / video form): each chunk first updates the weights, then
+its queries read the updated weights. Causal: each chunk reads the weights from before it, then updates them,
+so a token never sees its own chunk: pair the layer with window attention (the DiT's local attention, or a
+hybrid ``swa`` / ``lact`` stack in ``MixerLM``) for precision inside a chunk, as LaCT does.
+
+Parameters (dim D, H heads, head dim K, hidden width F = ``inter_multi`` K): ``3 D H K`` (Q/K/V), ``H K D``
+(output), ``3 D H`` (+``D H`` with momentum) rates, ``H K`` norm, and the initial fast weights ``3 H F K``.
+State per sequence: ``3 H F K`` fast weights (+ as many momentum elements).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seqmix.ops import lact as lact_ops
+
+from .base import Mixer, MixerConfig, register
+
+__all__ = ["LaCT", "LaCTState"]
+
+
+def _acc_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+class LaCTState(NamedTuple):
+    """Carried state of a causal LaCT layer between calls.
+
+    ``weights``: fast weights after the last complete chunk ``(w0, w1, w2[, g0, g1, g2])`` (``[B, H, ...]``,
+    fp32); ``pending``: ``k, v [B, H, n, K]``, ``lr0, lr1, lr2[, momentum] [B, H, n]`` of the ``0 <= n < C``
+    tokens of the unfinished chunk. The next call re-feeds them: their outputs were already emitted and did not
+    depend on them (apply-then-update), so continuing equals one full pass.
+    """
+
+    weights: tuple[torch.Tensor, ...]
+    pending: tuple[torch.Tensor, ...]
+
+
+@register("lact")
+class LaCT(Mixer):
+    """LaCT: a per-head SwiGLU fast-weight MLP updated once per large chunk (see the module docstring)."""
+
+    backends = ("torch", "naive")
+    _reference_backends = ("naive",)
+    state_knob = "inter_multi"
+    param_knob = "inter_multi"
+
+    @dataclass(kw_only=True)
+    class Config(MixerConfig):
+        """LaCT settings.
+
+        Attributes:
+            causal: causal (apply-then-update) form with carried state, or the non-causal video form.
+            chunk_size: tokens per fast-weight update (LaCT's LM: 2048; AR video: 3 latent frames).
+            head_dim: fast-weight head dim K; default ``dim // num_heads``.
+            inter_multi: hidden width of the SwiGLU fast weights over K (``F = inter_multi * K``).
+            base_lr: the per-token rates' value at a zero projection (``softplus`` parameterisation).
+            muon: orthogonalise every update with Newton-Schulz (Muon).
+            muon_steps: Newton-Schulz iterations (5 in LaCT).
+            renorm: renormalise the rows of each weight to their norm before the update.
+            momentum: momentum on the chunk updates with a learned per-token coefficient (chunk mean).
+            backend: ``"auto"``, ``"torch"`` (chunked matmuls) or ``"naive"`` (per-token reference).
+        """
+
+        causal: bool = False
+        chunk_size: int = 2048
+        head_dim: int | None = None
+        inter_multi: float = 1.0
+        base_lr: float = 1e-2
+        muon: bool = True
+        muon_steps: int = 5
+        renorm: bool = True
+        momentum: bool = False
+
+    def __init__(self, dim: int, num_heads: int, config: "LaCT.Config"):
+        super().__init__(dim, num_heads, config)
+        c = config
+        if c.head_dim is None and dim % num_heads:
+            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}; pass head_dim explicitly")
+        K = c.head_dim if c.head_dim is not None else dim // num_heads
+        if not isinstance(K, int) or K <= 0:
+            raise ValueError(f"head_dim must be a positive int, got {K!r}")
+        if not isinstance(c.chunk_size, int) or c.chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {c.chunk_size!r}")
+        Fw = int(round(K * c.inter_multi))
+        if Fw < 1:
+            raise ValueError(f"inter_multi={c.inter_multi} gives a fast-weight width of {Fw}; it must be >= 1")
+        if not (isinstance(c.base_lr, (int, float)) and c.base_lr > 0):
+            raise ValueError(f"base_lr must be a positive number, got {c.base_lr!r}")
+        if c.muon and (not isinstance(c.muon_steps, int) or c.muon_steps < 1):
+            raise ValueError(f"muon_steps must be a positive int when muon=True, got {c.muon_steps!r}")
+        self.head_dim, self.hidden = K, Fw
+        H = num_heads
+        self.qkv = nn.Linear(dim, 3 * H * K, bias=False)
+        self.lr_proj = nn.Linear(dim, 3 * H, bias=False)
+        self.momentum_proj = nn.Linear(dim, H, bias=False) if c.momentum else None
+        self.w0 = nn.Parameter(torch.empty(H, Fw, K))
+        self.w1 = nn.Parameter(torch.empty(H, K, Fw))
+        self.w2 = nn.Parameter(torch.empty(H, Fw, K))
+        self.o_norm = nn.RMSNorm(K, eps=1e-5)
+        self.o_proj = nn.Linear(H * K, dim, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        K, Fw = self.head_dim, self.hidden
+        for lin in (self.qkv, self.o_proj, self.lr_proj) + ((self.momentum_proj,) if self.momentum_proj else ()):
+            nn.init.normal_(lin.weight, std=0.02)
+        nn.init.normal_(self.w0, std=1 / math.sqrt(K))
+        nn.init.normal_(self.w2, std=1 / math.sqrt(K))
+        nn.init.normal_(self.w1, std=1 / math.sqrt(Fw))
+        self.o_norm.reset_parameters()
+
+    def state_size(self, seq_len: int | None = None) -> int:
+        n = 3 * self.num_heads * self.hidden * self.head_dim
+        return 2 * n if self.config.momentum else n
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"{super().extra_repr()}, head_dim={self.head_dim}, hidden={self.hidden}, chunk_size={c.chunk_size}, "
+                f"muon={c.muon}, renorm={c.renorm}, momentum={c.momentum}")
+
+    # ------------------------------------------------------------------------------------------------ forward
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``x [B, T, D]`` -> ``q, k, v [B, H, T, K]``, ``lr0, lr1, lr2[, momentum] [B, H, T]`` in fp32/fp64."""
+        B, T, _ = x.shape
+        H, K = self.num_heads, self.head_dim
+        acc = _acc_dtype(x)
+        qkv = F.silu(self.qkv(x))  # autocast applies here
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            q, k, v = qkv.to(acc).view(B, T, 3, H, K).permute(2, 0, 3, 1, 4)
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+            x32 = x.to(acc)
+            offset = self.config.base_lr + math.log(-math.expm1(-self.config.base_lr))  # inv_softplus(base_lr)
+            lr = F.softplus(F.linear(x32, self.lr_proj.weight.to(acc)) + offset)  # [B, T, 3H]
+            lrs = tuple(lr.view(B, T, 3, H).permute(2, 0, 3, 1))  # 3 x [B, H, T]
+            extra = ()
+            if self.momentum_proj is not None:
+                extra = (torch.sigmoid(F.linear(x32, self.momentum_proj.weight.to(acc))).transpose(1, 2),)
+        return (q, k, v) + lrs + extra
+
+    def _initial_state(self, B: int, acc: torch.dtype) -> tuple[torch.Tensor, ...]:
+        ws = tuple(w.to(acc).unsqueeze(0).expand(B, *w.shape) for w in (self.w0, self.w1, self.w2))
+        return ws + (tuple(torch.zeros_like(w) for w in ws) if self.config.momentum else ())
+
+    def _forward(self, x, *, layout, positions, state, return_state):
+        if layout is not None:
+            raise ValueError(f"{self.name}: takes no layout (chunks are set by chunk_size); got {type(layout).__name__}")
+        if positions is not None:
+            raise ValueError(f"{self.name}: takes no positions (LaCT's fast weights need none)")
+        c = self.config
+        B, T, _ = x.shape
+        acc = _acc_dtype(x)
+        scan = lact_ops.lact_scan if self.backend_for(x.device) == "torch" else lact_ops.lact_scan_naive
+        inputs = self._project(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            if state is not None:
+                weights = self._check_state(state, B, x.device, acc)
+                n_pend = state.pending[0].shape[2]
+                # Queries of pending tokens were already read out: any placeholder works (outputs are dropped).
+                inputs = tuple(torch.cat([p, t], dim=2) for p, t in zip((state.pending[0],) + state.pending, inputs))
+            else:
+                weights, n_pend = self._initial_state(B, acc), 0
+            q, k, v, lr0, lr1, lr2 = inputs[:6]
+            mom = inputs[6] if c.momentum else None
+            o, new_weights = scan(q, k, v, lr0, lr1, lr2, weights, chunk_size=c.chunk_size, causal=c.causal,
+                                  momentum=mom, muon_steps=c.muon_steps if c.muon else 0, renorm=c.renorm)
+            o = self.o_norm(o[:, :, n_pend:].to(self.o_norm.weight.dtype))  # [B, H, T, K]
+        y = self.o_proj(o.transpose(1, 2).reshape(B, T, -1))
+        new_state = None
+        if return_state:
+            if not c.causal:
+                raise ValueError(f"{self.name}: return_state needs causal=True (the non-causal form has no carry)")
+            total = k.shape[2]
+            tail = slice(total - total % c.chunk_size, total)
+            new_state = LaCTState(new_weights, tuple(t[:, :, tail] for t in inputs[1:]))
+        return y, new_state
+
+    def _check_state(self, state, B: int, device: torch.device, acc: torch.dtype) -> tuple[torch.Tensor, ...]:
+        if not isinstance(state, LaCTState):
+            raise TypeError(f"{self.name}: state must be the LaCTState returned with return_state=True, "
+                            f"got {type(state).__name__}")
+        expect = [tuple(t.shape) for t in self._initial_state(B, torch.float32)]
+        got = [tuple(t.shape) for t in state.weights]
+        if got != expect:
+            raise ValueError(f"{self.name}: carried state shapes {got} != expected {expect}")
+        return tuple(t.to(device=device, dtype=acc) for t in state.weights)
