@@ -1,12 +1,12 @@
-"""Maze trajectories for the world-model task: exploration then a return to places seen earlier, with ground truth;
-their on-disk format (safetensors shards + checksummed ``index.json``) and a clip dataset.
+"""Maze trajectories for the world-model task: exploration, then a return to places seen earlier, with the ground
+truth of the return path; ``write_mazes`` (the library side of ``seqmix prepare mazes``) and GIF previews.
 
 A trajectory of ``F = explore_frames + return_frames`` frames::
 
     frames      uint8   [F, H, W, 3]   what the agent sees
     actions     int64   [F]            actions[t] is the action that led from frame t-1 to frame t (actions[0] = NOOP)
-    poses       float32 [F, 3]         (x, y, heading in degrees): camera position in maze blocks / cells, heading
-                                       clockwise on the map from +x (procedural: 0, 90, 180, 270)
+    poses       float32 [F, 3]         (x, y, heading): camera position in maze blocks / cells; heading in degrees
+                                       from +x toward +y, i.e. atan2(dy, dx) (procedural: 0, 90, 180, 270)
     prev_index  int64   [F]            most recent earlier frame with the same pose (within the source's
                                        tolerance), -1 if none
     distance    int64   [F]            t - prev_index[t] (frames since the place was last seen), -1 if never
@@ -19,18 +19,11 @@ Procedural return modes (``MazeDataConfig.return_mode``):
     ``"revisit"``  the agent walks forward, by shortest paths, to the poses of early exploration frames (oldest
                    first); frames whose pose was seen before carry its index, the others -1.
 
-Dataset directory::
-
-    index.json   {"format": "seqmix-mazes/v1", "source": ..., "frames": F, "explore_frames": E,
-                  "frame_shape": [H, W, 3], "num_actions": A, "action_names": [...], "revisit_tolerance": {...},
-                  "config": {...}, "shards": [{"file", "num_examples", "sha256"}, ...]}
-    shard-00000.safetensors   the tensors above with a leading trajectory axis [n, ...]
+Storage and the clip dataset: :mod:`seqmix.data.maze_shards` (safetensors shards + checksummed ``index.json``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -38,21 +31,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from .maze import (ACTIONS, DIRECTIONS, FORWARD, INVERSE_ACTION, MIN_FRAME_SIZE, NOOP, TURN_LEFT,
                    TURN_RIGHT, Maze, Pose, make_maze, render, step, top_down)
-from .shards import atomic_write_bytes, sha256_file
+from .maze_shards import FORMAT, TENSOR_KEYS, MazeClips, MazeShardWriter
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["MazeDataConfig", "Trajectory", "make_trajectory", "revisits", "MazeShardWriter", "MazeClips",
            "write_mazes", "write_preview", "FORMAT", "SOURCES"]
 
-FORMAT = "seqmix-mazes/v1"
 SOURCES = ("procedural", "memory-maze")
 RETURN_MODES = ("reverse", "revisit")
-_KEYS = ("frames", "actions", "poses", "prev_index", "distance", "phase")
 
 
 @dataclass
@@ -120,7 +110,7 @@ class Trajectory:
     maze: Maze | None = None
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(np.ascontiguousarray(getattr(self, k))) for k in _KEYS}
+        return {k: torch.from_numpy(np.ascontiguousarray(getattr(self, k))) for k in TENSOR_KEYS}
 
 
 def revisits(poses: np.ndarray, pos_tol: float = 0.0, angle_tol: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
@@ -265,166 +255,6 @@ def make_trajectory(cfg: MazeDataConfig, index: int = 0) -> Trajectory:
                       distance=dist, phase=phase, maze=maze)
 
 
-class MazeShardWriter:
-    """Append trajectories of one shape; writes a shard every ``shard_size`` and ``index.json`` on ``close()``.
-
-    Files are written atomically (temporary file + fsync + rename) with their sha256 in the index.
-    """
-
-    def __init__(self, out_dir: str | Path, *, shard_size: int = 64, meta: dict | None = None):
-        from safetensors.torch import save  # noqa: F401  (fail early if safetensors is missing)
-
-        if shard_size < 1:
-            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-        self.dir = Path(out_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if (self.dir / "index.json").exists():
-            raise FileExistsError(f"{self.dir} already holds a dataset (index.json); choose an empty directory")
-        self.shard_size, self.meta = shard_size, dict(meta or {})
-        self._buf: list[dict[str, torch.Tensor]] = []
-        self._shards: list[dict] = []
-        self._shape: tuple | None = None
-
-    def add(self, traj: Trajectory) -> None:
-        t = traj.tensors()
-        shape = tuple(t["frames"].shape)
-        if t["frames"].dim() != 4 or shape[-1] != 3 or t["frames"].dtype != torch.uint8:
-            raise ValueError(f"frames must be uint8 [F, H, W, 3], got {t['frames'].dtype} {shape}")
-        bad = [k for k in _KEYS[1:] if t[k].shape[0] != shape[0]]
-        if bad:
-            raise ValueError(f"{bad} do not have one entry per frame ({shape[0]} frames)")
-        if self._shape is None:
-            self._shape = shape
-        elif shape != self._shape:
-            raise ValueError(f"trajectory frames {shape} differ from the dataset's {self._shape}; one shape per dataset")
-        self._buf.append(t)
-        if len(self._buf) == self.shard_size:
-            self._flush()
-
-    def _flush(self) -> None:
-        from safetensors.torch import save
-
-        if not self._buf:
-            return
-        name = f"shard-{len(self._shards):05d}.safetensors"
-        data = save({k: torch.stack([b[k] for b in self._buf]).contiguous() for k in _KEYS})
-        atomic_write_bytes(self.dir / name, data)
-        self._shards.append({"file": name, "num_examples": len(self._buf), "sha256": hashlib.sha256(data).hexdigest()})
-        self._buf = []
-
-    def close(self) -> Path:
-        self._flush()
-        if not self._shards:
-            raise ValueError("no trajectories were added")
-        index = {"format": FORMAT, **self.meta, "frames": self._shape[0], "frame_shape": list(self._shape[1:]),
-                 "num_trajectories": sum(s["num_examples"] for s in self._shards), "shards": self._shards}
-        atomic_write_bytes(self.dir / "index.json", json.dumps(index, indent=1).encode())
-        return self.dir / "index.json"
-
-    def __enter__(self) -> "MazeShardWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-
-
-class MazeClips(Dataset):
-    """Clips of the trajectories in a maze dataset directory.
-
-    ``clip_frames=None``: one item per trajectory (all frames). Otherwise windows of ``clip_frames`` frames: at
-    offsets ``0, stride, 2 stride, ...`` (``stride`` defaults to ``clip_frames``; every window that fits), or with
-    ``random_offset=True`` one window per trajectory at an offset drawn from torch's global generator (seeded per
-    worker by the DataLoader / Lightning).
-
-    Items: ``frames [L, 3, H, W]`` float32 in [-1, 1], ``actions [L]`` int64, ``poses [L, 3]`` float32,
-    ``prev_index [L]`` int64 (clip-relative: -1 where the place was not seen earlier in the clip), ``distance
-    [L]`` int64 (-1 likewise), ``phase [L]`` int64, ``trajectory`` and ``offset`` (ints: where the clip comes from).
-    Shards are verified against their sha256 on first read (``verify=True``); one shard is cached at a time.
-    """
-
-    def __init__(self, path: str | Path, clip_frames: int | None = None, stride: int | None = None,
-                 random_offset: bool = False, verify: bool = True):
-        self.dir = Path(path)
-        index = self.dir / "index.json"
-        if not index.is_file():
-            raise FileNotFoundError(f"no maze dataset at {self.dir}: index.json is missing (write one with "
-                                    "`seqmix prepare mazes`)")
-        self.index = json.loads(index.read_text())
-        if self.index.get("format") != FORMAT:
-            raise ValueError(f"{index}: format {self.index.get('format')!r} is not {FORMAT!r}")
-        f = self.num_frames
-        if clip_frames is not None and not 1 <= clip_frames <= f:
-            raise ValueError(f"clip_frames must be in [1, {f}] (the trajectories' length), got {clip_frames}")
-        if stride is not None and stride < 1:
-            raise ValueError(f"stride must be >= 1, got {stride}")
-        self.clip = clip_frames or f
-        self.random_offset = random_offset
-        self.offsets = [0] if random_offset else list(range(0, f - self.clip + 1, stride or self.clip))
-        self.verify = verify
-        self._starts, n = [], 0
-        for s in self.index["shards"]:
-            if not (self.dir / s["file"]).is_file():
-                raise FileNotFoundError(f"shard {s['file']} listed in {index} is missing")
-            self._starts.append(n)
-            n += s["num_examples"]
-        self.num_trajectories = n
-        self._cache: tuple[int, dict] | None = None
-        self._verified: set[int] = set()
-
-    @property
-    def num_frames(self) -> int:
-        return int(self.index["frames"])
-
-    @property
-    def explore_frames(self) -> int:
-        return int(self.index["explore_frames"])
-
-    def __len__(self) -> int:
-        return self.num_trajectories * len(self.offsets)
-
-    def _load(self, k: int) -> dict:
-        from safetensors.torch import load_file
-
-        if self._cache is not None and self._cache[0] == k:
-            return self._cache[1]
-        meta = self.index["shards"][k]
-        path = self.dir / meta["file"]
-        if self.verify and k not in self._verified:
-            got = sha256_file(path)
-            if got != meta["sha256"]:
-                raise ValueError(f"checksum mismatch for {path}: index says {meta['sha256'][:12]}..., file is "
-                                 f"{got[:12]}... (the file is corrupt or was changed; write the dataset again)")
-            self._verified.add(k)
-        data = load_file(str(path))
-        self._cache = (k, data)
-        return data
-
-    def trajectory(self, i: int) -> dict[str, torch.Tensor]:
-        """The raw tensors of trajectory ``i`` (uint8 frames ``[F, H, W, 3]``, absolute indices)."""
-        if not 0 <= i < self.num_trajectories:
-            raise IndexError(f"trajectory {i} out of range for {self.num_trajectories} trajectories")
-        k = max(j for j, s in enumerate(self._starts) if s <= i)
-        d = self._load(k)
-        return {key: d[key][i - self._starts[k]] for key in _KEYS}
-
-    def __getitem__(self, i: int) -> dict:
-        if not 0 <= i < len(self):
-            raise IndexError(f"index {i} out of range for {len(self)} clips")
-        traj, w = divmod(i, len(self.offsets))
-        off = (int(torch.randint(0, self.num_frames - self.clip + 1, ())) if self.random_offset
-               else self.offsets[w])
-        t = self.trajectory(traj)
-        sl = slice(off, off + self.clip)
-        prev = t["prev_index"][sl] - off
-        seen = prev >= 0
-        return {"frames": t["frames"][sl].permute(0, 3, 1, 2).float() / 127.5 - 1.0,
-                "actions": t["actions"][sl].long(), "poses": t["poses"][sl].float(),
-                "prev_index": torch.where(seen, prev, -1).long(),
-                "distance": torch.where(seen, t["distance"][sl], -1).long(),
-                "phase": t["phase"][sl].long(), "trajectory": traj, "offset": off}
-
-
 def write_preview(traj: Trajectory, path: str | Path, scale: int | None = None, fps: int = 8) -> Path:
     """Animated GIF of a trajectory: the frame (upscaled ``scale`` times, default to about 128 pixels; red border
     during the return phase) and, for procedural trajectories, the map with the agent beside it. Needs Pillow."""
@@ -479,7 +309,7 @@ def write_mazes(out: str | Path, cfg: MazeDataConfig | None = None, num_trajecto
         for i in tqdm(range(num_trajectories), desc=f"mazes ({source})", disable=not progress):
             traj = make(i)
             first = traj if first is None else first
-            w.add(traj)
+            w.add(traj.tensors())
     if preview:
         write_preview(first, Path(out) / "preview.gif")
     logger.info("wrote %d %s trajectories of %d frames to %s", num_trajectories, source, cfg.num_frames, out)
