@@ -141,7 +141,8 @@ def prepare_storyboards(out: str, num_examples: int = 1024, num_segments: int = 
 
 def prepare_mazes(out: str, num_trajectories: int = 64, source: str = "procedural", maze_size: int = 7,
                   frame_size: int = 32, explore_frames: int = 192, return_frames: int = 96,
-                  return_mode: str = "reverse", seed: int = 0, shard_size: int = 64, preview: bool = False) -> None:
+                  return_mode: str = "reverse", seed: int = 0, shard_size: int | None = None,
+                  preview: bool = False) -> None:
     """Write maze trajectories (exploration, then a return to places seen earlier) for the world-model task
     (see seqmix.data.maze_data).
 
@@ -157,7 +158,7 @@ def prepare_mazes(out: str, num_trajectories: int = 64, source: str = "procedura
         return_mode: procedural return path, "reverse" (walk the exploration back exactly) or "revisit" (walk
             forward to early poses).
         seed: dataset seed.
-        shard_size: trajectories per shard file.
+        shard_size: trajectories per shard file (default: as many as fit in about 256 MB, at most 64).
         preview: also write preview.gif of the first trajectory.
     """
     from seqmix.data.maze_data import MazeDataConfig, write_mazes

@@ -130,6 +130,8 @@ def test_storage_round_trip_and_clips(tmp_path):
     rel = full["prev_index"][28:38] - 28
     assert torch.equal(c["prev_index"], torch.where(rel >= 0, rel, -1))
     assert torch.equal(c["distance"], torch.where(rel >= 0, full["distance"][28:38], -1))
+    batch = next(iter(torch.utils.data.DataLoader(clips, batch_size=2, num_workers=1)))
+    assert batch["frames"].shape == (2, 10, 3, 16, 16) and batch["offset"].tolist() == [0, 7]
     rnd = MazeClips(tmp_path / "d", clip_frames=10, random_offset=True)
     assert len(rnd) == 3 and 0 <= rnd[1]["offset"] <= cfg.num_frames - 10
     with pytest.raises(IndexError):

@@ -284,10 +284,11 @@ def write_preview(traj: Trajectory, path: str | Path, scale: int | None = None, 
 
 
 def write_mazes(out: str | Path, cfg: MazeDataConfig | None = None, num_trajectories: int = 64,
-                source: str = "procedural", shard_size: int = 64, preview: bool = False,
+                source: str = "procedural", shard_size: int | None = None, preview: bool = False,
                 progress: bool = True) -> Path:
     """Generate ``num_trajectories`` trajectories from ``source`` (``"procedural"`` or ``"memory-maze"``) and
-    write them as a maze dataset in ``out``; ``preview=True`` also writes ``preview.gif`` of trajectory 0."""
+    write them as a maze dataset in ``out``; ``preview=True`` also writes ``preview.gif`` of trajectory 0.
+    ``shard_size`` (trajectories per shard) defaults to as many as fit in about 256 MB, at most 64."""
     from tqdm.auto import tqdm
 
     cfg = (cfg or MazeDataConfig()).validate()
@@ -305,6 +306,8 @@ def write_mazes(out: str | Path, cfg: MazeDataConfig | None = None, num_trajecto
     meta = {"source": source, "explore_frames": cfg.explore_frames, "num_actions": len(names),
             "action_names": names, "revisit_tolerance": tol, "config": asdict(cfg)}
     first = None
+    if shard_size is None:
+        shard_size = int(np.clip((256 << 20) // (cfg.num_frames * cfg.frame_size**2 * 3), 1, 64))
     with MazeShardWriter(out, shard_size=shard_size, meta=meta) as w:
         for i in tqdm(range(num_trajectories), desc=f"mazes ({source})", disable=not progress):
             traj = make(i)

@@ -108,7 +108,8 @@ class MazeClips(Dataset):
     Items: ``frames [L, 3, H, W]`` float32 in [-1, 1], ``actions [L]`` int64, ``poses [L, 3]`` float32,
     ``prev_index [L]`` int64 (clip-relative: -1 where the place was not seen earlier in the clip), ``distance
     [L]`` int64 (-1 likewise), ``phase [L]`` int64, ``trajectory`` and ``offset`` (ints: where the clip comes from).
-    Shards are verified against their sha256 on first read (``verify=True``); one shard is cached at a time.
+    Shards are verified against their sha256 on first read (``verify=True``); one shard is open at a time and
+    only the clip's frames are read.
     """
 
     def __init__(self, path: str | Path, clip_frames: int | None = None, stride: int | None = None,
@@ -137,7 +138,7 @@ class MazeClips(Dataset):
             self._starts.append(n)
             n += s["num_examples"]
         self.num_trajectories = n
-        self._cache: tuple[int, dict] | None = None
+        self._cache: tuple | None = None  # (shard, safe_open handle)
         self._verified: set[int] = set()
 
     @property
@@ -151,8 +152,10 @@ class MazeClips(Dataset):
     def __len__(self) -> int:
         return self.num_trajectories * len(self.offsets)
 
-    def _load(self, k: int) -> dict:
-        from safetensors.torch import load_file
+    def _open(self, k: int):
+        """A lazy reader of shard ``k`` (verified on first use): tensors are read slice by slice, so a clip of a
+        long trajectory reads only its frames."""
+        from safetensors import safe_open
 
         if self._cache is not None and self._cache[0] == k:
             return self._cache[1]
@@ -164,17 +167,21 @@ class MazeClips(Dataset):
                 raise ValueError(f"checksum mismatch for {path}: index says {meta['sha256'][:12]}..., file is "
                                  f"{got[:12]}... (the file is corrupt or was changed; write the dataset again)")
             self._verified.add(k)
-        data = load_file(str(path))
-        self._cache = (k, data)
-        return data
+        handle = safe_open(str(path), framework="pt")
+        self._cache = (k, handle)
+        return handle
 
-    def trajectory(self, i: int) -> dict[str, torch.Tensor]:
-        """The raw tensors of trajectory ``i`` (uint8 frames ``[F, H, W, 3]``, absolute indices)."""
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_cache": None}  # open file handles stay in the process (DataLoader workers)
+
+    def trajectory(self, i: int, frames: slice = slice(None)) -> dict[str, torch.Tensor]:
+        """The stored tensors of trajectory ``i``, restricted to ``frames`` (uint8 frames ``[L, H, W, 3]``,
+        absolute ``prev_index``)."""
         if not 0 <= i < self.num_trajectories:
             raise IndexError(f"trajectory {i} out of range for {self.num_trajectories} trajectories")
         k = max(j for j, s in enumerate(self._starts) if s <= i)
-        d = self._load(k)
-        return {key: d[key][i - self._starts[k]] for key in TENSOR_KEYS}
+        h, o = self._open(k), i - self._starts[k]
+        return {key: h.get_slice(key)[o:o + 1, frames][0] for key in TENSOR_KEYS}
 
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < len(self):
@@ -182,12 +189,11 @@ class MazeClips(Dataset):
         traj, w = divmod(i, len(self.offsets))
         off = (int(torch.randint(0, self.num_frames - self.clip + 1, ())) if self.random_offset
                else self.offsets[w])
-        t = self.trajectory(traj)
-        sl = slice(off, off + self.clip)
-        prev = t["prev_index"][sl] - off
+        t = self.trajectory(traj, slice(off, off + self.clip))
+        prev = t["prev_index"] - off
         seen = prev >= 0
-        return {"frames": t["frames"][sl].permute(0, 3, 1, 2).float() / 127.5 - 1.0,
-                "actions": t["actions"][sl].long(), "poses": t["poses"][sl].float(),
+        return {"frames": t["frames"].permute(0, 3, 1, 2).float() / 127.5 - 1.0,
+                "actions": t["actions"].long(), "poses": t["poses"].float(),
                 "prev_index": torch.where(seen, prev, -1).long(),
-                "distance": torch.where(seen, t["distance"][sl], -1).long(),
-                "phase": t["phase"][sl].long(), "trajectory": traj, "offset": off}
+                "distance": torch.where(seen, t["distance"], -1).long(),
+                "phase": t["phase"].long(), "trajectory": traj, "offset": off}
