@@ -68,44 +68,15 @@ class MemoryMazeSource:
         cfg = self.cfg
         rng = np.random.default_rng([cfg.seed, index])
         make = getattr(self.tasks, f"memory_maze_{cfg.maze_size}x{cfg.maze_size}")
-        # The episode time limit (250 s+ at 4 steps/s) is far above our lengths for the default sizes; stop
-        # cleanly if it is reached anyway.
+        # Episodes end at memory-maze's time limit (1000 steps for 9x9, 2000 / 3000 / 4000 for the larger
+        # mazes): longer trajectories fail with a clear error below.
         env = make(global_observables=True, seed=int(rng.integers(2**31)), camera_resolution=cfg.frame_size,
                    target_color_in_image=False)
-        ts = env.reset()
-        obs = ts.observation
-        layout = np.asarray(obs["maze_layout"], dtype=bool)  # [y, x], True = free cell
-        frames, actions, poses = [obs["image"].copy()], [0], [_pose(obs)]
-        visited = {_cell(poses[0])}
+        try:
+            frames, actions, poses = self._walk(env, rng)
+        finally:
+            env.close()
         n, e = cfg.num_frames, cfg.explore_frames
-        targets: list[tuple[float, float, float]] = []
-        look = 0
-        while len(actions) < n and not ts.last():
-            pose = poses[-1]
-            if len(actions) < e:
-                if look > 0:
-                    a, look = 2 if rng.random() < 0.5 else 3, look - 1
-                elif rng.random() < cfg.look_prob / 4:
-                    a, look = 2, int(rng.integers(2, 6))
-                elif rng.random() < cfg.noop_prob:
-                    a = 0
-                else:
-                    goal = _nearest_unvisited(layout, _cell(pose), visited, rng)
-                    a = _steer(layout, pose, goal, None)
-            else:
-                if not targets:
-                    stride = max(1, e // 16)
-                    targets = [poses[i] for i in range(0, e, stride)]
-                goal_pose = targets[0]
-                a = _steer(layout, pose, _cell(goal_pose), goal_pose[2])
-                if a == 0:  # arrived and facing the target heading
-                    targets.pop(0)
-            ts = env.step(a)
-            obs = ts.observation
-            frames.append(obs["image"].copy())
-            actions.append(a)
-            poses.append(_pose(obs))
-            visited.add(_cell(poses[-1]))
         if len(actions) < n:
             raise RuntimeError(f"memory-maze episode ended after {len(actions)} of {n} frames; use fewer frames or a "
                                "larger maze (longer time limit)")
@@ -114,6 +85,44 @@ class MemoryMazeSource:
         return Trajectory(frames=np.stack(frames).astype(np.uint8), actions=np.array(actions, dtype=np.int64),
                           poses=pose_arr, prev_index=prev, distance=dist,
                           phase=(np.arange(n) >= e).astype(np.int64))
+
+    def _walk(self, env, rng: np.random.Generator):
+        """Exploration, then the return to early poses; returns frames, actions and poses (lists)."""
+        cfg = self.cfg
+        ts = env.reset()
+        obs = ts.observation
+        layout = np.asarray(obs["maze_layout"], dtype=bool)  # [y, x], True = free cell
+        frames, actions, poses = [obs["image"].copy()], [0], [_pose(obs)]
+        visited = {_cell(poses[0])}
+        n, e = cfg.num_frames, cfg.explore_frames
+        targets: list[tuple[float, float, float]] = []
+        look, look_dir = 0, 2
+        while len(actions) < n and not ts.last():
+            pose = poses[-1]
+            if len(actions) < e:
+                if look > 0:  # a look-around: a few turn steps one way
+                    a, look = look_dir, look - 1
+                elif rng.random() < cfg.look_prob / 4:
+                    a = look_dir = 2 if rng.random() < 0.5 else 3
+                    look = int(rng.integers(1, 5))
+                elif rng.random() < cfg.noop_prob:
+                    a = 0
+                else:
+                    a = _steer(layout, pose, _nearest_unvisited(layout, _cell(pose), visited, rng), None)
+            else:
+                if not targets:
+                    stride = max(1, e // 16)
+                    targets = [poses[i] for i in range(0, e, stride)]
+                a = _steer(layout, pose, _cell(targets[0]), targets[0][2])
+                if a == 0:  # arrived and facing the target heading
+                    targets.pop(0)
+            ts = env.step(a)
+            obs = ts.observation
+            frames.append(obs["image"].copy())
+            actions.append(a)
+            poses.append(_pose(obs))
+            visited.add(_cell(poses[-1]))
+        return frames, actions, poses
 
 
 def _pose(obs) -> tuple[float, float, float]:
