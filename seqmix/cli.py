@@ -166,7 +166,7 @@ def prepare_mazes(out: str, num_trajectories: int = 64, source: str = "procedura
     cfg = MazeDataConfig(maze_size=maze_size, frame_size=frame_size, explore_frames=explore_frames,
                          return_frames=return_frames, return_mode=return_mode, seed=seed)
     path = write_mazes(out, cfg, num_trajectories, source=source, shard_size=shard_size, preview=preview)
-    print(f"wrote {num_trajectories} {source} maze trajectories of {cfg.num_frames} frames to {path}"
+    print(f"wrote {num_trajectories} maze trajectories ({source}) of {cfg.num_frames} frames to {path}"
           + (f" (preview: {path / 'preview.gif'})" if preview else ""))
 
 

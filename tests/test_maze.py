@@ -183,7 +183,7 @@ def test_cli_prepare_mazes(tmp_path, capsys):
     out = tmp_path / "mazes"
     main(["prepare", "mazes", str(out), "--num_trajectories", "2", "--maze_size", "2", "--frame_size", "16",
           "--explore_frames", "12", "--return_frames", "6", "--preview"])
-    assert "wrote 2 procedural maze trajectories of 18 frames" in capsys.readouterr().out
+    assert "wrote 2 maze trajectories (procedural) of 18 frames" in capsys.readouterr().out
     assert (out / "preview.gif").stat().st_size > 0
     ds = MazeClips(out)
     assert len(ds) == 2 and ds[1]["frames"].shape == (18, 3, 16, 16)
