@@ -5,6 +5,8 @@
     seqmix compare mqar [--quick] [--widths [..]] [--lrs [..]] [--jobs N]     MQAR accuracy vs state size
     seqmix bench layers [--quick] [--lengths [..]] [--layers [..]]             layer speed / memory vs T
     seqmix prepare storyboards|videos ...                                      write latent shard datasets
+    seqmix prepare mazes OUT [--num_trajectories N] [--source procedural|memory-maze] [--preview]
+                                                                               world-model maze trajectories
     seqmix layers                                                              list registry layers
 
 The CLI layer prints results for people; library code only logs.
@@ -19,7 +21,7 @@ __all__ = ["main", "SeqmixCLI", "run_lightning"]
 
 _LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # Boolean options that may be given bare (``--quick``) as well as with a value (``--quick true``).
-_BARE_FLAGS = ("--quick",)
+_BARE_FLAGS = ("--quick", "--preview")
 
 
 def _lightning_cli_class():
@@ -137,6 +139,37 @@ def prepare_storyboards(out: str, num_examples: int = 1024, num_segments: int = 
     print(f"wrote {num_examples} storyboards to {path}")
 
 
+def prepare_mazes(out: str, num_trajectories: int = 64, source: str = "procedural", maze_size: int = 7,
+                  frame_size: int = 32, explore_frames: int = 192, return_frames: int = 96,
+                  return_mode: str = "reverse", seed: int = 0, shard_size: int | None = None,
+                  preview: bool = False) -> None:
+    """Write maze trajectories (exploration, then a return to places seen earlier) for the world-model task
+    (see seqmix.data.maze_data).
+
+    Args:
+        out: output directory (must not hold a dataset yet).
+        num_trajectories: number of trajectories (one maze each).
+        source: "procedural" (numpy ray caster, always available) or "memory-maze" (MuJoCo; optional extra
+            seqmix[memory-maze], MUJOCO_GL=egl).
+        maze_size: cells per side (memory-maze: 9, 11, 13 or 15).
+        frame_size: frame height = width in pixels.
+        explore_frames: frames of the exploration phase.
+        return_frames: frames of the return phase.
+        return_mode: procedural return path, "reverse" (walk the exploration back exactly) or "revisit" (walk
+            forward to early poses).
+        seed: dataset seed.
+        shard_size: trajectories per shard file (default: as many as fit in about 256 MB, at most 64).
+        preview: also write preview.gif of the first trajectory.
+    """
+    from seqmix.data.maze_data import MazeDataConfig, write_mazes
+
+    cfg = MazeDataConfig(maze_size=maze_size, frame_size=frame_size, explore_frames=explore_frames,
+                         return_frames=return_frames, return_mode=return_mode, seed=seed)
+    path = write_mazes(out, cfg, num_trajectories, source=source, shard_size=shard_size, preview=preview)
+    print(f"wrote {num_trajectories} maze trajectories ({source}) of {cfg.num_frames} frames to {path}"
+          + (f" (preview: {path / 'preview.gif'})" if preview else ""))
+
+
 def prepare_videos(manifest: str, out: str, vae: str, text_encoder: str, height: int = 480, width: int = 720,
                    frames_per_segment: int = 48, text_tokens: int = 226, device: str = "cpu") -> None:
     """Encode real videos (JSON-lines manifest) with a local CogVideoX VAE and T5 encoder into shards.
@@ -215,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     from seqmix.bench.cli import BENCH_COMMANDS
 
     CLI({"layers": list_layers, "bench": BENCH_COMMANDS, "compare": {"mqar": compare_mqar, "video": compare_video},
-         "prepare": {"storyboards": prepare_storyboards, "videos": prepare_videos}},
+         "prepare": {"storyboards": prepare_storyboards, "videos": prepare_videos, "mazes": prepare_mazes}},
         args=_expand_bare_flags(args))
 
 

@@ -28,12 +28,13 @@ from torch.utils.data import Dataset
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ShardWriter", "LatentShards", "FORMAT"]
+__all__ = ["ShardWriter", "LatentShards", "FORMAT", "sha256_file", "atomic_write_bytes"]
 
 FORMAT = "seqmix-latents/v1"
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -41,13 +42,19 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``.<name>.tmp-<pid>`` beside ``path``, fsync, then rename over ``path``: readers see the old
+    file or the complete new one, never a partial one (the temporary file is removed if the write fails)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class ShardWriter:
@@ -95,7 +102,7 @@ class ShardWriter:
         name = f"shard-{len(self._shards):05d}.safetensors"
         data = save({"latents": lat.to(self.dtype).contiguous(), "text": txt.to(self.dtype).contiguous(),
                      "text_mask": msk.contiguous()})
-        _atomic_write_bytes(self.dir / name, data)
+        atomic_write_bytes(self.dir / name, data)
         self._shards.append({"file": name, "num_examples": len(self._buf), "sha256": hashlib.sha256(data).hexdigest()})
         self._buf = []
 
@@ -106,7 +113,7 @@ class ShardWriter:
         index = {"format": FORMAT, "latent_shape": list(self._shapes[0]), "text_shape": list(self._shapes[1]),
                  "dtype": str(self.dtype).replace("torch.", ""), "layout": self.layout, "encoders": self.encoders,
                  "shards": self._shards}
-        _atomic_write_bytes(self.dir / "index.json", json.dumps(index, indent=1).encode())
+        atomic_write_bytes(self.dir / "index.json", json.dumps(index, indent=1).encode())
         return self.dir / "index.json"
 
     def __enter__(self) -> "ShardWriter":
@@ -164,7 +171,7 @@ class LatentShards(Dataset):
         meta = self.index["shards"][k]
         path = self.dir / meta["file"]
         if self.verify and k not in self._verified:
-            got = _sha256(path)
+            got = sha256_file(path)
             if got != meta["sha256"]:
                 raise ValueError(f"checksum mismatch for {path}: index says {meta['sha256'][:12]}..., file is {got[:12]}...")
             self._verified.add(k)
