@@ -335,7 +335,7 @@ def _has_fla() -> bool:
         (dict(chunk_size=0), ValueError, "chunk_size must be a positive int"),
         (dict(norm_eps=0.0), ValueError, "norm_eps must be > 0"),
         (dict(backend="triton"), ValueError, "valid: auto, fla, torch, naive"),
-        (dict(causal=False), TypeError, "unknown config key"),
+        (dict(causal=False), ValueError, "causal by construction.*Bidirectional"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )

@@ -161,13 +161,9 @@ def _check(cfg: LayerBenchConfig) -> list[str]:
     return names
 
 
-def _has_causal_option(name: str) -> bool:
-    return "causal" in {f.name for f in dataclasses.fields(L.config_class(name))}
-
-
 def _build(name: str, cfg: LayerBenchConfig, backend: str, causal: bool | None) -> L.Mixer:
     over = dict(cfg.layer_configs.get(name, {}))
-    if causal is not None and _has_causal_option(name):
+    if causal is not None and causal in L.mixer_class(name).causal_modes:
         over["causal"] = causal
     torch.manual_seed(0)
     layer = L.build(name, dim=cfg.dim, num_heads=cfg.heads, backend=backend, **over)

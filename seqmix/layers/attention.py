@@ -46,6 +46,7 @@ from seqmix.ops import attention as attn_ops
 from seqmix.ops.rope import apply_rope, rope_angles
 
 from .base import Mixer, MixerConfig, register
+from .cost import Cost, attention_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +114,11 @@ class _Attention(Mixer):
     kind: ClassVar[str]
     backends = ("flash_attn", "flex", "sdpa", "naive")
     _reference_backends = ("naive",)
+    causal_modes = (False, True)
+    takes_positions = True
+    gates = ("tests/test_attention.py",)
+    backend_gates = {"flash_attn": ("tests/test_attention.py::test_flash_attn_mapping_with_a_stand_in",),
+                     "flex": ("tests/test_attention.py::test_flex_forward_on_cpu_matches_sdpa",)}
     param_knob = "head_dim"
 
     def __init__(self, dim: int, num_heads: int, config: AttentionConfig):
@@ -145,6 +151,20 @@ class _Attention(Mixer):
 
     def _kv_elements(self, tokens: int) -> int:
         return 2 * self.num_heads * self.head_dim * tokens
+
+    def core_cost(self, n: int, ctx: int, batch: int, elem: int) -> Cost:
+        """``4 H K`` per visible (query, key) pair (``Q K^T`` and ``P V``), pairs counted exactly from the visibility
+        rule (:func:`~seqmix.layers.cost.attention_pairs`); bytes: q, k, v of the new tokens read, o written, the
+        visible KV cache read."""
+        H, K = self.num_heads, self.head_dim
+        pairs = attention_pairs(self.kind, self.window, self.causal, n, ctx)
+        flops = 4.0 * H * K * pairs * batch
+        if ctx:
+            cached = {"full": ctx, "swa": min(ctx, (self.window or 1) - 1), "local": ctx % (self.window or 1)}[self.kind]
+        else:
+            cached = 0
+        nbytes = elem * batch * H * K * (4 * n + 2 * cached)
+        return Cost(flops, nbytes, f"attention[{self.kind}]: 4 H K x visible pairs")
 
     def extra_repr(self) -> str:
         win = "" if self.window is None else f", window={self.window}"
@@ -302,6 +322,8 @@ class SlidingWindowAttention(_Attention):
 
     kind = "swa"
     state_knob = "window"
+    # window >= 10: the bidirectional contract check (causal form, T=10) needs token 0 to see token 9
+    small_config = {"window": 10}
 
     @dataclass(kw_only=True)
     class Config(AttentionConfig):
@@ -366,6 +388,7 @@ class LocalAttention(_Attention):
 
     kind = "local"
     state_knob = "window"
+    small_config = {"window": 16}
 
     @dataclass(kw_only=True)
     class Config(AttentionConfig):
@@ -404,7 +427,9 @@ class NoMixer(Mixer):
     """
 
     backends = ("torch",)
+    causal_modes = (True,)
     mixes_tokens = False
+    gates = ("tests/test_attention.py::test_identity_returns_zeros_and_carries_trivial_state",)
 
     @dataclass(kw_only=True)
     class Config(MixerConfig):
@@ -416,12 +441,11 @@ class NoMixer(Mixer):
         # as the others do (base.check_input looks at parameters only). Not saved in state_dict.
         self.register_buffer("_dtype_anchor", torch.empty(0), persistent=False)
 
-    @property
-    def causal(self) -> bool:
-        return True
-
     def state_size(self, seq_len: int | None = None) -> int:
         return 0
+
+    def core_cost(self, n: int, ctx: int, batch: int, elem: int) -> Cost:
+        return Cost(0.0, 0.0, "identity: no core (its traffic is the layer's input read and output written)")
 
     def check_input(self, x: torch.Tensor) -> None:
         super().check_input(x)

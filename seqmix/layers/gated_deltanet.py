@@ -47,6 +47,7 @@ from seqmix.ops import delta_rule as dr_ops
 from seqmix.utils.triton_compat import patch_triton_interpreter
 
 from .base import Mixer, MixerConfig, register
+from .cost import FP32_BYTES, Cost
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +150,11 @@ class GatedDeltaNet(Mixer):
 
     backends = ("fla", "torch", "naive")
     _reference_backends = ("naive",)
+    causal_modes = (True,)
+    small_config = {"head_dim": 16, "expand_v": 1.0}
+    gates = ("tests/test_gated_deltanet.py",)
+    backend_gates = {"fla": ("tests/test_gated_deltanet.py::test_layer_fla_matches_torch",
+                             "tests/test_gated_deltanet.py::test_state_carry_fla_and_across_backends")}
     # Growing the head dim grows K and V = expand_v K: the state H K V and the projections grow monotonically.
     state_knob = "head_dim"
     param_knob = "head_dim"
@@ -273,10 +279,6 @@ class GatedDeltaNet(Mixer):
             self.o_norm.weight.fill_(1.0)
 
     # ----------------------------------------------------------------------------------------------- contract
-    @property
-    def causal(self) -> bool:
-        return True
-
     def state_size(self, seq_len: int | None = None) -> int:
         rec = self.num_v_heads * self.head_k_dim * self.head_v_dim
         conv = (self.config.conv_size - 1) * self._conv_channels if self.config.use_short_conv else 0
@@ -285,6 +287,17 @@ class GatedDeltaNet(Mixer):
     @property
     def _conv_channels(self) -> int:
         return 2 * self.key_dim + self.value_dim
+
+    def core_cost(self, n: int, ctx: int, batch: int, elem: int) -> Cost:
+        """WY / UT chunked delta rule, chunks of C: per value head and chunk ``C^2 (5 K + 3 V) + 6 C K V`` (``K K^T``,
+        the triangular solve, ``Q K^T``, intra-chunk output, state read / write); a decode token is a chunk of 1."""
+        H, HV, K, V = self.num_heads, self.num_v_heads, self.head_k_dim, self.head_v_dim
+        C = min(self.config.chunk_size, n)
+        chunks = math.ceil(n / C)
+        flops = chunks * HV * (C * C * (5.0 * K + 3.0 * V) + 6.0 * C * K * V) * batch
+        state = HV * K * V
+        nbytes = FP32_BYTES * batch * (n * (2 * H * K + 2 * HV * V + 2 * HV) + state * (2 + chunks))
+        return Cost(flops, nbytes, f"delta rule: chunks of C={self.config.chunk_size}")
 
     def extra_repr(self) -> str:
         c = self.config

@@ -43,6 +43,7 @@ from torch import nn
 from seqmix.ops import ssd as ssd_ops
 
 from .base import Mixer, MixerConfig, register
+from .cost import FP32_BYTES, Cost
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,14 @@ class Mamba2(Mixer):
 
     backends = ("mamba_ssm", "fla", "torch", "naive")
     _reference_backends = ("naive",)
+    causal_modes = (True,)  # the conv and the scan only look back
+    small_config = {"d_state": 8, "headdim": 8, "expand": 2, "chunk_size": 4}
+    gates = ("tests/test_mamba2.py",)
+    backend_gates = {
+        "fla": ("tests/test_mamba2.py::test_fla_chunk_simple_gla_is_ssd",
+                "tests/test_mamba2.py::test_layer_fla_backend_matches_torch"),
+        "mamba_ssm": ("tests/test_mamba2.py::test_mamba_chunk_scan_combined_is_ssd",),
+    }
     state_knob = "d_state"  # state H P N + (K-1)(E + 2GN) grows with N
     param_knob = "expand"  # every projection grows with E = expand * D
 
@@ -228,11 +237,6 @@ class Mamba2(Mixer):
         self.out_proj.reset_parameters()
 
     # ------------------------------------------------------------------------------------------------- contract
-    @property
-    def causal(self) -> bool:
-        """Always causal: the conv and the scan only look back."""
-        return True
-
     def state_size(self, seq_len: int | None = None) -> int:
         return self.nheads * self.headdim * self.d_state + (self.d_conv - 1) * self.conv_dim
 
@@ -253,6 +257,21 @@ class Mamba2(Mixer):
                     return "fla on CPU (Triton interpreter) only runs when backend='fla' is asked for explicitly"
             return ssd_ops.fla_import_error()
         return f"unknown backend {backend!r}"
+
+    def core_cost(self, n: int, ctx: int, batch: int, elem: int) -> Cost:
+        """SSD in chunks of Q: per head and chunk ``2 Q^2 (N + P) + 4 Q P N`` (intra-chunk scores and outputs, chunk
+        states, state read-out); one decode token (recurrent step) ``4 P N``."""
+        H, P, N, G = self.nheads, self.headdim, self.d_state, self.ngroups
+        Q = self.config.chunk_size
+        state = H * P * N
+        if n == 1 and ctx:
+            flops = 4.0 * H * P * N * batch
+            chunks = 0
+        else:
+            chunks = math.ceil(n / Q)
+            flops = chunks * H * (2.0 * Q * Q * (N + P) + 4.0 * Q * P * N) * batch
+        nbytes = FP32_BYTES * batch * (n * (2 * H * P + H + 2 * G * N) + state * (2 + chunks))
+        return Cost(flops, nbytes, f"ssd: chunks of Q={Q}")
 
     def extra_repr(self) -> str:
         c = self.config

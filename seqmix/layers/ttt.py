@@ -31,6 +31,7 @@ from seqmix.ops import ttt as ttt_ops
 from seqmix.ops.rope import apply_rope, rope_angles
 
 from .base import Mixer, MixerConfig, register
+from .cost import FP32_BYTES, Cost, ttt_minibatch_flops
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,10 @@ class _TTTBase(Mixer):
     default_base_lr: ClassVar[float]
     backends = ("triton", "torch", "naive")
     _reference_backends = ("naive",)
+    causal_modes = (False, True)
+    takes_positions = True
+    gates = ("tests/test_ttt.py",)
+    backend_gates = {"triton": ("tests/test_ttt_triton.py",)}
     state_knob = "head_dim"
     param_knob = "head_dim"
 
@@ -148,6 +153,28 @@ class _TTTBase(Mixer):
 
     def state_size(self, seq_len: int | None = None) -> int:
         return sum(p.numel() for p in self.inner_params().values())
+
+    def core_cost(self, n: int, ctx: int, batch: int, elem: int) -> Cost:
+        """Per head and mini-batch of ``s`` tokens :func:`~seqmix.layers.cost.ttt_minibatch_flops` in the form the
+        backend computes (``triton``: kernel form, else torch form), plus the learning-rate gate ``2 D H`` per
+        token. A causal call after ``p`` pending tokens re-feeds them (as the layer does)."""
+        c = self.config
+        H, K, b = self.num_heads, self.head_dim, c.mini_batch_size
+        F = K if self.kind == "linear" else c.mlp_expansion * K
+        state = sum(p.numel() for p in self.inner_params().values())  # H x (weights + biases)
+        form = "kernel" if self.backend == "triton" else "torch"
+        pending = ctx % b if self.causal else 0
+        m = pending + n  # tokens the scan runs over (pending ones are re-fed)
+        full, rem = divmod(m, b)
+        per_head = full * ttt_minibatch_flops(self.kind, b, K, F, self.causal, form)
+        if rem:
+            per_head += ttt_minibatch_flops(self.kind, rem, K, F, self.causal, form)
+        flops = H * batch * per_head + 2.0 * self.dim * H * n * batch  # + lr gate
+        mbs = full + (1 if rem else 0)
+        # q, k, r read (+ eta), z written; state read once, one state per mini-batch written (fp32)
+        nbytes = FP32_BYTES * batch * (H * m * (3 * K + 1) + H * n * K + state * (1 + mbs))
+        return Cost(flops, nbytes, f"ttt[{self.kind},{'dual' if self.causal else 'primal'},{form}]: "
+                                   f"per mini-batch of b={b}")
 
     def extra_repr(self) -> str:
         c = self.config
@@ -268,6 +295,7 @@ class TTTLinear(_TTTBase):
 
     kind = "linear"
     default_base_lr = 1.0
+    small_config = {"mini_batch_size": 4}
 
     @dataclass(kw_only=True)
     class Config(TTTConfig):
@@ -284,6 +312,7 @@ class TTTMLP(_TTTBase):
 
     kind = "mlp"
     default_base_lr = 0.1
+    small_config = {"mini_batch_size": 4, "mlp_expansion": 2}
 
     @dataclass(kw_only=True)
     class Config(TTTConfig):
