@@ -102,3 +102,11 @@ def test_causal_by_construction_rejects_causal_false(name):
 def test_non_bool_causal_is_rejected(name, bad):
     with pytest.raises(TypeError, match="causal must be True or False"):
         C.make(name, causal=bad)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_repr_shows_requested_and_resolved_backend(name):
+    layer = C.make(name)
+    assert f"backend=auto->{layer.backend}" in repr(layer)
+    assert f"backend={layer.backend})" in repr(C.make(name, backend=layer.backend)) or \
+        f"backend={layer.backend}," in repr(C.make(name, backend=layer.backend))

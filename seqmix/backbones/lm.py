@@ -14,7 +14,6 @@ final norm; the head is tied. Shapes: tokens ``[B, T]`` (int64) -> logits ``[B, 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 

@@ -175,7 +175,7 @@ def _backend_plan(name: str, cfg: LayerBenchConfig) -> tuple[str, list[tuple[str
     device = torch.device(cfg.device)
     probe = _build(name, cfg, "auto", None)
     auto = probe.backend_for(device)
-    reference = set(probe._reference_backends)
+    reference = {b.name for b in probe.backend_table if b.reference}
     wanted: list[str] = []
     for tok in cfg.backends:
         if tok == "auto":
@@ -191,7 +191,7 @@ def _backend_plan(name: str, cfg: LayerBenchConfig) -> tuple[str, list[tuple[str
     plan = []
     for b in dict.fromkeys(wanted):
         layer = _build(name, cfg, b, None)
-        reason = layer._backend_ok(b, device)
+        reason = layer.backend_supports(b, device)
         if device.type == "cpu" and b not in CPU_TIMEABLE:
             why = "not timed on CPU: a Triton/CUDA path, which runs there only under the Triton interpreter " \
                   "(~1 ms per program instance), far too slow to time"

@@ -11,7 +11,7 @@
 import importlib as _importlib
 import pkgutil as _pkgutil
 
-from .base import BackendUnavailable, Mixer, MixerConfig, available, build, config_class, mixer_class, register
+from .base import Backend, BackendUnavailable, Mixer, MixerConfig, available, build, config_class, mixer_class, register
 from .ttt import TTTLinear, TTTMLP, TTTState
 from .wrappers import Bidirectional, TanhGate
 
@@ -21,6 +21,7 @@ for _m in _pkgutil.iter_modules(__path__):
         _importlib.import_module(f"{__name__}.{_m.name}")
 
 __all__ = [
+    "Backend",
     "BackendUnavailable",
     "Bidirectional",
     "Mixer",

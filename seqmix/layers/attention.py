@@ -43,9 +43,10 @@ import torch
 from torch import nn
 
 from seqmix.ops import attention as attn_ops
+from seqmix.ops import external
 from seqmix.ops.rope import apply_rope, rope_angles
 
-from .base import Mixer, MixerConfig, register
+from .base import Backend, Mixer, MixerConfig, register
 from .cost import Cost, attention_pairs
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,6 @@ __all__ = [
 ]
 
 MAX_WINDOW = 1 << 20  # 1,048,576 tokens: ~3x the paper's 63 s video (341,550 tokens); beyond it use full_attn.
-_CALL_WARNED: set[tuple[str, str, str]] = set()
 
 
 class KVCache(NamedTuple):
@@ -108,12 +108,58 @@ def _check_window(name: str, window) -> int:
     return window
 
 
+def _device_reason(backend: str, device: torch.device) -> str | None:
+    """Why ``backend`` cannot run on ``device`` at all (the library or the device), or ``None``."""
+    if backend == "flash_attn":
+        if device.type != "cuda":
+            return f"flash-attn needs a CUDA device, got {device.type}"
+        return external.flash_attn_unavailable()
+    if backend == "flex":
+        if device.type != "cuda":
+            return f"FlexAttention needs a CUDA device for training (it has no backward on {device.type})"
+        return external.flex_unavailable()
+    return None
+
+
+def _call_reason(backend: str, dtype: torch.dtype, shapes: dict | None) -> str | None:
+    """Why ``backend`` cannot take a call in ``dtype`` with ``shapes`` (head dim, KV cache), or ``None``."""
+    if backend == "flash_attn" and dtype not in (torch.float16, torch.bfloat16):
+        return f"flash-attn needs fp16/bf16 inputs, got {dtype}"
+    if backend == "flex" and dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"FlexAttention takes fp16/bf16/fp32, got {dtype}"
+    if shapes is None:
+        return None
+    K = shapes["head_dim"]
+    if backend == "flash_attn" and (K % 8 or K > 256):
+        return f"flash-attn needs a head dim that is a multiple of 8 and <= 256, got {K}"
+    if backend == "flex":
+        if K < 16 or K & (K - 1):
+            return f"FlexAttention needs a power-of-two head dim >= 16, got {K}"
+        if shapes["cached"]:
+            # Every new cache length would be a new compiled kernel; decode-sized calls are cheap in sdpa.
+            return "calls with a carried KV cache run sdpa (flex would recompile per cache length)"
+    return None
+
+
+def _supports(backend: str):
+    def supports(layer: "_Attention", device: torch.device, dtype: torch.dtype, shapes: dict | None) -> str | None:
+        return _device_reason(backend, device) or _call_reason(backend, dtype, shapes)
+
+    return supports
+
+
 class _Attention(Mixer):
     """Multi-head attention with a visibility pattern ``kind`` (see :mod:`seqmix.ops.attention`)."""
 
     kind: ClassVar[str]
-    backends = ("flash_attn", "flex", "sdpa", "naive")
-    _reference_backends = ("naive",)
+    # Every backend runs one signature (seqmix.ops.attention.attention_naive); the choice is made per call, since
+    # dtype, head dim and a carried KV cache decide what a fast path can take.
+    backend_table = (
+        Backend("flash_attn", attn_ops.attention_flash, _supports("flash_attn")),
+        Backend("flex", attn_ops.attention_flex, _supports("flex")),
+        Backend("sdpa", attn_ops.attention_sdpa),
+        Backend("naive", attn_ops.attention_naive, reference=True),
+    )
     causal_modes = (False, True)
     takes_positions = True
     gates = ("tests/test_attention.py",)
@@ -170,59 +216,6 @@ class _Attention(Mixer):
         win = "" if self.window is None else f", window={self.window}"
         return f"{super().extra_repr()}, head_dim={self.head_dim}{win}"
 
-    # ------------------------------------------------------------------------------------------------ backends
-    def _backend_ok(self, backend: str, device: torch.device) -> str | None:
-        if backend == "flash_attn":
-            if device.type != "cuda":
-                return f"flash-attn needs a CUDA device, got {device.type}"
-            return attn_ops.flash_attn_unavailable()
-        if backend == "flex":
-            if device.type != "cuda":
-                return f"FlexAttention needs a CUDA device for training (it has no backward on {device.type})"
-            return attn_ops.flex_unavailable()
-        return None
-
-    def _call_reason(self, backend: str, q: torch.Tensor, cached: bool) -> str | None:
-        """Why ``backend`` cannot take this particular call (dtype, head dim, KV cache), or ``None``."""
-        K = q.shape[-1]
-        if backend == "flash_attn":
-            if q.dtype not in (torch.float16, torch.bfloat16):
-                return f"flash-attn needs fp16/bf16 inputs, got {q.dtype}"
-            if K % 8 or K > 256:
-                return f"flash-attn needs a head dim that is a multiple of 8 and <= 256, got {K}"
-        if backend == "flex":
-            if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-                return f"FlexAttention takes fp16/bf16/fp32, got {q.dtype}"
-            if K < 16 or K & (K - 1):
-                return f"FlexAttention needs a power-of-two head dim >= 16, got {K}"
-            if cached:
-                # Every new cache length would be a new compiled kernel; decode-sized calls are cheap in sdpa.
-                return "calls with a carried KV cache run sdpa (flex would recompile per cache length)"
-        return None
-
-    def _select_backend(self, q: torch.Tensor, cached: bool) -> str:
-        """The device-level choice (``backend_for``) unless this call rules it out; then the next that fits."""
-        chosen = self.backend_for(q.device)
-        order = self.backends[self.backends.index(chosen) :]
-        first_reason = None
-        for b in order:
-            reason = self._backend_ok(b, q.device) or self._call_reason(b, q, cached)
-            if reason is None:
-                if b != chosen:
-                    self._note_skip(chosen, b, first_reason)
-                return b
-            first_reason = first_reason or reason
-        raise RuntimeError(f"{self.name}: no attention backend can take this call")  # pragma: no cover
-
-    def _note_skip(self, chosen: str, used: str, reason: str) -> None:
-        key = (self.name, chosen, reason)
-        if self.config.backend == chosen and key not in _CALL_WARNED:
-            # An explicit request that this call cannot use: say so once; "auto" falls through quietly.
-            _CALL_WARNED.add(key)
-            logger.warning("%s: backend %r cannot take this call (%s); using %r", self.name, chosen, reason, used)
-        else:
-            logger.debug("%s: backend %r skipped for this call (%s); using %r", self.name, chosen, reason, used)
-
     # ------------------------------------------------------------------------------------------------ forward
     def _angles(self, positions: torch.Tensor, T: int, device: torch.device) -> torch.Tensor:
         if not isinstance(positions, torch.Tensor):
@@ -267,10 +260,10 @@ class _Attention(Mixer):
         k_start = pos - (k.shape[2] - T)
 
         # 3. attention
-        backend = self._select_backend(q, cached=state is not None)
-        self.last_backend = backend
-        extra = {"block_size": self.config.block_size} if backend == "sdpa" and self.kind == "swa" else {}
-        o = attn_ops.get_attention_fn(backend)(
+        backend = self.select_backend(q.device, q.dtype, {"head_dim": K, "cached": state is not None})
+        self.last_backend = backend.name
+        extra = {"block_size": self.config.block_size} if backend.name == "sdpa" and self.kind == "swa" else {}
+        o = backend.fn(
             q, k, v, kind=self.kind, window=self.window, causal=self.causal, k_start=k_start, **extra
         )  # [B, H, T, K]
 

@@ -33,6 +33,7 @@ from .cost import Cost, projections_cost
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "Backend",
     "Mixer",
     "MixerConfig",
     "available",
@@ -63,7 +64,25 @@ class MixerConfig:
 
 
 _REGISTRY: dict[str, type["Mixer"]] = {}
-_WARNED: set[tuple[str, str]] = set()
+_WARNED: set[tuple[str, str, str]] = set()
+
+
+def _runs_anywhere(layer: "Mixer", device: torch.device, dtype: torch.dtype, shapes: dict | None) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One way to compute a mixer: ``name`` (what configs ask for), ``fn`` (the op the layer calls; optional
+    libraries are imported inside it, never at ``import seqmix``) and ``supports(layer, device, dtype, shapes)``,
+    ``None`` when it can run or the reason it cannot. ``shapes`` holds call-specific facts (e.g. head dim, a
+    carried cache) or is ``None`` when only the device and dtype are asked about. ``reference``: a naive twin,
+    chosen by ``"auto"`` only where nothing else runs."""
+
+    name: str
+    fn: Callable[..., Any] | None = None
+    supports: Callable[["Mixer", torch.device, torch.dtype, "dict | None"], "str | None"] = _runs_anywhere
+    reference: bool = False
 
 
 def register(name: str) -> Callable[[type["Mixer"]], type["Mixer"]]:
@@ -138,15 +157,19 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
     backbones) is declared on its class as the attributes below. Every one has a default, so a minimal mixer
     needs none of them; nothing outside the class keeps a per-mixer table.
 
-    ``backends`` lists backend names in order of preference; ``_backend_ok(name, device)`` returns ``None`` when
-    a backend can run on ``device`` or a short reason why not.
+    ``backend_table`` lists the :class:`Backend` records in order of preference (default: one ``"torch"`` backend,
+    the layer's own ``_forward``); ``backends`` is their names. :meth:`select_backend` is the one place a backend
+    is chosen.
     """
 
     name: ClassVar[str] = "?"
     Config: ClassVar[type[MixerConfig]] = MixerConfig
+    backend_table: ClassVar[tuple[Backend, ...]] = (Backend("torch"),)
     backends: ClassVar[tuple[str, ...]] = ("torch",)
-    # Backends that are only a fallback (never chosen by "auto" on a device where a faster one runs).
-    _reference_backends: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        cls.backends = tuple(b.name for b in cls.backend_table)
 
     # ---------------------------------------------------------------------------------------------- capabilities
     #: Values of ``config.causal`` the mixer honours; the first is its default. ``(False, True)``: a causal option;
@@ -244,46 +267,63 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
         """
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, heads={self.num_heads}, causal={self.causal}, backend={self.config.backend}"
+        requested = self.config.backend
+        try:
+            resolved = self.backend
+        except BackendUnavailable:
+            resolved = "unavailable"
+        backend = requested if requested == resolved else f"{requested}->{resolved}"
+        return f"dim={self.dim}, heads={self.num_heads}, causal={self.causal}, backend={backend}"
 
     # ----------------------------------------------------------------------------------------------- backends
-    def _backend_ok(self, backend: str, device: torch.device) -> str | None:
-        """``None`` if ``backend`` can run on ``device``, else the reason it cannot."""
-        return None
+    def _param_dtype(self) -> torch.dtype:
+        p = next(self.parameters(), None)
+        return p.dtype if p is not None else torch.float32
 
-    def backend_for(self, device: torch.device | str) -> str:
-        """The backend this layer uses for inputs on ``device`` (resolves ``"auto"`` and missing libraries)."""
+    def backend_supports(self, backend: str, device: torch.device | str, dtype: torch.dtype | None = None,
+                         shapes: dict | None = None) -> str | None:
+        """``None`` if ``backend`` can run this layer on ``device`` in ``dtype`` (default: the parameters') for a
+        call with ``shapes`` (None: any call), else the reason it cannot."""
+        table = {b.name: b for b in self.backend_table}
+        if backend not in table:
+            return f"unknown backend {backend!r}"
+        return table[backend].supports(self, torch.device(device), dtype or self._param_dtype(), shapes)
+
+    def select_backend(self, device: torch.device | str, dtype: torch.dtype | None = None,
+                       shapes: dict | None = None) -> Backend:
+        """The backend record this layer runs on ``device`` in ``dtype`` (default: the parameters') for a call with
+        ``shapes`` (None: any call): the requested one if it runs, else the next in preference order that does
+        (warning once per (layer, backend, reason)); ``"auto"``: the first non-reference backend that runs."""
         device = torch.device(device)
+        dtype = dtype or self._param_dtype()
         requested = self.config.backend
         if requested != "auto":
-            reason = self._backend_ok(requested, device)
+            order = list(self.backend_table)
+            i = [b.name for b in order].index(requested)
+            reason = order[i].supports(self, device, dtype, shapes)
             if reason is None:
-                return requested
-            # Degrade to the next backend in preference order that runs here, warning once per (layer, backend).
-            order = list(self.backends)
-            for fallback in order[order.index(requested) + 1 :]:
-                if self._backend_ok(fallback, device) is None:
-                    key = (self.name, requested)
+                return order[i]
+            for fallback in order[i + 1:]:
+                if fallback.supports(self, device, dtype, shapes) is None:
+                    key = (self.name, requested, reason)
                     if key not in _WARNED:
                         _WARNED.add(key)
-                        logger.warning(
-                            "%s: backend %r unavailable (%s); using %r", self.name, requested, reason, fallback
-                        )
+                        logger.warning("%s: backend %r unavailable (%s); using %r", self.name, requested, reason,
+                                       fallback.name)
                     return fallback
             raise BackendUnavailable(f"{self.name}: backend {requested!r} cannot run on {device}: {reason}")
-        for b in self.backends:
-            if b in self._reference_backends:
-                continue
-            if self._backend_ok(b, device) is None:
+        for b in sorted(self.backend_table, key=lambda b: b.reference):  # stable: preference order, references last
+            if b.supports(self, device, dtype, shapes) is None:
                 return b
-        for b in self._reference_backends:
-            if self._backend_ok(b, device) is None:
-                return b
-        raise BackendUnavailable(f"{self.name}: no backend runs on {device}")
+        raise BackendUnavailable(f"{self.name}: no backend runs on {device} in {dtype}")
+
+    def backend_for(self, device: torch.device | str, dtype: torch.dtype | None = None) -> str:
+        """Name of the backend this layer uses on ``device`` in ``dtype`` (default: the parameters')."""
+        return self.select_backend(device, dtype).name
 
     @property
     def backend(self) -> str:
-        """Backend used for this layer's current device."""
+        """Backend used for this layer's current device and parameter dtype."""
         p = next(self.parameters(), None)
         return self.backend_for(p.device if p is not None else torch.device("cpu"))
 

@@ -19,7 +19,6 @@ TTT-MLP ~ 39.4M parameters per layer.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
@@ -30,7 +29,9 @@ from torch import nn
 from seqmix.ops import ttt as ttt_ops
 from seqmix.ops.rope import apply_rope, rope_angles
 
-from .base import Mixer, MixerConfig, register
+from seqmix.utils.triton_compat import triton_interpreter
+
+from .base import Backend, Mixer, MixerConfig, register
 from .cost import FP32_BYTES, Cost, ttt_minibatch_flops
 
 logger = logging.getLogger(__name__)
@@ -87,11 +88,41 @@ class TTTConfig(MixerConfig):
     scan_checkpoint_group: int = 0
 
 
+def _triton_supports(layer: "_TTTBase", device: torch.device, dtype: torch.dtype, shapes) -> str | None:
+    if dtype == torch.float64:
+        return "the TTT Triton kernels compute in float32; float64 layers use the torch backend"
+    if device.type == "cpu":
+        if not triton_interpreter():
+            return "the TTT Triton kernels need a CUDA device (on CPU only under TRITON_INTERPRET=1, for tests)"
+        # The interpreter is ~1 ms per program instance: never an automatic choice, only an explicit one.
+        if layer.config.backend != "triton":
+            return "the Triton interpreter is for tests only; request backend='triton' explicitly"
+    elif device.type != "cuda":
+        return f"the TTT Triton kernels do not run on {device.type}"
+    try:  # imported here, never at `import seqmix` (TRITON_INTERPRET must be set before @triton.jit runs)
+        from seqmix.kernels.ttt_triton import check_supported
+    except ImportError as e:
+        return f"cannot import the TTT Triton kernels ({e})"
+    # The layer hands the scan fp32 inputs (see _project), whatever the parameter dtype.
+    K, F_ = layer.W1.shape[-2:]
+    return check_supported(layer.kind, K, F_, layer.config.mini_batch_size, torch.float32, device)
+
+
+def _ttt_scan_triton(*args, **kwargs):
+    from seqmix.kernels.ttt_triton import ttt_scan_triton
+
+    return ttt_scan_triton(*args, **kwargs)
+
+
 class _TTTBase(Mixer):
     kind: ClassVar[str]
     default_base_lr: ClassVar[float]
-    backends = ("triton", "torch", "naive")
-    _reference_backends = ("naive",)
+    # Every backend runs the same scan signature (seqmix.ops.ttt.ttt_scan).
+    backend_table = (
+        Backend("triton", _ttt_scan_triton, _triton_supports),
+        Backend("torch", ttt_ops.ttt_scan),
+        Backend("naive", ttt_ops.ttt_scan_naive, reference=True),
+    )
     causal_modes = (False, True)
     takes_positions = True
     gates = ("tests/test_ttt.py",)
@@ -183,37 +214,6 @@ class _TTTBase(Mixer):
             f"base_lr={self.base_lr}"
         )
 
-    # ----------------------------------------------------------------------------------------------- backends
-    def _backend_ok(self, backend: str, device: torch.device) -> str | None:
-        if backend in ("torch", "naive"):
-            return None
-        if backend != "triton":
-            return f"unknown backend {backend!r}"
-        if self.W1.dtype == torch.float64:
-            return "the TTT Triton kernels compute in float32; float64 layers use the torch backend"
-        if device.type == "cpu":
-            if os.environ.get("TRITON_INTERPRET") != "1":
-                return "the TTT Triton kernels need a CUDA device (on CPU only under TRITON_INTERPRET=1, for tests)"
-            # The interpreter is ~1 ms per program instance: never an automatic choice, only an explicit one.
-            if self.config.backend != "triton":
-                return "the Triton interpreter is for tests only; request backend='triton' explicitly"
-        elif device.type != "cuda":
-            return f"the TTT Triton kernels do not run on {device.type}"
-        try:  # imported here, never at `import seqmix` (TRITON_INTERPRET must be set before @triton.jit runs)
-            from seqmix.kernels.ttt_triton import check_supported
-        except ImportError as e:
-            return f"cannot import the TTT Triton kernels ({e})"
-        # The layer hands the scan fp32 inputs (see _project), whatever the parameter dtype.
-        K, F_ = self.W1.shape[-2:]
-        return check_supported(self.kind, K, F_, self.config.mini_batch_size, torch.float32, device)
-
-    def _scan_fn(self, backend: str):
-        if backend == "triton":
-            from seqmix.kernels.ttt_triton import ttt_scan_triton
-
-            return ttt_scan_triton
-        return ttt_ops.ttt_scan if backend == "torch" else ttt_ops.ttt_scan_naive
-
     # ------------------------------------------------------------------------------------------------ forward
     def _project(self, x: torch.Tensor, positions: torch.Tensor | None):
         """x [B, T, D] -> q, k, r [B, H, T, K] and eta [B, H, T], in fp32 (fp64 for fp64 inputs)."""
@@ -244,8 +244,7 @@ class _TTTBase(Mixer):
             raise ValueError(f"{self.name}: takes no layout (the backbone reorders tokens); got {type(layout).__name__}")
         c: TTTConfig = self.config
         B, T, _ = x.shape
-        backend = self.backend_for(x.device)
-        scan = self._scan_fn(backend)
+        scan = self.select_backend(x.device).fn
         acc = _acc_dtype(x)
         q, k, r, eta = self._project(x, positions)
         # Inner state, gradients and LN statistics in fp32 (fp64 for fp64 inputs) even under bf16 autocast.
