@@ -48,6 +48,7 @@ import triton
 import triton.language as tl
 
 from seqmix.ops.ttt import _check_scan_inputs
+from seqmix.utils.triton_compat import triton_interpreter
 
 from .ttt_ref import default_checkpoint_group, ttt_scan_manual_bwd, ttt_scan_manual_fwd
 
@@ -67,7 +68,7 @@ __all__ = [
     "ttt_scan_triton",
 ]
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_INTERPRET = triton_interpreter()  # fixed at import: @triton.jit reads the mode when the kernels are defined
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 MAX_INNER_WIDTH = 512  # F = 4K at K = 128

@@ -1,7 +1,7 @@
 """The ``seqmix`` command line.
 
     seqmix fit|validate|test|predict --config RECIPE.yaml [--key value ...]   Lightning CLI over a recipe
-    seqmix compare video [--quick] [--recipes [..]] [--max_steps N]            t2v baselines, equal budgets (main job)
+    seqmix compare video [--quick] [--layers [..]] [--max_steps N]             t2v baselines, equal budgets (main job)
     seqmix compare mqar [--quick] [--widths [..]] [--lrs [..]] [--jobs N]     MQAR accuracy vs state size
     seqmix bench layers [--quick] [--lengths [..]] [--layers [..]]             layer speed / memory vs T
     seqmix prepare storyboards|videos ...                                      write latent shard datasets
@@ -82,7 +82,7 @@ def list_layers() -> None:
 
 
 def compare_mqar(
-    recipes: list[str] | None = None,
+    layers: list[str] | None = None,
     widths: list[int] | None = None,
     lrs: list[float] | None = None,
     max_steps: int | None = None,
@@ -90,24 +90,25 @@ def compare_mqar(
     out: str = "runs/compare-mqar",
     quick: bool = False,
 ) -> None:
-    """Train every MQAR recipe at each width and learning rate with the same data and budget; report the best
+    """Train every layer on MQAR at each width and learning rate with the same data and budget (runs built from
+    recipes/base/mqar.yaml + each layer's name and its documented overrides in recipes/mqar/); report the best
     validation accuracy per (layer, width) against the layer's state size (markdown + JSON + plot).
 
     Args:
-        recipes: recipe YAML files (default: every file under recipes/mqar/).
+        layers: registry names (default: every layer that mixes tokens).
         widths: model widths to sweep (default 32, 64).
         lrs: learning-rate grid (default 3e-3, which fits the 15-minute CPU budget; e.g. `--lrs [1e-3,3e-3,1e-2]`
             for a wider search); the best per point is reported.
         max_steps: optimizer steps per run (default: the recipe's epoch of data).
         jobs: runs trained at once in separate processes (0 = one per CPU core without a GPU, else 1).
         out: output directory.
-        quick: a smoke run (two recipes, one width, one lr, a few steps).
+        quick: a smoke run (two layers, one width, one lr, a few steps).
     """
     from seqmix.compare import MQARSweep, run_mqar_sweep
 
     sweep = MQARSweep(out=out, jobs=jobs)
-    if recipes:
-        sweep.recipes = recipes
+    if layers:
+        sweep.layers = layers
     if widths:
         sweep.widths = widths
     if lrs:
@@ -193,29 +194,30 @@ def prepare_videos(manifest: str, out: str, vae: str, text_encoder: str, height:
 
 
 def compare_video(
-    recipes: list[str] | None = None,
+    layers: list[str] | None = None,
     max_steps: int | None = None,
     samples: int | None = None,
     jobs: int = 0,
     out: str = "runs/compare-video",
     quick: bool = False,
 ) -> None:
-    """Train every text-to-video baseline recipe on the procedural storyboards with the same budget, evaluate
+    """Train every global layer in the text-to-video DiT on the procedural storyboards with the same budget (runs
+    built from recipes/base/t2v.yaml + each layer's name and its documented overrides in recipes/t2v/), evaluate
     them on the same held-out videos and write a table (markdown + JSON), a plot and sample GIFs.
 
     Args:
-        recipes: t2v recipe files (default: the seven baselines under recipes/t2v/).
+        layers: registry names or "none" (local attention only); default: "none" and every layer that mixes tokens.
         max_steps: optimizer steps per recipe (default 500).
         samples: sampled videos per recipe written as GIFs (default 1).
         jobs: recipes trained at once in separate processes (0 = one per CPU core without a GPU, else 1).
         out: output directory.
-        quick: a smoke run (two recipes, two steps).
+        quick: a smoke run (two layers, two steps).
     """
     from seqmix.compare import VideoComparison, run_video_comparison
 
     cmp = VideoComparison(out=out, jobs=jobs)
-    if recipes:
-        cmp.recipes = recipes
+    if layers:
+        cmp.layers = layers
     if max_steps:
         cmp.max_steps = max_steps
     if samples is not None:

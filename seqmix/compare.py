@@ -1,8 +1,12 @@
-"""Equal-budget comparisons of registry layers: the MQAR sweep (accuracy against state size).
+"""Equal-budget comparisons of registry layers: the MQAR sweep (accuracy against state size) and the text-to-video
+baselines.
 
-Every recipe is trained through the same LightningCLI path as ``seqmix fit --config RECIPE``, with only the
+A comparison takes layer names (default: every registry layer that mixes tokens) and builds every run from ONE base
+recipe per task (``recipes/base/<task>.yaml``) plus the layer's name and config: the documented overrides of
+``recipes/<task>/<layer>.yaml`` where that file exists (see :func:`recipe_overrides`), the layer's defaults
+otherwise. Every run is trained through the same LightningCLI path as ``seqmix fit --config RECIPE`` with only the
 swept fields overridden (model width, learning rate, step budget), so a comparison is a set of recipe runs that
-anyone can re-run one by one.
+anyone can re-run one by one (the command of each is stored with its record).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MQARSweep", "VideoComparison", "recipe_dir", "run_mqar_sweep", "run_video_comparison"]
+__all__ = ["MQARSweep", "VideoComparison", "base_recipe", "layer_args", "recipe_dir", "recipe_overrides",
+           "run_mqar_sweep", "run_video_comparison", "token_mixers"]
 
 
 def recipe_dir() -> Path:
@@ -32,12 +37,75 @@ def recipe_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "recipes"
 
 
+def base_recipe(task: str) -> Path:
+    """The base recipe every run of ``task`` (``"mqar"`` or ``"t2v"``) starts from."""
+    return recipe_dir() / "base" / f"{task}.yaml"
+
+
+def token_mixers() -> list[str]:
+    """Every registry layer that mixes tokens (the default layers of a comparison)."""
+    from seqmix import layers as L
+
+    return [n for n in L.available() if L.mixer_class(n).mixes_tokens]
+
+
+#: Keys (dotted, under the recipe root) a per-layer recipe may change relative to its task's base recipe.
+_LAYER_KEYS = ("model.init_args.model.mixer", "model.init_args.model.mixer_config",
+               "model.init_args.model.num_heads", "trainer.default_root_dir")
+
+
+def _flat(doc: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in doc.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k != "mixer_config":  # a mixer config is one value
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def recipe_overrides(task: str, recipe: str | Path) -> dict:
+    """What ``recipe`` changes relative to ``task``'s base recipe, as ``{dotted key: value}``.
+
+    A per-layer recipe must be the base recipe with only the layer's settings changed (:data:`_LAYER_KEYS`):
+    anything else raises, so the base recipe stays the one place that sets what every layer shares."""
+    import yaml
+
+    base = _flat(yaml.safe_load(base_recipe(task).read_text()))
+    doc = _flat(yaml.safe_load(Path(recipe).read_text()))
+    missing = sorted(set(base) - set(doc))
+    diff = {k: v for k, v in doc.items() if k not in base or base[k] != v}
+    extra = sorted(set(diff) - set(_LAYER_KEYS))
+    if missing or extra:
+        raise ValueError(f"{recipe}: a {task} recipe must be {base_recipe(task)} with only {', '.join(_LAYER_KEYS)} "
+                         f"changed; differs in {extra}, lacks {missing}")
+    return diff
+
+
+def layer_args(task: str, layer: str | None) -> list[str]:
+    """LightningCLI arguments for ``layer``'s run of ``task`` (None: no global layer): the base recipe, the layer's
+    name, and its documented overrides from ``recipes/<task>/<layer>.yaml`` if that file sets this layer."""
+    over: dict = {"model.init_args.model.mixer": layer, "model.init_args.model.mixer_config": {}}
+    own = recipe_dir() / task / f"{layer}.yaml"
+    if layer is not None and own.is_file():
+        doc = recipe_overrides(task, own)
+        if doc.get("model.init_args.model.mixer", layer) == layer:
+            over.update(doc)
+    over.pop("trainer.default_root_dir", None)
+    args = ["--config", str(base_recipe(task))]
+    for k, v in over.items():
+        args.append(f"--{k}={v if isinstance(v, str) else json.dumps(v)}")  # JSON is YAML
+    return args
+
+
 @dataclass(kw_only=True)
 class MQARSweep:
-    """An MQAR sweep: every recipe x width x learning rate, the same data and step budget for all.
+    """An MQAR sweep: every layer x width x learning rate, the same data and step budget for all.
 
     Attributes:
-        recipes, widths, lrs: the grid (every combination is one training run).
+        layers, widths, lrs: the grid (every combination is one training run); layers are registry names (default:
+            every layer that mixes tokens), each run is :func:`layer_args` of ``"mqar"``.
         max_steps: steps per run (None: the recipe's epoch of data).
         jobs: runs trained at once in separate processes, each with ``cpu_count // jobs`` threads. 0 = auto: one
             per CPU core when no GPU is visible (small models use two single-threaded processes better than one
@@ -45,7 +113,7 @@ class MQARSweep:
         out: output directory.
     """
 
-    recipes: list[str] = field(default_factory=lambda: sorted(str(p) for p in (recipe_dir() / "mqar").glob("*.yaml")))
+    layers: list[str] = field(default_factory=token_mixers)
     widths: list[int] = field(default_factory=lambda: [32, 64])
     lrs: list[float] = field(default_factory=lambda: [3e-3])
     max_steps: int | None = None
@@ -56,16 +124,14 @@ class MQARSweep:
         return self.jobs or _default_jobs()
 
     def quick(self) -> "MQARSweep":
-        """A smoke-sized copy: first two recipes, one width, one lr, 3 steps."""
-        return dataclasses.replace(self, recipes=self.recipes[:2], widths=self.widths[:1], lrs=self.lrs[:1],
+        """A smoke-sized copy: first two layers, one width, one lr, 3 steps."""
+        return dataclasses.replace(self, layers=self.layers[:2], widths=self.widths[:1], lrs=self.lrs[:1],
                                    max_steps=3, jobs=1)
 
     def validate(self) -> None:
-        if not self.recipes:
-            raise ValueError(f"no MQAR recipes given or found under {recipe_dir() / 'mqar'}")
-        for r in self.recipes:
-            if not Path(r).is_file():
-                raise FileNotFoundError(f"recipe {r!r} does not exist")
+        _check_layers(self.layers, allow_none=False)
+        if not base_recipe("mqar").is_file():
+            raise FileNotFoundError(f"base recipe {base_recipe('mqar')} does not exist")
         if not self.widths or min(self.widths) < 1:
             raise ValueError(f"widths must be positive ints, got {self.widths}")
         if not self.lrs or min(self.lrs) <= 0:
@@ -74,12 +140,22 @@ class MQARSweep:
             raise ValueError(f"jobs must be >= 0 (0 = auto), got {self.jobs}")
 
 
-def _fit_recipe(recipe: str, overrides: list[str], max_steps: int | None):
-    """Train one recipe through the same LightningCLI path as ``seqmix fit``; returns (cli, train seconds,
-    validation metrics)."""
+def _check_layers(names: list, allow_none: bool) -> None:
+    from seqmix import layers as L
+
+    if not names:
+        raise ValueError("no layers given")
+    bad = [n for n in names if not ((allow_none and n == "none") or n in L.available())]
+    if bad:
+        raise ValueError(f"unknown layer(s) {bad}; valid: {', '.join((['none'] if allow_none else []) + L.available())}")
+
+
+def _fit_recipe(recipe_args: list[str], overrides: list[str], max_steps: int | None):
+    """Train one run (``--config`` arguments + overrides) through the same LightningCLI path as ``seqmix fit``;
+    returns (cli, train seconds, validation metrics)."""
     from seqmix.cli import run_lightning
 
-    args = ["--config", recipe, *overrides,
+    args = [*recipe_args, *overrides,
             "--trainer.logger=false", "--trainer.enable_checkpointing=false",
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
     if max_steps:
@@ -92,15 +168,15 @@ def _fit_recipe(recipe: str, overrides: list[str], max_steps: int | None):
     return cli, train_s, {k: float(v) for k, v in metrics.items()}
 
 
-def _run_one(recipe: str, width: int, lr: float, max_steps: int | None) -> dict:
+def _run_one(layer: str, width: int, lr: float, max_steps: int | None) -> dict:
     import torch
 
-    cli, train_s, metrics = _fit_recipe(
-        recipe, [f"--model.init_args.model.dim={width}", f"--model.init_args.lr={lr}"], max_steps)
+    run_args = layer_args("mqar", layer) + [f"--model.init_args.model.dim={width}", f"--model.init_args.lr={lr}"]
+    cli, train_s, metrics = _fit_recipe(run_args, [], max_steps)
     model, dm, trainer = cli.model, cli.datamodule, cli.trainer
     lm = model.lm
     return {
-        "recipe": recipe, "mixer": "+".join(sorted(set(lm.mixer_names))), "width": width, "lr": lr,
+        "layer": layer, "args": run_args, "mixer": "+".join(sorted(set(lm.mixer_names))), "width": width, "lr": lr,
         "steps": int(trainer.global_step), "train_seconds": train_s,
         "val_acc": metrics["val/acc"], "val_loss": metrics["val/loss"],
         "state_size": lm.state_size(seq_len=dm.cfg.seq_len), "params": sum(p.numel() for p in lm.parameters()),
@@ -159,7 +235,7 @@ def _map_runs(fn, runs: list[tuple], jobs: int, label, desc: str, progress: bool
 def _best(records: list[dict]) -> list[dict]:
     best: dict[tuple, dict] = {}
     for r in records:
-        key = (r["recipe"], r["width"])
+        key = (r["layer"], r["width"])
         if key not in best or r["val_acc"] > best[key]["val_acc"]:
             best[key] = r
     return sorted(best.values(), key=lambda r: (r["mixer"], r["width"]))
@@ -227,18 +303,17 @@ def run_mqar_sweep(sweep: MQARSweep, progress: bool = True) -> dict:
     """Run the sweep; write ``results.json``, ``results.md``, ``results.png`` to ``sweep.out``."""
     sweep.validate()
     command = " ".join(shlex.quote(a) for a in sys.argv)
-    runs = [(r, w, lr, sweep.max_steps) for r in sweep.recipes for w in sweep.widths for lr in sweep.lrs]
+    runs = [(n, w, lr, sweep.max_steps) for n in sweep.layers for w in sweep.widths for lr in sweep.lrs]
     records = []
 
     def done(rec: dict) -> None:
         records.append(rec)
-        logger.info("%s d=%d lr=%g: acc %.3f", Path(rec["recipe"]).stem, rec["width"], rec["lr"], rec["val_acc"])
+        logger.info("%s d=%d lr=%g: acc %.3f", rec["layer"], rec["width"], rec["lr"], rec["val_acc"])
 
     # widest first: the longest runs start early, so parallel processes finish close together
     runs.sort(key=lambda r: -r[1])
-    _map_runs(_run_one, runs, sweep.num_jobs(), lambda r: f"{Path(r[0]).stem} d={r[1]} lr={r[2]:g}", "mqar",
-              progress, done)
-    records.sort(key=lambda r: (r["recipe"], r["width"], r["lr"]))
+    _map_runs(_run_one, runs, sweep.num_jobs(), lambda r: f"{r[0]} d={r[1]} lr={r[2]:g}", "mqar", progress, done)
+    records.sort(key=lambda r: (r["layer"], r["width"], r["lr"]))
     best = _best(records)
     out = Path(sweep.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -260,7 +335,8 @@ class VideoComparison:
     """Text-to-video baselines on the procedural storyboards: the same data, steps and evaluation for all.
 
     Attributes:
-        recipes: t2v recipe files (default: every baseline under recipes/t2v/).
+        layers: global layers, registry names or ``"none"`` (local attention only); default: ``"none"`` and every
+            registry layer that mixes tokens. Each run is :func:`layer_args` of ``"t2v"``.
         max_steps: optimizer steps per recipe.
         num_train: training videos (the step budget decides how many are seen).
         samples: videos sampled (DDIM + guidance) per recipe and written as GIFs (0 = none).
@@ -269,9 +345,7 @@ class VideoComparison:
         out: output directory.
     """
 
-    recipes: list[str] = field(default_factory=lambda: [
-        str(recipe_dir() / "t2v" / f"{n}.yaml")
-        for n in ("local_attn", "ttt_mlp", "ttt_linear", "gated_deltanet", "mamba2", "swa", "full_attn")])
+    layers: list[str] = field(default_factory=lambda: ["none", *token_mixers()])
     max_steps: int = 500
     num_train: int = 4096
     samples: int = 1
@@ -283,15 +357,13 @@ class VideoComparison:
         return self.jobs or _default_jobs()
 
     def quick(self) -> "VideoComparison":
-        return dataclasses.replace(self, recipes=self.recipes[:2], max_steps=2, num_train=16, samples=1, sample_steps=2,
+        return dataclasses.replace(self, layers=self.layers[:2], max_steps=2, num_train=16, samples=1, sample_steps=2,
                                    jobs=1)
 
     def validate(self) -> None:
-        if not self.recipes:
-            raise ValueError("no t2v recipes given")
-        for r in self.recipes:
-            if not Path(r).is_file():
-                raise FileNotFoundError(f"recipe {r!r} does not exist")
+        _check_layers(self.layers, allow_none=True)
+        if not base_recipe("t2v").is_file():
+            raise FileNotFoundError(f"base recipe {base_recipe('t2v')} does not exist")
         if self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.jobs < 0:
@@ -308,7 +380,7 @@ def _video_markdown(rows: list[dict], cmp: VideoComparison, command: str) -> str
         "named only in segment 1, absent in segment 2, back in segment 3), evaluated on the same held-out videos at "
         f"fixed noise. consistency = appearance recall in returning segments (chance {_chance(rows)}). "
         f"train s = wall seconds of one run ({rows[0].get('threads', '?') if rows else '?'} CPU thread(s) each).", "",
-        f"| recipe | global layer | params | state | train s | val loss | {seg_cols} | consistency | PSNR | SSIM |",
+        f"| run | global layer | params | state | train s | val loss | {seg_cols} | consistency | PSNR | SSIM |",
         "|---|---|---:|---:|---:|---:|" + "---:|" * S + "---:|---:|---:|",
     ]
     for r in rows:
@@ -362,7 +434,7 @@ def _video_plot(rows: list[dict], path: Path) -> Path | None:
 
 
 def run_video_comparison(cmp: VideoComparison, progress: bool = True) -> dict:
-    """Train and evaluate every t2v recipe with identical budgets; write results.{json,md,png} and sample GIFs."""
+    """Train and evaluate every global layer with identical budgets; write results.{json,md,png} and sample GIFs."""
     cmp.validate()
     command = " ".join(shlex.quote(a) for a in sys.argv)
     out = Path(cmp.out)
@@ -374,10 +446,10 @@ def run_video_comparison(cmp: VideoComparison, progress: bool = True) -> dict:
         logger.info("%s: val loss %.4f, consistency %.3f", row["name"], row["metrics"]["val/loss"],
                     row["metrics"].get("val/consistency", float("nan")))
 
-    runs = [(recipe, cmp) for recipe in cmp.recipes]
-    _map_runs(_video_run, runs, cmp.num_jobs(), lambda r: Path(r[0]).stem, "t2v", progress, done)
-    order = {r: i for i, r in enumerate(cmp.recipes)}
-    rows.sort(key=lambda r: order[r["recipe"]])
+    runs = [(layer, cmp) for layer in cmp.layers]
+    _map_runs(_video_run, runs, cmp.num_jobs(), lambda r: r[0], "t2v", progress, done)
+    order = {n: i for i, n in enumerate(cmp.layers)}
+    rows.sort(key=lambda r: order[r["name"]])
     md = _video_markdown(rows, cmp, command)
     doc = {"schema": "seqmix.compare.video/v1", "command": command, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
            "comparison": dataclasses.asdict(cmp), "rows": rows}
@@ -387,16 +459,17 @@ def run_video_comparison(cmp: VideoComparison, progress: bool = True) -> dict:
     return {"markdown": md, "rows": rows, "paths": {"json": out / "results.json", "md": out / "results.md", "png": png}}
 
 
-def _video_run(recipe: str, cmp: VideoComparison) -> dict:
-    """Train one t2v recipe with the comparison's budget, evaluate it, sample it; returns its table row."""
+def _video_run(name: str, cmp: VideoComparison) -> dict:
+    """Train one global layer (``"none"``: local attention only) with the comparison's budget, evaluate it, sample
+    it; returns its table row."""
     import torch
 
-    name = Path(recipe).stem
+    run_args = layer_args("t2v", None if name == "none" else name)
     cli, train_s, metrics = _fit_recipe(
-        recipe, [f"--data.init_args.num_train={cmp.num_train}", "--trainer.val_check_interval=null",
+        run_args, [f"--data.init_args.num_train={cmp.num_train}", "--trainer.val_check_interval=null",
                  "--trainer.check_val_every_n_epoch=1000000"], cmp.max_steps)
     task = cli.model
-    row = {"name": name, "recipe": recipe, "mixer": task.dit.config.mixer, "steps": int(cli.trainer.global_step),
+    row = {"name": name, "args": run_args, "mixer": task.dit.config.mixer, "steps": int(cli.trainer.global_step),
            "train_seconds": train_s, "threads": torch.get_num_threads(), "metrics": metrics,
            "params": sum(p.numel() for p in task.parameters()),
            "state_size": task.dit.state_size(seq_len=task.layout.total_tokens),

@@ -1,12 +1,12 @@
 """The shared layer-contract harness: every registry entry must pass these checks.
 
-A new mixer adds one line to ``SMALL_CONFIGS`` (a small, fast configuration); ``test_contract.py`` then runs
-every check below on it. Keep configurations tiny: the whole harness runs on a 2-core CPU in CI.
+A mixer declares on its class what the harness needs: ``small_config`` (a small, fast configuration at width 32
+with 2 heads) and ``causal_modes`` (whether a causal form exists); ``test_contract.py`` then runs every check below
+on it, and :func:`check_all` runs them on one name. Keep configurations tiny: the whole harness runs on a 2-core
+CPU in CI.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import torch
 
@@ -15,34 +15,15 @@ from seqmix.utils.testing import assert_close
 
 DIM, HEADS = 32, 2
 
-# name -> config for the contract tests (small and fast; causal variants are derived where meaningful).
-SMALL_CONFIGS: dict[str, dict] = {
-    "ttt_linear": dict(mini_batch_size=4),
-    "ttt_mlp": dict(mini_batch_size=4, mlp_expansion=2),
-    "gated_deltanet": dict(head_dim=16, expand_v=1.0),
-    "mamba2": dict(d_state=8, headdim=8, expand=2, chunk_size=4),
-    "swa": dict(window=10),  # >= 10: the bidirectional check (causal form, T=10) needs token 0 to see token 9
-    "full_attn": dict(),
-    "local_attn": dict(window=16),
-    "identity": dict(),
-    "lact": dict(chunk_size=4, inter_multi=1.5, momentum=True),
-}
-
-
-def has_causal_option(name: str) -> bool:
-    return "causal" in {f.name for f in dataclasses.fields(layers.config_class(name))}
-
 
 def causal_overrides(name: str) -> dict | None:
-    """Config overrides that make ``name`` causal ({} if it is causal by construction), or None if it cannot be."""
-    if has_causal_option(name):
-        return {"causal": True}
-    return {} if make(name).causal else None
+    """Config overrides that make ``name`` causal, or None if it has no causal form."""
+    return {"causal": True} if layers.mixer_class(name).can_be_causal() else None
 
 
 def make(name: str, dtype=torch.float32, seed: int = 0, **over) -> layers.Mixer:
     torch.manual_seed(seed)
-    cfg = {**SMALL_CONFIGS[name], **over}
+    cfg = {**layers.mixer_class(name).small_config, **over}
     return layers.build(name, dim=DIM, num_heads=HEADS, **cfg).to(dtype)
 
 
@@ -127,3 +108,21 @@ def check_bad_inputs(name: str, layer: layers.Mixer) -> None:
         layers.build(name, dim=DIM, num_heads=HEADS, not_a_key=1)
     with pytest.raises(ValueError, match="backend"):
         layers.build(name, dim=DIM, num_heads=HEADS, backend="no-such-backend")
+
+
+def check_all(name: str) -> None:
+    """Every check of the harness on mixer ``name`` (what ``test_contract.py`` runs, parametrised, per name)."""
+    for check in (check_shape_dtype, check_backward):
+        check(make(name))
+    layer = make(name)
+    assert layer.backend in layer.backends and isinstance(layer.causal, bool)
+    assert isinstance(layer.state_size(seq_len=64), int)
+    check_bad_inputs(name, layer)
+    over = causal_overrides(name)
+    if over is not None:
+        causal = make(name, **over)
+        assert causal.causal
+        if causal.mixes_tokens:
+            check_causality(causal)
+        check_state_carry(causal)
+    check_bidirectional(make(name, **(over or {})))

@@ -11,8 +11,10 @@ import torch.nn.functional as F
 
 from seqmix import layers
 from seqmix.layers import base
+from seqmix.layers import attention as attention_layers
 from seqmix.layers.attention import KVCache
 from seqmix.ops import attention as ops
+from seqmix.ops import external
 from seqmix.utils.testing import assert_close
 
 DIM, HEADS = 32, 2
@@ -137,8 +139,8 @@ def test_sdpa_never_builds_a_dense_mask(monkeypatch):
                          ids=["swa-w1", "swa-w5", "swa-w64", "local-w7", "full"])
 def test_flex_forward_on_cpu_matches_sdpa(kind, window, causal):
     """FlexAttention's eager forward (CPU, explicit device; it has no CPU backward) against block-wise SDPA."""
-    if ops.flex_unavailable():
-        pytest.skip(ops.flex_unavailable())
+    if external.flex_unavailable():
+        pytest.skip(external.flex_unavailable())
     q, k, v = (t.detach() for t in _qkv(Tq=45, K=16, dtype=torch.float32))
     kw = dict(kind=kind, window=window, causal=causal)
     with warnings.catch_warnings():
@@ -150,10 +152,12 @@ def test_flex_forward_on_cpu_matches_sdpa(kind, window, causal):
     assert_close("flex vs sdpa (KV cache)", o_dec, ref_dec, 1e-5)
 
 
-def test_get_attention_fn_and_bad_op_inputs():
-    assert ops.get_attention_fn("sdpa") is ops.attention_sdpa
+def test_backend_records_and_bad_op_inputs():
+    layer = layers.build("swa", dim=DIM, num_heads=HEADS, window=4)
+    assert layer.backends == ("flash_attn", "flex", "sdpa", "naive")
+    assert layer.select_backend("cpu").fn is ops.attention_sdpa
     with pytest.raises(ValueError, match="flash_attn, flex, sdpa, naive"):
-        ops.get_attention_fn("xformers")
+        layers.build("swa", dim=DIM, num_heads=HEADS, window=4, backend="xformers")
     q, k, v = (t.detach() for t in _qkv(Tq=5, Tk=8))
     with pytest.raises(ValueError, match="non-causal"):
         ops.attention_sdpa(q, k, v, kind="swa", window=2, causal=False)
@@ -339,11 +343,11 @@ def test_per_call_fallback_when_the_fast_path_cannot_take_the_call(monkeypatch, 
     """Pretend the device runs every backend: an fp32 call skips flash_attn (fp16/bf16 only) for flex, a call with
     a KV cache or in fp64 skips flex for sdpa; the explicit request warns once, ``last_backend`` says what ran."""
     layer = layers.build("swa", dim=DIM, num_heads=HEADS, window=4, causal=True, backend="flash_attn")
-    monkeypatch.setattr(layer, "_backend_ok", lambda backend, device: None)
+    monkeypatch.setattr(attention_layers, "_device_reason", lambda backend, device: None)
     x = _x(T=9, dtype=torch.float32)
     with caplog.at_level(logging.WARNING), warnings.catch_warnings(), torch.no_grad():  # flex: no CPU backward
         warnings.simplefilter("ignore")  # eager flex on CPU warns that it is unfused
-        assert layer.backend == "flash_attn"
+        assert layer.backend == "flex"  # fp32 parameters: flash-attn (fp16/bf16 only) cannot take their calls
         y = layer(x)
         assert layer.last_backend == "flex"
         layer(x)

@@ -11,11 +11,6 @@ import contract as C
 NAMES = layers.available()
 
 
-def test_every_registered_mixer_has_a_contract_config():
-    missing = sorted(set(NAMES) - set(C.SMALL_CONFIGS))
-    assert not missing, f"add a small config to tests/contract.py SMALL_CONFIGS for: {missing}"
-
-
 def test_unknown_name_lists_valid_names():
     with pytest.raises(ValueError) as e:
         layers.build("not_a_mixer", dim=8, num_heads=1)
@@ -87,3 +82,31 @@ def test_bf16_autocast(name):
     assert y.shape == x.shape and torch.isfinite(y).all()
     err = rel_err(y.float(), ref)  # handles an all-zero reference (identity)
     assert err < 5e-2, f"{name}: bf16 autocast output drifts by {err:.3e}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_layer_accepts_causal_true(name):
+    assert layers.mixer_class(name).can_be_causal(), f"{name}: every registry layer has a causal form"
+    assert C.make(name, causal=True).causal
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if not layers.mixer_class(n).can_be_non_causal()])
+def test_causal_by_construction_rejects_causal_false(name):
+    with pytest.raises(ValueError, match="Bidirectional"):
+        C.make(name, causal=False)
+    assert C.make(name).causal  # default: causal
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("bad", ["yes", 1, 0.0])
+def test_non_bool_causal_is_rejected(name, bad):
+    with pytest.raises(TypeError, match="causal must be True or False"):
+        C.make(name, causal=bad)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_repr_shows_requested_and_resolved_backend(name):
+    layer = C.make(name)
+    assert f"backend=auto->{layer.backend}" in repr(layer)
+    assert f"backend={layer.backend})" in repr(C.make(name, backend=layer.backend)) or \
+        f"backend={layer.backend}," in repr(C.make(name, backend=layer.backend))

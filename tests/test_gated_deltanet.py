@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from seqmix import layers
-from seqmix.layers.gated_deltanet import GatedDeltaNet, GatedDeltaNetState, triton_interpreter_compat
+from seqmix.layers.gated_deltanet import GatedDeltaNet, GatedDeltaNetState
+from seqmix.utils.triton_compat import patch_triton_interpreter
 from seqmix.ops import delta_rule as ops
 from seqmix.utils.testing import assert_close
 
@@ -117,7 +118,7 @@ def fla_device():
     else:
         pytest.skip("fla's kernels need CUDA or TRITON_INTERPRET=1")
     pytest.importorskip("fla.ops.gated_delta_rule")
-    triton_interpreter_compat()
+    patch_triton_interpreter()
     return dev
 
 
@@ -297,18 +298,18 @@ def test_backend_selection(monkeypatch, caplog):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert layer.backend_for("cpu") == "torch"
     fla_layer = layers.build("gated_deltanet", dim=DIM, num_heads=HEADS, backend="fla")
-    assert "explicitly" in layer._backend_ok("fla", torch.device("cpu"))
+    assert "explicitly" in layer.backend_supports("fla", "cpu")
     if _has_fla():
         assert fla_layer.backend_for("cpu") == "fla"
     # fp64 has no fla kernel: an explicit request degrades to torch (one warning)
-    reason = fla_layer.double()._backend_ok("fla", torch.device("cpu"))
+    reason = fla_layer.double().backend_supports("fla", "cpu")
     assert reason is not None and "float64" in reason
     with caplog.at_level(logging.WARNING):
         assert fla_layer.backend_for("cpu") == "torch"
     fla_layer.float()
-    assert fla_layer.bfloat16()._backend_ok("fla", torch.device("cpu")) is not None  # interpreter bf16 is wrong
+    assert fla_layer.bfloat16().backend_supports("fla", "cpu") is not None  # interpreter bf16 is wrong
     monkeypatch.delenv("TRITON_INTERPRET")
-    reason = fla_layer.float()._backend_ok("fla", torch.device("cpu"))
+    reason = fla_layer.float().backend_supports("fla", "cpu")
     assert reason is not None and "CUDA" in reason
     assert fla_layer.backend_for("cpu") == "torch"
     assert layers.build("gated_deltanet", dim=DIM, num_heads=HEADS, backend="naive").backend == "naive"
@@ -335,7 +336,7 @@ def _has_fla() -> bool:
         (dict(chunk_size=0), ValueError, "chunk_size must be a positive int"),
         (dict(norm_eps=0.0), ValueError, "norm_eps must be > 0"),
         (dict(backend="triton"), ValueError, "valid: auto, fla, torch, naive"),
-        (dict(causal=False), TypeError, "unknown config key"),
+        (dict(causal=False), ValueError, "causal by construction.*Bidirectional"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )

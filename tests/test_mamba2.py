@@ -17,13 +17,13 @@ import torch.nn.functional as F
 from seqmix import layers
 from seqmix.layers import base as layers_base
 from seqmix.layers.mamba2 import Mamba2, Mamba2State
-from seqmix.ops import ssd
+from seqmix.ops import external, ssd
 from seqmix.utils.testing import assert_close
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 TRITON_OK = DEV == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 needs_triton = pytest.mark.skipif(not TRITON_OK, reason="needs CUDA or TRITON_INTERPRET=1")
-needs_fla = pytest.mark.skipif(ssd.fla_import_error() is not None, reason=str(ssd.fla_import_error()))
+needs_fla = pytest.mark.skipif(external.fla_unavailable() is not None, reason=str(external.fla_unavailable()))
 
 GRAD_NAMES = ["x", "dt", "A", "B", "C", "D", "h0"]
 
@@ -34,7 +34,7 @@ def _ssd_minimal():
     ``modules/ssd_minimal.py`` imports the package, whose ``__init__`` needs the CUDA extension; ``import_mamba_ssm``
     loads it without running that ``__init__`` (see its docstring)."""
     try:
-        return ssd.import_mamba_ssm("mamba_ssm.modules.ssd_minimal").ssd_minimal_discrete
+        return external.import_mamba_ssm("mamba_ssm.modules.ssd_minimal").ssd_minimal_discrete
     except ImportError:
         return None
 
@@ -169,7 +169,7 @@ def _cuda_stubs_for_interpreter():
 
 
 @needs_triton
-@pytest.mark.skipif(ssd.mamba_ssm_import_error() is not None, reason=str(ssd.mamba_ssm_import_error()))
+@pytest.mark.skipif(external.mamba_ssm_unavailable() is not None, reason=str(external.mamba_ssm_unavailable()))
 def test_mamba_chunk_scan_combined_is_ssd():
     """mamba-ssm's fused Triton SSD (the "mamba_ssm" backend) == ours, forward and final state, with 2 heads per
     B/C group (checks the head -> group mapping). Forward only on CPU: the interpreter takes ~2 s per call here."""
@@ -178,7 +178,7 @@ def test_mamba_chunk_scan_combined_is_ssd():
     stubs = _cuda_stubs_for_interpreter() if DEV == "cpu" else contextlib.nullcontext()
     with stubs:
         if DEV == "cpu":
-            ssd.patch_triton_interpreter()
+            external.patch_triton_interpreter()
         y, hT = ssd.ssd_mamba(x, dt, A, B, C, chunk_size=16, D=D, initial_state=h0, output_final_state=True)
     y0, h0_ = ssd.ssd_chunk(x, dt, A, B, C, chunk_size=16, D=D, initial_state=h0, output_final_state=True)
     assert_close("mamba_ssm y", y, y0, 1e-4)
@@ -214,7 +214,7 @@ def test_backend_selection_on_cpu(monkeypatch, caplog):
     assert _layer(backend="fla").backend_for(cpu) == "torch"
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert _layer().backend_for(cpu) == "torch"  # the interpreter is never picked by "auto"
-    if ssd.fla_import_error() is None:
+    if external.fla_unavailable() is None:
         assert _layer(backend="fla").backend_for(cpu) == "fla"
     assert _layer(backend="naive").backend_for(cpu) == "naive"
 
@@ -273,7 +273,7 @@ def _fla_mamba2(**kw):
 def test_loads_fla_mamba2_weights_and_matches_its_forward():
     """fla's Mamba2 (same parameter names as mamba-ssm): strict load; same outputs as fla's PyTorch forward."""
     if DEV == "cpu":
-        ssd.patch_triton_interpreter()
+        external.patch_triton_interpreter()
     torch.manual_seed(3)
     theirs = _fla_mamba2()
     with torch.no_grad():  # move every parameter off its init value so that the comparison sees each of them
@@ -291,7 +291,7 @@ def test_loads_fla_mamba2_weights_and_matches_its_forward():
 
 def _mamba_ssm_module():
     try:
-        return ssd.import_mamba_ssm("mamba_ssm.modules.mamba2")
+        return external.import_mamba_ssm("mamba_ssm.modules.mamba2")
     except Exception:  # not installed, or one of its imports fails here
         return None
 
@@ -441,4 +441,18 @@ def test_missing_mamba_ssm_degrades(monkeypatch):
         monkeypatch.delitem(sys.modules, k)
     monkeypatch.setitem(sys.modules, "mamba_ssm", None)
     with pytest.raises(ImportError):
-        ssd.import_mamba_ssm("mamba_ssm.ops.triton.ssd_combined")
+        external.import_mamba_ssm("mamba_ssm.ops.triton.ssd_combined")
+
+
+def test_fp64_backend_is_reported_as_it_runs(monkeypatch, caplog):
+    """A float64 layer asked for a Triton backend reports (and runs) the torch backend it falls back to."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(external, "fla_unavailable", lambda: None)  # pretend fla imports
+    monkeypatch.setattr(layers_base, "_WARNED", set())
+    layer = _layer(backend="fla")
+    assert layer.backend == "fla"
+    layer = layer.double()
+    with caplog.at_level(logging.WARNING, logger=layers_base.__name__):
+        assert layer.backend == "torch" and layer.select_backend("cpu").fn is ssd.ssd_chunk
+        assert "backend=fla->torch" in repr(layer)
+    assert sum("float64" in r.getMessage() for r in caplog.records) == 1  # one warning

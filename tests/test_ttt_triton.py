@@ -412,6 +412,12 @@ def test_bench_flop_count_matches_flop_counter(kind):
     fb = ttt_scan_flops(kind, causal=True, batch=B, heads=H, T=T, head_dim=K, inner_dim=F_, mini_batch_size=N,
                         mode="fwd+bwd")
     assert fb > 3 * fc.get_total_flops()  # causal adds the N x N products; fwd+bwd counts 3x
+    # The PyTorch dual form computes the causal read-out with one more product per inner layer: its named form
+    # counts exactly what it executes.
+    with FlopCounterMode(display=False) as fc:
+        ops.ttt_scan(q, k, r, eta, lw, lb, tuple(P), kind=kind, causal=True, mini_batch_size=N)
+    assert ttt_scan_flops(kind, causal=True, batch=B, heads=H, T=T, head_dim=K, inner_dim=F_, mini_batch_size=N,
+                          form="torch") == fc.get_total_flops()
 
 
 def test_bench_quick_run_writes_report(tmp_path):

@@ -91,10 +91,10 @@ class DiTConfig:
         patch_bias: bias of the patch-embedding conv.
 
         mixer: registry name of the global layer (``seqmix.layers.available()``) or None (local attention only).
-        mixer_config: config fields of the mixer (``causal=False`` is added where the mixer has that option).
+        mixer_config: config fields of the mixer (``causal=False`` is added where the mixer has a non-causal form).
         mixer_num_heads: heads of the global layer (default: ``num_attention_heads``).
-        mixer_positions: pass the global 3D RoPE positions to the mixer; None = automatic (mixers whose config has a
-            ``rope_theta`` field, i.e. TTT and attention, get them; position-free recurrences do not).
+        mixer_positions: pass the global 3D RoPE positions to the mixer; None = automatic (mixers whose class declares
+            ``takes_positions``, i.e. TTT and attention, get them; position-free recurrences do not).
         gate_init: initial value of the four tanh-gate vectors per block (paper: 0.1).
         rope_theta: RoPE base of the attention and of the global positions (CogVideoX: 1e4).
         gradient_checkpointing: recompute every block in backward (torch.utils.checkpoint, non-reentrant) in training.
@@ -504,16 +504,15 @@ class SegmentedDiT(nn.Module):
     # ------------------------------------------------------------------------------------------ global layer
     def _mixer_cfg(self) -> dict[str, Any]:
         c = self.config
-        fields = {f.name for f in dataclasses.fields(mixers.config_class(c.mixer))}  # unknown name -> ValueError
         cfg = dict(c.mixer_config)
-        if "causal" in fields and "causal" not in cfg:
+        if mixers.mixer_class(c.mixer).can_be_non_causal() and "causal" not in cfg:  # unknown name -> ValueError
             cfg["causal"] = False  # video is non-causal; the backward pass covers the other direction anyway
         return cfg
 
     def _mixer_uses_positions(self) -> bool:
         if self.config.mixer_positions is not None:
             return bool(self.config.mixer_positions)
-        return "rope_theta" in {f.name for f in dataclasses.fields(mixers.config_class(self.config.mixer))}
+        return mixers.mixer_class(self.config.mixer).takes_positions
 
     def _build_global_layer(self) -> GlobalLayer:
         c = self.config

@@ -14,7 +14,6 @@ final norm; the head is tied. Shapes: tokens ``[B, T]`` (int64) -> logits ``[B, 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -38,12 +37,13 @@ class LMConfig:
         num_layers: number of blocks N.
         num_heads: heads passed to every mixer.
         mixer: a registry name for every block, or a list with one name per block (hybrid stacks).
-        mixer_config: config fields for the mixers (``causal=True`` is added where a mixer has the option);
+        mixer_config: config fields for the mixers (``causal=True`` is added: every block mixer must have a causal
+            form);
             a dict for all blocks or a list with one dict per block.
         mlp_ratio: hidden width of the MLP as a multiple of D (0 = no MLP).
         max_len: number of learned absolute positions (0 = none; then only the mixers see order).
-        rope: pass token positions to the mixers that take RoPE positions (attention, TTT: config field
-            ``rope_theta``); position-free recurrences see order through their scan.
+        rope: pass token positions to the mixers that take RoPE positions (mixers whose class declares
+            ``takes_positions``: attention, TTT); position-free recurrences see order through their scan.
         short_conv: taps K of the causal depthwise convolution before every mixer (``y = x + conv_K(x)``, weights
             initialised to zero so it starts as the identity); 0 = none.
         norm_eps: LayerNorm eps.
@@ -65,13 +65,11 @@ class LMConfig:
 
 
 def _causal_cfg(name: str, cfg: dict) -> dict:
-    fields = {f.name for f in dataclasses.fields(L.config_class(name))}
-    cfg = dict(cfg)
-    if "causal" in fields:
-        if cfg.get("causal") is False:
-            raise ValueError(f"LM block mixer {name!r}: causal=False would let tokens see the future")
-        cfg["causal"] = True
-    return cfg
+    if not L.mixer_class(name).can_be_causal():
+        raise ValueError(f"LM block mixer {name!r} is not causal; a causal LM needs causal mixers")
+    if cfg.get("causal") is False:
+        raise ValueError(f"LM block mixer {name!r}: causal=False would let tokens see the future")
+    return {**cfg, "causal": True}
 
 
 class ShortConv(nn.Module):
@@ -112,7 +110,7 @@ class _Block(nn.Module):
         h = int(round(c.dim * c.mlp_ratio))
         self.mlp = nn.Sequential(nn.Linear(c.dim, h), nn.GELU(approximate="tanh"), nn.Linear(h, c.dim)) if h else None
         self.drop = nn.Dropout(c.dropout)
-        self.rope = c.rope and "rope_theta" in {f.name for f in dataclasses.fields(L.config_class(name))}
+        self.rope = c.rope and self.mixer.takes_positions
 
     def forward(self, x: torch.Tensor, state=None, return_state: bool = False, positions=None):
         kw = {"positions": positions} if self.rope and positions is not None else {}

@@ -199,11 +199,13 @@ def bench_ttt_kernels(
     import os
     import sys
 
+    from seqmix.utils.triton_compat import triton_interpreter
+
     if quick and device == "cuda" and not _cuda_available():
         device = "cpu"
     if device.split(":")[0] == "cpu":
         # The kernels run on CPU only under the interpreter, which must be on before they are first imported.
-        if "seqmix.kernels.ttt_triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+        if "seqmix.kernels.ttt_triton" in sys.modules and not triton_interpreter():
             raise RuntimeError("the TTT kernels were imported without TRITON_INTERPRET=1; cannot run them on CPU")
         os.environ.setdefault("TRITON_INTERPRET", "1")
     if num_warps is not None:

@@ -10,7 +10,8 @@ paper's 3 / 9 / 18 / 30 / 63 s layouts, for
 * ``full_attn``: local attention + a ``full_attn`` global layer (non-causal full attention over the whole video,
   run forward and on the reversed sequence like every global layer): the global-layer slot filled by the quadratic
   upper bound;
-* ``ttt_mlp``, ``ttt_linear``, ``mamba2``, ``gated_deltanet``, ``swa``: local attention + that global layer
+* every other registry layer that mixes tokens (``ttt_mlp``, ``ttt_linear``, ``mamba2``, ``gated_deltanet``,
+  ``swa``, ``local_attn``, ...; read from the registry): local attention + that global layer
   (paper at 63 s: TTT-MLP 2.5x / 3.8x, Gated DeltaNet 1.8x / 1.8x).
 
 Every time is reported relative to ``local`` at the same duration and mode (measured in the same run).
@@ -48,30 +49,38 @@ from .report import RunInfo, make_doc, markdown_header, pyplot, start_run, write
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DiTBenchConfig", "DiTBenchResult", "VARIANTS", "PAPER_63S", "run_dit_bench", "summarize",
+__all__ = ["DiTBenchConfig", "DiTBenchResult", "variants", "description", "PAPER_63S", "run_dit_bench", "summarize",
            "markdown_table", "write_report"]
 
-#: variant -> (global layer registry name or None, one attention window over the whole video?)
-VARIANTS: dict[str, tuple[str | None, bool]] = {
-    "local": (None, False),
-    "full_window": (None, True),
-    "full_attn": ("full_attn", False),
-    "ttt_mlp": ("ttt_mlp", False),
-    "ttt_linear": ("ttt_linear", False),
-    "mamba2": ("mamba2", False),
-    "gated_deltanet": ("gated_deltanet", False),
-    "swa": ("swa", False),
-}
-DESCRIPTIONS = {
+#: The variants without a global layer: variant -> (global layer, one attention window over the whole video?).
+_NO_GLOBAL_LAYER: dict[str, tuple[str | None, bool]] = {"local": (None, False), "full_window": (None, True)}
+_NO_GLOBAL_LAYER_DESCRIPTIONS = {
     "local": "local attention only (3 s windows), no global layer: the 1x reference",
     "full_window": "full attention: one attention window over the whole video, no global layer",
-    "full_attn": "local attention + full-attention global layer (forward and reversed)",
-    "ttt_mlp": "local attention + TTT-MLP global layer",
-    "ttt_linear": "local attention + TTT-Linear global layer",
-    "mamba2": "local attention + Mamba 2 global layer",
-    "gated_deltanet": "local attention + Gated DeltaNet global layer",
-    "swa": "local attention + sliding-window attention global layer",
 }
+
+
+def variants() -> dict[str, tuple[str | None, bool]]:
+    """Every variant -> (global layer registry name or None, one attention window over the whole video?): the two
+    without a global layer, then local attention + each registry layer that mixes tokens (read from the registry,
+    so a newly registered mixer is benchmarked without an edit here)."""
+    from seqmix import layers as L
+
+    return {**_NO_GLOBAL_LAYER, **{n: (n, False) for n in L.available() if L.mixer_class(n).mixes_tokens}}
+
+
+def description(variant: str) -> str:
+    """One line describing ``variant`` for the report."""
+    if variant in _NO_GLOBAL_LAYER_DESCRIPTIONS:
+        return _NO_GLOBAL_LAYER_DESCRIPTIONS[variant]
+    return f"local attention + {variant} global layer (forward and reversed)"
+
+
+def _order(variant: str) -> int:
+    names = list(variants())
+    return names.index(variant) if variant in names else len(names)
+
+
 #: The paper's efficiency numbers at 63 s, relative to local attention: variant -> (inference, training).
 PAPER_63S: dict[str, tuple[float, float]] = {"full_window": (11.0, 12.0), "ttt_mlp": (2.5, 3.8),
                                              "gated_deltanet": (1.8, 1.8)}
@@ -85,7 +94,7 @@ class DiTBenchConfig:
     """What to measure. Defaults: the REDUCED CPU scale (see the module docstring); :meth:`gpu` for paper scale.
 
     Attributes:
-        variants: names from :data:`VARIANTS` (default: all).
+        variants: names from :func:`variants` (default: all).
         durations: seconds, from the paper's presets 3, 9, 18, 30, 63.
         modes: ``fwd`` (inference) and / or ``fwd+bwd`` (training).
         num_layers, heads, head_dim: DiT blocks, attention heads and head dim (width = heads x head_dim).
@@ -99,7 +108,7 @@ class DiTBenchConfig:
         device, dtype, threads, peaks, quick, notes: as the layer suite.
     """
 
-    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    variants: list[str] = field(default_factory=lambda: list(variants()))
     durations: list[int] = field(default_factory=lambda: [3, 9, 18, 30, 63])
     modes: list[str] = field(default_factory=lambda: list(MODES))
     num_layers: int = 2
@@ -175,9 +184,10 @@ class DiTBenchResult:
 
 
 def _check(cfg: DiTBenchConfig) -> None:
-    bad = [v for v in cfg.variants if v not in VARIANTS]
+    known = variants()
+    bad = [v for v in cfg.variants if v not in known]
     if bad:
-        raise ValueError(f"unknown DiT variant(s) {bad}; valid: {', '.join(VARIANTS)}")
+        raise ValueError(f"unknown DiT variant(s) {bad}; valid: {', '.join(known)}")
     bad = [d for d in cfg.durations if d not in VideoLayout.PAPER_DURATIONS]
     if bad:
         raise ValueError(f"no paper layout for duration(s) {bad} s; valid: {sorted(VideoLayout.PAPER_DURATIONS)}")
@@ -192,7 +202,7 @@ def layout_for(cfg: DiTBenchConfig, seconds: int, variant: str) -> VideoLayout:
     """The paper layout of ``seconds`` at the configured grid; ``full_window``: the same tokens in ONE window."""
     lay = VideoLayout.paper(seconds, text_len=cfg.text_len, latent_height=cfg.latent_height,
                             latent_width=cfg.latent_width, patch_size=cfg.patch_size)
-    if not VARIANTS[variant][1]:
+    if not variants()[variant][1]:
         return lay
     # one window covering every latent frame (num_frames = window_frames), with all segments' text in its slot
     return VideoLayout(num_segments=1, text_len=lay.text_tokens, latent_height=cfg.latent_height,
@@ -201,7 +211,7 @@ def layout_for(cfg: DiTBenchConfig, seconds: int, variant: str) -> VideoLayout:
 
 
 def build_model(cfg: DiTBenchConfig, variant: str) -> SegmentedDiT:
-    mixer, _ = VARIANTS[variant]
+    mixer, _ = variants()[variant]
     torch.manual_seed(0)
     dc = DiTConfig(num_attention_heads=cfg.heads, attention_head_dim=cfg.head_dim, in_channels=cfg.in_channels,
                    out_channels=cfg.in_channels, text_embed_dim=cfg.text_embed_dim, time_embed_dim=cfg.time_embed_dim,
@@ -251,8 +261,8 @@ def _run(cfg: DiTBenchConfig, progress: bool, command: str | None) -> DiTBenchRe
     # The reference first, so that every ratio has its denominator; the variants of one (duration, mode) are measured
     # back to back, so that a ratio compares timings taken within seconds of each other (load on a shared machine
     # drifts over minutes). Durations ascend, as the budget prediction of a series needs.
-    variants = ["local"] + [v for v in cfg.variants if v != "local"]
-    points = [(v, s, m) for s in durations for m in cfg.modes for v in variants]
+    names = ["local"] + [v for v in cfg.variants if v != "local"]
+    points = [(v, s, m) for s in durations for m in cfg.modes for v in names]
     out: list[Measurement] = []
     models: dict[str, SegmentedDiT] = {"local": build_model(cfg, "local")}
     # process warm-up (untimed): first calls pay for lazy initialisation that would otherwise bias the first point
@@ -262,7 +272,7 @@ def _run(cfg: DiTBenchConfig, progress: bool, command: str | None) -> DiTBenchRe
     bar = tqdm(points, desc="dit", disable=not progress, file=sys.stderr)
     for variant, seconds, mode in bar:
         bar.set_postfix_str(f"{variant} {seconds}s {mode}")
-        mixer, one_window = VARIANTS[variant]
+        mixer, one_window = variants()[variant]
         key_model = "local" if variant == "full_window" else variant  # same parameters, other layout
         if key_model not in models:
             models[key_model] = build_model(cfg, key_model)
@@ -277,7 +287,7 @@ def _run(cfg: DiTBenchConfig, progress: bool, command: str | None) -> DiTBenchRe
             memory_method=mem_method, unit="call", tokens_per_unit=lay.total_tokens, flops=cost.flops,
             bytes=cost.bytes, gate=gate("dit", variant, mixer=mixer),
             extra={"seconds": seconds, "segments": VideoLayout.PAPER_DURATIONS[seconds], "mixer": mixer,
-                   "one_window": one_window, "description": DESCRIPTIONS[variant],
+                   "one_window": one_window, "description": description(variant),
                    "latent_frames": lay.num_frames, "tokens_per_frame": lay.tokens_per_frame,
                    "video_tokens": lay.video_tokens, "text_tokens": lay.text_tokens,
                    "window_tokens": lay.window_tokens, "width": cfg.dim, "num_layers": cfg.num_layers,
@@ -350,7 +360,7 @@ def summarize(ms: list[Measurement]) -> dict:
     """Times relative to ``local`` at the same duration and mode, plus the paper's 63 s numbers."""
     ok = {(m.name, m.extra["seconds"], m.mode): m for m in ms if m.ok}
     rel = []
-    for (name, sec, mode), m in sorted(ok.items(), key=lambda kv: (kv[0][1], kv[0][2], list(VARIANTS).index(kv[0][0]))):
+    for (name, sec, mode), m in sorted(ok.items(), key=lambda kv: (kv[0][1], kv[0][2], _order(kv[0][0]))):
         ref = ok.get(("local", sec, mode))
         paper = PAPER_63S.get(name, (None, None))[MODES.index(mode)] if sec == 63 else None
         rel.append({"name": name, "seconds": sec, "mode": mode, "T": m.T, "median_s": m.median_s,
@@ -367,7 +377,7 @@ def markdown_table(res: DiTBenchResult | list[Measurement]) -> str:
     ms = res.records if isinstance(res, DiTBenchResult) else res
     s = summarize(ms)["relative"]
     secs = sorted({r["seconds"] for r in s})
-    names = [v for v in VARIANTS if any(r["name"] == v for r in s)]
+    names = sorted({r["name"] for r in s}, key=_order)
     lines = []
     for mode in MODES:
         rows = [r for r in s if r["mode"] == mode]
@@ -387,7 +397,7 @@ def markdown_table(res: DiTBenchResult | list[Measurement]) -> str:
     lines += ["## Absolute times", "",
               "| variant | mode | seconds | tokens | time (s) | tokens/s | peak mem (MB) | GFLOP | % matmul peak |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for m in sorted((m for m in ms if m.ok), key=lambda m: (list(VARIANTS).index(m.name), m.mode, m.T)):
+    for m in sorted((m for m in ms if m.ok), key=lambda m: (_order(m.name), m.mode, m.T)):
         lines.append(f"| {m.name} | {m.mode} | {m.extra['seconds']} | {m.T} | {m.median_s:.3g} | "
                      f"{m.tokens_per_s:,.0f} | {_f(m.peak_bytes and m.peak_bytes / 2**20, '.1f')} | "
                      f"{_f(m.flops and m.flops / 1e9, '.3g')} | "
@@ -397,7 +407,7 @@ def markdown_table(res: DiTBenchResult | list[Measurement]) -> str:
         lines += ["", "## Not measured", "", "| variant | mode | seconds | status | reason |", "|---|---|---:|---|---|"]
         for m in bad:
             lines.append(f"| {m.name} | {m.mode} | {m.extra.get('seconds')} | {m.status} | {m.reason} |")
-    lines += ["", "## Variants", ""] + [f"- `{v}`: {DESCRIPTIONS[v]}" for v in names]
+    lines += ["", "## Variants", ""] + [f"- `{v}`: {description(v)}" for v in names]
     return "\n".join(lines)
 
 
@@ -410,7 +420,7 @@ def plot(ms: list[Measurement], path: Path, title: str = "") -> Path | None:
     if not rel:
         return None
     secs = sorted({r["seconds"] for r in rel})
-    names = [v for v in VARIANTS if any(r["name"] == v for r in rel)]
+    names = sorted({r["name"] for r in rel}, key=_order)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.6), sharey=True)
     cmap = plt.get_cmap("tab10")
     width = 0.8 / max(1, len(names))
@@ -444,7 +454,7 @@ def plot(ms: list[Measurement], path: Path, title: str = "") -> Path | None:
 
 def write_report(res: DiTBenchResult, out_dir: str | Path) -> dict:
     cfg = res.config
-    gates = {v: gate("dit", v, mixer=VARIANTS[v][0]) for v in sorted({m.name for m in res.records})}
+    gates = {v: gate("dit", v, mixer=variants().get(v, (None,))[0]) for v in sorted({m.name for m in res.records})}
     doc = make_doc("dit", res.run, cfg, res.records, summarize(res.records), res.peaks, gates, res.notes)
     scale = "REDUCED CPU scale" if cfg.reduced else "paper-like scale"
     sizes = (f"SegmentedDiT, {scale}: {cfg.num_layers} block(s), width {cfg.dim} ({cfg.heads} x {cfg.head_dim}), "

@@ -4,8 +4,9 @@ A timing is only meaningful for code that computes the right thing: every benchm
 ``gate`` field, the pytest node ids that must pass for that (suite, entry, backend, mode). Run them with
 ``pytest $(python -c "from seqmix.bench.gates import gate; print(' '.join(gate('layers', 'mamba2')))")``.
 
-Keys: ``"<suite>/<entry>"`` for an entry on every backend, ``"<suite>/<entry>/<backend>"`` for the tests of one
-backend, ``"<suite>/*/decode"`` for the decode modes (carried state must equal one full pass).
+A layer's own gates are declared on its class (``Mixer.gates`` on every backend, ``Mixer.backend_gates`` per
+backend); the shared contract tests of the layer are always added. :data:`GATES` holds the entries that are no
+layer: ``"<suite>/<entry>"``, ``"layers/*/decode"`` for the decode modes (carried state must equal one full pass).
 """
 
 from __future__ import annotations
@@ -20,31 +21,8 @@ def _contract(name: str) -> list[str]:
                                                          "test_reports_state_and_backend")]
 
 
-#: entry -> pytest node ids (file, file::function, or file::function[param]).
+#: entry -> pytest node ids (file, file::function, or file::function[param]) for what is not a registry layer.
 GATES: dict[str, list[str]] = {
-    "layers/ttt_linear": ["tests/test_ttt.py", *_contract("ttt_linear")],
-    "layers/ttt_mlp": ["tests/test_ttt.py", *_contract("ttt_mlp")],
-    "layers/ttt_linear/triton": ["tests/test_ttt_triton.py"],
-    "layers/ttt_mlp/triton": ["tests/test_ttt_triton.py"],
-    "layers/mamba2": ["tests/test_mamba2.py", *_contract("mamba2")],
-    "layers/mamba2/fla": ["tests/test_mamba2.py::test_fla_chunk_simple_gla_is_ssd",
-                          "tests/test_mamba2.py::test_layer_fla_backend_matches_torch"],
-    "layers/mamba2/mamba_ssm": ["tests/test_mamba2.py::test_mamba_chunk_scan_combined_is_ssd"],
-    "layers/gated_deltanet": ["tests/test_gated_deltanet.py", *_contract("gated_deltanet")],
-    "layers/gated_deltanet/fla": ["tests/test_gated_deltanet.py::test_layer_fla_matches_torch",
-                                  "tests/test_gated_deltanet.py::test_state_carry_fla_and_across_backends"],
-    "layers/swa": ["tests/test_attention.py", *_contract("swa")],
-    "layers/swa/flash_attn": ["tests/test_attention.py::test_flash_attn_mapping_with_a_stand_in"],
-    "layers/swa/flex": ["tests/test_attention.py::test_flex_forward_on_cpu_matches_sdpa"],
-    "layers/full_attn": ["tests/test_attention.py", *_contract("full_attn")],
-    "layers/full_attn/flash_attn": ["tests/test_attention.py::test_flash_attn_mapping_with_a_stand_in"],
-    "layers/full_attn/flex": ["tests/test_attention.py::test_flex_forward_on_cpu_matches_sdpa"],
-    "layers/local_attn": ["tests/test_attention.py", *_contract("local_attn")],
-    "layers/local_attn/flash_attn": ["tests/test_attention.py::test_flash_attn_mapping_with_a_stand_in"],
-    "layers/local_attn/flex": ["tests/test_attention.py::test_flex_forward_on_cpu_matches_sdpa"],
-    "layers/identity": ["tests/test_attention.py::test_identity_returns_zeros_and_carries_trivial_state",
-                        *_contract("identity")],
-    "layers/lact": ["tests/test_lact_ops.py", "tests/test_lact.py", *_contract("lact")],
     "layers/*/decode": ["tests/test_contract.py::test_state_carry_equals_full_pass[{name}]",
                         "tests/test_contract.py::test_causal_form_leaks_nothing[{name}]"],
     "dit/*": ["tests/test_dit.py::test_windows_match_diffusers_block_loop",
@@ -58,10 +36,17 @@ def gate(suite: str, entry: str, backend: str | None = None, mode: str | None = 
          mixer: str | None = None) -> list[str]:
     """The node ids gating one benchmark entry (deduplicated, in order). For ``dit`` entries with a global layer,
     ``mixer`` adds that layer's own gate."""
+    from seqmix import layers
+
     ids: list[str] = []
     ids += GATES.get(f"{suite}/{entry}", [])
     if backend:
         ids += GATES.get(f"{suite}/{entry}/{backend}", [])
+    if suite == "layers" and entry in layers.available():
+        cls = layers.mixer_class(entry)
+        ids += [*cls.gates, *_contract(entry)]
+        if backend:
+            ids += cls.backend_gates.get(backend, ())
     if suite == "layers" and mode in ("decode", "decode-frame"):
         ids += [t.format(name=entry) for t in GATES["layers/*/decode"]]
     if suite == "dit":

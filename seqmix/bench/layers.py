@@ -161,13 +161,9 @@ def _check(cfg: LayerBenchConfig) -> list[str]:
     return names
 
 
-def _has_causal_option(name: str) -> bool:
-    return "causal" in {f.name for f in dataclasses.fields(L.config_class(name))}
-
-
 def _build(name: str, cfg: LayerBenchConfig, backend: str, causal: bool | None) -> L.Mixer:
     over = dict(cfg.layer_configs.get(name, {}))
-    if causal is not None and _has_causal_option(name):
+    if causal is not None and causal in L.mixer_class(name).causal_modes:
         over["causal"] = causal
     torch.manual_seed(0)
     layer = L.build(name, dim=cfg.dim, num_heads=cfg.heads, backend=backend, **over)
@@ -179,7 +175,7 @@ def _backend_plan(name: str, cfg: LayerBenchConfig) -> tuple[str, list[tuple[str
     device = torch.device(cfg.device)
     probe = _build(name, cfg, "auto", None)
     auto = probe.backend_for(device)
-    reference = set(probe._reference_backends)
+    reference = {b.name for b in probe.backend_table if b.reference}
     wanted: list[str] = []
     for tok in cfg.backends:
         if tok == "auto":
@@ -195,7 +191,7 @@ def _backend_plan(name: str, cfg: LayerBenchConfig) -> tuple[str, list[tuple[str
     plan = []
     for b in dict.fromkeys(wanted):
         layer = _build(name, cfg, b, None)
-        reason = layer._backend_ok(b, device)
+        reason = layer.backend_supports(b, device)
         if device.type == "cpu" and b not in CPU_TIMEABLE:
             why = "not timed on CPU: a Triton/CUDA path, which runs there only under the Triton interpreter " \
                   "(~1 ms per program instance), far too slow to time"

@@ -35,6 +35,9 @@ from pathlib import Path
 
 import torch
 
+from seqmix.layers import TTTMLP
+from seqmix.layers.cost import ttt_minibatch_flops
+
 from .core import (Measurement, SeriesBudget, fit_exponent, record_failure, measure, measure_peaks, median, memory_budget,
                    roofline)
 from .report import markdown_header, pyplot, start_run
@@ -44,7 +47,6 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "PAPER_LENGTHS",
     "TTTKernelBenchConfig",
-    "ttt_mb_flops",
     "ttt_scan_flops",
     "ttt_scan_bytes",
     "run_ttt_kernel_bench",
@@ -57,28 +59,16 @@ MODES = ("fwd", "fwd+bwd")
 BACKENDS = ("triton", "torch")
 #: Video tokens of the paper's 3 / 9 / 18 / 30 / 63 s stages (text included where the paper's table does).
 PAPER_LENGTHS = [18048, 51456, 99894, 168320, 341550]
-GATES = {"triton": ["tests/test_ttt_triton.py"], "torch": ["tests/test_ttt.py"]}
+#: backend -> the tests gating it (declared on the TTT layer classes).
+GATES = {"triton": list(TTTMLP.backend_gates["triton"]), "torch": list(TTTMLP.gates)}
 
 
 # -------------------------------------------------------------------------------------------------- FLOP counts
-def ttt_mb_flops(kind: str, n: int, K: int, F: int, causal: bool) -> float:
-    """Matrix-product FLOPs (2 per multiply-add) of one forward mini-batch of ``n`` tokens for one head.
-
-    Inner forward on the keys, gradient, state update and read-out, as the kernels compute them:
-
-    * TTT-Linear: ``Z = X W1`` (2nKF), update ``X^T (lw G)`` (2nKF), read-out ``Q W`` (2nKF): ``6 n K F``.
-    * TTT-MLP: ``Z1 = X W1``, ``Z2 = A W2``, ``P = G2 W2^T``, the two updates, ``Q W1``, ``Aq W2``: ``14 n K F``.
-    * causal (dual) read-out adds the ``n x n`` products: ``S = Q X^T`` and ``(E * (S + 1)) G`` per layer:
-      linear ``2 n^2 (K + F)``, MLP ``4 n^2 (K + F)``.
-    """
-    if kind == "linear":
-        return 6.0 * n * K * F + (2.0 * n * n * (K + F) if causal else 0.0)
-    return 14.0 * n * K * F + (4.0 * n * n * (K + F) if causal else 0.0)
-
-
 def ttt_scan_flops(kind: str, *, causal: bool, batch: int, heads: int, T: int, head_dim: int, inner_dim: int,
-                   mini_batch_size: int, mode: str = "fwd") -> float:
-    """Matmul FLOPs of a TTT scan over ``T`` tokens (a ragged last mini-batch counts its own tokens).
+                   mini_batch_size: int, mode: str = "fwd", form: str = "kernel") -> float:
+    """Matmul FLOPs of a TTT scan over ``T`` tokens (a ragged last mini-batch counts its own tokens), per mini-batch
+    :func:`seqmix.layers.cost.ttt_minibatch_flops` in ``form`` (``"kernel"``: the fused Triton kernels; ``"torch"``:
+    the PyTorch dual form, which computes the causal read-out with more products).
 
     ``fwd+bwd`` counts 3x the forward (the backward's two products per forward product), the usual model-FLOP
     convention; the kernels execute more (the backward recomputes every mini-batch's forward once, and the TTT-MLP
@@ -88,9 +78,9 @@ def ttt_scan_flops(kind: str, *, causal: bool, batch: int, heads: int, T: int, h
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     full, rem = divmod(T, mini_batch_size)
-    per_head = full * ttt_mb_flops(kind, mini_batch_size, head_dim, inner_dim, causal)
+    per_head = full * ttt_minibatch_flops(kind, mini_batch_size, head_dim, inner_dim, causal, form)
     if rem:
-        per_head += ttt_mb_flops(kind, rem, head_dim, inner_dim, causal)
+        per_head += ttt_minibatch_flops(kind, rem, head_dim, inner_dim, causal, form)
     return batch * heads * per_head * (3.0 if mode == "fwd+bwd" else 1.0)
 
 
@@ -275,7 +265,7 @@ def run_ttt_kernel_bench(cfg: TTTKernelBenchConfig, progress: bool = True,
         rec.flops = ttt_scan_flops(kind, causal=cfg.causal, batch=cfg.batch, heads=cfg.heads, T=T, head_dim=K,
                                    inner_dim=F, mini_batch_size=N, mode=mode)
         rec.extra = {"heads": cfg.heads, "head_dim": K, "inner_dim": F, "mini_batch_size": N, "causal": cfg.causal,
-                     "flops_fwd_per_token_per_head": ttt_mb_flops(kind, N, K, F, cfg.causal) / N}
+                     "flops_fwd_per_token_per_head": ttt_minibatch_flops(kind, N, K, F, cfg.causal, "kernel") / N}
         if backend == "triton":
             reason = _triton_reason(kind, K, F, N, getattr(torch, cfg.dtype), device)
             if reason:

@@ -4,13 +4,14 @@
 >>> layer = layers.build("ttt_mlp", dim=256, num_heads=4, mini_batch_size=16)
 >>> y = layer(x)  # x: [B, T, 256] -> y: [B, T, 256]
 
-``available()`` lists the names; ``config_class(name)`` gives the typed config whose fields ``build`` accepts.
+``available()`` lists the names; ``config_class(name)`` gives the typed config whose fields ``build`` accepts;
+``mixer_class(name)`` the class, whose attributes declare what consumers need (see :class:`Mixer`).
 """
 
 import importlib as _importlib
 import pkgutil as _pkgutil
 
-from .base import BackendUnavailable, Mixer, MixerConfig, available, build, config_class, register
+from .base import Backend, BackendUnavailable, Mixer, MixerConfig, available, build, config_class, mixer_class, register
 from .ttt import TTTLinear, TTTMLP, TTTState
 from .wrappers import Bidirectional, TanhGate
 
@@ -20,6 +21,7 @@ for _m in _pkgutil.iter_modules(__path__):
         _importlib.import_module(f"{__name__}.{_m.name}")
 
 __all__ = [
+    "Backend",
     "BackendUnavailable",
     "Bidirectional",
     "Mixer",
@@ -31,5 +33,6 @@ __all__ = [
     "available",
     "build",
     "config_class",
+    "mixer_class",
     "register",
 ]

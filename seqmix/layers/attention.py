@@ -43,9 +43,11 @@ import torch
 from torch import nn
 
 from seqmix.ops import attention as attn_ops
+from seqmix.ops import external
 from seqmix.ops.rope import apply_rope, rope_angles
 
-from .base import Mixer, MixerConfig, register
+from .base import Backend, Mixer, MixerConfig, register
+from .cost import Cost, attention_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +61,6 @@ __all__ = [
 ]
 
 MAX_WINDOW = 1 << 20  # 1,048,576 tokens: ~3x the paper's 63 s video (341,550 tokens); beyond it use full_attn.
-_CALL_WARNED: set[tuple[str, str, str]] = set()
 
 
 class KVCache(NamedTuple):
@@ -107,12 +108,63 @@ def _check_window(name: str, window) -> int:
     return window
 
 
+def _device_reason(backend: str, device: torch.device) -> str | None:
+    """Why ``backend`` cannot run on ``device`` at all (the library or the device), or ``None``."""
+    if backend == "flash_attn":
+        if device.type != "cuda":
+            return f"flash-attn needs a CUDA device, got {device.type}"
+        return external.flash_attn_unavailable()
+    if backend == "flex":
+        if device.type != "cuda":
+            return f"FlexAttention needs a CUDA device for training (it has no backward on {device.type})"
+        return external.flex_unavailable()
+    return None
+
+
+def _call_reason(backend: str, dtype: torch.dtype, shapes: dict | None) -> str | None:
+    """Why ``backend`` cannot take a call in ``dtype`` with ``shapes`` (head dim, KV cache), or ``None``."""
+    if backend == "flash_attn" and dtype not in (torch.float16, torch.bfloat16):
+        return f"flash-attn needs fp16/bf16 inputs, got {dtype}"
+    if backend == "flex" and dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"FlexAttention takes fp16/bf16/fp32, got {dtype}"
+    if shapes is None:
+        return None
+    K = shapes["head_dim"]
+    if backend == "flash_attn" and (K % 8 or K > 256):
+        return f"flash-attn needs a head dim that is a multiple of 8 and <= 256, got {K}"
+    if backend == "flex":
+        if K < 16 or K & (K - 1):
+            return f"FlexAttention needs a power-of-two head dim >= 16, got {K}"
+        if shapes["cached"]:
+            # Every new cache length would be a new compiled kernel; decode-sized calls are cheap in sdpa.
+            return "calls with a carried KV cache run sdpa (flex would recompile per cache length)"
+    return None
+
+
+def _supports(backend: str):
+    def supports(layer: "_Attention", device: torch.device, dtype: torch.dtype, shapes: dict | None) -> str | None:
+        return _device_reason(backend, device) or _call_reason(backend, dtype, shapes)
+
+    return supports
+
+
 class _Attention(Mixer):
     """Multi-head attention with a visibility pattern ``kind`` (see :mod:`seqmix.ops.attention`)."""
 
     kind: ClassVar[str]
-    backends = ("flash_attn", "flex", "sdpa", "naive")
-    _reference_backends = ("naive",)
+    # Every backend runs one signature (seqmix.ops.attention.attention_naive); the choice is made per call, since
+    # dtype, head dim and a carried KV cache decide what a fast path can take.
+    backend_table = (
+        Backend("flash_attn", attn_ops.attention_flash, _supports("flash_attn")),
+        Backend("flex", attn_ops.attention_flex, _supports("flex")),
+        Backend("sdpa", attn_ops.attention_sdpa),
+        Backend("naive", attn_ops.attention_naive, reference=True),
+    )
+    causal_modes = (False, True)
+    takes_positions = True
+    gates = ("tests/test_attention.py",)
+    backend_gates = {"flash_attn": ("tests/test_attention.py::test_flash_attn_mapping_with_a_stand_in",),
+                     "flex": ("tests/test_attention.py::test_flex_forward_on_cpu_matches_sdpa",)}
     param_knob = "head_dim"
 
     def __init__(self, dim: int, num_heads: int, config: AttentionConfig):
@@ -146,62 +198,23 @@ class _Attention(Mixer):
     def _kv_elements(self, tokens: int) -> int:
         return 2 * self.num_heads * self.head_dim * tokens
 
+    def core_cost(self, n: int, ctx: int, batch: int, elem: int) -> Cost:
+        """``4 H K`` per visible (query, key) pair (``Q K^T`` and ``P V``), pairs counted exactly from the visibility
+        rule (:func:`~seqmix.layers.cost.attention_pairs`); bytes: q, k, v of the new tokens read, o written, the
+        visible KV cache read."""
+        H, K = self.num_heads, self.head_dim
+        pairs = attention_pairs(self.kind, self.window, self.causal, n, ctx)
+        flops = 4.0 * H * K * pairs * batch
+        if ctx:
+            cached = {"full": ctx, "swa": min(ctx, (self.window or 1) - 1), "local": ctx % (self.window or 1)}[self.kind]
+        else:
+            cached = 0
+        nbytes = elem * batch * H * K * (4 * n + 2 * cached)
+        return Cost(flops, nbytes, f"attention[{self.kind}]: 4 H K x visible pairs")
+
     def extra_repr(self) -> str:
         win = "" if self.window is None else f", window={self.window}"
         return f"{super().extra_repr()}, head_dim={self.head_dim}{win}"
-
-    # ------------------------------------------------------------------------------------------------ backends
-    def _backend_ok(self, backend: str, device: torch.device) -> str | None:
-        if backend == "flash_attn":
-            if device.type != "cuda":
-                return f"flash-attn needs a CUDA device, got {device.type}"
-            return attn_ops.flash_attn_unavailable()
-        if backend == "flex":
-            if device.type != "cuda":
-                return f"FlexAttention needs a CUDA device for training (it has no backward on {device.type})"
-            return attn_ops.flex_unavailable()
-        return None
-
-    def _call_reason(self, backend: str, q: torch.Tensor, cached: bool) -> str | None:
-        """Why ``backend`` cannot take this particular call (dtype, head dim, KV cache), or ``None``."""
-        K = q.shape[-1]
-        if backend == "flash_attn":
-            if q.dtype not in (torch.float16, torch.bfloat16):
-                return f"flash-attn needs fp16/bf16 inputs, got {q.dtype}"
-            if K % 8 or K > 256:
-                return f"flash-attn needs a head dim that is a multiple of 8 and <= 256, got {K}"
-        if backend == "flex":
-            if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-                return f"FlexAttention takes fp16/bf16/fp32, got {q.dtype}"
-            if K < 16 or K & (K - 1):
-                return f"FlexAttention needs a power-of-two head dim >= 16, got {K}"
-            if cached:
-                # Every new cache length would be a new compiled kernel; decode-sized calls are cheap in sdpa.
-                return "calls with a carried KV cache run sdpa (flex would recompile per cache length)"
-        return None
-
-    def _select_backend(self, q: torch.Tensor, cached: bool) -> str:
-        """The device-level choice (``backend_for``) unless this call rules it out; then the next that fits."""
-        chosen = self.backend_for(q.device)
-        order = self.backends[self.backends.index(chosen) :]
-        first_reason = None
-        for b in order:
-            reason = self._backend_ok(b, q.device) or self._call_reason(b, q, cached)
-            if reason is None:
-                if b != chosen:
-                    self._note_skip(chosen, b, first_reason)
-                return b
-            first_reason = first_reason or reason
-        raise RuntimeError(f"{self.name}: no attention backend can take this call")  # pragma: no cover
-
-    def _note_skip(self, chosen: str, used: str, reason: str) -> None:
-        key = (self.name, chosen, reason)
-        if self.config.backend == chosen and key not in _CALL_WARNED:
-            # An explicit request that this call cannot use: say so once; "auto" falls through quietly.
-            _CALL_WARNED.add(key)
-            logger.warning("%s: backend %r cannot take this call (%s); using %r", self.name, chosen, reason, used)
-        else:
-            logger.debug("%s: backend %r skipped for this call (%s); using %r", self.name, chosen, reason, used)
 
     # ------------------------------------------------------------------------------------------------ forward
     def _angles(self, positions: torch.Tensor, T: int, device: torch.device) -> torch.Tensor:
@@ -247,10 +260,10 @@ class _Attention(Mixer):
         k_start = pos - (k.shape[2] - T)
 
         # 3. attention
-        backend = self._select_backend(q, cached=state is not None)
-        self.last_backend = backend
-        extra = {"block_size": self.config.block_size} if backend == "sdpa" and self.kind == "swa" else {}
-        o = attn_ops.get_attention_fn(backend)(
+        backend = self.select_backend(q.device, q.dtype, {"head_dim": K, "cached": state is not None})
+        self.last_backend = backend.name
+        extra = {"block_size": self.config.block_size} if backend.name == "sdpa" and self.kind == "swa" else {}
+        o = backend.fn(
             q, k, v, kind=self.kind, window=self.window, causal=self.causal, k_start=k_start, **extra
         )  # [B, H, T, K]
 
@@ -302,6 +315,8 @@ class SlidingWindowAttention(_Attention):
 
     kind = "swa"
     state_knob = "window"
+    # window >= 10: the bidirectional contract check (causal form, T=10) needs token 0 to see token 9
+    small_config = {"window": 10}
 
     @dataclass(kw_only=True)
     class Config(AttentionConfig):
@@ -366,6 +381,7 @@ class LocalAttention(_Attention):
 
     kind = "local"
     state_knob = "window"
+    small_config = {"window": 16}
 
     @dataclass(kw_only=True)
     class Config(AttentionConfig):
@@ -404,7 +420,9 @@ class NoMixer(Mixer):
     """
 
     backends = ("torch",)
+    causal_modes = (True,)
     mixes_tokens = False
+    gates = ("tests/test_attention.py::test_identity_returns_zeros_and_carries_trivial_state",)
 
     @dataclass(kw_only=True)
     class Config(MixerConfig):
@@ -416,12 +434,11 @@ class NoMixer(Mixer):
         # as the others do (base.check_input looks at parameters only). Not saved in state_dict.
         self.register_buffer("_dtype_anchor", torch.empty(0), persistent=False)
 
-    @property
-    def causal(self) -> bool:
-        return True
-
     def state_size(self, seq_len: int | None = None) -> int:
         return 0
+
+    def core_cost(self, n: int, ctx: int, batch: int, elem: int) -> Cost:
+        return Cost(0.0, 0.0, "identity: no core (its traffic is the layer's input read and output written)")
 
     def check_input(self, x: torch.Tensor) -> None:
         super().check_input(x)

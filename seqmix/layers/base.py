@@ -6,7 +6,9 @@ Contract (see ``shared/design.md``):
   ``layout`` (segments / frames / grid, for mixers that need one), ``positions`` (RoPE positions),
   ``state`` (carried from a previous call) and ``return_state`` (then the call returns ``(y, state)``).
 * ``layer.causal`` says whether output ``t`` depends only on inputs ``<= t``; causal mixers carry state across
-  calls so that chunked inference equals one full pass.
+  calls so that chunked inference equals one full pass. Every config takes ``causal``: a mixer with a causal
+  option honours both values; one causal by construction accepts only ``True`` (non-causal use goes through
+  :class:`~seqmix.layers.Bidirectional`); one without a causal form accepts only ``False``.
 * ``layer.state_size()`` is the number of recurrent-state (or KV-cache) elements per sequence.
 * ``layer.backend`` is the backend the layer runs on for its current device: configs ask for ``"auto"`` or an
   explicit name; a backend whose optional library is missing degrades to the next one with one warning.
@@ -26,14 +28,18 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
+from .cost import Cost, projections_cost
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "Backend",
     "Mixer",
     "MixerConfig",
     "available",
     "build",
     "config_class",
+    "mixer_class",
     "register",
     "BackendUnavailable",
 ]
@@ -49,13 +55,34 @@ class MixerConfig:
 
     Attributes:
         backend: ``"auto"`` (choose by device) or one of the mixer's ``backends``.
+        causal: ``True`` / ``False``, or ``None`` for the mixer's default (the first of its ``causal_modes``).
+            Values the mixer cannot honour are rejected when the layer is built.
     """
 
     backend: str = "auto"
+    causal: bool | None = None
 
 
 _REGISTRY: dict[str, type["Mixer"]] = {}
-_WARNED: set[tuple[str, str]] = set()
+_WARNED: set[tuple[str, str, str]] = set()
+
+
+def _runs_anywhere(layer: "Mixer", device: torch.device, dtype: torch.dtype, shapes: dict | None) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One way to compute a mixer: ``name`` (what configs ask for), ``fn`` (the op the layer calls; optional
+    libraries are imported inside it, never at ``import seqmix``) and ``supports(layer, device, dtype, shapes)``,
+    ``None`` when it can run or the reason it cannot. ``shapes`` holds call-specific facts (e.g. head dim, a
+    carried cache) or is ``None`` when only the device and dtype are asked about. ``reference``: a naive twin,
+    chosen by ``"auto"`` only where nothing else runs."""
+
+    name: str
+    fn: Callable[..., Any] | None = None
+    supports: Callable[["Mixer", torch.device, torch.dtype, "dict | None"], "str | None"] = _runs_anywhere
+    reference: bool = False
 
 
 def register(name: str) -> Callable[[type["Mixer"]], type["Mixer"]]:
@@ -92,6 +119,12 @@ def _lookup(name: str) -> type["Mixer"]:
         raise ValueError(f"unknown mixer {name!r}; valid names: {', '.join(available())}") from None
 
 
+def mixer_class(name: str) -> type["Mixer"]:
+    """The registered class of mixer ``name``: its capabilities (``causal_modes``, ``takes_positions``,
+    ``small_config``, ``gates``, ...) are class attributes."""
+    return _lookup(name)
+
+
 def config_class(name: str) -> type[MixerConfig]:
     """The typed config dataclass of mixer ``name`` (its fields are the keys ``build`` accepts)."""
     return _lookup(name).Config
@@ -117,21 +150,43 @@ def build(name: str, dim: int, num_heads: int = 1, **cfg: Any) -> "Mixer":
 
 
 class Mixer(nn.Module, metaclass=abc.ABCMeta):
-    """Base class of every sequence mixer. Subclasses set ``Config``, ``backends`` and implement ``_forward``.
+    """Base class of every sequence mixer: subclass it with a nested ``Config`` (a :class:`MixerConfig` dataclass),
+    ``state_size`` and ``_forward``; register it with :func:`register`.
 
-    ``backends`` lists backend names in order of preference; ``_backend_ok(name, device)`` returns ``None`` when
-    a backend can run on ``device`` or a short reason why not.
+    What consumers need to know about a mixer (the contract harness, the benchmarks, the comparisons and the
+    backbones) is declared on its class as the attributes below. Every one has a default, so a minimal mixer
+    needs none of them; nothing outside the class keeps a per-mixer table.
+
+    ``backend_table`` lists the :class:`Backend` records in order of preference (default: one ``"torch"`` backend,
+    the layer's own ``_forward``); ``backends`` is their names. :meth:`select_backend` is the one place a backend
+    is chosen.
     """
 
     name: ClassVar[str] = "?"
     Config: ClassVar[type[MixerConfig]] = MixerConfig
+    backend_table: ClassVar[tuple[Backend, ...]] = (Backend("torch"),)
     backends: ClassVar[tuple[str, ...]] = ("torch",)
-    # Backends that are only a fallback (never chosen by "auto" on a device where a faster one runs).
-    _reference_backends: ClassVar[tuple[str, ...]] = ()
-    # False only for layers that mix no tokens at all (the "no global layer" baseline).
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        cls.backends = tuple(b.name for b in cls.backend_table)
+
+    # ---------------------------------------------------------------------------------------------- capabilities
+    #: Values of ``config.causal`` the mixer honours; the first is its default. ``(False, True)``: a causal option;
+    #: ``(True,)``: causal by construction; ``(False,)`` (default): no causal form.
+    causal_modes: ClassVar[tuple[bool, ...]] = (False,)
+    #: Whether ``forward`` uses ``positions`` (RoPE): backbones pass token positions only to such mixers.
+    takes_positions: ClassVar[bool] = False
+    #: False only for layers that mix no tokens at all (the "no global layer" baseline); comparisons skip them.
     mixes_tokens: ClassVar[bool] = True
-    # Config fields that grow the state size / parameter count monotonically (used by seqmix.layers.sizing to
-    # size a layer to a matched state or parameter budget); None where no such knob exists.
+    #: A small, fast configuration (config fields) for the contract harness and smoke runs (width 32, 2 heads).
+    small_config: ClassVar[dict[str, Any]] = {}
+    #: Pytest node ids (files, ``file::test``) that gate this mixer's benchmark figures on every backend, and per
+    #: backend; the shared contract tests are always added (see :mod:`seqmix.bench.gates`).
+    gates: ClassVar[tuple[str, ...]] = ()
+    backend_gates: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: Config fields that grow the state size / parameter count monotonically (used by seqmix.layers.sizing to
+    #: size a layer to a matched state or parameter budget); None where no such knob exists.
     state_knob: ClassVar[str | None] = None
     param_knob: ClassVar[str | None] = None
 
@@ -145,15 +200,64 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
             raise ValueError(
                 f"unknown backend {config.backend!r} for mixer {self.name!r}; valid: auto, {', '.join(self.backends)}"
             )
+        self._check_causal(config)
         self.dim = dim
         self.num_heads = num_heads
         self.config = config
 
     # ----------------------------------------------------------------------------------------------- contract
+    def _check_causal(self, config: MixerConfig) -> None:
+        causal = getattr(config, "causal", None)
+        if causal is None:
+            return
+        if not isinstance(causal, bool):
+            raise TypeError(f"{self.name}: causal must be True or False, got {causal!r} ({type(causal).__name__})")
+        if causal not in self.causal_modes:
+            if self.causal_modes == (True,):
+                raise ValueError(
+                    f"{self.name} is causal by construction and has no causal=False form; for non-causal use wrap "
+                    f"it: seqmix.layers.Bidirectional(seqmix.layers.build({self.name!r}, ...))"
+                )
+            raise ValueError(f"{self.name} has no causal form; causal={causal} is not available "
+                             f"(valid: {', '.join(map(str, self.causal_modes))})")
+
     @property
     def causal(self) -> bool:
         """Whether output t depends only on inputs <= t."""
-        return bool(getattr(self.config, "causal", False))
+        causal = getattr(self.config, "causal", None)
+        return self.causal_modes[0] if causal is None else bool(causal)
+
+    @classmethod
+    def can_be_causal(cls) -> bool:
+        """Whether the mixer has a causal form (``causal=True`` builds)."""
+        return True in cls.causal_modes
+
+    @classmethod
+    def can_be_non_causal(cls) -> bool:
+        """Whether the mixer has a non-causal form (``causal=False`` builds)."""
+        return False in cls.causal_modes
+
+    def core_cost(self, n: int, ctx: int, batch: int, elem: int) -> Cost:
+        """Cost of the mixer core (what its projections feed) for ``n`` new tokens per sequence after ``ctx`` carried
+        tokens, ``elem`` bytes per activation element. Families override it with their formula; the default counts
+        nothing (the layer's cost is then its projections and I/O only)."""
+        return Cost(0.0, 0.0, f"{self.name}: projections only (no core formula declared)")
+
+    def cost(self, n: int, ctx: int = 0, batch: int = 1) -> Cost:
+        """Estimated FLOPs and bytes of one call on ``n`` new tokens per sequence after ``ctx`` tokens of carried
+        context: :meth:`core_cost` + every ``nn.Linear`` / ``nn.Conv1d`` + the input read and output written + the
+        other parameters read once (see :mod:`seqmix.layers.cost`)."""
+        p = next(self.parameters(), None)
+        elem = p.element_size() if p is not None else torch.tensor([], dtype=torch.float32).element_size()
+        core = self.core_cost(n, ctx, batch, elem)
+        params = sum(q.numel() for q in self.parameters())
+        io = Cost(0.0, float(elem * batch * n * self.dim * 2))  # layer input read, output written
+        proj = projections_cost(self, n, batch, elem)
+        # non-Linear parameters (gates, norms, inner-model init) are read once
+        lin = sum(q.numel() for m in self.modules() if isinstance(m, (nn.Linear, nn.Conv1d)) for q in m.parameters())
+        rest = Cost(0.0, float(elem * (params - lin)))
+        total = core + proj + io + rest
+        return Cost(total.flops, total.bytes, core.model)
 
     @abc.abstractmethod
     def state_size(self, seq_len: int | None = None) -> int:
@@ -163,46 +267,63 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
         """
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, heads={self.num_heads}, causal={self.causal}, backend={self.config.backend}"
+        requested = self.config.backend
+        try:
+            resolved = self.backend
+        except BackendUnavailable:
+            resolved = "unavailable"
+        backend = requested if requested == resolved else f"{requested}->{resolved}"
+        return f"dim={self.dim}, heads={self.num_heads}, causal={self.causal}, backend={backend}"
 
     # ----------------------------------------------------------------------------------------------- backends
-    def _backend_ok(self, backend: str, device: torch.device) -> str | None:
-        """``None`` if ``backend`` can run on ``device``, else the reason it cannot."""
-        return None
+    def _param_dtype(self) -> torch.dtype:
+        p = next(self.parameters(), None)
+        return p.dtype if p is not None else torch.float32
 
-    def backend_for(self, device: torch.device | str) -> str:
-        """The backend this layer uses for inputs on ``device`` (resolves ``"auto"`` and missing libraries)."""
+    def backend_supports(self, backend: str, device: torch.device | str, dtype: torch.dtype | None = None,
+                         shapes: dict | None = None) -> str | None:
+        """``None`` if ``backend`` can run this layer on ``device`` in ``dtype`` (default: the parameters') for a
+        call with ``shapes`` (None: any call), else the reason it cannot."""
+        table = {b.name: b for b in self.backend_table}
+        if backend not in table:
+            return f"unknown backend {backend!r}"
+        return table[backend].supports(self, torch.device(device), dtype or self._param_dtype(), shapes)
+
+    def select_backend(self, device: torch.device | str, dtype: torch.dtype | None = None,
+                       shapes: dict | None = None) -> Backend:
+        """The backend record this layer runs on ``device`` in ``dtype`` (default: the parameters') for a call with
+        ``shapes`` (None: any call): the requested one if it runs, else the next in preference order that does
+        (warning once per (layer, backend, reason)); ``"auto"``: the first non-reference backend that runs."""
         device = torch.device(device)
+        dtype = dtype or self._param_dtype()
         requested = self.config.backend
         if requested != "auto":
-            reason = self._backend_ok(requested, device)
+            order = list(self.backend_table)
+            i = [b.name for b in order].index(requested)
+            reason = order[i].supports(self, device, dtype, shapes)
             if reason is None:
-                return requested
-            # Degrade to the next backend in preference order that runs here, warning once per (layer, backend).
-            order = list(self.backends)
-            for fallback in order[order.index(requested) + 1 :]:
-                if self._backend_ok(fallback, device) is None:
-                    key = (self.name, requested)
+                return order[i]
+            for fallback in order[i + 1:]:
+                if fallback.supports(self, device, dtype, shapes) is None:
+                    key = (self.name, requested, reason)
                     if key not in _WARNED:
                         _WARNED.add(key)
-                        logger.warning(
-                            "%s: backend %r unavailable (%s); using %r", self.name, requested, reason, fallback
-                        )
+                        logger.warning("%s: backend %r unavailable (%s); using %r", self.name, requested, reason,
+                                       fallback.name)
                     return fallback
             raise BackendUnavailable(f"{self.name}: backend {requested!r} cannot run on {device}: {reason}")
-        for b in self.backends:
-            if b in self._reference_backends:
-                continue
-            if self._backend_ok(b, device) is None:
+        for b in sorted(self.backend_table, key=lambda b: b.reference):  # stable: preference order, references last
+            if b.supports(self, device, dtype, shapes) is None:
                 return b
-        for b in self._reference_backends:
-            if self._backend_ok(b, device) is None:
-                return b
-        raise BackendUnavailable(f"{self.name}: no backend runs on {device}")
+        raise BackendUnavailable(f"{self.name}: no backend runs on {device} in {dtype}")
+
+    def backend_for(self, device: torch.device | str, dtype: torch.dtype | None = None) -> str:
+        """Name of the backend this layer uses on ``device`` in ``dtype`` (default: the parameters')."""
+        return self.select_backend(device, dtype).name
 
     @property
     def backend(self) -> str:
-        """Backend used for this layer's current device."""
+        """Backend used for this layer's current device and parameter dtype."""
         p = next(self.parameters(), None)
         return self.backend_for(p.device if p is not None else torch.device("cpu"))
 

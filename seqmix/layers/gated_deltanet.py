@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import NamedTuple
 
 import torch
@@ -43,14 +41,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqmix.ops import delta_rule as dr_ops
+from seqmix.ops import external
+from seqmix.utils.triton_compat import patch_triton_interpreter, triton_interpreter
 
-from seqmix.utils.triton_compat import patch_triton_interpreter
-
-from .base import Mixer, MixerConfig, register
+from .base import Backend, Mixer, MixerConfig, register
+from .cost import FP32_BYTES, Cost
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GatedDeltaNet", "GatedDeltaNetConfig", "GatedDeltaNetState", "triton_interpreter_compat"]
+__all__ = ["GatedDeltaNet", "GatedDeltaNetConfig", "GatedDeltaNetState"]
 
 # fla's layer switches to the fused recurrent kernel for inference calls up to this many tokens (decode steps,
 # short chunks): it needs no chunk-level precomputation, and it has no backward.
@@ -73,34 +72,6 @@ class GatedDeltaNetState(NamedTuple):
     recurrent: torch.Tensor
 
 
-# --------------------------------------------------------------------------------------------- fla (lazy)
-_FLA: SimpleNamespace | None = None
-_FLA_ERROR: str | None = None
-
-
-def _fla() -> SimpleNamespace:
-    """fla's kernels, imported on first use (never at ``import seqmix``). Raises ImportError with the reason."""
-    global _FLA, _FLA_ERROR
-    if _FLA is None and _FLA_ERROR is None:
-        try:
-            from fla.modules.causal_conv1d import causal_conv1d
-            from fla.modules.norm.fused_norm_gate import rms_norm_gated
-            from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
-        except Exception as e:  # ImportError, or a Triton / driver error raised while importing the kernels
-            _FLA_ERROR = f"fla (flash-linear-attention) cannot be imported: {type(e).__name__}: {e}"
-        else:
-            _FLA = SimpleNamespace(
-                chunk=chunk_gated_delta_rule,
-                fused_recurrent=fused_recurrent_gated_delta_rule,
-                causal_conv1d=causal_conv1d,
-                rms_norm_gated=rms_norm_gated,
-            )
-    if _FLA is None:
-        raise ImportError(_FLA_ERROR)
-    return _FLA
-
-
-triton_interpreter_compat = patch_triton_interpreter  # kept name; see seqmix.utils.triton_compat
 
 
 # ------------------------------------------------------------------------------------------ torch pieces
@@ -139,6 +110,26 @@ class _OutputNorm(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}, activation={self.activation}"
 
 
+def _fla_supports(layer: "GatedDeltaNet", device: torch.device, dtype: torch.dtype, shapes) -> str | None:
+    if dtype == torch.float64:
+        return "fla's kernels do not run in float64"
+    if device.type == "cpu":
+        if not triton_interpreter():
+            return "fla's Triton kernels need a CUDA device (on CPU only under TRITON_INTERPRET=1, for tests)"
+        # The interpreter is ~1 ms per program instance: never an automatic choice, only an explicit one.
+        if layer.config.backend != "fla":
+            return "the Triton interpreter is for tests only; request backend='fla' explicitly"
+        if dtype not in (torch.float32, torch.float16):
+            return f"the Triton interpreter computes {dtype} wrongly; use float32 or float16"
+    elif device.type != "cuda":
+        return f"fla's Triton kernels do not run on {device.type}"
+    try:
+        external.fla_gated_delta_rule()
+    except ImportError as e:
+        return str(e)
+    return None
+
+
 @register("gated_deltanet")
 class GatedDeltaNet(Mixer):
     """Gated DeltaNet (arXiv 2412.06464) with fla's layer structure; causal by construction.
@@ -147,8 +138,18 @@ class GatedDeltaNet(Mixer):
     See the module docstring for the block, parameter count and state.
     """
 
-    backends = ("fla", "torch", "naive")
-    _reference_backends = ("naive",)
+    # fla: its fused short conv, delta rule and gated norm (``_mix_fla``); torch / naive: ``_mix_torch`` around the
+    # delta-rule op of seqmix.ops.delta_rule.
+    backend_table = (
+        Backend("fla", external.fla_gated_delta_rule, _fla_supports),
+        Backend("torch", dr_ops.chunk_gated_delta_rule),
+        Backend("naive", dr_ops.naive_recurrent_gated_delta_rule, reference=True),
+    )
+    causal_modes = (True,)
+    small_config = {"head_dim": 16, "expand_v": 1.0}
+    gates = ("tests/test_gated_deltanet.py",)
+    backend_gates = {"fla": ("tests/test_gated_deltanet.py::test_layer_fla_matches_torch",
+                             "tests/test_gated_deltanet.py::test_state_carry_fla_and_across_backends")}
     # Growing the head dim grows K and V = expand_v K: the state H K V and the projections grow monotonically.
     state_knob = "head_dim"
     param_knob = "head_dim"
@@ -273,10 +274,6 @@ class GatedDeltaNet(Mixer):
             self.o_norm.weight.fill_(1.0)
 
     # ----------------------------------------------------------------------------------------------- contract
-    @property
-    def causal(self) -> bool:
-        return True
-
     def state_size(self, seq_len: int | None = None) -> int:
         rec = self.num_v_heads * self.head_k_dim * self.head_v_dim
         conv = (self.config.conv_size - 1) * self._conv_channels if self.config.use_short_conv else 0
@@ -286,6 +283,17 @@ class GatedDeltaNet(Mixer):
     def _conv_channels(self) -> int:
         return 2 * self.key_dim + self.value_dim
 
+    def core_cost(self, n: int, ctx: int, batch: int, elem: int) -> Cost:
+        """WY / UT chunked delta rule, chunks of C: per value head and chunk ``C^2 (5 K + 3 V) + 6 C K V`` (``K K^T``,
+        the triangular solve, ``Q K^T``, intra-chunk output, state read / write); a decode token is a chunk of 1."""
+        H, HV, K, V = self.num_heads, self.num_v_heads, self.head_k_dim, self.head_v_dim
+        C = min(self.config.chunk_size, n)
+        chunks = math.ceil(n / C)
+        flops = chunks * HV * (C * C * (5.0 * K + 3.0 * V) + 6.0 * C * K * V) * batch
+        state = HV * K * V
+        nbytes = FP32_BYTES * batch * (n * (2 * H * K + 2 * HV * V + 2 * HV) + state * (2 + chunks))
+        return Cost(flops, nbytes, f"delta rule: chunks of C={self.config.chunk_size}")
+
     def extra_repr(self) -> str:
         c = self.config
         return (
@@ -294,45 +302,19 @@ class GatedDeltaNet(Mixer):
             f"use_gate={c.use_gate}"
         )
 
-    # ----------------------------------------------------------------------------------------------- backends
-    def _backend_ok(self, backend: str, device: torch.device) -> str | None:
-        if backend in ("torch", "naive"):
-            return None
-        if backend != "fla":
-            return f"unknown backend {backend!r}"
-        p = next(self.parameters(), None)
-        dtype = p.dtype if p is not None else torch.float32
-        if dtype == torch.float64:
-            return "fla's kernels do not run in float64"
-        if device.type == "cpu":
-            if os.environ.get("TRITON_INTERPRET") != "1":
-                return "fla's Triton kernels need a CUDA device (on CPU only under TRITON_INTERPRET=1, for tests)"
-            # The interpreter is ~1 ms per program instance: never an automatic choice, only an explicit one.
-            if self.config.backend != "fla":
-                return "the Triton interpreter is for tests only; request backend='fla' explicitly"
-            if dtype not in (torch.float32, torch.float16):
-                return f"the Triton interpreter computes {dtype} wrongly; use float32 or float16"
-        elif device.type != "cuda":
-            return f"fla's Triton kernels do not run on {device.type}"
-        try:
-            _fla()
-        except ImportError as e:
-            return str(e)
-        return None
-
     # ----------------------------------------------------------------------------------------------- forward
     def _forward(self, x, *, layout, positions, state, return_state):
         # `positions` is accepted and ignored: the recurrence is order-aware by itself (no RoPE, as in fla).
         if layout is not None:
             raise ValueError(f"{self.name}: takes no layout (the backbone orders tokens); got {type(layout).__name__}")
         B, T, _ = x.shape
-        backend = self.backend_for(x.device)
+        backend = self.select_backend(x.device)
         st = None if state is None else self._check_state(state, B)
         # 1. projections (under autocast these run in the autocast dtype)
         qkv = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)  # [B, T, C]
         a, b = self.a_proj(x), self.b_proj(x)  # [B, T, HV]
         gate = self.g_proj(x) if self.config.use_gate else None  # [B, T, HV V]
-        if backend == "fla":
+        if backend.name == "fla":
             o, new_state = self._mix_fla(x, qkv, a, b, gate, st, return_state)
         else:
             # Short conv, delta rule and norm in fp32 (fp64 for fp64 inputs) even under bf16 autocast.
@@ -396,12 +378,8 @@ class GatedDeltaNet(Mixer):
         g = -self.A_log.to(acc).exp() * F.softplus(a.to(acc) + self.dt_bias.to(acc))  # log decay <= 0
         beta = torch.sigmoid(b.to(acc)) * (2.0 if c.allow_neg_eigval else 1.0)
         h0 = None if st is None else st.recurrent.to(acc)
-        if backend == "naive":
-            o, S = dr_ops.naive_recurrent_gated_delta_rule(q, k, v, g, beta, initial_state=h0,
-                                                           output_final_state=return_state)
-        else:
-            o, S = dr_ops.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=return_state,
-                                                 chunk_size=c.chunk_size)
+        kw = {} if backend.reference else {"chunk_size": c.chunk_size}  # the naive twin is a per-token loop
+        o, S = backend.fn(q, k, v, g, beta, initial_state=h0, output_final_state=return_state, **kw)
         o = self.o_norm(o, None if gate is None else gate.reshape_as(o))
         new_state = GatedDeltaNetState(conv_state, S) if return_state else None
         return o.to(x.dtype), new_state
@@ -409,10 +387,10 @@ class GatedDeltaNet(Mixer):
     def _mix_fla(self, x, qkv, a, b, gate, st, return_state):
         """Steps 2-4 with fla's kernels (as ``fla.layers.GatedDeltaNet.forward``)."""
         c = self.config
-        fla = _fla()
+        fla = external.fla_gated_delta_rule()
         on_cpu = x.device.type == "cpu"
         if on_cpu:
-            triton_interpreter_compat()
+            patch_triton_interpreter()
             # bf16 is computed wrongly by the interpreter: run the kernels in fp32 there (tests only).
             qkv, a, b = (t.float() if t.dtype == torch.bfloat16 else t for t in (qkv, a, b))
             gate = gate.float() if gate is not None and gate.dtype == torch.bfloat16 else gate

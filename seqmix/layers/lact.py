@@ -33,7 +33,8 @@ from torch import nn
 
 from seqmix.ops import lact as lact_ops
 
-from .base import Mixer, MixerConfig, register
+from .base import Backend, Mixer, MixerConfig, register
+from .cost import FP32_BYTES, Cost
 
 __all__ = ["LaCT", "LaCTState"]
 
@@ -59,8 +60,14 @@ class LaCTState(NamedTuple):
 class LaCT(Mixer):
     """LaCT: a per-head SwiGLU fast-weight MLP updated once per large chunk (see the module docstring)."""
 
-    backends = ("torch", "naive")
-    _reference_backends = ("naive",)
+    # Both backends run the same scan signature (seqmix.ops.lact.lact_scan).
+    backend_table = (
+        Backend("torch", lact_ops.lact_scan),
+        Backend("naive", lact_ops.lact_scan_naive, reference=True),
+    )
+    causal_modes = (False, True)
+    small_config = {"chunk_size": 4, "inter_multi": 1.5, "momentum": True}
+    gates = ("tests/test_lact_ops.py", "tests/test_lact.py")
     state_knob = "inter_multi"
     param_knob = "inter_multi"
 
@@ -133,6 +140,21 @@ class LaCT(Mixer):
         n = 3 * self.num_heads * self.hidden * self.head_dim
         return 2 * n if self.config.momentum else n
 
+    def core_cost(self, n: int, ctx: int, batch: int, elem: int) -> Cost:
+        """Per head and token: ``4 K F`` (f(k)), ``8 K F`` (update), ``6 K F`` (read-out); per update, Newton-Schulz
+        on the three weights (``4 m^2 M + 2 m^3`` per step, ``m, M`` the smaller and larger of K, F). A causal call
+        after ``p`` pending tokens re-feeds them (as the layer does); only complete chunks update there."""
+        c = self.config
+        H, K, F_, C = self.num_heads, self.head_dim, self.hidden, c.chunk_size
+        m = (ctx % C if self.causal else 0) + n  # tokens the scan runs over
+        updates = m // C if self.causal else -(-m // C)
+        lo, hi = min(K, F_), max(K, F_)
+        muon = 3 * c.muon_steps * (4.0 * lo * lo * hi + 2.0 * lo**3) if c.muon else 0.0
+        flops = H * batch * (18.0 * K * F_ * m + updates * muon)
+        # q, k, v and three rates read (fp32), o written; the fast weights read and written once per update
+        nbytes = FP32_BYTES * batch * (H * m * (3 * K + 3) + H * n * K + self.state_size() * (1 + updates))
+        return Cost(flops, nbytes, f"lact: 18 K F per token, chunks of C={C}")
+
     def extra_repr(self) -> str:
         c = self.config
         return (f"{super().extra_repr()}, head_dim={self.head_dim}, hidden={self.hidden}, chunk_size={c.chunk_size}, "
@@ -169,7 +191,7 @@ class LaCT(Mixer):
         c = self.config
         B, T, _ = x.shape
         acc = _acc_dtype(x)
-        scan = lact_ops.lact_scan if self.backend_for(x.device) == "torch" else lact_ops.lact_scan_naive
+        scan = self.select_backend(x.device).fn
         inputs = self._project(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
             if state is not None:

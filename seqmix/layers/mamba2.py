@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -40,9 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqmix.ops import external
 from seqmix.ops import ssd as ssd_ops
+from seqmix.utils.triton_compat import triton_interpreter
 
-from .base import Mixer, MixerConfig, register
+from .base import Backend, Mixer, MixerConfig, register
+from .cost import FP32_BYTES, Cost
 
 logger = logging.getLogger(__name__)
 
@@ -86,12 +88,24 @@ class GatedRMSNorm(nn.Module):
         return f"{self.weight.shape[0]}, group_size={self.group_size}, eps={self.eps}"
 
 
-_SCANS = {
-    "mamba_ssm": ssd_ops.ssd_mamba,
-    "fla": ssd_ops.ssd_fla,
-    "torch": ssd_ops.ssd_chunk,
-    "naive": ssd_ops.ssd_naive,
-}
+def _triton_kernels_supports(lib: str):
+    """``supports`` of a backend running a third-party library's Triton kernels (``lib`` names it in reasons)."""
+
+    def supports(layer: "Mamba2", device: torch.device, dtype: torch.dtype, shapes) -> str | None:
+        if dtype == torch.float64:
+            return f"{lib}'s Triton kernels do not compute in float64"
+        if device.type != "cuda":
+            if lib != "fla":
+                return f"{lib}'s Triton SSD needs a CUDA device (got {device.type})"
+            # On CPU fla's Triton kernels only run in the interpreter (~1 ms per program): a test mode, never
+            # chosen by "auto".
+            if not triton_interpreter():
+                return f"fla's Triton kernels need a CUDA device (got {device.type}; CPU only with TRITON_INTERPRET=1)"
+            if layer.config.backend != "fla":
+                return "fla on CPU (Triton interpreter) only runs when backend='fla' is asked for explicitly"
+        return external.fla_unavailable() if lib == "fla" else external.mamba_ssm_unavailable()
+
+    return supports
 
 
 @register("mamba2")
@@ -102,8 +116,21 @@ class Mamba2(Mixer):
     causal; carries :class:`Mamba2State` across calls.
     """
 
-    backends = ("mamba_ssm", "fla", "torch", "naive")
-    _reference_backends = ("naive",)
+    # Every backend runs the same SSD signature (seqmix.ops.ssd.ssd_chunk).
+    backend_table = (
+        Backend("mamba_ssm", ssd_ops.ssd_mamba, _triton_kernels_supports("mamba-ssm")),
+        Backend("fla", ssd_ops.ssd_fla, _triton_kernels_supports("fla")),
+        Backend("torch", ssd_ops.ssd_chunk),
+        Backend("naive", ssd_ops.ssd_naive, reference=True),
+    )
+    causal_modes = (True,)  # the conv and the scan only look back
+    small_config = {"d_state": 8, "headdim": 8, "expand": 2, "chunk_size": 4}
+    gates = ("tests/test_mamba2.py",)
+    backend_gates = {
+        "fla": ("tests/test_mamba2.py::test_fla_chunk_simple_gla_is_ssd",
+                "tests/test_mamba2.py::test_layer_fla_backend_matches_torch"),
+        "mamba_ssm": ("tests/test_mamba2.py::test_mamba_chunk_scan_combined_is_ssd",),
+    }
     state_knob = "d_state"  # state H P N + (K-1)(E + 2GN) grows with N
     param_knob = "expand"  # every projection grows with E = expand * D
 
@@ -228,31 +255,23 @@ class Mamba2(Mixer):
         self.out_proj.reset_parameters()
 
     # ------------------------------------------------------------------------------------------------- contract
-    @property
-    def causal(self) -> bool:
-        """Always causal: the conv and the scan only look back."""
-        return True
-
     def state_size(self, seq_len: int | None = None) -> int:
         return self.nheads * self.headdim * self.d_state + (self.d_conv - 1) * self.conv_dim
 
-    def _backend_ok(self, backend: str, device: torch.device) -> str | None:
-        if backend in ("torch", "naive"):
-            return None
-        if backend == "mamba_ssm":
-            if device.type != "cuda":
-                return f"mamba-ssm's Triton SSD needs a CUDA device (got {device.type})"
-            return ssd_ops.mamba_ssm_import_error()
-        if backend == "fla":
-            if device.type != "cuda":
-                # On CPU fla's Triton kernels only run in the interpreter (~1 ms per program): a test mode, never
-                # chosen by "auto".
-                if os.environ.get("TRITON_INTERPRET") != "1":
-                    return f"fla's Triton kernels need a CUDA device (got {device.type}; CPU only with TRITON_INTERPRET=1)"
-                if self.config.backend != "fla":
-                    return "fla on CPU (Triton interpreter) only runs when backend='fla' is asked for explicitly"
-            return ssd_ops.fla_import_error()
-        return f"unknown backend {backend!r}"
+    def core_cost(self, n: int, ctx: int, batch: int, elem: int) -> Cost:
+        """SSD in chunks of Q: per head and chunk ``2 Q^2 (N + P) + 4 Q P N`` (intra-chunk scores and outputs, chunk
+        states, state read-out); one decode token (recurrent step) ``4 P N``."""
+        H, P, N, G = self.nheads, self.headdim, self.d_state, self.ngroups
+        Q = self.config.chunk_size
+        state = H * P * N
+        if n == 1 and ctx:
+            flops = 4.0 * H * P * N * batch
+            chunks = 0
+        else:
+            chunks = math.ceil(n / Q)
+            flops = chunks * H * (2.0 * Q * Q * (N + P) + 4.0 * Q * P * N) * batch
+        nbytes = FP32_BYTES * batch * (n * (2 * H * P + H + 2 * G * N) + state * (2 + chunks))
+        return Cost(flops, nbytes, f"ssd: chunks of Q={Q}")
 
     def extra_repr(self) -> str:
         c = self.config
@@ -268,9 +287,7 @@ class Mamba2(Mixer):
         # positions are ignored: Mamba-2 is position-free (order comes from the scan itself).
         b, T, _ = x.shape
         E, H, P, G, N = self.d_inner, self.nheads, self.headdim, self.ngroups, self.d_state
-        backend = self.backend_for(x.device)
-        if x.dtype == torch.float64 and backend in ("mamba_ssm", "fla"):
-            backend = "torch"  # the Triton kernels do not compute in fp64
+        backend = self.select_backend(x.device)
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         conv_state, ssm_state = self._check_state(state, b, x.device, acc)
 
@@ -278,7 +295,7 @@ class Mamba2(Mixer):
         z, xBC, dt = torch.split(self.in_proj(x), [E, self.conv_dim, H], dim=-1)
 
         # 2. Depthwise causal conv over time (+ SiLU), continuing from the carried tail of earlier inputs.
-        xBC, new_conv = self._conv(xBC, conv_state, backend, return_state)
+        xBC, new_conv = self._conv(xBC, conv_state, backend.name, return_state)
         xs, Bm, Cm = torch.split(xBC, [E, G * N, G * N], dim=-1)
 
         # 3. Discretisation parameters in fp32 (fp64): exp(A_log) could overflow fp16, softplus needs the precision.
@@ -286,7 +303,8 @@ class Mamba2(Mixer):
             dt = F.softplus(dt.to(acc) + self.dt_bias.to(acc))  # [B, T, H]
             A = -torch.exp(self.A_log.to(acc))  # [H]
             # 4. SSD scan (+ D skip). A single decode token takes the recurrent step: no chunk padding needed.
-            scan = _SCANS["naive" if backend == "torch" and T == 1 else backend]
+            # (the torch backend's one-token call is the recurrent step of its naive twin)
+            scan = ssd_ops.ssd_naive if backend.name == "torch" and T == 1 else backend.fn
             y, h = scan(
                 xs.reshape(b, T, H, P), dt, A, Bm.reshape(b, T, G, N), Cm.reshape(b, T, G, N),
                 chunk_size=self.config.chunk_size, D=self.D, initial_state=ssm_state,
@@ -307,7 +325,7 @@ class Mamba2(Mixer):
         if return_state:  # the last K-1 inputs, reaching back into the previous tail (or zeros) when T < K-1
             recent = torch.cat([prefix, xt[..., max(xt.shape[-1] - (K - 1), 0):]], dim=-1)  # <= 2(K-1) columns
             tail = recent[..., recent.shape[-1] - (K - 1):]
-        fn = _causal_conv1d_fn() if conv_state is None and backend == "mamba_ssm" and xt.is_cuda else None
+        fn = external.causal_conv1d_fn() if conv_state is None and backend == "mamba_ssm" and xt.is_cuda else None
         if fn is not None:
             w, bias = self.conv1d.weight.squeeze(1).to(xt.dtype), self.conv1d.bias
             y = fn(xt.contiguous(), w, None if bias is None else bias.to(xt.dtype), activation="silu")
@@ -345,12 +363,3 @@ def _depthwise_conv(xp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     for k in range(1, K):
         y = y + weight[:, 0, k, None] * xp[..., k:k + T]
     return y if bias is None else y + bias[:, None]
-
-
-def _causal_conv1d_fn():
-    """Dao-AILab causal-conv1d's CUDA conv if importable, else None (the PyTorch conv is used)."""
-    try:
-        from causal_conv1d import causal_conv1d_fn
-    except Exception:
-        return None
-    return causal_conv1d_fn

@@ -19,7 +19,6 @@ TTT-MLP ~ 39.4M parameters per layer.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
@@ -30,7 +29,10 @@ from torch import nn
 from seqmix.ops import ttt as ttt_ops
 from seqmix.ops.rope import apply_rope, rope_angles
 
-from .base import Mixer, MixerConfig, register
+from seqmix.utils.triton_compat import triton_interpreter
+
+from .base import Backend, Mixer, MixerConfig, register
+from .cost import FP32_BYTES, Cost, ttt_minibatch_flops
 
 logger = logging.getLogger(__name__)
 
@@ -86,11 +88,45 @@ class TTTConfig(MixerConfig):
     scan_checkpoint_group: int = 0
 
 
+def _triton_supports(layer: "_TTTBase", device: torch.device, dtype: torch.dtype, shapes) -> str | None:
+    if dtype == torch.float64:
+        return "the TTT Triton kernels compute in float32; float64 layers use the torch backend"
+    if device.type == "cpu":
+        if not triton_interpreter():
+            return "the TTT Triton kernels need a CUDA device (on CPU only under TRITON_INTERPRET=1, for tests)"
+        # The interpreter is ~1 ms per program instance: never an automatic choice, only an explicit one.
+        if layer.config.backend != "triton":
+            return "the Triton interpreter is for tests only; request backend='triton' explicitly"
+    elif device.type != "cuda":
+        return f"the TTT Triton kernels do not run on {device.type}"
+    try:  # imported here, never at `import seqmix` (TRITON_INTERPRET must be set before @triton.jit runs)
+        from seqmix.kernels.ttt_triton import check_supported
+    except ImportError as e:
+        return f"cannot import the TTT Triton kernels ({e})"
+    # The layer hands the scan fp32 inputs (see _project), whatever the parameter dtype.
+    K, F_ = layer.W1.shape[-2:]
+    return check_supported(layer.kind, K, F_, layer.config.mini_batch_size, torch.float32, device)
+
+
+def _ttt_scan_triton(*args, **kwargs):
+    from seqmix.kernels.ttt_triton import ttt_scan_triton
+
+    return ttt_scan_triton(*args, **kwargs)
+
+
 class _TTTBase(Mixer):
     kind: ClassVar[str]
     default_base_lr: ClassVar[float]
-    backends = ("triton", "torch", "naive")
-    _reference_backends = ("naive",)
+    # Every backend runs the same scan signature (seqmix.ops.ttt.ttt_scan).
+    backend_table = (
+        Backend("triton", _ttt_scan_triton, _triton_supports),
+        Backend("torch", ttt_ops.ttt_scan),
+        Backend("naive", ttt_ops.ttt_scan_naive, reference=True),
+    )
+    causal_modes = (False, True)
+    takes_positions = True
+    gates = ("tests/test_ttt.py",)
+    backend_gates = {"triton": ("tests/test_ttt_triton.py",)}
     state_knob = "head_dim"
     param_knob = "head_dim"
 
@@ -149,43 +185,34 @@ class _TTTBase(Mixer):
     def state_size(self, seq_len: int | None = None) -> int:
         return sum(p.numel() for p in self.inner_params().values())
 
+    def core_cost(self, n: int, ctx: int, batch: int, elem: int) -> Cost:
+        """Per head and mini-batch of ``s`` tokens :func:`~seqmix.layers.cost.ttt_minibatch_flops` in the form the
+        backend computes (``triton``: kernel form, else torch form), plus the learning-rate gate ``2 D H`` per
+        token. A causal call after ``p`` pending tokens re-feeds them (as the layer does)."""
+        c = self.config
+        H, K, b = self.num_heads, self.head_dim, c.mini_batch_size
+        F = K if self.kind == "linear" else c.mlp_expansion * K
+        state = sum(p.numel() for p in self.inner_params().values())  # H x (weights + biases)
+        form = "kernel" if self.backend == "triton" else "torch"
+        pending = ctx % b if self.causal else 0
+        m = pending + n  # tokens the scan runs over (pending ones are re-fed)
+        full, rem = divmod(m, b)
+        per_head = full * ttt_minibatch_flops(self.kind, b, K, F, self.causal, form)
+        if rem:
+            per_head += ttt_minibatch_flops(self.kind, rem, K, F, self.causal, form)
+        flops = H * batch * per_head + 2.0 * self.dim * H * n * batch  # + lr gate
+        mbs = full + (1 if rem else 0)
+        # q, k, r read (+ eta), z written; state read once, one state per mini-batch written (fp32)
+        nbytes = FP32_BYTES * batch * (H * m * (3 * K + 1) + H * n * K + state * (1 + mbs))
+        return Cost(flops, nbytes, f"ttt[{self.kind},{'dual' if self.causal else 'primal'},{form}]: "
+                                   f"per mini-batch of b={b}")
+
     def extra_repr(self) -> str:
         c = self.config
         return (
             f"{super().extra_repr()}, head_dim={self.head_dim}, mini_batch_size={c.mini_batch_size}, "
             f"base_lr={self.base_lr}"
         )
-
-    # ----------------------------------------------------------------------------------------------- backends
-    def _backend_ok(self, backend: str, device: torch.device) -> str | None:
-        if backend in ("torch", "naive"):
-            return None
-        if backend != "triton":
-            return f"unknown backend {backend!r}"
-        if self.W1.dtype == torch.float64:
-            return "the TTT Triton kernels compute in float32; float64 layers use the torch backend"
-        if device.type == "cpu":
-            if os.environ.get("TRITON_INTERPRET") != "1":
-                return "the TTT Triton kernels need a CUDA device (on CPU only under TRITON_INTERPRET=1, for tests)"
-            # The interpreter is ~1 ms per program instance: never an automatic choice, only an explicit one.
-            if self.config.backend != "triton":
-                return "the Triton interpreter is for tests only; request backend='triton' explicitly"
-        elif device.type != "cuda":
-            return f"the TTT Triton kernels do not run on {device.type}"
-        try:  # imported here, never at `import seqmix` (TRITON_INTERPRET must be set before @triton.jit runs)
-            from seqmix.kernels.ttt_triton import check_supported
-        except ImportError as e:
-            return f"cannot import the TTT Triton kernels ({e})"
-        # The layer hands the scan fp32 inputs (see _project), whatever the parameter dtype.
-        K, F_ = self.W1.shape[-2:]
-        return check_supported(self.kind, K, F_, self.config.mini_batch_size, torch.float32, device)
-
-    def _scan_fn(self, backend: str):
-        if backend == "triton":
-            from seqmix.kernels.ttt_triton import ttt_scan_triton
-
-            return ttt_scan_triton
-        return ttt_ops.ttt_scan if backend == "torch" else ttt_ops.ttt_scan_naive
 
     # ------------------------------------------------------------------------------------------------ forward
     def _project(self, x: torch.Tensor, positions: torch.Tensor | None):
@@ -217,8 +244,7 @@ class _TTTBase(Mixer):
             raise ValueError(f"{self.name}: takes no layout (the backbone reorders tokens); got {type(layout).__name__}")
         c: TTTConfig = self.config
         B, T, _ = x.shape
-        backend = self.backend_for(x.device)
-        scan = self._scan_fn(backend)
+        scan = self.select_backend(x.device).fn
         acc = _acc_dtype(x)
         q, k, r, eta = self._project(x, positions)
         # Inner state, gradients and LN statistics in fp32 (fp64 for fp64 inputs) even under bf16 autocast.
@@ -268,6 +294,7 @@ class TTTLinear(_TTTBase):
 
     kind = "linear"
     default_base_lr = 1.0
+    small_config = {"mini_batch_size": 4}
 
     @dataclass(kw_only=True)
     class Config(TTTConfig):
@@ -284,6 +311,7 @@ class TTTMLP(_TTTBase):
 
     kind = "mlp"
     default_base_lr = 0.1
+    small_config = {"mini_batch_size": 4, "mlp_expansion": 2}
 
     @dataclass(kw_only=True)
     class Config(TTTConfig):

@@ -60,6 +60,7 @@ class Bidirectional(Mixer):
         self.gate_fwd = TanhGate(inner.dim, alpha_init)
         self.gate_bwd = TanhGate(inner.dim, alpha_init)
         self.reverse = reverse
+        self.backends = inner.backends
 
     @property
     def causal(self) -> bool:
@@ -68,8 +69,12 @@ class Bidirectional(Mixer):
     def state_size(self, seq_len: int | None = None) -> int:
         return 2 * self.inner.state_size(seq_len)
 
-    def backend_for(self, device: torch.device | str) -> str:
-        return self.inner.backend_for(device)
+    def select_backend(self, device, dtype=None, shapes=None):
+        """The wrapped mixer's backend (the wrapper adds gates, no backend of its own)."""
+        return self.inner.select_backend(device, dtype, shapes)
+
+    def backend_supports(self, backend, device, dtype=None, shapes=None):
+        return self.inner.backend_supports(backend, device, dtype, shapes)
 
     def _reverse_positions(self, positions: torch.Tensor) -> torch.Tensor:
         # Every token keeps its own position when the sequence is reversed. Unbatched positions are [T] or

@@ -10,7 +10,7 @@ and returns ``o [B, H, Tq, K]`` for ``q [B, H, Tq, K]`` and ``k, v [B, H, Tk, K]
 * :func:`attention_flex`   FlexAttention with a block mask (compiled on CUDA; eager forward elsewhere, tests only).
 * :func:`attention_flash`  flash-attn's ``flash_attn_func`` (CUDA, fp16/bf16; imported lazily).
 
-:func:`get_attention_fn` maps a backend name to its function and fails loudly on unknown names.
+:mod:`seqmix.layers.attention` holds the backend records that choose between them.
 
 Positions. The queries are the LAST ``Tq`` of the ``Tk`` key positions (a KV cache holds the ``Tk - Tq``
 earlier ones); key ``j`` has absolute position ``k_start + j``, so query ``i`` has ``t = k_start + Tk - Tq + i``.
@@ -39,7 +39,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "KINDS",
-    "ATTENTION_BACKENDS",
     "visible",
     "visibility_mask",
     "default_block_size",
@@ -47,9 +46,6 @@ __all__ = [
     "attention_sdpa",
     "attention_flex",
     "attention_flash",
-    "get_attention_fn",
-    "flash_attn_unavailable",
-    "flex_unavailable",
 ]
 
 KINDS = ("swa", "local", "full")
@@ -224,15 +220,6 @@ def attention_sdpa(q, k, v, *, kind: str, window: int | None = None, causal: boo
 
 
 # ----------------------------------------------------------------------------------------------------- flex
-def flex_unavailable() -> str | None:
-    """``None`` if FlexAttention imports in this torch, else why not."""
-    try:
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # noqa: F401
-    except Exception as e:  # pragma: no cover - torch >= 2.5 has it
-        return f"torch.nn.attention.flex_attention does not import ({e})"
-    return None
-
-
 @functools.lru_cache(maxsize=1)
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
@@ -312,16 +299,6 @@ def attention_flex(q, k, v, *, kind: str, window: int | None = None, causal: boo
 
 
 # ---------------------------------------------------------------------------------------------------- flash
-@functools.lru_cache(maxsize=1)
-def flash_attn_unavailable() -> str | None:
-    """``None`` if ``flash_attn.flash_attn_func`` imports (with its CUDA extension), else why not."""
-    try:
-        from flash_attn import flash_attn_func  # noqa: F401
-    except Exception as e:  # ImportError, or OSError / undefined symbols from a broken CUDA extension
-        return f"flash-attn does not import ({type(e).__name__}: {e})"
-    return None
-
-
 def _flash_core(q, k, v, causal: bool, scale: float, window_size=(-1, -1)) -> torch.Tensor:
     from flash_attn import flash_attn_func
 
@@ -346,20 +323,3 @@ def attention_flash(q, k, v, *, kind: str, window: int | None = None, causal: bo
     if kind == "full" or _covers_all(kind, window, causal, Tk):
         return _flash_core(q, k, v, causal, sc)
     return _flash_core(q, k, v, causal, sc, window_size=(window - 1, 0 if causal else window - 1))
-
-
-# ------------------------------------------------------------------------------------------------- dispatch
-ATTENTION_BACKENDS: dict[str, Callable[..., torch.Tensor]] = {
-    "flash_attn": attention_flash,
-    "flex": attention_flex,
-    "sdpa": attention_sdpa,
-    "naive": attention_naive,
-}
-
-
-def get_attention_fn(backend: str) -> Callable[..., torch.Tensor]:
-    """The attention function of ``backend``; unknown names raise, listing the valid ones."""
-    try:
-        return ATTENTION_BACKENDS[backend]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown attention backend {backend!r}; valid: {', '.join(ATTENTION_BACKENDS)}") from None

@@ -20,21 +20,20 @@ All functions here share one signature (as fla's ``ops/<op>/{chunk,naive}.py`` d
 Legend: B batch, T tokens, H heads, P head dim (mamba-ssm's ``headdim``), G groups of B/C (``ngroups``, divides H),
 N state dim (``d_state``), Q chunk length, c number of chunks.
 
-Optional libraries (fla, mamba-ssm) are imported lazily inside the functions that need them.
+Optional libraries (fla, mamba-ssm) are imported lazily inside the functions that need them (through
+:mod:`seqmix.ops.external`).
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
-import importlib.util
 import logging
-import sys
-import types
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from seqmix.utils.triton_compat import patch_triton_interpreter
+
+from .external import mamba_chunk_scan_combined
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +42,6 @@ __all__ = [
     "ssd_naive",
     "ssd_fla",
     "ssd_mamba",
-    "import_mamba_ssm",
-    "mamba_ssm_import_error",
-    "fla_import_error",
-    "patch_triton_interpreter",
 ]
 
 
@@ -203,71 +198,6 @@ def ssd_naive(
     return y.to(x.dtype), (h if output_final_state else None)
 
 
-# ------------------------------------------------------------------------------------------ optional libraries
-@functools.lru_cache(maxsize=None)
-def fla_import_error() -> str | None:
-    """``None`` if fla's ``chunk_simple_gla`` imports, else why not (cached)."""
-    try:
-        importlib.import_module("fla.ops.simple_gla")
-    except Exception as e:  # ImportError, or a Triton / driver error raised while fla imports its kernels
-        return f"fla is not importable ({type(e).__name__}: {e})"
-    return None
-
-
-def import_mamba_ssm(name: str) -> types.ModuleType:
-    """Import submodule ``name`` of mamba-ssm (e.g. ``"mamba_ssm.ops.triton.ssd_combined"``).
-
-    mamba-ssm 2.3.2.post1's package ``__init__`` imports its compiled ``selective_scan_cuda`` extension, so a pure-Python
-    install (``MAMBA_SKIP_CUDA_BUILD=TRUE``, see shared/spec/environment.md) cannot ``import mamba_ssm`` although its
-    Triton SSD kernels and ``modules/ssd_minimal.py`` need no compiled code (fixed upstream after that release). When
-    the normal import fails, the package is loaded once under a stand-in parent that skips ``__init__``; afterwards
-    ``sys.modules`` is restored to what it was, so other libraries still see ``import mamba_ssm`` fail as before.
-    Raises ImportError when mamba-ssm is not installed.
-    """
-    before = set(sys.modules)
-
-    def restore() -> None:  # drop every mamba_ssm module this call added (a failed import leaves submodules behind)
-        for k in set(sys.modules) - before:
-            if k == "mamba_ssm" or k.startswith("mamba_ssm."):
-                del sys.modules[k]
-
-    try:
-        return importlib.import_module(name)
-    except ImportError as first:
-        restore()
-        spec = importlib.util.find_spec("mamba_ssm") if "mamba_ssm" not in sys.modules else None
-        if spec is None or not spec.submodule_search_locations:
-            raise
-        stub = types.ModuleType("mamba_ssm")
-        stub.__path__ = list(spec.submodule_search_locations)
-        stub.__spec__ = spec
-        sys.modules["mamba_ssm"] = stub
-        try:
-            return importlib.import_module(name)
-        except Exception as e:
-            raise ImportError(f"cannot import {name} ({type(e).__name__}: {e}); package import failed with: {first}") from e
-        finally:
-            restore()
-
-
-@functools.lru_cache(maxsize=None)
-def _mamba_chunk_scan_combined() -> Callable:
-    return import_mamba_ssm("mamba_ssm.ops.triton.ssd_combined").mamba_chunk_scan_combined
-
-
-@functools.lru_cache(maxsize=None)
-def mamba_ssm_import_error() -> str | None:
-    """``None`` if mamba-ssm's ``mamba_chunk_scan_combined`` imports, else why not (cached)."""
-    try:
-        _mamba_chunk_scan_combined()
-    except Exception as e:
-        return f"mamba-ssm is not importable ({type(e).__name__}: {e})"
-    return None
-
-
-from seqmix.utils.triton_compat import patch_triton_interpreter  # noqa: E402  (re-exported)
-
-
 # ------------------------------------------------------------------------------------------------- fast paths
 def ssd_fla(
     x: torch.Tensor,
@@ -321,7 +251,7 @@ def ssd_mamba(
     """SSD through mamba-ssm's fused Triton ``mamba_chunk_scan_combined`` (CUDA). Same signature as
     :func:`ssd_chunk`; groups are handled natively; dt is passed already positive (``dt_softplus=False``)."""
     _check(x, dt, A, B, C, chunk_size, D, initial_state)
-    scan = _mamba_chunk_scan_combined()
+    scan = mamba_chunk_scan_combined()
     out = scan(
         x, dt.float(), A.float(), B.to(x.dtype), C.to(x.dtype), chunk_size,
         D=None if D is None else D.float(),

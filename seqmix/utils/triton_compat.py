@@ -13,7 +13,13 @@ import os
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["patch_triton_interpreter"]
+__all__ = ["patch_triton_interpreter", "triton_interpreter"]
+
+
+def triton_interpreter() -> bool:
+    """Whether Triton kernels run in the interpreter (``TRITON_INTERPRET=1``: CPU, tests only; ~1 ms per program
+    instance, so never an automatic backend choice)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 # Kernels from these packages get tensor loop indices.
 _PATCHED_PACKAGES = ("fla.", "mamba_ssm.")
@@ -35,7 +41,7 @@ def patch_triton_interpreter() -> bool:
     Idempotent. Returns True if the interpreter is active and patched.
     """
     global _INTERPRETER_PATCHED
-    if os.environ.get("TRITON_INTERPRET") != "1":
+    if not triton_interpreter():
         return False
     if _INTERPRETER_PATCHED:
         return True
