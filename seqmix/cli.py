@@ -27,7 +27,13 @@ def _lightning_cli_class():
 
     class SeqmixCLI(LightningCLI):
         """LightningCLI whose model and data are chosen by ``class_path`` in the recipe; checkpoints are written
-        atomically (a kill at any moment leaves the previous checkpoint intact)."""
+        atomically with a digest verified on resume (a kill at any moment leaves the previous checkpoint intact);
+        training stops with an error at the first non-finite loss (``--stop_on_nonfinite_loss.enabled=false``)."""
+
+        def add_arguments_to_parser(self, parser):
+            from seqmix.training import StopOnNonFiniteLoss
+
+            parser.add_lightning_class_args(StopOnNonFiniteLoss, "stop_on_nonfinite_loss")
 
         def instantiate_trainer(self, **kwargs):
             from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -207,7 +213,13 @@ def _expand_bare_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in _LIGHTNING_SUBCOMMANDS:
-        run_lightning(args)
+        from seqmix.training import CheckpointCorruptError, NonFiniteLossError
+
+        try:
+            run_lightning(args)
+        except (CheckpointCorruptError, NonFiniteLossError) as e:  # a user-facing stop, not a bug: no traceback
+            print(f"seqmix {args[0]}: error: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
         return
     from jsonargparse import CLI
 

@@ -20,7 +20,7 @@ SMALL_CONFIGS: dict[str, dict] = {
     "ttt_linear": dict(mini_batch_size=4),
     "ttt_mlp": dict(mini_batch_size=4, mlp_expansion=2),
     "gated_deltanet": dict(head_dim=16, expand_v=1.0),
-    "mamba2": dict(d_state=8, headdim=8, expand=2, chunk_size=4),
+    "mamba2": dict(d_state=8, expand=2, chunk_size=4),  # HEADS heads of width expand * DIM / HEADS
     "swa": dict(window=10),  # >= 10: the bidirectional check (causal form, T=10) needs token 0 to see token 9
     "full_attn": dict(),
     "local_attn": dict(window=16),

@@ -8,6 +8,8 @@ Contract (see ``shared/design.md``):
 * ``layer.causal`` says whether output ``t`` depends only on inputs ``<= t``; causal mixers carry state across
   calls so that chunked inference equals one full pass.
 * ``layer.state_size()`` is the number of recurrent-state (or KV-cache) elements per sequence.
+* Carried states are small NamedTuples whose trailing ``layer`` field names the registry layer that produced them
+  (filled in by :meth:`Mixer.forward`): a state handed to a layer of another type is rejected with that name.
 * ``layer.backend`` is the backend the layer runs on for its current device: configs ask for ``"auto"`` or an
   explicit name; a backend whose optional library is missing degrades to the next one with one warning.
 
@@ -163,7 +165,7 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
         """
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, heads={self.num_heads}, causal={self.causal}, backend={self.config.backend}"
+        return f"dim={self.dim}, heads={self.num_heads}, causal={self.causal}, backend={'->'.join(dict.fromkeys((self.config.backend, self.backend)))}"
 
     # ----------------------------------------------------------------------------------------------- backends
     def _backend_ok(self, backend: str, device: torch.device) -> str | None:
@@ -237,11 +239,19 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
     ):
         """``x: [B, T, D] -> [B, T, D]``; with ``return_state=True`` returns ``(y, state)``."""
         self.check_input(x)
+        owner = getattr(state, "layer", None)  # see the module docstring: states name the layer type they came from
+        if isinstance(owner, str) and owner and owner != self.name:
+            raise TypeError(
+                f"{self.name}: the carried state belongs to a {owner!r} layer; states do not move between layer "
+                f"types: pass the state this {self.name!r} layer returned (or None to start fresh)"
+            )
         if state is not None and not self.causal:
             raise ValueError(f"{self.name}: carried state is only defined for causal layers (causal=True)")
         y, new_state = self._forward(
             x, layout=layout, positions=positions, state=state, return_state=return_state
         )
+        if "layer" in getattr(new_state, "_fields", ()):
+            new_state = new_state._replace(layer=self.name)
         return (y, new_state) if return_state else y
 
     @abc.abstractmethod

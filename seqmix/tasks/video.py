@@ -30,7 +30,7 @@ from seqmix.backbones.layout import VideoLayout
 from seqmix.data.shards import LatentShards
 from seqmix.data.storyboard import StoryboardConfig, StoryboardDataset, consistency, write_gif
 from seqmix.diffusion import ScheduleConfig, VDiffusion
-from seqmix.training import ResumableLoader, example_generator
+from seqmix.training import ResumableLoader, example_generator, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class VideoDiffusionTask(pl.LightningModule):
     def _init_from(self, path: str) -> None:
         if not Path(path).is_file():
             raise FileNotFoundError(f"model.init_args.init_from={path!r} does not exist")
-        sd = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        sd = load_checkpoint(path)["state_dict"]  # verified against its digest
         missing, unexpected = self.load_state_dict(sd, strict=False)
         if unexpected:
             raise ValueError(f"init_from {path}: unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
