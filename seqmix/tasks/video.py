@@ -347,7 +347,7 @@ class StoryboardVideoData(_VideoData):
     """
 
     def __init__(self, num_segments: int = 3, channels: int = 4, height: int = 8, width: int = 8,
-                 text_tokens: int = 4, text_dim: int = 32, num_appearances: int = 8, char_size: int = 2, background: float = 0.0,
+                 text_tokens: int = 4, text_dim: int = 32, num_appearances: int = 4, char_size: int = 6, background: float = 0.0,
                  num_train: int = 512, num_val: int = 64, batch_size: int = 8, seed: int = 0, num_workers: int = 0):
         super().__init__(batch_size, seed, num_workers)
         self.cfg = StoryboardConfig(num_segments=num_segments, channels=channels, height=height, width=width,
