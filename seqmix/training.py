@@ -99,21 +99,23 @@ def verify_checkpoint(path: str | Path) -> None:
     A checkpoint written without a digest (by another tool, or an older seqmix) is accepted with a warning.
     """
     path = Path(path)
-    accepted = _accepted_digests(path)
+    real = path.resolve()  # a linked last.ckpt is checked against the digest of the file it points to
+    accepted = _accepted_digests(real)
     if accepted is None:
         logger.warning("checkpoint %s has no %s digest beside it; loading it unverified", path, _DIGEST_SUFFIX)
         return
-    got = _sha256(path)
+    got = _sha256(real)
     if got in accepted:
         return
-    others = sorted((p for p in path.parent.glob("*.ckpt") if p != path), key=lambda p: p.stat().st_mtime,
-                    reverse=True)
-    good = next((p for p in others if (_accepted_digests(p) or [None])[0] == _sha256(p)), None)
+    # Suggest the newest other checkpoint of the directory that verifies (hashing stops at the first good one).
+    others = sorted((p for p in real.parent.glob("*.ckpt") if p.is_file() and p.resolve() != real),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    good = next((p for p in others if (_accepted_digests(p.resolve()) or [None])[0] == _sha256(p)), None)
     hint = f"resume from the previous checkpoint instead, e.g. --ckpt_path={good}" if good else (
         "resume from a previous checkpoint instead (none verified in the same directory)")
     raise CheckpointCorruptError(
         f"checkpoint {path} is corrupt: its SHA-256 {got[:16]}... does not match the digest written with it "
-        f"({_digest_path(path).name}: {accepted[0][:16]}...); {hint}"
+        f"({_digest_path(real).name}: {accepted[0][:16]}...); {hint}"
     )
 
 

@@ -13,7 +13,7 @@ Block (inner width ``E = expand * D``, H heads of width ``P = E / H``, G groups 
 Parameters (names and shapes as mamba-ssm; conv channels ``E_c = E + 2 G N``): ``in_proj.weight [2E + 2GN + H, D]``,
 ``conv1d.weight [E_c, 1, d_conv]``, ``conv1d.bias [E_c]``, ``dt_bias, A_log, D [H]``, ``norm.weight [E]``,
 ``out_proj.weight [D, E]`` (``bias=True`` adds in/out projection biases). Count:
-``D (2E + 2GN + H) + E_c (d_conv + 1) + 3 H + E + E D``; at D = 3072 with the defaults (E = 6144, H = 96, N = 128):
+``D (2E + 2GN + H) + E_c (d_conv + 1) + 3 H + E + E D``; at D = 3072 with the defaults and 96 heads (E = 6144, N = 128):
 57.7M per layer. Recurrent state per sequence: ``H P N + (d_conv - 1) E_c`` elements (SSM state + conv tail).
 
 Heads: as for every seqmix mixer, ``num_heads`` (passed to :func:`seqmix.layers.build`) is the head count H and the
