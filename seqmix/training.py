@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -140,7 +139,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         # Temporaries of a save that was killed (another pid) are garbage: the rename never happened.
-        for stale in (*path.parent.glob(f".{path.name}.tmp-*"), *path.parent.glob(f".{path.name}{_DIGEST_SUFFIX}.tmp-*")):
+        stale_temporaries = (*path.parent.glob(f".{path.name}.tmp-*"),
+                             *path.parent.glob(f".{path.name}{_DIGEST_SUFFIX}.tmp-*"))
+        for stale in stale_temporaries:
             if not stale.name.endswith(f".tmp-{os.getpid()}"):
                 logger.info("removing %s left by an interrupted save", stale)
                 stale.unlink(missing_ok=True)
@@ -158,7 +159,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 tmp.unlink(missing_ok=True)
         _fsync_dir(path.parent)
 
-    def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(self, path: str | Path, map_location: Any = None,
+                        weights_only: bool | None = None) -> dict[str, Any]:
         if Path(path).is_file():
             verify_checkpoint(path)
         kw = {} if map_location is None else {"map_location": map_location}
@@ -173,8 +175,8 @@ class StopOnNonFiniteLoss(Callback):
     """Stop training with :class:`NonFiniteLossError` at the first NaN / inf training loss.
 
     Checked before ``backward`` (so no optimizer step and no checkpoint sees the bad values); all processes decide
-    together, so a NaN on one rank stops every rank. ``seqmix fit`` adds it; ``--stop_on_nonfinite_loss.enabled
-    false`` turns it off.
+    together, so a NaN on one rank stops every rank. ``seqmix fit`` adds it;
+    ``--stop_on_nonfinite_loss.enabled=false`` turns it off.
     """
 
     def __init__(self, enabled: bool = True):
@@ -185,11 +187,12 @@ class StopOnNonFiniteLoss(Callback):
             return
         bad = not bool(torch.isfinite(loss.detach()).all())
         if trainer.strategy.reduce_boolean_decision(bad, all=False):
-            value = float(loss.detach().float().sum()) if bad else math.nan
+            value = float(loss.detach().float().sum()) if bad else "on another process"
             raise NonFiniteLossError(
                 f"non-finite training loss ({value}) at step {trainer.global_step} (epoch {trainer.current_epoch}); "
-                "training stopped. Lower the learning rate or clip gradients (trainer.gradient_clip_val), and resume from the last checkpoint "
-                "written before this step; --stop_on_nonfinite_loss.enabled=false turns this check off"
+                "training stopped. Lower the learning rate or clip gradients (trainer.gradient_clip_val), and resume "
+                "from the last checkpoint written before this step; --stop_on_nonfinite_loss.enabled=false turns this "
+                "check off"
             )
 
 

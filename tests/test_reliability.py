@@ -137,6 +137,6 @@ def test_license_typed_marker_and_changelog_ship():
     assert f"## {meta['project']['version']}" in changelog
 
 
-def test_config_fields_are_dataclasses():  # guards the head-width knob list above against renames
+def test_head_width_knob_names_exist():  # guards the knob list used above against renames
     fields = {f.name for n in NAMES for f in dataclasses.fields(layers.config_class(n))}
     assert set(_HEAD_WIDTH_KNOBS) <= fields

@@ -94,6 +94,8 @@ def reconstruction_target(
     as the reference does; the weight/bias are the inner LN's. Shapes as ``head_layer_norm``.
     """
     d = v - k
+    if d.numel() == 0:  # a batch of 0: nothing to normalise (and std() would warn about zero degrees of freedom)
+        return d
     mu = d.mean(-1, keepdim=True)
     std = d.std(-1, keepdim=True, unbiased=True)
     return (d - mu) / (std + eps) * _head_affine(w, d) + _head_affine(b, d)
