@@ -7,7 +7,8 @@
     seqmix prepare storyboards|videos ...                                      write latent shard datasets
     seqmix prepare mazes OUT [--num_trajectories N] [--source procedural|memory-maze] [--preview]
                                                                                world-model maze trajectories
-    seqmix layers                                                              list registry layers
+    seqmix layers [--dim 256] [--num_heads 4] [--seq_len 1024]                 registry layers: params, state, config
+    seqmix --version
 
 The CLI layer prints results for people; library code only logs.
 """
@@ -17,9 +18,28 @@ from __future__ import annotations
 import logging
 import sys
 
-__all__ = ["main", "SeqmixCLI", "run_lightning"]
+__all__ = ["main", "RecipeError", "SeqmixCLI", "run_lightning"]
 
 _LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+_DESCRIPTION = """seqmix: interchangeable global-context sequence layers, recipes and benchmarks.
+
+recipes (Lightning CLI; `seqmix fit --help` lists every option):
+  fit                 train a recipe: seqmix fit --config recipes/mqar/ttt_mlp.yaml [--key value ...]
+  validate            evaluate a model on the validation set (--ckpt_path to load a checkpoint)
+  test                evaluate a model on the test set
+  predict             run a model's predict step
+"""
+# Lightning's "Tip: try installing ..." lines advertise add-on services; seqmix output leaves them out.
+_TIP_PREFIX = "\N{ELECTRIC LIGHT BULB} Tip:"
+
+
+class RecipeError(ValueError):
+    """A recipe value that cannot work (reported as one line by ``seqmix fit|validate|test|predict``)."""
+
+
+class _DropLightningTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_TIP_PREFIX)
 # Boolean options that may be given bare (``--quick``) as well as with a value (``--quick true``).
 _BARE_FLAGS = ("--quick", "--preview")
 
@@ -29,7 +49,24 @@ def _lightning_cli_class():
 
     class SeqmixCLI(LightningCLI):
         """LightningCLI whose model and data are chosen by ``class_path`` in the recipe; checkpoints are written
-        atomically (a kill at any moment leaves the previous checkpoint intact)."""
+        atomically with a digest verified on resume (a kill at any moment leaves the previous checkpoint intact);
+        training stops with an error at the first non-finite loss (``--stop_on_nonfinite_loss.enabled=false``)."""
+
+        def add_arguments_to_parser(self, parser):
+            from seqmix.training import StopOnNonFiniteLoss
+
+            parser.add_lightning_class_args(StopOnNonFiniteLoss, "stop_on_nonfinite_loss")
+
+        def before_instantiate_classes(self):
+            # Mixer names are checked before anything is built, so a typo is one line, not a chained traceback.
+            from seqmix.layers import config_class
+
+            cfg = self.config[self.subcommand] if self.subcommand else self.config
+            for key, name in _mixer_names(cfg.as_dict()):
+                try:
+                    config_class(name)
+                except (ValueError, TypeError) as e:
+                    raise RecipeError(f"{key}: {e}") from None
 
         def instantiate_trainer(self, **kwargs):
             from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -42,6 +79,17 @@ def _lightning_cli_class():
             return trainer
 
     return SeqmixCLI
+
+
+def _mixer_names(node, prefix: str = ""):
+    """(dotted key, name) for every mixer name in a parsed recipe (keys named ``mixer``: a name or a list)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            key = f"{prefix}.{k}" if prefix else k
+            if k == "mixer" and v is not None:
+                yield from ((key, n) for n in (v if isinstance(v, list) else [v]))
+            else:
+                yield from _mixer_names(v, key)
 
 
 def run_lightning(args: list[str], run: bool = True):
@@ -58,6 +106,13 @@ def run_lightning(args: list[str], run: bool = True):
     with warnings.catch_warnings():
         # Programmatic use passes `args` while sys.argv holds the outer command's arguments; that is intended.
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        # Notices about Lightning's own dependencies, not about the user's run (tensorboard is optional: seqmix
+        # logs CSV without it).
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+        warnings.filterwarnings("ignore", message=".*`tensorboardX` has been removed as a dependency.*")
+        tips = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+        if not any(isinstance(f, _DropLightningTips) for f in tips.filters):
+            tips.addFilter(_DropLightningTips())
         return cls(
             model_class=pl.LightningModule,
             datamodule_class=pl.LightningDataModule,
@@ -69,16 +124,29 @@ def run_lightning(args: list[str], run: bool = True):
         )
 
 
-def list_layers() -> None:
-    """List registry layers with their config fields."""
+def list_layers(dim: int = 256, num_heads: int = 4, seq_len: int = 1024) -> None:
+    """List registry layers: parameters and state size per sequence at a width, and their config defaults.
+
+    Args:
+        dim: model width D the layers are built at.
+        num_heads: heads H.
+        seq_len: tokens seen, for state that grows with the sequence (full attention's KV cache).
+    """
     import dataclasses
 
     from seqmix import layers as L
 
+    print(f"{'layer':16s} {'params':>10s} {'state/seq':>10s}  config defaults  (dim={dim}, heads={num_heads}, "
+          f"state after {seq_len} tokens)")
     for name in L.available():
         fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(L.config_class(name))
                            if f.default is not dataclasses.MISSING)
-        print(f"{name:16s} {fields}")
+        try:
+            layer = L.build(name, dim=dim, num_heads=num_heads)
+            params, state = f"{sum(p.numel() for p in layer.parameters()):,}", f"{layer.state_size(seq_len):,}"
+        except (ValueError, TypeError) as e:  # e.g. a width this layer cannot be built at
+            params, state, fields = "-", "-", f"not buildable here: {e}"
+        print(f"{name:16s} {params:>10s} {state:>10s}  {fields}")
 
 
 def compare_mqar(
@@ -123,8 +191,9 @@ def compare_mqar(
 
 
 def prepare_storyboards(out: str, num_examples: int = 1024, num_segments: int = 3, seed: int = 0,
-                        shard_size: int = 256) -> None:
-    """Write procedural storyboard latents as a shard dataset (see seqmix.data.shards).
+                        shard_size: int = 256, char_size: int = 6, num_appearances: int = 4) -> None:
+    """Write procedural storyboard latents as a shard dataset (see seqmix.data.shards); the defaults are the
+    storyboards of the t2v recipes (recipes/t2v/*.yaml).
 
     Args:
         out: output directory (must not hold a dataset yet).
@@ -132,11 +201,14 @@ def prepare_storyboards(out: str, num_examples: int = 1024, num_segments: int = 
         num_segments: 3 s segments per video.
         seed: dataset seed.
         shard_size: examples per shard file.
+        char_size: side of the square character in latent pixels.
+        num_appearances: palette of character appearances.
     """
     from seqmix.data.prepare import write_storyboards
     from seqmix.data.storyboard import StoryboardConfig
 
-    path = write_storyboards(out, StoryboardConfig(num_segments=num_segments), num_examples, seed, shard_size)
+    cfg = StoryboardConfig(num_segments=num_segments, char_size=char_size, num_appearances=num_appearances)
+    path = write_storyboards(out, cfg, num_examples, seed, shard_size)
     print(f"wrote {num_examples} storyboards to {path}")
 
 
@@ -242,16 +314,38 @@ def _expand_bare_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in _LIGHTNING_SUBCOMMANDS:
-        run_lightning(args)
+        from seqmix.training import CheckpointCorruptError, NonFiniteLossError
+
+        try:
+            run_lightning(args)
+        except RecipeError as e:  # as a misspelled key: one line, argparse's exit status
+            print(f"seqmix {args[0]}: error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except (CheckpointCorruptError, NonFiniteLossError) as e:  # a user-facing stop, not a bug: no traceback
+            print(f"seqmix {args[0]}: error: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
         return
-    from jsonargparse import CLI
+    import argparse
+
+    from jsonargparse import CLI, DefaultHelpFormatter
+
+    import seqmix
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from seqmix.bench.cli import BENCH_COMMANDS
 
-    CLI({"layers": list_layers, "bench": BENCH_COMMANDS, "compare": {"mqar": compare_mqar, "video": compare_video},
-         "prepare": {"storyboards": prepare_storyboards, "videos": prepare_videos, "mazes": prepare_mazes}},
-        args=_expand_bare_flags(args))
+    class Formatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):  # keeps the command table's lines
+        pass
+
+    CLI({"layers": list_layers,
+         "bench": {"_help": "Benchmarks: layer speed and memory vs length, DiT efficiency, TTT kernels.",
+                   **BENCH_COMMANDS},
+         "compare": {"_help": "Equal-budget comparisons of the baselines: text-to-video (main job) or MQAR recall.",
+                     "mqar": compare_mqar, "video": compare_video},
+         "prepare": {"_help": "Write datasets: latent shards from storyboards or real videos, world-model mazes.",
+                     "storyboards": prepare_storyboards, "videos": prepare_videos, "mazes": prepare_mazes}},
+        args=_expand_bare_flags(args), version=seqmix.__version__, description=_DESCRIPTION,
+        formatter_class=Formatter, prog="seqmix")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
 """Training infrastructure: kill-safe checkpoints, exactly resumable data order, per-example randomness.
 
 * :class:`AtomicCheckpointIO` writes checkpoints to a temporary file in the target directory, fsyncs and renames
-  it over the target: a SIGKILL at any moment leaves either the old or the new checkpoint, never a torn one.
+  it over the target: a SIGKILL at any moment leaves either the old or the new checkpoint, never a torn one. Each
+  checkpoint gets a SHA-256 digest in ``<name>.sha256`` beside it, checked before a checkpoint is restored
+  (:func:`verify_checkpoint`): a corrupt file is refused with :class:`CheckpointCorruptError`.
+* :class:`StopOnNonFiniteLoss` stops training with :class:`NonFiniteLossError` at the first NaN / inf loss, before
+  the optimizer step and before any checkpoint of that step is written.
 * :class:`ResumableLoader` is a DataLoader whose order is a pure function of ``(seed, epoch)`` and which
   Lightning checkpoints (it implements ``state_dict`` / ``load_state_dict``): resuming mid-epoch continues with
   the next unseen batch. It shards by rank itself (set ``trainer.use_distributed_sampler: false``).
@@ -11,46 +15,185 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AtomicCheckpointIO", "ResumableLoader", "example_generator"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "CheckpointCorruptError",
+    "NonFiniteLossError",
+    "ResumableLoader",
+    "StopOnNonFiniteLoss",
+    "example_generator",
+    "load_checkpoint",
+    "verify_checkpoint",
+]
+
+_DIGEST_SUFFIX = ".sha256"
+
+
+class CheckpointCorruptError(RuntimeError):
+    """A checkpoint's bytes do not match the digest written with it."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + _DIGEST_SUFFIX)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_tmp(path: Path, write: Callable[[Any], None]) -> Path:
+    """``write(f)`` into ``.<name>.tmp-<pid>`` beside ``path`` and fsync it; returns the temporary's path."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make renames inside ``directory`` durable."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # pragma: no cover - some filesystems do not support fsync on directories
+        pass
+
+
+def _accepted_digests(path: Path) -> list[str] | None:
+    """Digests the sidecar of ``path`` accepts (newest first), or None if there is no sidecar."""
+    side = _digest_path(path)
+    if not side.is_file():
+        return None
+    return [line.split()[0] for line in side.read_text().splitlines() if line.strip()]
+
+
+def verify_checkpoint(path: str | Path) -> None:
+    """Raise :class:`CheckpointCorruptError` if ``path`` does not match the digest written with it.
+
+    A checkpoint written without a digest (by another tool, or an older seqmix) is accepted with a warning.
+    """
+    path = Path(path)
+    real = path.resolve()  # a linked last.ckpt is checked against the digest of the file it points to
+    accepted = _accepted_digests(real)
+    if accepted is None:
+        logger.warning("checkpoint %s has no %s digest beside it; loading it unverified", path, _DIGEST_SUFFIX)
+        return
+    got = _sha256(real)
+    if got in accepted:
+        return
+    # Suggest the newest other checkpoint of the directory that verifies (hashing stops at the first good one).
+    others = sorted((p for p in real.parent.glob("*.ckpt") if p.is_file() and p.resolve() != real),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    good = next((p for p in others if (_accepted_digests(p.resolve()) or [None])[0] == _sha256(p)), None)
+    hint = f"resume from the previous checkpoint instead, e.g. --ckpt_path={good}" if good else (
+        "resume from a previous checkpoint instead (none verified in the same directory)")
+    raise CheckpointCorruptError(
+        f"checkpoint {path} is corrupt: its SHA-256 {got[:16]}... does not match the digest written with it "
+        f"({_digest_path(real).name}: {accepted[0][:16]}...); {hint}"
+    )
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """``torch.load`` a checkpoint after :func:`verify_checkpoint` (checkpoints hold Lightning objects, so not
+    ``weights_only``: load only checkpoints you trust)."""
+    verify_checkpoint(path)
+    return torch.load(path, map_location=map_location, weights_only=False)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` to ``.<name>.tmp-<pid>`` next to the target, fsync, then ``os.replace`` (atomic on POSIX)."""
+    """``torch.save`` to ``.<name>.tmp-<pid>`` next to the target, fsync, then ``os.replace`` (atomic on POSIX);
+    a SHA-256 digest goes to ``<name>.sha256`` and is verified before a checkpoint is loaded.
+
+    The digest file is replaced *before* the checkpoint and lists the new digest and the one of the checkpoint it
+    replaces: a kill between the two renames leaves a checkpoint (old or new) that still verifies.
+    """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        # Temporaries of a save that was killed (another pid) are garbage: the rename never happened.
+        stale_temporaries = (*path.parent.glob(f".{path.name}.tmp-*"),
+                             *path.parent.glob(f".{path.name}{_DIGEST_SUFFIX}.tmp-*"))
+        for stale in stale_temporaries:
+            if not stale.name.endswith(f".tmp-{os.getpid()}"):
+                logger.info("removing %s left by an interrupted save", stale)
+                stale.unlink(missing_ok=True)
+        tmps = []
         try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            tmps.append(_write_tmp(path, lambda f: torch.save(checkpoint, f)))
+            # [:2]: a save killed between its two renames left [new, old] beside the old file
+            previous = (_accepted_digests(path) or [])[:2] if path.exists() else []
+            lines = "".join(f"{d}  {path.name}\n" for d in dict.fromkeys([_sha256(tmps[0]), *previous]))
+            tmps.append(_write_tmp(_digest_path(path), lambda f: f.write(lines.encode())))
+            os.replace(tmps[1], _digest_path(path))  # digest first: see the class docstring
+            os.replace(tmps[0], path)
         finally:
-            if tmp.exists():
-                tmp.unlink()
-        try:  # make the rename itself durable
-            fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError:  # pragma: no cover - some filesystems do not support fsync on directories
-            pass
+            for tmp in tmps:
+                tmp.unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+
+    def load_checkpoint(self, path: str | Path, map_location: Any = None,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        if Path(path).is_file():
+            verify_checkpoint(path)
+        kw = {} if map_location is None else {"map_location": map_location}
+        return super().load_checkpoint(path, weights_only=weights_only, **kw)
+
+    def remove_checkpoint(self, path: str | Path) -> None:
+        super().remove_checkpoint(path)
+        _digest_path(Path(path)).unlink(missing_ok=True)
+
+
+class StopOnNonFiniteLoss(Callback):
+    """Stop training with :class:`NonFiniteLossError` at the first NaN / inf training loss.
+
+    Checked before ``backward`` (so no optimizer step and no checkpoint sees the bad values); all processes decide
+    together, so a NaN on one rank stops every rank. ``seqmix fit`` adds it;
+    ``--stop_on_nonfinite_loss.enabled=false`` turns it off.
+    """
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+
+    def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
+        if not self.enabled:
+            return
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        if trainer.strategy.reduce_boolean_decision(bad, all=False):
+            value = float(loss.detach().float().sum()) if bad else "on another process"
+            raise NonFiniteLossError(
+                f"non-finite training loss ({value}) at step {trainer.global_step} (epoch {trainer.current_epoch}); "
+                "training stopped. Lower the learning rate or clip gradients (trainer.gradient_clip_val), and resume "
+                "from the last checkpoint written before this step; --stop_on_nonfinite_loss.enabled=false turns this "
+                "check off"
+            )
 
 
 def example_generator(seed: int, step: int, index: int) -> torch.Generator:

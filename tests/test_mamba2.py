@@ -188,11 +188,12 @@ def test_mamba_chunk_scan_combined_is_ssd():
 # ------------------------------------------------------------------------------------------------ layer helpers
 SMALL = dict(d_state=8, headdim=8, expand=2, chunk_size=4)
 DIM = 32
+HEADS = 2 * DIM // 8  # expand * dim / headdim: mamba-ssm's head count for SMALL
 
 
 def _layer(seed=0, dtype=torch.float32, **over):
     torch.manual_seed(seed)
-    return layers.build("mamba2", DIM, 2, **{**SMALL, **over}).to(dtype)
+    return layers.build("mamba2", DIM, HEADS, **{**SMALL, **over}).to(dtype)
 
 
 def _x(B=2, T=13, dtype=torch.float32, seed=1):
@@ -377,10 +378,18 @@ def test_d_conv_one_has_no_conv_state():
 
 
 # --------------------------------------------------------------------------------------- (f) errors and contract
-def test_num_heads_is_ignored():
-    layer = layers.build("mamba2", DIM, 7, **SMALL)
+def test_num_heads_is_honoured_and_a_disagreeing_headdim_rejected():
+    """num_heads is the head count (the head width follows), as for every mixer; an explicit headdim must agree."""
+    layer = layers.build("mamba2", DIM, 4, **{**SMALL, "headdim": None})
     assert isinstance(layer, Mamba2)
-    assert layer.nheads == layer.num_heads == 2 * DIM // 8
+    assert layer.nheads == layer.num_heads == 4 and layer.headdim == 2 * DIM // 4
+    assert layer.A_log.shape == (4,) and layer.state_size() == 2 * DIM * 8 + 3 * layer.conv_dim
+    readme = layers.build("mamba2", dim=256, num_heads=4)  # README's example asks for 4 heads
+    assert readme.num_heads == readme.nheads == 4 and readme.headdim == 128
+    with pytest.raises(ValueError, match=r"num_heads=7 and headdim=8 disagree.*pass num_heads=8"):
+        layers.build("mamba2", DIM, 7, **SMALL)
+    with pytest.raises(ValueError, match=r"not divisible by num_heads=3; num_heads must be one of"):
+        layers.build("mamba2", DIM, 3)
 
 
 @pytest.mark.parametrize(
@@ -399,7 +408,7 @@ def test_num_heads_is_ignored():
 )
 def test_bad_config(over, match):
     with pytest.raises(ValueError, match=match):
-        layers.build("mamba2", DIM, 2, **{**SMALL, **over})
+        layers.build("mamba2", DIM, HEADS, **{**SMALL, **over})
 
 
 def test_bad_state_and_layout():
@@ -413,7 +422,7 @@ def test_bad_state_and_layout():
     with pytest.raises(ValueError, match="layout"):
         layer(x, layout=object())
     with pytest.raises(ValueError, match="backend"):
-        layers.build("mamba2", DIM, 2, backend="cuda")
+        layers.build("mamba2", DIM, HEADS, backend="cuda")
 
 
 def test_optional_libraries_are_imported_lazily():

@@ -135,8 +135,8 @@ class LatentShards(Dataset):
         self.dir = Path(path)
         index = self.dir / "index.json"
         if not index.is_file():
-            raise FileNotFoundError(f"no dataset at {self.dir}: index.json is missing (write one with ShardWriter "
-                                    "or `python scripts/prepare_latents.py`)")
+            raise FileNotFoundError(f"no dataset at {self.dir}: index.json is missing (write one with "
+                                    "`seqmix prepare storyboards|videos` or seqmix.data.shards.ShardWriter)")
         self.index = json.loads(index.read_text())
         if self.index.get("format") != FORMAT:
             raise ValueError(f"{index}: format {self.index.get('format')!r} is not {FORMAT!r}")

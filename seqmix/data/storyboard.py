@@ -51,8 +51,8 @@ class StoryboardConfig:
     channels: int = 4
     height: int = 8
     width: int = 8
-    char_size: int = 2
-    num_appearances: int = 8
+    char_size: int = 6  # as the t2v recipes: a 6x6 character in 8x8 frames is worth carrying across segments
+    num_appearances: int = 4
     text_tokens: int = 4
     text_dim: int = 32
     noise: float = 0.02

@@ -75,6 +75,7 @@ class KVCache(NamedTuple):
     k: torch.Tensor
     v: torch.Tensor
     pos: int
+    layer: str = ""  # registry name of the producing layer (set by Mixer.forward; see seqmix.layers.base)
 
 
 @dataclass(kw_only=True)
@@ -291,7 +292,7 @@ class _Attention(Mixer):
                 f"{self.name}: state must be the KVCache returned with return_state=True, got {type(state).__name__}"
             )
         H, K = self.num_heads, self.head_dim
-        k, v, pos = state
+        k, v, pos = state.k, state.v, state.pos
         if k.dim() != 4 or k.shape[0] != B or k.shape[1] != H or k.shape[3] != K or v.shape != k.shape:
             raise ValueError(
                 f"{self.name}: carried KV cache k {tuple(k.shape)}, v {tuple(v.shape)} does not fit "
@@ -456,4 +457,6 @@ class NoMixer(Mixer):
             )
         # masked_fill keeps exact zeros even for inf/nan inputs while staying differentiable w.r.t. x.
         y = x.masked_fill(torch.ones((), dtype=torch.bool, device=x.device), 0.0)
+        if torch.is_autocast_enabled(x.device.type):  # as every other mixer, whose output projection autocasts
+            y = y.to(torch.get_autocast_dtype(x.device.type))
         return y, None

@@ -10,6 +10,8 @@ Contract (see ``shared/design.md``):
   option honours both values; one causal by construction accepts only ``True`` (non-causal use goes through
   :class:`~seqmix.layers.Bidirectional`); one without a causal form accepts only ``False``.
 * ``layer.state_size()`` is the number of recurrent-state (or KV-cache) elements per sequence.
+* Carried states are small NamedTuples whose trailing ``layer`` field names the registry layer that produced them
+  (filled in by :meth:`Mixer.forward`): a state handed to a layer of another type is rejected with that name.
 * ``layer.backend`` is the backend the layer runs on for its current device: configs ask for ``"auto"`` or an
   explicit name; a backend whose optional library is missing degrades to the next one with one warning.
 
@@ -358,11 +360,19 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
     ):
         """``x: [B, T, D] -> [B, T, D]``; with ``return_state=True`` returns ``(y, state)``."""
         self.check_input(x)
+        owner = getattr(state, "layer", None)  # see the module docstring: states name the layer type they came from
+        if isinstance(owner, str) and owner and owner != self.name:
+            raise TypeError(
+                f"{self.name}: the carried state belongs to a {owner!r} layer; states do not move between layer "
+                f"types: pass the state this {self.name!r} layer returned (or None to start fresh)"
+            )
         if state is not None and not self.causal:
             raise ValueError(f"{self.name}: carried state is only defined for causal layers (causal=True)")
         y, new_state = self._forward(
             x, layout=layout, positions=positions, state=state, return_state=return_state
         )
+        if "layer" in getattr(new_state, "_fields", ()):
+            new_state = new_state._replace(layer=self.name)
         return (y, new_state) if return_state else y
 
     @abc.abstractmethod

@@ -70,6 +70,7 @@ class GatedDeltaNetState(NamedTuple):
 
     conv: torch.Tensor | None
     recurrent: torch.Tensor
+    layer: str = ""  # registry name of the producing layer (set by Mixer.forward; see seqmix.layers.base)
 
 
 

@@ -54,6 +54,7 @@ class LaCTState(NamedTuple):
 
     weights: tuple[torch.Tensor, ...]
     pending: tuple[torch.Tensor, ...]
+    layer: str = ""
 
 
 @register("lact")
@@ -206,7 +207,7 @@ class LaCT(Mixer):
             o, new_weights = scan(q, k, v, lr0, lr1, lr2, weights, chunk_size=c.chunk_size, causal=c.causal,
                                   momentum=mom, muon_steps=c.muon_steps if c.muon else 0, renorm=c.renorm)
             o = self.o_norm(o[:, :, n_pend:].to(self.o_norm.weight.dtype))  # [B, H, T, K]
-        y = self.o_proj(o.transpose(1, 2).reshape(B, T, -1))
+        y = self.o_proj(o.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
         new_state = None
         if return_state:
             if not c.causal:

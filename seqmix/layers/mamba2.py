@@ -1,7 +1,7 @@
 """Mamba-2 mixer (Dao & Gu 2024, "Transformers are SSMs: Generalized Models and Efficient Algorithms Through
 Structured State Space Duality", arXiv 2405.21060), laid out as mamba-ssm's ``Mamba2`` module so its weights load.
 
-Block (inner width ``E = expand * D``, ``H = E / headdim`` heads of width P, G groups of B/C, state dim N)::
+Block (inner width ``E = expand * D``, H heads of width ``P = E / H``, G groups of B/C, state dim N)::
 
     z, xBC, dt = split(in_proj(u))               # [B,T,E], [B,T,E+2GN], [B,T,H]   (mamba-ssm order [z, x, B, C, dt])
     xBC = SiLU(depthwise_causal_conv1d(xBC))     # kernel d_conv, over time
@@ -13,12 +13,13 @@ Block (inner width ``E = expand * D``, ``H = E / headdim`` heads of width P, G g
 Parameters (names and shapes as mamba-ssm; conv channels ``E_c = E + 2 G N``): ``in_proj.weight [2E + 2GN + H, D]``,
 ``conv1d.weight [E_c, 1, d_conv]``, ``conv1d.bias [E_c]``, ``dt_bias, A_log, D [H]``, ``norm.weight [E]``,
 ``out_proj.weight [D, E]`` (``bias=True`` adds in/out projection biases). Count:
-``D (2E + 2GN + H) + E_c (d_conv + 1) + 3 H + E + E D``; at D = 3072 with the defaults (E = 6144, H = 96, N = 128):
+``D (2E + 2GN + H) + E_c (d_conv + 1) + 3 H + E + E D``; at D = 3072 with the defaults and 96 heads (E = 6144, N = 128):
 57.7M per layer. Recurrent state per sequence: ``H P N + (d_conv - 1) E_c`` elements (SSM state + conv tail).
 
-Heads: as in mamba-ssm, the head count is ``expand * dim / headdim``; the ``num_heads`` passed to
-:func:`seqmix.layers.build` is ignored (``layer.num_heads`` reports the real count), so that a backbone can pass its
-attention head count to every mixer and mamba-ssm configs map one to one.
+Heads: as for every seqmix mixer, ``num_heads`` (passed to :func:`seqmix.layers.build`) is the head count H and the
+head width follows from it, ``headdim = expand * dim / num_heads``. A mamba-ssm config (which fixes ``headdim``)
+maps one to one by passing ``num_heads = expand * d_model / headdim`` (and ``headdim`` too, if wanted); a
+``headdim`` that disagrees with ``num_heads`` is rejected.
 
 Backends (``layer.backend``): ``"mamba_ssm"`` (mamba-ssm's fused Triton SSD and causal-conv1d if importable; CUDA),
 ``"fla"`` (fla's ``chunk_simple_gla``; CUDA, or CPU under ``TRITON_INTERPRET=1`` when asked for explicitly),
@@ -61,6 +62,7 @@ class Mamba2State(NamedTuple):
 
     conv: torch.Tensor
     ssm: torch.Tensor
+    layer: str = ""  # registry name of the producing layer (set by Mixer.forward; see seqmix.layers.base)
 
 
 class GatedRMSNorm(nn.Module):
@@ -112,8 +114,8 @@ def _triton_kernels_supports(lib: str):
 class Mamba2(Mixer):
     """Mamba-2 block with mamba-ssm's parameter names, shapes and initialisation (see the module docstring).
 
-    ``num_heads`` is ignored: H = expand * dim / headdim (``self.num_heads`` and ``self.nheads`` report it). Always
-    causal; carries :class:`Mamba2State` across calls.
+    ``num_heads`` is H; the head width is ``P = expand * dim / num_heads`` (``self.headdim``). Always causal; carries
+    :class:`Mamba2State` across calls.
     """
 
     # Every backend runs the same SSD signature (seqmix.ops.ssd.ssd_chunk).
@@ -124,7 +126,7 @@ class Mamba2(Mixer):
         Backend("naive", ssd_ops.ssd_naive, reference=True),
     )
     causal_modes = (True,)  # the conv and the scan only look back
-    small_config = {"d_state": 8, "headdim": 8, "expand": 2, "chunk_size": 4}
+    small_config = {"d_state": 8, "expand": 2, "chunk_size": 4}  # HEADS heads of width expand * DIM / HEADS
     gates = ("tests/test_mamba2.py",)
     backend_gates = {
         "fla": ("tests/test_mamba2.py::test_fla_chunk_simple_gla_is_ssd",
@@ -141,8 +143,9 @@ class Mamba2(Mixer):
         Attributes:
             d_state: N, SSM state size per head channel.
             d_conv: K, kernel width of the depthwise causal conv over ``xBC``.
-            expand: inner width E = expand * dim (E must be an integer divisible by ``headdim``).
-            headdim: P, channels per head; the head count is H = E / P.
+            expand: inner width E = expand * dim (E must be an integer divisible by the head count).
+            headdim: P, channels per head; default ``E / num_heads``. Given explicitly it must agree with
+                ``num_heads`` (``num_heads * headdim == E``).
             ngroups: G, groups of heads sharing B and C (and the RMSNorm groups); must divide H.
             chunk_size: Q, tokens per chunk of the SSD scan (``"torch"`` and ``"mamba_ssm"``; fla uses 64).
             dt_min, dt_max: range of the log-uniform initial step size dt (``dt_bias = softplus^-1(dt)``).
@@ -159,7 +162,7 @@ class Mamba2(Mixer):
         d_state: int = 128
         d_conv: int = 4
         expand: float = 2
-        headdim: int = 64
+        headdim: int | None = None
         ngroups: int = 1
         chunk_size: int = 256
         dt_min: float = 0.001
@@ -179,20 +182,32 @@ class Mamba2(Mixer):
         if abs(d_inner - round(d_inner)) > 1e-9:
             raise ValueError(f"mamba2: expand * dim = {c.expand} * {dim} = {d_inner} must be an integer")
         d_inner = int(round(d_inner))
-        if d_inner % c.headdim:
-            divisors = [p for p in range(1, d_inner + 1) if d_inner % p == 0]
-            raise ValueError(
-                f"mamba2: expand * dim = {d_inner} is not divisible by headdim={c.headdim}; headdim must be one of {divisors} "
-                f"(or change expand)"
-            )
-        nheads = d_inner // c.headdim
+        divisors = [p for p in range(1, d_inner + 1) if d_inner % p == 0]
+        if c.headdim is None:  # the head count is asked for; the head width follows
+            if d_inner % num_heads:
+                raise ValueError(
+                    f"mamba2: expand * dim = {d_inner} is not divisible by num_heads={num_heads}; num_heads must be "
+                    f"one of {divisors} (or change expand)"
+                )
+            headdim = d_inner // num_heads
+        else:
+            if d_inner % c.headdim:
+                raise ValueError(
+                    f"mamba2: expand * dim = {d_inner} is not divisible by headdim={c.headdim}; headdim must be one of "
+                    f"{divisors} (or change expand)"
+                )
+            headdim = c.headdim
+            if d_inner // headdim != num_heads:
+                raise ValueError(
+                    f"mamba2: num_heads={num_heads} and headdim={headdim} disagree: num_heads * headdim must equal "
+                    f"expand * dim = {d_inner}; pass num_heads={d_inner // headdim}, or leave headdim unset "
+                    f"(then headdim = {d_inner} / num_heads)"
+                )
+        nheads = d_inner // headdim
         if nheads % c.ngroups:
             allowed = [g for g in range(1, nheads + 1) if nheads % g == 0]
             raise ValueError(f"mamba2: ngroups={c.ngroups} must divide the number of heads {nheads}; allowed: {allowed}")
-        if num_heads != nheads:
-            logger.debug("mamba2: num_heads=%d ignored; heads = expand * dim / headdim = %d", num_heads, nheads)
-        self.num_heads = nheads  # the real head count (see module docstring)
-        self.d_inner, self.nheads, self.headdim = d_inner, nheads, c.headdim
+        self.d_inner, self.nheads, self.headdim = d_inner, nheads, headdim
         self.d_state, self.ngroups, self.d_conv = c.d_state, c.ngroups, c.d_conv
         self.conv_dim = d_inner + 2 * c.ngroups * c.d_state
 
@@ -214,6 +229,8 @@ class Mamba2(Mixer):
     def _validate(c: "Mamba2.Config") -> None:
         for name in ("d_state", "d_conv", "headdim", "ngroups", "chunk_size"):
             v = getattr(c, name)
+            if name == "headdim" and v is None:  # derived from num_heads
+                continue
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"mamba2: {name} must be a positive int, got {v!r}")
         if not isinstance(c.expand, (int, float)) or c.expand <= 0:

@@ -56,6 +56,7 @@ class TTTState(NamedTuple):
     pending_k: torch.Tensor
     pending_r: torch.Tensor
     pending_eta: torch.Tensor
+    layer: str = ""  # registry name of the producing layer (set by Mixer.forward; see seqmix.layers.base)
 
 
 @dataclass(kw_only=True)
@@ -267,7 +268,8 @@ class _TTTBase(Mixer):
             )
             z = z[:, :, n_pend:]
             y = q + ttt_ops.head_layer_norm(z, ln_w, ln_b, c.ln_eps)  # [B, H, T, K]
-            y = self.post_norm(y.transpose(1, 2).reshape(B, T, -1).to(self.post_norm.weight.dtype))
+            # explicit width, not -1: a batch of 0 has no elements to infer it from
+            y = self.post_norm(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim).to(self.post_norm.weight.dtype))
         y = self.wo(y)
         new_state = None
         if return_state:

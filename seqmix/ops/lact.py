@@ -222,7 +222,19 @@ def lact_scan_naive(
             rows.append(torch.einsum("bhkf,bhf->bhk", w1, h))
         return torch.stack(rows, dim=2)
 
-    with torch.enable_grad():
+    grad_outside = torch.is_grad_enabled()
+    tensors = (q, k, v, *lrs) + ((momentum,) if momentum is not None else ())
+    if torch.is_inference_mode_enabled():  # inference tensors cannot enter an autograd graph: use normal copies
+        with torch.inference_mode(False):
+            tensors = tuple(t.clone() for t in tensors)
+            weights = tuple(w.clone() for w in weights)
+            prev = tuple(p.clone() for p in prev) if prev is not None else None
+    if not grad_outside:  # a view of a parameter taken under no_grad says requires_grad but carries no graph
+        weights = tuple(w.detach() for w in weights)
+    q, k, v, lr0, lr1, lr2 = tensors[:6]
+    lrs = (lr0, lr1, lr2)
+    momentum = tensors[6] if momentum is not None else None
+    with torch.inference_mode(False), torch.enable_grad():
         for s in range(0, T, chunk_size):
             e = min(s + chunk_size, T)
             m = momentum[:, :, s:e].mean(-1) if momentum is not None else None
@@ -244,4 +256,7 @@ def lact_scan_naive(
                 weights, prev = _step(weights, tuple(grads), prev, m, muon_steps, renorm)
             if not causal:
                 outs.append(read(weights, s, e))
-    return torch.cat(outs, dim=2), weights + (prev if prev is not None else ())
+    o, state = torch.cat(outs, dim=2), weights + (prev if prev is not None else ())
+    if not grad_outside:  # the inner autograd graph is an implementation detail; do not leak it
+        o, state = o.detach(), tuple(t.detach() for t in state)
+    return o, state

@@ -139,7 +139,7 @@ def ssd_chunk(
         xdt, Bh, Ch = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (xdt, Bh, Ch))
         a = F.pad(a, (0, 0, 0, pad))
     c = (T + pad) // Q
-    xdt, Bh, Ch = (t.reshape(b, c, Q, H, -1) for t in (xdt, Bh, Ch))  # [B, c, Q, H, .]
+    xdt, Bh, Ch = (t.reshape(b, c, Q, H, t.shape[-1]) for t in (xdt, Bh, Ch))  # [B, c, Q, H, .] (explicit: B may be 0)
     a = a.reshape(b, c, Q, H).permute(0, 3, 1, 2)  # [B, H, c, Q]
     a_cs = torch.cumsum(a, dim=-1)  # [B, H, c, Q] log decay from the chunk start to each token
 

@@ -94,6 +94,8 @@ def reconstruction_target(
     as the reference does; the weight/bias are the inner LN's. Shapes as ``head_layer_norm``.
     """
     d = v - k
+    if d.numel() == 0:  # a batch of 0: nothing to normalise (and std() would warn about zero degrees of freedom)
+        return d
     mu = d.mean(-1, keepdim=True)
     std = d.std(-1, keepdim=True, unbiased=True)
     return (d - mu) / (std + eps) * _head_affine(w, d) + _head_affine(b, d)
@@ -291,8 +293,14 @@ def ttt_scan_naive(
     outs = []
     boundary_state = tuple(state)
     grad_outside = torch.is_grad_enabled()
-    with torch.enable_grad():
-        params = tuple(p if p.requires_grad else p.detach().requires_grad_() for p in state)
+    if torch.is_inference_mode_enabled():  # inference tensors cannot enter an autograd graph: use normal copies
+        with torch.inference_mode(False):
+            q, k, r, eta, ln_w, ln_b = (t.clone() for t in (q, k, r, eta, ln_w, ln_b))
+            state = tuple(t.clone() for t in state)
+    with torch.inference_mode(False), torch.enable_grad():
+        # Outside grad mode the state may still say requires_grad (a view of a parameter taken under no_grad) but
+        # carries no graph: detach it so the inner autograd step differentiates a fresh leaf.
+        params = tuple(p if grad_outside and p.requires_grad else p.detach().requires_grad_() for p in state)
         for t0 in range(0, T, N):
             s = slice(t0, min(t0 + N, T))
             qi, ki, ri, ei = q[:, :, s], k[:, :, s], r[:, :, s], eta[:, :, s]

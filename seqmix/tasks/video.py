@@ -30,7 +30,7 @@ from seqmix.backbones.layout import VideoLayout
 from seqmix.data.shards import LatentShards
 from seqmix.data.storyboard import StoryboardConfig, StoryboardDataset, consistency, write_gif
 from seqmix.diffusion import ScheduleConfig, VDiffusion
-from seqmix.training import ResumableLoader, example_generator
+from seqmix.training import ResumableLoader, example_generator, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class VideoDiffusionTask(pl.LightningModule):
     def _init_from(self, path: str) -> None:
         if not Path(path).is_file():
             raise FileNotFoundError(f"model.init_args.init_from={path!r} does not exist")
-        sd = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        sd = load_checkpoint(path)["state_dict"]  # verified against its digest
         missing, unexpected = self.load_state_dict(sd, strict=False)
         if unexpected:
             raise ValueError(f"init_from {path}: unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
@@ -347,7 +347,7 @@ class StoryboardVideoData(_VideoData):
     """
 
     def __init__(self, num_segments: int = 3, channels: int = 4, height: int = 8, width: int = 8,
-                 text_tokens: int = 4, text_dim: int = 32, num_appearances: int = 8, char_size: int = 2, background: float = 0.0,
+                 text_tokens: int = 4, text_dim: int = 32, num_appearances: int = 4, char_size: int = 6, background: float = 0.0,
                  num_train: int = 512, num_val: int = 64, batch_size: int = 8, seed: int = 0, num_workers: int = 0):
         super().__init__(batch_size, seed, num_workers)
         self.cfg = StoryboardConfig(num_segments=num_segments, channels=channels, height=height, width=width,

@@ -1,0 +1,104 @@
+"""The ``seqmix`` command line as a new user meets it: help, version, recipe typos, clean fit output, the layer
+table, and data-preparation defaults that match the recipes."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from seqmix import layers
+from seqmix.cli import main, prepare_storyboards
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run_main(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def test_help_lists_every_subcommand_with_a_description(capsys):
+    code, out, _ = _run_main(["--help"], capsys)
+    assert code == 0
+    for sub in ("fit", "validate", "test", "predict"):
+        assert f"\n  {sub} " in out, f"{sub} missing from --help"
+    lines = out.splitlines()
+    for sub in ("layers", "bench", "compare", "prepare"):
+        i = next(i for i, line in enumerate(lines) if line.strip().startswith(sub))
+        assert len(lines[i].split()) > 1, f"{sub} has no description in --help"
+
+
+def test_version(capsys):
+    import seqmix
+
+    code, out, _ = _run_main(["--version"], capsys)
+    assert code == 0 and out.strip() == f"seqmix {seqmix.__version__}"
+
+
+def test_misspelled_mixer_in_a_recipe_is_one_line(tmp_path, capsys):
+    recipe = yaml.safe_load((ROOT / "recipes/mqar/full_attn.yaml").read_text())
+    recipe["model"]["init_args"]["model"]["mixer"] = "full_atn"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(recipe))
+    code, _, err = _run_main(["fit", "--config", str(bad), "--trainer.max_steps=1",
+                              f"--trainer.default_root_dir={tmp_path}"], capsys)
+    assert code == 2
+    assert [line for line in err.strip().splitlines() if "Seed set to" not in line] == [
+        "seqmix fit: error: model.init_args.model.mixer: unknown mixer 'full_atn'; valid names: "
+        + ", ".join(layers.available())
+    ]
+
+
+def test_fit_output_has_no_advertising_or_dependency_notices(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("TRITON_INTERPRET", None)
+    r = subprocess.run([sys.executable, "-m", "seqmix.cli", "fit", "--config", str(ROOT / "recipes/mqar/full_attn.yaml"),
+                        "--trainer.max_steps=1", "--data.init_args.num_train=16", "--data.init_args.num_val=8",
+                        "--data.init_args.batch_size=8", "--model.init_args.model.dim=16",
+                        f"--trainer.default_root_dir={tmp_path}"],
+                       env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    for noise in ("Tip:", "litlogger", "litmodels", "LeafSpec", "deprecated", "tensorboardX"):
+        assert noise not in out, f"{noise!r} in fit output:\n{out[-3000:]}"
+
+
+def test_layers_table_shows_params_and_state_at_a_width(capsys):
+    main(["layers", "--dim", "64", "--num_heads", "2", "--seq_len", "100"])
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert set(rows) == set(layers.available())
+    for name in layers.available():
+        layer = layers.build(name, dim=64, num_heads=2)
+        params = sum(p.numel() for p in layer.parameters())
+        assert rows[name][1:3] == [f"{params:,}", f"{layer.state_size(100):,}"], name
+
+
+def test_missing_dataset_points_to_an_existing_command(tmp_path):
+    from seqmix.data.shards import LatentShards
+
+    with pytest.raises(FileNotFoundError, match="seqmix prepare storyboards") as e:
+        LatentShards(tmp_path)
+    assert "scripts/" not in str(e.value)
+
+
+def test_prepare_storyboards_defaults_are_the_t2v_recipes_data(tmp_path, capsys):
+    from seqmix.data.storyboard import StoryboardConfig
+    from seqmix.tasks import StoryboardVideoData
+
+    data = yaml.safe_load((ROOT / "recipes/t2v/ttt_mlp.yaml").read_text())["data"]["init_args"]
+    defaults = {k: p.default for k, p in inspect.signature(prepare_storyboards).parameters.items()}
+    module_defaults = {k: p.default for k, p in inspect.signature(StoryboardVideoData).parameters.items()}
+    for key in ("char_size", "num_appearances", "num_segments"):
+        assert defaults[key] == data[key] == getattr(StoryboardConfig(), key) == module_defaults[key], key
+    main(["prepare", "storyboards", str(tmp_path / "ds"), "--num_examples", "2"])
+    cfg = json.loads((tmp_path / "ds" / "index.json").read_text())["layout"]["config"]
+    assert (cfg["char_size"], cfg["num_appearances"]) == (data["char_size"], data["num_appearances"])
