@@ -73,7 +73,9 @@ class TTTConfig(MixerConfig):
         scan_checkpoint_group: if > 0, recompute the scan in backward in groups of this many mini-batches
             (``"triton"``: mini-batches between saved states; 0 picks ~sqrt(#mini-batches) there).
         backend: ``"auto"``, ``"triton"`` (fused kernels of :mod:`seqmix.kernels.ttt_triton`; auto on CUDA for
-            head dims 16/32/64/128), ``"torch"`` (dual form) or ``"naive"`` (reference loop).
+            head dims 16/32/64/128), ``"torch"`` (dual form) or ``"naive"`` (reference loop). TTT-MLP also has
+            ``"tp"`` (:mod:`seqmix.kernels.ttt_tp`, Hopper cluster kernel; explicit only, not yet validated on a
+            GPU; non-causal, K = 64, mini-batch 64; elsewhere it degrades to the next backend with one warning).
     """
 
     causal: bool = False
@@ -160,6 +162,14 @@ class _TTTBase(Mixer):
     def _backend_ok(self, backend: str, device: torch.device) -> str | None:
         if backend in ("torch", "naive"):
             return None
+        if backend == "tp":  # TTT-MLP only (see TTTMLP.backends); opt-in until validated on a GPU
+            if self.config.backend != "tp":
+                return "the tensor-parallel kernel is opt-in (backend='tp') until validated on a GPU"
+            from seqmix.kernels.ttt_tp import check_supported
+
+            K, F_ = self.W1.shape[-2:]
+            return check_supported(self.kind, K, F_, self.config.mini_batch_size, self.config.causal, torch.float32,
+                                   device)
         if backend != "triton":
             return f"unknown backend {backend!r}"
         if self.W1.dtype == torch.float64:
@@ -181,6 +191,10 @@ class _TTTBase(Mixer):
         return check_supported(self.kind, K, F_, self.config.mini_batch_size, torch.float32, device)
 
     def _scan_fn(self, backend: str):
+        if backend == "tp":
+            from seqmix.kernels.ttt_tp import ttt_scan_tp
+
+            return ttt_scan_tp
         if backend == "triton":
             from seqmix.kernels.ttt_triton import ttt_scan_triton
 
@@ -284,6 +298,7 @@ class TTTMLP(_TTTBase):
 
     kind = "mlp"
     default_base_lr = 0.1
+    backends = ("tp", "triton", "torch", "naive")  # "tp": explicit only (see _backend_ok)
 
     @dataclass(kw_only=True)
     class Config(TTTConfig):
