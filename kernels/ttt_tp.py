@@ -91,9 +91,20 @@ def load_extension():
     return ext
 
 
+#: Set by the GPU check (poisoned-output test): every buffer the kernels fill is allocated full of NaN, so a value
+#: the kernels forget to write shows up as NaN instead of as stale memory.
+POISON_OUTPUTS = False
+
+
+def _empty(*shape, device, dtype=torch.float32) -> torch.Tensor:
+    if POISON_OUTPUTS:
+        return torch.full(shape, float("nan"), device=device, dtype=dtype)
+    return torch.empty(*shape, device=device, dtype=dtype)
+
+
 def _state_bufs(BH: int, n: int, device) -> list[torch.Tensor]:
     K, F = HEAD_DIM, INNER_WIDTH
-    return [torch.empty(BH, n, *s, device=device, dtype=torch.float32) for s in ((K, F), (F,), (F, K), (K,))]
+    return [_empty(BH, n, *s, device=device) for s in ((K, F), (F,), (F, K), (K,))]
 
 
 class TTTTPFunction(torch.autograd.Function):
@@ -114,8 +125,8 @@ class TTTTPFunction(torch.autograd.Function):
         lw, lb = (t.to(torch.float32).contiguous() for t in (ln_w, ln_b))
         shapes = ((K, F), (F,), (F, K), (K,))
         st = [s.to(torch.float32).expand(B, H, *s.shape[2:]).contiguous().view(BH, *sh) for s, sh in zip(state, shapes)]
-        z = torch.empty(BH, T, K, device=dev, dtype=torch.float32)
-        fin = [torch.empty_like(s) for s in st]
+        z = _empty(BH, T, K, device=dev)
+        fin = [_empty(*s.shape, device=dev) for s in st]
         ck = _state_bufs(BH, n_grp, dev) if save else [torch.empty(1, device=dev, dtype=torch.float32)] * 4
         ext.fwd(q3, k3, r3, eta2, lw, lb, st, z, fin, ck, H, G, save, float(opts["eps"]))
         if save:
@@ -136,10 +147,10 @@ class TTTTPFunction(torch.autograd.Function):
         dfin = [torch.zeros(BH, *s, **f32) if d is None else d.to(torch.float32).contiguous().view(BH, *s)
                 for d, s in zip(dfinal, shapes)]
         sc = _state_bufs(BH, G, dev)
-        dq, dk, dr = (torch.empty(BH, T, K, **f32) for _ in range(3))
-        deta = torch.empty(BH, T, **f32)
-        dlnw, dlnb = torch.empty(BH, K, **f32), torch.empty(BH, K, **f32)
-        dst = [torch.empty(BH, *s, **f32) for s in shapes]
+        dq, dk, dr = (_empty(BH, T, K, device=dev) for _ in range(3))
+        deta = _empty(BH, T, device=dev)
+        dlnw, dlnb = _empty(BH, K, device=dev), _empty(BH, K, device=dev)
+        dst = [_empty(BH, *s, device=dev) for s in shapes]
         load_extension().bwd(q3, k3, r3, eta2, lw, lb, dz3, ck, dfin, sc, dq, dk, dr, deta, dlnw, dlnb, dst, H, G, eps)
         dt = ctx.dtypes
         grads = [dq.view(B, H, T, K), dk.view(B, H, T, K), dr.view(B, H, T, K), deta.view(B, H, T),
@@ -209,14 +220,25 @@ def _kernel_label(mangled: str) -> str:
     return f"{m.group(1)}_P{m.group(2)}_{'bf16' if m.group(3) != 'f' else 'fp32'}"
 
 
+@functools.lru_cache(maxsize=4)
+def _resource_report_cached(nvcc: str, source_mtime: float, timeout: float) -> dict:
+    return _resource_report(nvcc, timeout)
+
+
 def resource_report(nvcc: str | None = None, timeout: float = 300.0) -> dict:
+    """See :func:`_resource_report`; cached per process for an unchanged source (tests and the smoke check share one
+    compile)."""
+    nvcc = nvcc or nvcc_path()
+    if nvcc is None:
+        raise RuntimeError("nvcc not found")
+    return _resource_report_cached(nvcc, CU_SOURCE.stat().st_mtime, timeout)
+
+
+def _resource_report(nvcc: str, timeout: float) -> dict:
     """Compile ``ttt_tp.cu`` for sm_90a with ``ptxas -v`` (no GPU needed) and read per kernel: registers, spills,
     stack, static shared memory, the PTX cluster shape (``.reqnctapercluster``), and the dynamic shared memory per
     CTA from the built library's ``ttt_tp_config``. Returns a JSON-able dict; raises RuntimeError on compile errors.
     """
-    nvcc = nvcc or nvcc_path()
-    if nvcc is None:
-        raise RuntimeError("nvcc not found")
     version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True).stdout.strip()
     with tempfile.TemporaryDirectory() as tmp:
         lib = Path(tmp) / "libttt_tp.so"
