@@ -199,6 +199,9 @@ def ttt_scan_tp(q, k, r, eta, ln_w, ln_b, state, *, kind, causal, mini_batch_siz
     n_mb = -(-q.shape[2] // mini_batch_size)
     G = int(checkpoint_group) if checkpoint_group and checkpoint_group > 0 else default_checkpoint_group(n_mb)
     opts = dict(eps=float(eps), checkpoint_group=min(G, n_mb))
+    B, H, _, K = q.shape
+    F = state[0].shape[-1]
+    state = tuple(s.expand(B, H, *w) for s, w in zip(state, [(K, F), (1, F), (F, K), (1, K)]))
     z, *final = TTTTPFunction.apply(q, k, r, eta, ln_w, ln_b, opts, *state)
     return z, tuple(final)
 
