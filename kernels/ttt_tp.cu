@@ -40,12 +40,18 @@
 //   sc_*[bh, 0..G), then steps back through the group's mini-batches, reloading each mini-batch's state.
 // * Synchronisation: every helper ends with __syncthreads(); every all-reduce is bracketed by cluster.sync().
 
+#ifdef TTT_TP_HOST_SIM
+// CPU simulation build (g++ -std=c++20 -DTTT_TP_HOST_SIM): see ttt_tp_sim.h
+#include "ttt_tp_sim.h"
+#else
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <mma.h>
 
 #include <type_traits>
+#define TTT_TP_SMEM(name) extern __shared__ __align__(128) float name[]
+#endif
 
 namespace cg = cooperative_groups;
 using namespace nvcuda;
@@ -383,7 +389,7 @@ __global__ void __cluster_dims__(P, 1, 1) __launch_bounds__(NT, 1)
   const int rank = cluster.block_rank();
   const long long bh = blockIdx.x / P;
   const int h = bh % H;
-  extern __shared__ __align__(128) float sm[];
+  TTT_TP_SMEM(sm);
   float* p = sm;
   auto take = [&](int nf) { float* t = p; p += nf; return t; };
   float *W1 = take(Ge::T_W1), *W2 = take(Ge::T_W2);
@@ -444,7 +450,7 @@ __global__ void __cluster_dims__(P, 1, 1) __launch_bounds__(NT, 1)
   const int rank = cluster.block_rank();
   const long long bh = blockIdx.x / P;
   const int h = bh % H;
-  extern __shared__ __align__(128) float sm[];
+  TTT_TP_SMEM(sm);
   float* p = sm;
   auto take = [&](int nf) { float* t = p; p += nf; return t; };
   float *W1 = take(Ge::T_W1), *W1n = take(Ge::T_W1), *dW1 = take(Ge::T_W1);
@@ -641,6 +647,7 @@ __global__ void __cluster_dims__(P, 1, 1) __launch_bounds__(NT, 1)
 }
 
 // ------------------------------------------------------------------------------------------------ launchers
+#ifndef TTT_TP_HOST_SIM
 // The cluster shape is compiled into the kernels (__cluster_dims__, PTX .reqnctapercluster), so the launch
 // passes no cluster attribute (a different one would be rejected); grid = BH * P CTAs, one cluster per (b, h).
 template <typename KernelT>
@@ -715,3 +722,46 @@ int ttt_tp_bwd(int in_bf16, const void* q, const void* k, const void* r, const f
 const char* ttt_tp_error_string(int err) { return cudaGetErrorString((cudaError_t)err); }
 
 }  // extern "C"
+
+#else  // TTT_TP_HOST_SIM: the same kernels run on CPU threads (fp32 inputs), for offline checks only
+
+}  // namespace ttt_tp
+
+extern "C" {
+
+void ttt_tp_sim_set_tf32(int on) { sim::tf32_rounding = on != 0; }
+
+int ttt_tp_sim_config(int what) {
+  using namespace ttt_tp;
+  const int v[] = {P_FWD, P_BWD, FwdSmem<P_FWD>::bytes, BwdSmem<P_BWD>::bytes, K, F, N};
+  return what >= 0 && what < 7 ? v[what] : -1;
+}
+
+int ttt_tp_sim_fwd(const float* q, const float* k, const float* r, const float* eta, const float* lnw,
+                   const float* lnb, float* W1, float* b1, float* W2, float* b2, float* z, float* fW1, float* fb1,
+                   float* fW2, float* fb2, float* cW1, float* cb1, float* cW2, float* cb2, int BH, int T, int H, int G,
+                   int save, float eps) {
+  using namespace ttt_tp;
+  StatePtr init{W1, b1, W2, b2}, fin{fW1, fb1, fW2, fb2}, ck{cW1, cb1, cW2, cb2};
+  sim::launch(BH * P_FWD, P_FWD, NT, FwdSmem<P_FWD>::bytes, [&] {
+    ttt_tp_fwd_kernel<P_FWD, float>(q, k, r, eta, lnw, lnb, init, z, fin, ck, T, H, G, save, eps);
+  });
+  return 0;
+}
+
+int ttt_tp_sim_bwd(const float* q, const float* k, const float* r, const float* eta, const float* lnw,
+                   const float* lnb, const float* dz, float* cW1, float* cb1, float* cW2, float* cb2, float* dW1,
+                   float* db1, float* dW2, float* db2, float* sW1, float* sb1, float* sW2, float* sb2, float* dq,
+                   float* dk, float* dr, float* deta, float* dlnw, float* dlnb, float* oW1, float* ob1, float* oW2,
+                   float* ob2, int BH, int T, int H, int G, float eps) {
+  using namespace ttt_tp;
+  StatePtr ck{cW1, cb1, cW2, cb2}, dfin{dW1, db1, dW2, db2}, sc{sW1, sb1, sW2, sb2}, out{oW1, ob1, oW2, ob2};
+  sim::launch(BH * P_BWD, P_BWD, NT, BwdSmem<P_BWD>::bytes, [&] {
+    ttt_tp_bwd_kernel<P_BWD, float>(q, k, r, eta, lnw, lnb, dz, ck, dfin, sc, dq, dk, dr, deta, dlnw, dlnb, out, T, H,
+                                    G, eps);
+  });
+  return 0;
+}
+
+}  // extern "C"
+#endif  // TTT_TP_HOST_SIM

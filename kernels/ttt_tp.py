@@ -115,7 +115,9 @@ class TTTTPFunction(torch.autograd.Function):
     def forward(ctx, q, k, r, eta, ln_w, ln_b, opts, *state):
         B, H, T, K = q.shape
         F, BH, dev = INNER_WIDTH, B * H, q.device
-        ext = load_extension()
+        # opts["ext"]: another build of the same kernels with the extension's fwd / bwd signature (the CPU
+        # simulation of seqmix.kernels.ttt_tp_hostsim); default: the CUDA extension
+        ext = ctx.ext = opts.get("ext") or load_extension()
         n_mb = -(-T // MINI_BATCH)
         save = any(ctx.needs_input_grad)
         G = opts["checkpoint_group"] if save else n_mb
@@ -151,7 +153,7 @@ class TTTTPFunction(torch.autograd.Function):
         deta = _empty(BH, T, device=dev)
         dlnw, dlnb = _empty(BH, K, device=dev), _empty(BH, K, device=dev)
         dst = [_empty(BH, *s, device=dev) for s in shapes]
-        load_extension().bwd(q3, k3, r3, eta2, lw, lb, dz3, ck, dfin, sc, dq, dk, dr, deta, dlnw, dlnb, dst, H, G, eps)
+        ctx.ext.bwd(q3, k3, r3, eta2, lw, lb, dz3, ck, dfin, sc, dq, dk, dr, deta, dlnw, dlnb, dst, H, G, eps)
         dt = ctx.dtypes
         grads = [dq.view(B, H, T, K), dk.view(B, H, T, K), dr.view(B, H, T, K), deta.view(B, H, T),
                  dlnw.view(B, H, K).sum(0), dlnb.view(B, H, K).sum(0)]
