@@ -37,7 +37,8 @@
 //   ck_*[bh, g] (layout [BH, n_groups, K, F] / [BH, n_groups, F] / [BH, n_groups, F, K] / [BH, n_groups, K], the
 //   full-state layout, each CTA writing its own columns / rows; b2 by rank 0). The backward walks the groups in
 //   reverse: it copies the group's states (recomputed forward steps, no read-out) into its shard of the scratch
-//   sc_*[bh, 0..G), then steps back through the group's mini-batches, reloading each mini-batch's state.
+//   sc_*[bh, 0..G) (there b2 is kept per rank, [BH, G, P, K]: the same launch writes and reads it), then steps
+//   back through the group's mini-batches, reloading each mini-batch's state.
 // * Synchronisation: every helper ends with __syncthreads(); every all-reduce is bracketed by cluster.sync().
 
 #ifdef TTT_TP_HOST_SIM
@@ -302,11 +303,16 @@ struct BwdSmem {
 };
 
 // Full-state global layout for one (batch x head): W1 [K, F], b1 [F], W2 [F, K], b2 [K]; shard p of it.
+// b2 is replicated: rank 0 writes it, every rank reads it -- except in the backward's scratch, which the same
+// kernel writes and reads back with no cluster barrier in between: there every rank keeps its own copy
+// (b2_ranks = P: b2 buffer [.., n, P, K]), so no CTA reads global memory another CTA of the launch writes.
 struct StatePtr {
   float *W1, *b1, *W2, *b2;
+  int b2_ranks = 1;
   __device__ StatePtr at(long long idx) const {  // idx-th state of a [.., n, state] buffer
-    return {W1 + idx * K * F, b1 + idx * F, W2 + idx * F * K, b2 + idx * K};
+    return {W1 + idx * K * F, b1 + idx * F, W2 + idx * F * K, b2 + idx * K * b2_ranks, b2_ranks};
   }
+  __device__ float* b2_of(int rank) const { return b2_ranks > 1 ? b2 + rank * K : b2; }
 };
 
 template <int P>
@@ -315,7 +321,7 @@ __device__ void state_load(float* W1, float* b1, float* W2, float* b2, StatePtr 
   g2s(W1, G::LDF, s.W1 + rank * G::FP, F, K, G::FP);
   g2s(W2, LDK, s.W2 + (long long)rank * G::FP * K, K, G::FP, K);
   load_vec(b1, s.b1 + rank * G::FP, G::FP, G::FP);
-  load_vec(b2, s.b2, K, K);
+  load_vec(b2, s.b2_of(rank), K, K);
   __syncthreads();
 }
 
@@ -326,8 +332,8 @@ __device__ void state_store(StatePtr s, const float* W1, const float* b1, const 
   s2g(s.W1 + rank * G::FP, F, W1, G::LDF, K, G::FP);
   s2g(s.W2 + (long long)rank * G::FP * K, K, W2, LDK, G::FP, K);
   for (int i = threadIdx.x; i < G::FP; i += NT) s.b1[rank * G::FP + i] = b1[i];
-  if (rank == 0)
-    for (int i = threadIdx.x; i < K; i += NT) s.b2[i] = b2[i];
+  if (rank == 0 || s.b2_ranks > 1)
+    for (int i = threadIdx.x; i < K; i += NT) s.b2_of(rank)[i] = b2[i];
   __syncthreads();
 }
 
@@ -708,7 +714,7 @@ int ttt_tp_bwd(int in_bf16, const void* q, const void* k, const void* r, const f
   using namespace ttt_tp;
   StatePtr ck{const_cast<float*>(cW1), const_cast<float*>(cb1), const_cast<float*>(cW2), const_cast<float*>(cb2)};
   StatePtr dfin{const_cast<float*>(dW1), const_cast<float*>(db1), const_cast<float*>(dW2), const_cast<float*>(db2)};
-  StatePtr sc{sW1, sb1, sW2, sb2}, out{oW1, ob1, oW2, ob2};
+  StatePtr sc{sW1, sb1, sW2, sb2, P_BWD}, out{oW1, ob1, oW2, ob2};  // scratch b2: [BH, G, P_BWD, K]
   void* args[] = {(void*)&q,    (void*)&k,  (void*)&r,  (void*)&eta,  (void*)&lnw,  (void*)&lnb,
                   (void*)&dz,   (void*)&ck, (void*)&dfin, (void*)&sc, (void*)&dq,   (void*)&dk,
                   (void*)&dr,   (void*)&deta, (void*)&dlnw, (void*)&dlnb, (void*)&out, (void*)&T,
@@ -755,7 +761,7 @@ int ttt_tp_sim_bwd(const float* q, const float* k, const float* r, const float* 
                    float* dk, float* dr, float* deta, float* dlnw, float* dlnb, float* oW1, float* ob1, float* oW2,
                    float* ob2, int BH, int T, int H, int G, float eps) {
   using namespace ttt_tp;
-  StatePtr ck{cW1, cb1, cW2, cb2}, dfin{dW1, db1, dW2, db2}, sc{sW1, sb1, sW2, sb2}, out{oW1, ob1, oW2, ob2};
+  StatePtr ck{cW1, cb1, cW2, cb2}, dfin{dW1, db1, dW2, db2}, sc{sW1, sb1, sW2, sb2, P_BWD}, out{oW1, ob1, oW2, ob2};
   sim::launch(BH * P_BWD, P_BWD, NT, BwdSmem<P_BWD>::bytes, [&] {
     ttt_tp_bwd_kernel<P_BWD, float>(q, k, r, eta, lnw, lnb, dz, ck, dfin, sc, dq, dk, dr, deta, dlnw, dlnb, out, T, H,
                                     G, eps);

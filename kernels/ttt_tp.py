@@ -149,6 +149,7 @@ class TTTTPFunction(torch.autograd.Function):
         dfin = [torch.zeros(BH, *s, **f32) if d is None else d.to(torch.float32).contiguous().view(BH, *s)
                 for d, s in zip(dfinal, shapes)]
         sc = _state_bufs(BH, G, dev)
+        sc[3] = _empty(BH, G, CLUSTER_BWD, K, device=dev)  # scratch b2 is kept per rank (see ttt_tp.cu)
         dq, dk, dr = (_empty(BH, T, K, device=dev) for _ in range(3))
         deta = _empty(BH, T, device=dev)
         dlnw, dlnb = _empty(BH, K, device=dev), _empty(BH, K, device=dev)
