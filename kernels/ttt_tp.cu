@@ -3,7 +3,9 @@
 // Math and schedule: kernels/ttt_tp_ref.py (the PyTorch emulation these kernels follow line by line; it carries
 // the derivation and is tested against seqmix.ops.ttt.ttt_scan in fp64). No torch headers here: raw pointers
 // and two extern "C" launchers, so the file compiles standalone with nvcc (tests/test_ttt_tp.py does, for the
-// resource report); kernels/ttt_tp_binding.cpp adapts tensors for torch.utils.cpp_extension.
+// resource report); kernels/ttt_tp_binding.cpp adapts tensors for torch.utils.cpp_extension. With
+// -DTTT_TP_HOST_SIM the same kernels compile as plain C++ against ttt_tp_sim.h and run on CPU threads
+// (kernels/ttt_tp_hostsim.py), which checks indexing, layouts, barriers and cluster exchanges without a GPU.
 //
 // Design
 // ------

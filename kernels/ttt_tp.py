@@ -1,8 +1,10 @@
 """On-chip tensor-parallel TTT-MLP scan for Hopper: host wrapper of ``kernels/ttt_tp.cu`` (backend ``"tp"``).
 
-**Status: unvalidated.** The kernels compile offline for sm_90a (resource report in
-``benchmarks/results/ttt-tp-resources/``) and follow the schedule of :mod:`seqmix.kernels.ttt_tp_ref`, which is
-tested against :func:`seqmix.ops.ttt.ttt_scan` in fp64; they have not yet run on a GPU. The layer backend
+**Status: unvalidated on a GPU.** The kernels compile offline for sm_90a (resource report in
+``benchmarks/results/ttt-tp-resources/``), follow the schedule of :mod:`seqmix.kernels.ttt_tp_ref` (tested against
+:func:`seqmix.ops.ttt.ttt_scan` in fp64), and the same kernel source, compiled as C++ with one CPU thread per CUDA
+thread (:mod:`seqmix.kernels.ttt_tp_hostsim`), matches ``ttt_scan`` through this wrapper at tiny sizes; they have
+not yet run on a GPU. The layer backend
 ``"tp"`` is opt-in (never chosen by ``"auto"``) until a committed GPU result of
 ``python -m seqmix.kernels.ttt_tp_check`` shows it passes.
 

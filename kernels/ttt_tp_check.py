@@ -10,6 +10,8 @@ Parts, each with its own time budget and elapsed time (printed, and kept in the 
 * ``emulation``: the PyTorch emulation of the sharded schedule against :func:`seqmix.ops.ttt.ttt_scan` in fp64 at
   tiny shapes (P = 1, 2, 4; both read-out forms; ragged T).
 * ``validation``: the wrapper's input validation raises clear errors, before any build.
+* ``hostsim`` (``--hostsim``; needs g++): the CUDA kernels compiled as C++ and run on CPU threads
+  (:mod:`seqmix.kernels.ttt_tp_hostsim`) against ``ttt_scan``.
 * ``build`` (GPU): the JIT build through ``torch.utils.cpp_extension`` (cached on disk; a second run reuses it).
 * ``correctness`` (GPU): kernel against ``ttt_scan`` in fp64 — output, final state and every gradient; fp32 inputs
   (TF32 products) and bf16 inputs (tolerance 1e-2); outputs allocated full of NaN (poisoned) must come back finite.
@@ -147,6 +149,23 @@ def part_resources(out: Path) -> dict:
     rep = ttt_tp.resource_report()
     problems = ttt_tp.check_report(rep)
     return {"pass": not problems, "problems": problems, "report": rep}
+
+
+def part_hostsim() -> dict:
+    """The CUDA kernels compiled as C++ and run on CPU threads (seqmix.kernels.ttt_tp_hostsim) against ttt_scan:
+    one full + one ragged mini-batch, fp32 products (tolerance 2e-5) and TF32 products (5e-3)."""
+    from . import ttt_tp_hostsim
+
+    leaves64 = scan_inputs(1, 1, 100, 64, 256, seed=3, eta_scale=0.5)
+    ref = run_scan(ttt_scan, leaves64, causal=False, N=64)
+    cases = []
+    for tf32, tol in ((False, 2e-5), (True, 5e-3)):
+        leaves = [t.detach().float().requires_grad_() for t in leaves64]
+        got = run_scan(lambda *a, **kw: ttt_tp_hostsim.ttt_scan_tp_hostsim(*a, tf32=tf32, **kw), leaves,
+                       causal=False, N=64, G=2)
+        c = compare(got, ref, tol)
+        cases.append({"tf32": tf32, **{k: c[k] for k in ("max_rel_err", "worst", "tol", "pass")}})
+    return {"pass": all(c["pass"] for c in cases), "cases": cases}
 
 
 def part_build() -> dict:
@@ -372,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lengths", type=int, nargs="*", default=LENGTHS)
     ap.add_argument("--budget-s", type=float, default=180.0, help="time budget of the whole check")
     ap.add_argument("--max-call-s", type=float, default=8.0, help="skip bench points predicted slower per call")
+    ap.add_argument("--hostsim", action="store_true",
+                    help="also run the kernels' CPU simulation (g++; a few minutes on 2 cores)")
     ap.add_argument("--triton-autotune", action="store_true",
                     help="let the Triton kernel autotune (default: one pinned config, num_warps 8, BF 32)")
     ap.add_argument("--sanitizer-case", action="store_true", help=argparse.SUPPRESS)
@@ -393,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = [("emulation", 20, lambda: part_emulation(quick=not gpu)), ("validation", 5, part_validation)]
     if ttt_tp.nvcc_path() and (not gpu or a.resources):
         plan.append(("resources", 120, lambda: part_resources(Path(a.out))))
+    if a.hostsim:
+        plan.append(("hostsim", 300, part_hostsim))
     if gpu:
         if not a.triton_autotune:  # one launch config: the Triton autotuner would take minutes at these lengths
             os.environ.setdefault("SEQMIX_TTT_NUM_WARPS", "8")

@@ -9,6 +9,7 @@ import torch
 
 from seqmix import layers
 from seqmix.kernels import ttt_tp, ttt_tp_check
+from seqmix.kernels import ttt_tp_hostsim as hostsim
 from seqmix.kernels.ttt_tp_ref import ttt_scan_tp_emulated
 from seqmix.ops import ttt as ops
 from seqmix.utils.testing import assert_close
@@ -110,6 +111,22 @@ def test_check_entry_point_smoke(tmp_path):
     assert ("resources" in parts) == (ttt_tp.nvcc_path() is not None)
     assert all(r["status"] == "skipped" for r in doc["records"])
     assert (tmp_path / "results.md").exists()
+
+
+# --------------------------------------------------------------------------- host simulation of the kernels (CPU)
+@pytest.mark.slow
+@pytest.mark.skipif(hostsim.gxx_path() is None, reason="g++ not installed (the host simulation needs C++20)")
+def test_kernel_host_simulation_matches_ttt_scan():
+    """The CUDA kernels compiled as C++ with one CPU thread per CUDA thread (ttt_tp_sim.h), through the same
+    wrapper: one full and one ragged mini-batch in one checkpoint group (recompute step, carried gradients, ragged
+    pass-through), fp32 products so the comparison with fp64 is tight. ~1 min on 2 cores (2048 threads)."""
+    leaves64 = inputs(1, 1, 100, 64, 256, seed=3, eta_scale=0.5)
+    ref = run_scan(ops.ttt_scan, leaves64, causal=False, N=64)
+    leaves = [t.detach().float().requires_grad_() for t in leaves64]
+    got = run_scan(lambda *a, **kw: hostsim.ttt_scan_tp_hostsim(*a, tf32=False, **kw), leaves, causal=False, N=64,
+                   G=2)
+    for name, a, b in zip(ttt_tp_check.NAMES, got, ref):
+        assert_close(name, a, b, 2e-5)
 
 
 # ----------------------------------------------------------------------------------------------- GPU only
