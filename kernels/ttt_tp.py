@@ -51,7 +51,8 @@ SMEM_LIMIT = 227 * 1024
 _DIR = Path(__file__).resolve().parent
 CU_SOURCE = _DIR / "ttt_tp.cu"
 BINDING_SOURCE = _DIR / "ttt_tp_binding.cpp"
-NVCC_FLAGS = ["-gencode=arch=compute_90a,code=sm_90a", "-O3", "-std=c++17"]
+# (no -std: torch adds its own C++ standard to the nvcc command; nvcc 12/13 default to C++17 anyway)
+NVCC_FLAGS = ["-gencode=arch=compute_90a,code=sm_90a", "-O3"]
 
 
 def check_supported(kind: str, K: int, F: int, mini_batch_size: int, causal: bool, dtype: torch.dtype,
@@ -186,7 +187,8 @@ def _validate(q, k, r, eta, ln_w, ln_b, state, kind, causal, mini_batch_size, du
         if not t.is_floating_point():
             raise ValueError(f"ttt_scan_tp: {name} has dtype {t.dtype}; floating point expected")
     if ln_w.shape != (H, K) or ln_b.shape != (H, K):
-        raise ValueError(f"ttt_scan_tp: ln_w, ln_b must be [H, K] = {(H, K)}, got {tuple(ln_w.shape)}, {tuple(ln_b.shape)}")
+        raise ValueError(f"ttt_scan_tp: ln_w, ln_b must be [H, K] = {(H, K)}, "
+                         f"got {tuple(ln_w.shape)}, {tuple(ln_b.shape)}")
     want = [(K, F), (1, F), (F, K), (1, K)]
     for s, w in zip(state, want):
         try:

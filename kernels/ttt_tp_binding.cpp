@@ -1,7 +1,7 @@
 // torch adapter of kernels/ttt_tp.cu (which needs no torch headers): tensors -> raw pointers on the current
 // stream. Shapes and dtypes are validated in kernels/ttt_tp.py before anything is built; the checks here only
 // guard the pointer casts.
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
 
 extern "C" {
@@ -36,7 +36,9 @@ int in_kind(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor&
   return q.scalar_type() == torch::kBFloat16 ? 1 : 0;
 }
 
-void check(int err, const char* what) { TORCH_CHECK(err == 0, "ttt_tp ", what, " launch failed: ", ttt_tp_error_string(err)); }
+void check(int err, const char* what) {
+  TORCH_CHECK(err == 0, "ttt_tp ", what, " launch failed: ", ttt_tp_error_string(err));
+}
 
 // q, k, r [BH, T, K]; eta [BH, T]; ln_w, ln_b [H, K]; states / checkpoints in the full-state layout.
 void fwd(torch::Tensor q, torch::Tensor k, torch::Tensor r, torch::Tensor eta, torch::Tensor lnw, torch::Tensor lnb,
@@ -48,7 +50,7 @@ void fwd(torch::Tensor q, torch::Tensor k, torch::Tensor r, torch::Tensor eta, t
                    f32(lnb, "ln_b"), f32(init[0], "W1"), f32(init[1], "b1"), f32(init[2], "W2"), f32(init[3], "b2"),
                    f32(z, "z"), f32(fin[0], "W1"), f32(fin[1], "b1"), f32(fin[2], "W2"), f32(fin[3], "b2"),
                    f32(ck[0], "ck"), f32(ck[1], "ck"), f32(ck[2], "ck"), f32(ck[3], "ck"), BH, T, (int)H, (int)G,
-                   save ? 1 : 0, (float)eps, at::cuda::getCurrentCUDAStream()),
+                   save ? 1 : 0, (float)eps, c10::cuda::getCurrentCUDAStream().stream()),
         "forward");
 }
 
@@ -65,7 +67,7 @@ void bwd(torch::Tensor q, torch::Tensor k, torch::Tensor r, torch::Tensor eta, t
                    f32(sc[3], "scratch"), f32(dq, "dq"), f32(dk, "dk"), f32(dr, "dr"), f32(deta, "deta"),
                    f32(dlnw, "dln_w"), f32(dlnb, "dln_b"), f32(dst[0], "dW1"), f32(dst[1], "db1"),
                    f32(dst[2], "dW2"), f32(dst[3], "db2"), BH, T, (int)H, (int)G, (float)eps,
-                   at::cuda::getCurrentCUDAStream()),
+                   c10::cuda::getCurrentCUDAStream().stream()),
         "backward");
 }
 
