@@ -6,6 +6,9 @@ Importing this package imports no Triton: kernel modules are loaded on first att
 
 * :mod:`seqmix.kernels.ttt_triton`: fused TTT-Linear / TTT-MLP scans (forward + backward), ``ttt_scan_triton``.
 * :mod:`seqmix.kernels.ttt_ref`: their plain-PyTorch twin with the same loop structure and hand-written backward.
+* :mod:`seqmix.kernels.ttt_tp`: the tensor-parallel TTT-MLP Hopper kernel (CUDA C++ ``ttt_tp.cu``, thread-block
+  clusters; unvalidated, opt-in backend ``"tp"``), its emulation :mod:`seqmix.kernels.ttt_tp_ref` and its GPU check
+  ``python -m seqmix.kernels.ttt_tp_check``.
 """
 
 from __future__ import annotations

@@ -76,7 +76,9 @@ class TTTConfig(MixerConfig):
         scan_checkpoint_group: if > 0, recompute the scan in backward in groups of this many mini-batches
             (``"triton"``: mini-batches between saved states; 0 picks ~sqrt(#mini-batches) there).
         backend: ``"auto"``, ``"triton"`` (fused kernels of :mod:`seqmix.kernels.ttt_triton`; auto on CUDA for
-            head dims 16/32/64/128), ``"torch"`` (dual form) or ``"naive"`` (reference loop).
+            head dims 16/32/64/128), ``"torch"`` (dual form) or ``"naive"`` (reference loop). TTT-MLP also has
+            ``"tp"`` (:mod:`seqmix.kernels.ttt_tp`, Hopper cluster kernel; explicit only, not yet validated on a
+            GPU; non-causal, K = 64, mini-batch 64; elsewhere it degrades to the next backend with one warning).
     """
 
     causal: bool = False
@@ -113,6 +115,22 @@ def _ttt_scan_triton(*args, **kwargs):
     from seqmix.kernels.ttt_triton import ttt_scan_triton
 
     return ttt_scan_triton(*args, **kwargs)
+
+
+def _tp_supports(layer: "_TTTBase", device: torch.device, dtype: torch.dtype, shapes) -> str | None:
+    if layer.config.backend != "tp":
+        return "the tensor-parallel kernel is opt-in (backend='tp') until validated on a GPU"
+    from seqmix.kernels.ttt_tp import check_supported
+
+    # The layer hands the scan fp32 inputs (see _project), whatever the parameter dtype.
+    K, F_ = layer.W1.shape[-2:]
+    return check_supported(layer.kind, K, F_, layer.config.mini_batch_size, layer.causal, torch.float32, device)
+
+
+def _ttt_scan_tp(*args, **kwargs):
+    from seqmix.kernels.ttt_tp import ttt_scan_tp
+
+    return ttt_scan_tp(*args, **kwargs)
 
 
 class _TTTBase(Mixer):
@@ -314,6 +332,9 @@ class TTTMLP(_TTTBase):
     kind = "mlp"
     default_base_lr = 0.1
     small_config = {"mini_batch_size": 4, "mlp_expansion": 2}
+    # "tp": the on-chip tensor-parallel Hopper kernel, explicit only until a committed GPU result validates it.
+    backend_table = (Backend("tp", _ttt_scan_tp, _tp_supports), *_TTTBase.backend_table)
+    backend_gates = {**_TTTBase.backend_gates, "tp": ("tests/test_ttt_tp.py",)}
 
     @dataclass(kw_only=True)
     class Config(TTTConfig):
