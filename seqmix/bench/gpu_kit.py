@@ -153,11 +153,11 @@ PIN_TTT = {"SEQMIX_TTT_NUM_WARPS": "8"}
 
 STAGES: tuple[Stage, ...] = (
     # every GPU-marked test, incl. the contract harness (tests/test_gpu_contract.py): layer x CUDA backend x dtype
-    Stage("tests", 150,
+    Stage("tests", 135,
           ("-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "tests", "-o", "junit_family=xunit1",
            "--junitxml={out}/junit.xml"),
           ("-k", "float32 and default"), document="junit.xml", env=PIN_TTT),
-    Stage("layers", 130,
+    Stage("layers", 120,
           ("-m", "seqmix.cli", "bench", "layers", "--device", "cuda", "--dtype", "bfloat16", "--dim", "3072",
            "--heads", "48", "--modes", "[fwd,fwd+bwd]", "--backends", "[all]", "--lengths", PAPER_T,
            "--repeats", "2", "--max_call_seconds", "2.5", "--notes", "{notes}", "--out", "{out}"),
@@ -169,7 +169,7 @@ STAGES: tuple[Stage, ...] = (
            "--out", "{out}"),
           ("--quick", "--device", "cpu", "--durations", "[3,9]", "--modes", "[fwd]", "--repeats", "1"),
           env=PIN_TTT),
-    Stage("ttt-kernels", 60,
+    Stage("ttt-kernels", 55,
           ("-m", "seqmix.cli", "bench", "ttt-kernels", "--device", "cuda", "--lengths", PAPER_T,
            "--num_warps", "8", "--repeats", "2", "--out", "{out}"),
           ("--quick", "--device", "cpu", "--lengths", "[24]", "--modes", "[fwd]")),
