@@ -70,6 +70,16 @@ def test_wheel_list_matches_the_wheel_script():
     assert "the kit pins" in gpu_kit.wheelhouse_problems(["fla_core-0.5.0-py3-none-any.whl"] + files[1:])[0]
 
 
+def test_documents_are_validated_by_kind():
+    from seqmix.bench.schema import SchemaError
+
+    assert gpu_check.validate_any({"schema": "seqmix.ttt-tp/v1", "anything": 1}) == "other"
+    assert gpu_check.validate_any({"schema": gpu_check.TESTS_SCHEMA, "counts": {}, "cases": []}) == "tests"
+    for bad in ({"records": []}, {"schema": "seqmix.bench/v2", "records": []}, {"schema": gpu_check.TESTS_SCHEMA}):
+        with pytest.raises(SchemaError):
+            gpu_check.validate_any(bad)
+
+
 def test_stage_over_budget_is_killed_and_reported(tmp_path):
     stage = gpu_kit.Stage("sleepy", 1, ("-c", "import time; time.sleep(60)"), (), document=None)
     t0 = time.time()

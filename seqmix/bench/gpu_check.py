@@ -136,19 +136,28 @@ def validate_tests_doc(doc: dict) -> None:
 
 
 def validate_any(doc: dict) -> str:
-    """Validate a kept stage document; returns its kind (``bench`` or ``tests``)."""
-    if doc.get("schema") == TESTS_SCHEMA:
+    """Validate a kept stage document; returns its kind: ``bench`` (a ``seqmix.bench/...`` document, checked against
+    the benchmark schema), ``tests`` (the test summary) or ``other`` (a stage's own document with a ``schema`` name,
+    kept as returned)."""
+    schema = doc.get("schema") if isinstance(doc, dict) else None
+    if schema == TESTS_SCHEMA:
         validate_tests_doc(doc)
         return "tests"
-    validate(doc)
-    return "bench"
+    if not isinstance(schema, str) or not schema:
+        raise SchemaError(["document has no 'schema' name"])
+    if schema.startswith("seqmix.bench/"):
+        validate(doc)
+        return "bench"
+    return "other"
 
 
 def counts_of(doc: dict) -> dict:
     if doc.get("schema") == TESTS_SCHEMA:
         return dict(doc["counts"])
     out: dict[str, int] = {}
-    for r in doc.get("records", []):
+    if not isinstance(doc.get("records"), list):
+        return dict(doc["counts"]) if isinstance(doc.get("counts"), dict) else out
+    for r in doc["records"]:
         out[r.get("status", "?")] = out.get(r.get("status", "?"), 0) + 1
     return out
 
@@ -253,7 +262,8 @@ def summary_table(kit: dict) -> str:
                                    + (f", PROBLEMS: {'; '.join(wh['problems'])}" if wh["problems"] else ", complete")
                                    if wh["present"] else wh["note"]))
     lines += [f"note: {n}" for n in kit["notes"]]
-    lines += ["", "| stage | status | seconds | budget | counts | document | problem |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "| stage | status | seconds | budget | counts | document | problem |",
+              "|---|---|---|---|---|---|---|"]
     for s in kit["stages"]:
         counts = ", ".join(f"{k} {n}" for k, n in (s["counts"] or {}).items() if n)
         lines.append(f"| {s['name']} | {s['status']} | {s['seconds']} | {s['budget_s']:.0f} | {counts or '-'} | "
@@ -284,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     notes = kit_notes(env)
     kit = {"schema": KIT_SCHEMA, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-           "command": args.command or shlex.join([sys.executable, "-m", "seqmix.bench.gpu_check", *(argv or sys.argv[1:])]),
+           "command": args.command or shlex.join([sys.executable, "-m", "seqmix.bench.gpu_check",
+                                                  *(sys.argv[1:] if argv is None else argv)]),
            "dry_run": args.dry_run, "environment": env, "wheelhouse": wheelhouse, "notes": notes,
            "tolerances": gpu_kit.TOLERANCES, "contract_plan": gpu_kit.contract_plan(), "stages": [], "ok": False}
     t0 = time.time()

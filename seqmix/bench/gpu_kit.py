@@ -171,6 +171,7 @@ STAGES: tuple[Stage, ...] = (
           env=PIN_TTT),
     Stage("ttt-kernels", 55,
           ("-m", "seqmix.cli", "bench", "ttt-kernels", "--device", "cuda", "--lengths", PAPER_T,
+           "--backends", "[triton,torch,fla_gdn]",
            "--num_warps", "8", "--repeats", "2", "--out", "{out}"),
           ("--quick", "--device", "cpu", "--lengths", "[24]", "--modes", "[fwd]")),
 )
