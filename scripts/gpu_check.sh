@@ -28,7 +28,13 @@ trap cleanup EXIT
 if compgen -G "$WHEELS/*.whl" > /dev/null; then
   TARGET="$(mktemp -d "${TMPDIR:-/tmp}/seqmix-gpu-wheels.XXXXXX")"
   echo "[gpu-check] installing $(ls "$WHEELS"/*.whl | wc -l) wheels from $WHEELS into $TARGET"
-  "$PY" -m pip install --quiet --no-index --no-deps --disable-pip-version-check --target "$TARGET" "$WHEELS"/*.whl
+  if "$PY" -m pip --version > /dev/null 2>&1; then
+    "$PY" -m pip install --quiet --no-index --no-deps --disable-pip-version-check --target "$TARGET" "$WHEELS"/*.whl
+  else  # no pip: the wheels are pure Python (py3-none-any), so unpacking them is installing them
+    echo "[gpu-check] pip is not available: unpacking the wheels"
+    "$PY" -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]' \
+      "$TARGET" "$WHEELS"/*.whl
+  fi
   export PYTHONPATH="$TARGET${PYTHONPATH:+:$PYTHONPATH}"
 else
   echo "[gpu-check] no wheelhouse at $WHEELS: using the installed packages"

@@ -34,7 +34,7 @@ MAMBA=mamba-ssm==2.3.2.post1
 
 rm -rf "$OUT.tmp"
 mkdir -p "$OUT.tmp"
-"$PY" -m pip download --quiet --no-deps --only-binary=:all: \
+"$PY" -m pip download --quiet --no-deps --disable-pip-version-check --only-binary=:all: \
   --python-version 3.12 --implementation cp --abi cp312 \
   --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
   --platform any -d "$OUT.tmp" "${DOWNLOAD[@]}"
@@ -43,6 +43,10 @@ mkdir -p "$OUT.tmp"
 MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE \
   "$PY" -m pip wheel --quiet --no-deps --no-build-isolation -w "$OUT.tmp" "$MAMBA"
 
+# gpu_check.sh installs them with pip, or by unpacking where pip is missing: only pure-Python wheels qualify.
+for w in "$OUT.tmp"/*.whl; do
+  case "$w" in *-none-any.whl) ;; *) echo "error: $(basename "$w") is not a pure-Python wheel" >&2; exit 1 ;; esac
+done
 rm -rf "$OUT"
 mv "$OUT.tmp" "$OUT"
 total=0

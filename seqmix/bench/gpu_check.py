@@ -162,6 +162,18 @@ def counts_of(doc: dict) -> dict:
     return out
 
 
+def failures_of(doc: dict, limit: int = 12) -> list[str]:
+    """Short lines naming what failed in a stage document (failed tests, benchmark points in error)."""
+    if doc.get("schema") == TESTS_SCHEMA:
+        bad = [c for c in doc["cases"] if c["outcome"] in ("failed", "error")]
+        lines = [f"{c['id'].split('::')[-1]}: {(c['message'] or '').splitlines()[0][:200] if c['message'] else ''}"
+                 for c in bad]
+    else:
+        lines = [f"{r.get('name')}/{r.get('backend_used') or r.get('backend')} {r.get('mode')} T={r.get('T')}: "
+                 f"{(r.get('reason') or '')[:200]}" for r in doc.get("records", []) if r.get("status") == "error"]
+    return lines[:limit] + ([f"... {len(lines) - limit} more"] if len(lines) > limit else [])
+
+
 # ------------------------------------------------------------------------------------------------ running
 def _stage_env(stage: gpu_kit.Stage, deadline: float) -> dict:
     env = dict(os.environ)
@@ -186,7 +198,7 @@ def run_stage(stage: gpu_kit.Stage, out: Path, log, dry_run: bool, notes: list[s
     t0 = time.time()
     env = _stage_env(stage, t0 + budget - reserve)
     entry = {"name": stage.name, "command": shlex.join(argv), "budget_s": round(budget, 1), "status": "ok",
-             "returncode": None, "seconds": None, "document": None, "counts": None, "problem": None}
+             "returncode": None, "seconds": None, "document": None, "counts": None, "failures": [], "problem": None}
     log.write(f"\n===== stage {stage.name} (budget {budget:.0f} s): {entry['command']}\n")
     log.flush()
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -222,6 +234,7 @@ def run_stage(stage: gpu_kit.Stage, out: Path, log, dry_run: bool, notes: list[s
                 _write_json(dest, doc)
                 entry["document"] = dest.name
                 entry["counts"] = counts_of(doc)
+                entry["failures"] = failures_of(doc)
     log.write(f"===== stage {stage.name}: {entry['status']} (rc {rc}, {entry['seconds']} s)\n")
     log.flush()
     shutil.rmtree(scratch, ignore_errors=True)
@@ -268,6 +281,9 @@ def summary_table(kit: dict) -> str:
         counts = ", ".join(f"{k} {n}" for k, n in (s["counts"] or {}).items() if n)
         lines.append(f"| {s['name']} | {s['status']} | {s['seconds']} | {s['budget_s']:.0f} | {counts or '-'} | "
                      f"{s['document'] or '-'} | {(s['problem'] or '-')[:160]} |")
+    for s in kit["stages"]:
+        if s.get("failures"):
+            lines += ["", f"{s['name']}: failed / in error:"] + [f"- {f}" for f in s["failures"]]
     lines.append(f"\nall stages ok: {kit['ok']}")
     return "\n".join(lines)
 
