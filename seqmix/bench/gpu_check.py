@@ -194,7 +194,7 @@ def run_stage(stage: gpu_kit.Stage, out: Path, log, dry_run: bool, notes: list[s
     scratch = Path(tempfile.mkdtemp(prefix=f"gpu-check-{stage.name}-"))
     argv = [sys.executable] + [a.replace("{notes}", json.dumps(notes)) for a in stage.argv(str(scratch), dry_run)]
     budget = stage.budget_s * budget_scale
-    reserve = max(15.0, 0.2 * budget)
+    reserve = max(20.0, 0.25 * budget)  # room for the last point or test (incl. its compile) and the report
     t0 = time.time()
     env = _stage_env(stage, t0 + budget - reserve)
     entry = {"name": stage.name, "command": shlex.join(argv), "budget_s": round(budget, 1), "status": "ok",
