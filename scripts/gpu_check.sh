@@ -8,8 +8,9 @@
 # goes first on PYTHONPATH; the checkout itself is imported from the repository root (no installation needed).
 # Then `python -m seqmix.bench.gpu_check` runs the stages of seqmix/bench/gpu_kit.py (STAGES), each under its own
 # time budget, writes kit.json, summary.md, log.txt and one <stage>.json per stage under --out (default
-# runs/gpu-check) and prints the summary table last. `--dry-run` runs on CPU: wheelhouse check, every stage's
-# command resolved and its CPU smoke variant run (tests/test_gpu_kit.py runs it in the test suite).
+# runs/gpu-check; a relative path is taken from the repository root) and prints the summary table last. `--dry-run`
+# runs on CPU: wheelhouse check, every stage's command resolved and its CPU smoke variant run (tests/test_gpu_kit.py
+# runs it in the test suite). GPU_WHEELS overrides the wheelhouse folder.
 # Python: $PYTHON, else .venv/bin/python when it exists, else python3.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"

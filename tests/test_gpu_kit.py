@@ -150,3 +150,21 @@ def test_dry_run_end_to_end_and_import(tmp_path):
     assert "torch" in readme and "command: `bash scripts/gpu_check.sh --dry-run" in readme
     with pytest.raises(SystemExit, match="exists"):
         gpu_import.import_results(out, tmp_path / "results", allow_dry_run=True)
+
+
+def test_second_try_of_one_stage_keeps_the_others(tmp_path, monkeypatch, capsys):
+    """`--stages X` into the folder of an earlier run reruns X only; the other stages' entries and documents stay."""
+    quick = (gpu_kit.Stage("one", 30, ("-c", "print('one')"), (), document=None),
+             gpu_kit.Stage("two", 30, ("-c", "import sys; sys.exit(3)"), (), document=None))
+    monkeypatch.setattr(gpu_kit, "STAGES", quick)
+    args = ["--dry-run", "--out", str(tmp_path), "--wheelhouse", str(tmp_path / "none")]
+    assert gpu_check.main(args) == 1
+    assert [s["status"] for s in json.loads((tmp_path / "kit.json").read_text())["stages"]] == ["ok", "failed"]
+    monkeypatch.setattr(gpu_kit, "STAGES", (quick[0], gpu_kit.Stage("two", 30, ("-c", "pass"), (), document=None)))
+    assert gpu_check.main(args + ["--stages", "two"]) == 0
+    kit = json.loads((tmp_path / "kit.json").read_text())
+    assert [(s["name"], s["status"], bool(s.get("previous"))) for s in kit["stages"]] == [
+        ("one", "ok", True), ("two", "ok", False)]
+    assert capsys.readouterr().out.rstrip().splitlines()[-1] == "all stages ok: True"
+    log = (tmp_path / "log.txt").read_text()
+    assert log.count("===== stage one (") == 1 and log.count("===== stage two (") == 2

@@ -247,6 +247,22 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def previous_stages(out: Path, dry_run: bool, rerun: list[str]) -> list[dict]:
+    """Entries of an earlier run in ``out`` (same kind: dry or not) for the stages not run now, marked ``previous``:
+    a second try of one stage (``--stages layers --budget-scale 1.5``) keeps the others' results and log."""
+    try:
+        old = json.loads((out / "kit.json").read_text())
+    except (OSError, ValueError):
+        return []
+    if old.get("schema") != KIT_SCHEMA or old.get("dry_run") != dry_run:
+        return []
+    kept = []
+    for e in old.get("stages", []):
+        if e.get("name") not in rerun and (not e.get("document") or (out / e["document"]).is_file()):
+            kept.append({**e, "previous": old.get("date")})
+    return kept
+
+
 def check_wheelhouse(path: Path | None) -> dict:
     """Completeness of the wheelhouse for the plan; ``present: false`` when there is none (then the packages must
     be installed already, as in CI and on a machine set up with ``pip install -e '.[gpu]'``)."""
@@ -279,7 +295,7 @@ def summary_table(kit: dict) -> str:
               "|---|---|---|---|---|---|---|"]
     for s in kit["stages"]:
         counts = ", ".join(f"{k} {n}" for k, n in (s["counts"] or {}).items() if n)
-        lines.append(f"| {s['name']} | {s['status']} | {s['seconds']} | {s['budget_s']:.0f} | {counts or '-'} | "
+        lines.append(f"| {s['name']} | {s['status']}{' (earlier run)' if s.get('previous') else ''} | {s['seconds']} | {s['budget_s']:.0f} | {counts or '-'} | "
                      f"{s['document'] or '-'} | {(s['problem'] or '-')[:160]} |")
     for s in kit["stages"]:
         if s.get("failures"):
@@ -301,8 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     stages = gpu_kit.stage_by_name([s for s in args.stages.split(",") if s])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for old in list(out.glob("*.json")) + [out / "summary.md", out / "log.txt"]:
-        old.unlink(missing_ok=True)  # a rerun into the same folder must not keep stale documents
+    kept = previous_stages(out, args.dry_run, [s.name for s in stages])
+    for old in [out / f"{s.name}.json" for s in stages] + [out / "summary.md"]:
+        old.unlink(missing_ok=True)  # no stale document of a stage that runs now
+    if not kept:
+        for old in list(out.glob("*.json")) + [out / "log.txt"]:
+            old.unlink(missing_ok=True)
     wheelhouse = check_wheelhouse(Path(args.wheelhouse) if args.wheelhouse else ROOT / ".gpu-wheels")
     env = environment()
     if not args.dry_run and not env["cuda_available"]:
@@ -313,15 +333,17 @@ def main(argv: list[str] | None = None) -> int:
            "command": args.command or shlex.join([sys.executable, "-m", "seqmix.bench.gpu_check",
                                                   *(sys.argv[1:] if argv is None else argv)]),
            "dry_run": args.dry_run, "environment": env, "wheelhouse": wheelhouse, "notes": notes,
-           "tolerances": gpu_kit.TOLERANCES, "contract_plan": gpu_kit.contract_plan(), "stages": [], "ok": False}
+           "tolerances": gpu_kit.TOLERANCES, "contract_plan": gpu_kit.contract_plan(), "stages": kept, "ok": False}
+    order = [s.name for s in gpu_kit.STAGES]
     t0 = time.time()
-    with open(out / "log.txt", "w") as log:
+    with open(out / "log.txt", "a" if kept else "w") as log:
         log.write(f"gpu check: {kit['command']}\n{json.dumps(env, indent=1)}\n")
         for stage in stages:
             print(f"[gpu-check] stage {stage.name} (budget {stage.budget_s * args.budget_scale:.0f} s) ...", flush=True)
             entry = run_stage(stage, out, log, args.dry_run, notes, args.budget_scale)
             print(f"[gpu-check] stage {stage.name}: {entry['status']} in {entry['seconds']} s", flush=True)
-            kit["stages"].append(entry)
+            kit["stages"] = [e for e in kit["stages"] if e["name"] != stage.name] + [entry]
+            kit["stages"].sort(key=lambda e: order.index(e["name"]) if e["name"] in order else len(order))
             kit["seconds"] = round(time.time() - t0, 1)
             kit["ok"] = all(s["status"] == "ok" for s in kit["stages"]) and not wheelhouse["problems"]
             _write_json(out / "kit.json", kit)  # after every stage: a killed run still leaves what it did
