@@ -9,7 +9,7 @@
 #   mamba-ssm                             built here with its CUDA extension skipped: seqmix calls only its
 #                                         Triton SSD kernels (seqmix.ops.ssd.import_mamba_ssm)
 # Not carried: diffusers (no GPU stage uses it), flash-attn (no wheel for every torch / CUDA pair: attention
-# runs on FlexAttention; see README "Running on a GPU"), flash-attn-4 (its CuTe DSL runtime alone is larger than
+# runs on FlexAttention; see README "Running on a GPU"), flash-attn-4 (its CuTe DSL runtime alone, 88 MiB, is over
 # the size budget).
 #
 # Usage: bash scripts/gpu_wheels.sh [OUT_DIR]   (default .gpu-wheels; GPU_WHEELS_MAX_MIB overrides the 40 MiB cap)
