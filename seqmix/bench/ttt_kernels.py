@@ -119,7 +119,7 @@ class TTTKernelBenchConfig:
         mini_batch: tokens per inner step, per kind.
         causal: causal (language, dual read-out) or non-causal (video) form.
         modes: ``fwd`` (no grad) and / or ``fwd+bwd``.
-        backends: ``triton``, ``torch`` (default both) and / or ``fla_gdn`` (fla chunk Gated DeltaNet, same B, T, H, K).
+        backends: ``triton``, ``torch`` (default both), ``fla_gdn`` (fla chunk Gated DeltaNet, same B, T, H, K).
         dtype: dtype of q, k, r, eta given to the triton backend (the torch backend always gets fp32).
         checkpoint_group: mini-batches per saved state in fwd+bwd (both backends); 0: ~sqrt(#mini-batches).
         num_warps: pin the kernels' launch config (skips autotuning; set before the kernels are first imported).
