@@ -295,7 +295,8 @@ def summary_table(kit: dict) -> str:
               "|---|---|---|---|---|---|---|"]
     for s in kit["stages"]:
         counts = ", ".join(f"{k} {n}" for k, n in (s["counts"] or {}).items() if n)
-        lines.append(f"| {s['name']} | {s['status']}{' (earlier run)' if s.get('previous') else ''} | {s['seconds']} | {s['budget_s']:.0f} | {counts or '-'} | "
+        status = s["status"] + (" (earlier run)" if s.get("previous") else "")
+        lines.append(f"| {s['name']} | {status} | {s['seconds']} | {s['budget_s']:.0f} | {counts or '-'} | "
                      f"{s['document'] or '-'} | {(s['problem'] or '-')[:160]} |")
     for s in kit["stages"]:
         if s.get("failures"):
