@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 SEQMIX := .venv/bin/seqmix
 
-.PHONY: setup run test bench-layers clean
+.PHONY: setup run test bench-layers gpu-wheels gpu-check-dry clean
 
 setup:
 	bash scripts/setup.sh
@@ -18,6 +18,14 @@ test: setup
 # Full CPU layer benchmark, committed under benchmarks/results/.
 bench-layers: setup
 	$(SEQMIX) bench layers --out benchmarks/results/layers-cpu
+
+# Offline wheelhouse for a CUDA machine without a package index (README "Running on a GPU"): .gpu-wheels/
+gpu-wheels: setup
+	bash scripts/gpu_wheels.sh .gpu-wheels
+
+# The GPU kit on CPU: wheelhouse check, every stage resolved and smoke-run (the real run: bash scripts/gpu_check.sh).
+gpu-check-dry: setup
+	bash scripts/gpu_check.sh --dry-run --out runs/gpu-check-dry
 
 clean:
 	rm -rf .venv runs

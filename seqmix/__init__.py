@@ -6,6 +6,7 @@ backends are detected when a layer runs and degrade to the next backend with one
 
 import logging
 
+from . import _source_tree
 from . import layers
 from .layers import available, build
 

@@ -180,7 +180,7 @@ def bench_ttt_kernels(
         kinds: ``mlp`` and / or ``linear`` (default both).
         lengths: sequence lengths T.
         modes: ``fwd`` and / or ``fwd+bwd``.
-        backends: ``triton`` and / or ``torch``.
+        backends: ``triton``, ``torch`` (default both), ``fla_gdn`` (fla chunk Gated DeltaNet, same B, T, H, K).
         heads: number of heads H.
         head_dim: head dim K (16, 32, 64 or 128 for the kernels).
         mini_batch: tokens per inner step per kind, e.g. ``{"mlp": 64, "linear": 16}``.

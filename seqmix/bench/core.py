@@ -363,16 +363,23 @@ class SeriesBudget:
     by the cost-model FLOP ratio (or the size ratio), and its peak memory from the last one or two points; a
     prediction over budget skips it. After a skip or a failure (:meth:`kill`) every larger point of the series is
     skipped too. After a measured point: :meth:`record`.
+
+    A whole-run deadline, ``SEQMIX_BENCH_DEADLINE`` (Unix time, seconds), skips every point that would start after
+    it: a caller with a fixed time window (``scripts/gpu_check.sh``) still gets a complete results document.
     """
 
     def __init__(self, max_call_seconds: float, memory_bytes: int):
         self.max_call_seconds, self.memory_bytes = max_call_seconds, memory_bytes
+        deadline = os.environ.get("SEQMIX_BENCH_DEADLINE")
+        self.deadline = float(deadline) if deadline else None
         self._last: dict[tuple, tuple[int, float, int | None, float | None]] = {}  # size, call s, peak, flops
         self._prev_peak: dict[tuple, tuple[int, int | None]] = {}
         self._dead: dict[tuple, str] = {}
 
     def check(self, key: tuple, size: int, flops: float | None = None) -> str | None:
         """Why the point ``size`` of series ``key`` should be skipped, or None."""
+        if self.deadline is not None and time.time() > self.deadline:
+            return "over the run's wall-clock budget (SEQMIX_BENCH_DEADLINE)"
         if key in self._dead:
             return f"a shorter length of this series was skipped or failed ({self._dead[key]})"
         if key not in self._last:

@@ -272,7 +272,8 @@ def _run(cfg: LayerBenchConfig, names: list[str], progress: bool, command: str |
     series = SeriesBudget(cfg.max_call_seconds, memory_budget(device, cfg.memory_fraction))
 
     plans = {n: _backend_plan(n, cfg) for n in names}
-    points = [(n, b, r, m, T) for n in names for b, r in plans[n][1] for m in cfg.modes for T in lengths]
+    # length-major: a run cut short by its deadline (SEQMIX_BENCH_DEADLINE) loses the longest T, not whole layers
+    points = [(n, b, r, m, T) for T in lengths for n in names for b, r in plans[n][1] for m in cfg.modes]
     bar = tqdm(points, desc="layers", disable=not progress, file=sys.stderr)
     built: dict[tuple, L.Mixer] = {}
     first = next(((n, b) for n, b, r, _, _ in points if r is None), None)

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from seqmix.layers import TTTMLP
+from seqmix.layers.gated_deltanet import GatedDeltaNet
 from seqmix.layers.cost import ttt_minibatch_flops
 
 from .core import (Measurement, SeriesBudget, fit_exponent, record_failure, measure, measure_peaks, median, memory_budget,
@@ -56,11 +57,13 @@ __all__ = [
 
 SUITE = "ttt-kernels"
 MODES = ("fwd", "fwd+bwd")
-BACKENDS = ("triton", "torch")
+# fla_gdn: fla's chunked Gated DeltaNet at the same (B, T, H, K), a reference point (seqmix.bench.fla_gdn)
+BACKENDS = ("triton", "torch", "fla_gdn")
 #: Video tokens of the paper's 3 / 9 / 18 / 30 / 63 s stages (text included where the paper's table does).
 PAPER_LENGTHS = [18048, 51456, 99894, 168320, 341550]
-#: backend -> the tests gating it (declared on the TTT layer classes).
-GATES = {"triton": list(TTTMLP.backend_gates["triton"]), "torch": list(TTTMLP.gates)}
+#: backend -> the tests gating it (declared on the layer classes).
+GATES = {"triton": list(TTTMLP.backend_gates["triton"]), "torch": list(TTTMLP.gates),
+         "fla_gdn": list(GatedDeltaNet.gates) + list(GatedDeltaNet.backend_gates.get("fla", ()))}
 
 
 # -------------------------------------------------------------------------------------------------- FLOP counts
@@ -107,7 +110,7 @@ class TTTKernelBenchConfig:
         mini_batch: tokens per inner step, per kind.
         causal: causal (language, dual read-out) or non-causal (video) form.
         modes: ``fwd`` (no grad) and / or ``fwd+bwd``.
-        backends: ``triton`` and / or ``torch``.
+        backends: ``triton``, ``torch`` (default both), ``fla_gdn`` (fla chunk Gated DeltaNet, same B, T, H, K).
         dtype: dtype of q, k, r, eta given to the triton backend (the torch backend always gets fp32).
         checkpoint_group: mini-batches per saved state in fwd+bwd (both backends); 0: ~sqrt(#mini-batches).
         num_warps: pin the kernels' launch config (skips autotuning; set before the kernels are first imported).
@@ -130,7 +133,7 @@ class TTTKernelBenchConfig:
     mini_batch: dict[str, int] = field(default_factory=lambda: {"mlp": 64, "linear": 16})
     causal: bool = False
     modes: list[str] = field(default_factory=lambda: list(MODES))
-    backends: list[str] = field(default_factory=lambda: list(BACKENDS))
+    backends: list[str] = field(default_factory=lambda: ["triton", "torch"])
     dtype: str = "bfloat16"
     checkpoint_group: int = 0
     num_warps: int | None = None
@@ -252,10 +255,18 @@ def run_ttt_kernel_bench(cfg: TTTKernelBenchConfig, progress: bool = True,
     prec = None
     out: list[Measurement] = []
     lengths = sorted(set(cfg.lengths))
-    points = [(kd, b, m, T) for kd in cfg.kinds for b in cfg.backends for m in cfg.modes for T in lengths]
+    points = [(kd, b, m, T) for kd in cfg.kinds for b in cfg.backends if b != "fla_gdn" for m in cfg.modes
+              for T in lengths]
+    points += [("gdn", "fla_gdn", m, T) for m in cfg.modes for T in lengths if "fla_gdn" in cfg.backends]
+    points.sort(key=lambda p: p[3])  # length-major: a deadline (SEQMIX_BENCH_DEADLINE) cuts the longest T first
     for i, (kind, backend, mode, T) in enumerate(points):
         if progress:
             logger.info("[%d/%d] ttt_%s %s %s T=%d", i + 1, len(points), kind, backend, mode, T)
+        if backend == "fla_gdn":
+            from .fla_gdn import gdn_record
+
+            out.append(gdn_record(cfg, mode, T, device, budget, peaks, mem_method, SUITE, GATES[backend]))
+            continue
         K, F, N = cfg.head_dim, cfg.inner_dim(kind), cfg.mini_batch[kind]
         in_dtype = cfg.dtype if backend == "triton" else "float32"
         rec = Measurement(suite=SUITE, name=f"ttt_{kind}", mode=mode, T=T, batch=cfg.batch, median_s=None,
@@ -343,7 +354,11 @@ def summarize(ms: list[Measurement]) -> dict:
         pts = sorted((m for m in ok if (m.name, m.backend, m.mode) == (name, backend, mode)), key=lambda m: m.T)
         exps.append({"name": name, "backend": backend, "mode": mode, "fit_T": [m.T for m in pts],
                      "time_exponent": fit_exponent([m.T for m in pts], [m.median_s for m in pts])})
-    return {"ratios": ratios, "exponents": exps}
+    gdn = {(m.mode, m.T): m for m in ok if m.backend == "fla_gdn"}
+    vs_gdn = [{"name": m.name, "backend": m.backend, "mode": m.mode, "T": m.T,
+               "time_ratio_vs_fla_gdn": m.median_s / gdn[(m.mode, m.T)].median_s}
+              for m in ok if m.backend != "fla_gdn" and (m.mode, m.T) in gdn]
+    return {"ratios": ratios, "exponents": exps, "vs_fla_gdn": vs_gdn}
 
 
 def _f(x, fmt: str) -> str:
@@ -372,6 +387,12 @@ def markdown_table(res: TTTKernelBenchResult | list[Measurement]) -> str:
         for r in s["ratios"]:
             lines.append(f"| {r['name']} | {r['mode']} | {r['T']} | {r['speedup_triton_vs_torch']:.2f} | "
                          f"{_f(r['memory_ratio_triton_vs_torch'], '.3f')} |")
+    if s["vs_fla_gdn"]:
+        lines += ["", "## vs fla chunk Gated DeltaNet at the same (B, T, H, K) (same run)", "",
+                  "| layer | backend | mode | T | time / Gated DeltaNet time |", "|---|---|---|---:|---:|"]
+        for r in s["vs_fla_gdn"]:
+            lines.append(f"| {r['name']} | {r['backend']} | {r['mode']} | {r['T']} | "
+                         f"{r['time_ratio_vs_fla_gdn']:.2f} |")
     bad = [m for m in ms if not m.ok]
     if bad:
         lines += ["", "## Not measured", "", "| layer | backend | mode | T | status | reason |",
@@ -435,7 +456,9 @@ def write_report(res: TTTKernelBenchResult, out_dir: str | Path) -> dict:
                  "duration_s": time.perf_counter() - run.t0, "machine": run.machine, "versions": run.versions,
                  "config": _jsonable(asdict(cfg)), "notes": list(res.notes)},
         "peaks": res.peaks,
-        "gates": {f"ttt_{k}": sorted({g for b in cfg.backends for g in GATES[b]}) for k in cfg.kinds},
+        "gates": {**{f"ttt_{k}": sorted({g for b in cfg.backends if b != "fla_gdn" for g in GATES[b]})
+                     for k in cfg.kinds},
+                  **({"gated_deltanet": GATES["fla_gdn"]} if "fla_gdn" in cfg.backends else {})},
         "records": [_jsonable(m.to_dict()) for m in res.records],
         "summary": _jsonable(summarize(res.records)),
     }

@@ -1,0 +1,34 @@
+"""Make ``seqmix.kernels`` importable from a source checkout that is not installed (``PYTHONPATH=<repo root>``).
+
+pyproject.toml maps the top-level ``kernels/`` directory to ``seqmix.kernels``; installed (wheel or editable)
+copies resolve it through the installer. A plain checkout on ``PYTHONPATH`` (as ``scripts/gpu_check.sh`` uses it
+on a machine without a package index) would not find it: this finder, appended after every other one, maps that
+single name to ``<repo root>/kernels`` and nothing else. Loading stays lazy (no Triton is imported here).
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import sys
+from pathlib import Path
+
+_PKG = Path(__file__).resolve().parent
+_KERNELS = _PKG.parent / "kernels"
+
+
+class _KernelsFinder(importlib.abc.MetaPathFinder):
+    """Finds ``seqmix.kernels`` in the checkout's top-level ``kernels/`` directory."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != "seqmix.kernels":
+            return None
+        return importlib.util.spec_from_file_location(
+            fullname, _KERNELS / "__init__.py", submodule_search_locations=[str(_KERNELS)]
+        )
+
+
+# Only in a checkout (kernels/ beside the package, not inside it) and only once per interpreter.
+if (_KERNELS / "__init__.py").is_file() and not (_PKG / "kernels").exists():
+    if not any(isinstance(f, _KernelsFinder) or type(f).__name__ == "_KernelsFinder" for f in sys.meta_path):
+        sys.meta_path.append(_KernelsFinder())
