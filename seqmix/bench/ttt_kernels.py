@@ -12,7 +12,7 @@ Paper shapes (Dalal et al. 2025, arXiv 2504.05298): B = 1, 48 heads, head dim 64
 64 for TTT-MLP (16 for TTT-Linear as in the public training configs), non-causal (video) form, T from the 3 s
 video (18,048 tokens) to the 63 s one (341,550). On a GPU machine one command runs it::
 
-    seqmix bench ttt-kernels --device cuda          # or: python -m seqmix.bench.ttt_kernels --device cuda
+    seqmix bench ttt-kernels --device cuda
 
 (first call compiles and autotunes the kernels, which takes minutes; ``--num_warps 8`` pins one launch config and
 skips the autotuning). ``--quick`` is a CPU smoke run through the Triton interpreter at toy sizes: it checks that
@@ -27,10 +27,9 @@ them to it (it computes the scan in its input dtype). Inner matrix products of t
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -40,7 +39,7 @@ from seqmix.layers.cost import ttt_minibatch_flops
 
 from .core import (Measurement, SeriesBudget, fit_exponent, record_failure, measure, measure_peaks, median, memory_budget,
                    roofline)
-from .report import markdown_header, pyplot, start_run
+from .report import make_doc, markdown_header, pyplot, start_run, write_doc
 
 logger = logging.getLogger(__name__)
 
@@ -410,52 +409,19 @@ def plot(ms: list[Measurement], path: Path, title: str = "") -> Path | None:
     return path
 
 
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, float) and x != x:
-        return None
-    if isinstance(x, (str, int, float, bool)) or x is None:
-        return x
-    return str(x)
-
-
 def write_report(res: TTTKernelBenchResult, out_dir: str | Path) -> dict:
-    """Write ``results.json`` (``seqmix.bench/v2`` layout, suite ``ttt-kernels``), ``results.md`` and
-    ``results.png``; returns the paths and the document."""
-    import time
-
+    """Write ``results.json`` (``seqmix.bench/v2``, suite ``ttt-kernels``, validated as every suite's), ``results.md``
+    and ``results.png``; returns the paths and the document."""
     cfg, run = res.config, res.run
-    doc = {
-        "schema": "seqmix.bench/v2",
-        "suite": SUITE,
-        "meta": {"command": run.command, "argv": run.argv, "date": run.date,
-                 "duration_s": time.perf_counter() - run.t0, "machine": run.machine, "versions": run.versions,
-                 "config": _jsonable(asdict(cfg)), "notes": list(res.notes)},
-        "peaks": res.peaks,
-        "gates": {f"ttt_{k}": sorted({g for b in cfg.backends for g in GATES[b]}) for k in cfg.kinds},
-        "records": [_jsonable(m.to_dict()) for m in res.records],
-        "summary": _jsonable(summarize(res.records)),
-    }
+    gates = {f"ttt_{k}": sorted({g for b in cfg.backends for g in GATES[b]}) for k in cfg.kinds}
+    doc = make_doc(SUITE, run, cfg, res.records, summarize(res.records), res.peaks, gates, res.notes)
     sizes = (f"B={cfg.batch}, H={cfg.heads}, K={cfg.head_dim}, TTT-MLP hidden {cfg.head_dim * cfg.mlp_expansion}, "
              f"mini-batch {cfg.mini_batch}, {'causal' if cfg.causal else 'non-causal'} form; triton inputs "
              f"{cfg.dtype}, torch inputs float32; median of up to {cfg.repeats} timed calls after {cfg.warmup} "
              "warm-up.\n\n")
     md = markdown_header("TTT kernel benchmark (scan only: triton vs torch)", doc) + sizes + markdown_table(res) + "\n"
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
-    (out / "results.md").write_text(md)
     dev = run.machine.get("gpu") or run.machine.get("cpu_model")
-    png = plot(res.records, out / "results.png", f"TTT scan on {dev} (B={cfg.batch}, H={cfg.heads}, K={cfg.head_dim})")
-    return {"json": out / "results.json", "md": out / "results.md", "png": png, "doc": doc}
-
-
-if __name__ == "__main__":  # pragma: no cover - `python -m seqmix.bench.ttt_kernels [--quick true] ...`
-    from jsonargparse import CLI
-
-    from seqmix.bench.cli import bench_ttt_kernels
-
-    CLI(bench_ttt_kernels)
+    paths = write_doc(doc, out_dir, md, lambda p: plot(res.records, p, f"TTT scan on {dev} (B={cfg.batch}, "
+                                                       f"H={cfg.heads}, K={cfg.head_dim})"))
+    paths["doc"] = doc
+    return paths

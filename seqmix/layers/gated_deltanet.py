@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqmix.ops import acc_dtype
 from seqmix.ops import delta_rule as dr_ops
 from seqmix.ops import external
 from seqmix.utils.triton_compat import patch_triton_interpreter, triton_interpreter
@@ -49,7 +50,7 @@ from .cost import FP32_BYTES, Cost
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GatedDeltaNet", "GatedDeltaNetConfig", "GatedDeltaNetState"]
+__all__ = ["GatedDeltaNet", "GatedDeltaNetState"]
 
 # fla's layer switches to the fused recurrent kernel for inference calls up to this many tokens (decode steps,
 # short chunks): it needs no chunk-level precomputation, and it has no backward.
@@ -75,8 +76,6 @@ class GatedDeltaNetState(NamedTuple):
 
 
 # ------------------------------------------------------------------------------------------ torch pieces
-def _acc_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def _l2norm(x: torch.Tensor) -> torch.Tensor:
@@ -359,7 +358,7 @@ class GatedDeltaNet(Mixer):
     def _mix_torch(self, x, qkv, a, b, gate, st, return_state, backend):
         """Steps 2-4 in PyTorch: returns ``(o [B, T, HV, V] in x's dtype, new state or None)``."""
         c = self.config
-        acc = _acc_dtype(x)
+        acc = acc_dtype(x)
         qkv = qkv.to(acc)
         conv_state = None
         if c.use_short_conv:
@@ -422,6 +421,3 @@ class GatedDeltaNet(Mixer):
             o = self.o_norm(o.float()).to(o.dtype)
         new_state = GatedDeltaNetState(conv_state, S.float()) if return_state else None
         return o.to(x.dtype) if on_cpu else o, new_state
-
-
-GatedDeltaNetConfig = GatedDeltaNet.Config

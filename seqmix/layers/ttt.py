@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqmix.ops import acc_dtype
 from seqmix.ops import ttt as ttt_ops
 from seqmix.ops.rope import apply_rope, rope_angles
-
 from seqmix.utils.triton_compat import triton_interpreter
 
 from .base import Backend, Mixer, MixerConfig, register
@@ -39,8 +39,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["TTTConfig", "TTTLinear", "TTTMLP", "TTTState"]
 
 
-def _acc_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 class TTTState(NamedTuple):
@@ -219,7 +217,7 @@ class _TTTBase(Mixer):
         """x [B, T, D] -> q, k, r [B, H, T, K] and eta [B, H, T], in fp32 (fp64 for fp64 inputs)."""
         B, T, _ = x.shape
         H, K = self.num_heads, self.head_dim
-        acc = _acc_dtype(x)
+        acc = acc_dtype(x)
         q, k, v = (proj(x).view(B, T, H, K) for proj in (self.wq, self.wk, self.wv))  # autocast applies here
         with torch.autocast(device_type=x.device.type, enabled=False):
             return self._prepare(x, q, k, v, positions, acc)
@@ -245,7 +243,7 @@ class _TTTBase(Mixer):
         c: TTTConfig = self.config
         B, T, _ = x.shape
         scan = self.select_backend(x.device).fn
-        acc = _acc_dtype(x)
+        acc = acc_dtype(x)
         q, k, r, eta = self._project(x, positions)
         # Inner state, gradients and LN statistics in fp32 (fp64 for fp64 inputs) even under bf16 autocast.
         with torch.autocast(device_type=x.device.type, enabled=False):

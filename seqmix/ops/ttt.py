@@ -38,7 +38,9 @@ __all__ = [
     "gelu_tanh",
     "gelu_tanh_grad",
     "head_layer_norm",
+    "ln_l2_fwd",
     "ln_l2_grad",
+    "step_weights",
     "reconstruction_target",
     "init_state",
     "ttt_scan",
@@ -71,18 +73,27 @@ def head_layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: floa
     return xc * rstd * _head_affine(w, x) + _head_affine(b, x)
 
 
-def ln_l2_grad(z: torch.Tensor, target: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
-    """Gradient w.r.t. ``z`` of ``1/2 || LN(z) - target ||^2`` row by row. z, target: [B, H, N, K]."""
-    K = z.shape[-1]
+def ln_l2_fwd(z: torch.Tensor, r: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float):
+    """Gradient ``g`` w.r.t. ``z`` of ``1/2 || LN(z) w + b - r ||^2`` per row, and what its backward needs.
+
+    ``LN`` uses the biased variance with ``eps`` inside the square root; ``w, b`` broadcast against ``z``.
+    ``g = rstd (gx - mean(gx) - xh mean(gx xh))`` with ``xh = (z - mean z) rstd``, ``gx = (xh w + b - r) w``.
+    Returns ``(g, (xh, rstd, gx, e))`` with ``e = xh w + b - r`` (the hand-written backward of
+    :mod:`seqmix.kernels.ttt_ref` reuses them).
+    """
     mu = z.mean(-1, keepdim=True)
     zc = z - mu
-    rstd = torch.rsqrt(zc.pow(2).mean(-1, keepdim=True) + eps)
-    xhat = zc * rstd
-    w_ = _head_affine(w, z)
-    g_xhat = (xhat * w_ + _head_affine(b, z) - target) * w_
-    return (rstd / K) * (
-        K * g_xhat - g_xhat.sum(-1, keepdim=True) - xhat * (g_xhat * xhat).sum(-1, keepdim=True)
-    )
+    rstd = torch.rsqrt((zc * zc).mean(-1, keepdim=True) + eps)
+    xh = zc * rstd
+    e = xh * w + b - r
+    gx = e * w
+    g = rstd * (gx - gx.mean(-1, keepdim=True) - xh * (gx * xh).mean(-1, keepdim=True))
+    return g, (xh, rstd, gx, e)
+
+
+def ln_l2_grad(z: torch.Tensor, target: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
+    """Gradient w.r.t. ``z`` of ``1/2 || LN(z) - target ||^2`` row by row. z, target: [B, H, N, K]; w, b: [H, K]."""
+    return ln_l2_fwd(z, target, _head_affine(w, z), _head_affine(b, z), eps)[0]
 
 
 def reconstruction_target(
@@ -104,7 +115,7 @@ def init_state(params: tuple[torch.Tensor, ...], batch: int, dtype: torch.dtype)
     return tuple(p.to(dtype).unsqueeze(0).expand(batch, *p.shape) for p in params)
 
 
-def _step_weights(eta: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def step_weights(eta: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """eta: [B, H, N] -> (E [B, H, N, N] read-out step sizes, last [B, H, N] state-update step sizes)."""
     N = eta.shape[-1]
     last = eta / N
@@ -133,7 +144,7 @@ def _mb_step(
 
     q, k, r: [B, H, N, K]; eta: [B, H, N]. Returns (new state, z [B, H, N, K]).
     """
-    E, last = _step_weights(eta, causal)
+    E, last = step_weights(eta, causal)
     lw = last.unsqueeze(-1)  # [B, H, N, 1]
     if kind == "linear":
         W1, b1 = state
