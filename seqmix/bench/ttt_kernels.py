@@ -37,9 +37,9 @@ import torch
 from seqmix.layers import TTTMLP
 from seqmix.layers.cost import ttt_minibatch_flops
 
-from .core import (Measurement, SeriesBudget, fit_exponent, record_failure, measure, measure_peaks, median, memory_budget,
-                   roofline)
-from .report import make_doc, markdown_header, pyplot, start_run, write_doc
+from .core import Measurement, fit_exponent, median, torch_threads
+from .driver import BenchConfig, PointLoop
+from .report import make_doc, markdown_header, pyplot, write_doc
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def ttt_scan_bytes(kind: str, *, batch: int, heads: int, T: int, head_dim: int, 
 
 # ------------------------------------------------------------------------------------------------------- config
 @dataclass(kw_only=True)
-class TTTKernelBenchConfig:
+class TTTKernelBenchConfig(BenchConfig):
     """What to measure (defaults: the paper's shapes on one GPU; :meth:`quick_config`: a CPU smoke run).
 
     Attributes:
@@ -110,19 +110,13 @@ class TTTKernelBenchConfig:
         dtype: dtype of q, k, r, eta given to the triton backend (the torch backend always gets fp32).
         checkpoint_group: mini-batches per saved state in fwd+bwd (both backends); 0: ~sqrt(#mini-batches).
         num_warps: pin the kernels' launch config (skips autotuning; set before the kernels are first imported).
-        repeats, warmup: timed and untimed calls per point (median reported).
-        max_seconds_per_point: stop repeating once this many timed seconds are spent.
-        max_call_seconds: skip points predicted to take longer per call (and the longer lengths of the series).
-        memory_fraction: skip points predicted to use more than this fraction of free memory.
         device: ``cuda`` (or ``cpu`` under the Triton interpreter for --quick).
-        peaks: measure the bf16 matmul / copy ceilings first.
-        quick: toy sizes (CPU interpreter smoke run).
-        notes: free-text caveats stored with the results.
+        Shared fields (batch, repeats, budgets, threads, peaks, quick, notes):
+        :class:`~seqmix.bench.driver.BenchConfig`.
     """
 
     kinds: list[str] = field(default_factory=lambda: ["mlp", "linear"])
     lengths: list[int] = field(default_factory=lambda: list(PAPER_LENGTHS))
-    batch: int = 1
     heads: int = 48
     head_dim: int = 64
     mlp_expansion: int = 4
@@ -133,15 +127,10 @@ class TTTKernelBenchConfig:
     dtype: str = "bfloat16"
     checkpoint_group: int = 0
     num_warps: int | None = None
-    repeats: int = 3
-    warmup: int = 1
     max_seconds_per_point: float = 20.0
     max_call_seconds: float = 60.0
     memory_fraction: float = 0.8
     device: str = "cuda"
-    peaks: bool = True
-    quick: bool = False
-    notes: list[str] = field(default_factory=list)
 
     @classmethod
     def quick_config(cls, **kw) -> "TTTKernelBenchConfig":
@@ -242,14 +231,14 @@ def run_ttt_kernel_bench(cfg: TTTKernelBenchConfig, progress: bool = True,
                          command: str | None = None) -> TTTKernelBenchResult:
     """Measure every (kind, backend, mode, T) point; a point that cannot run is recorded with the reason."""
     _check(cfg)
-    device = torch.device(cfg.device)
-    run = start_run(cfg.device, command)
-    notes = list(cfg.notes)
-    peaks = measure_peaks(device, quick=cfg.quick) if cfg.peaks else None
-    mem_method = "cuda-max-allocated" if device.type == "cuda" else "tensor-accounting"
-    budget = SeriesBudget(cfg.max_call_seconds, memory_budget(device, cfg.memory_fraction))
+    with torch_threads(cfg.threads):
+        return _run(cfg, progress, command)
+
+
+def _run(cfg: TTTKernelBenchConfig, progress: bool, command: str | None) -> TTTKernelBenchResult:
+    loop = PointLoop(cfg, SUITE, command)
+    device, notes = loop.device, list(cfg.notes)
     prec = None
-    out: list[Measurement] = []
     lengths = sorted(set(cfg.lengths))
     points = [(kd, b, m, T) for kd in cfg.kinds for b in cfg.backends for m in cfg.modes for T in lengths]
     for i, (kind, backend, mode, T) in enumerate(points):
@@ -257,10 +246,8 @@ def run_ttt_kernel_bench(cfg: TTTKernelBenchConfig, progress: bool = True,
             logger.info("[%d/%d] ttt_%s %s %s T=%d", i + 1, len(points), kind, backend, mode, T)
         K, F, N = cfg.head_dim, cfg.inner_dim(kind), cfg.mini_batch[kind]
         in_dtype = cfg.dtype if backend == "triton" else "float32"
-        rec = Measurement(suite=SUITE, name=f"ttt_{kind}", mode=mode, T=T, batch=cfg.batch, median_s=None,
-                          tokens_per_s=None, peak_bytes=None, backend=backend, dtype=in_dtype, device=str(device),
-                          memory_method=mem_method, gate=list(GATES[backend]), unit="call", tokens_per_unit=T)
-        out.append(rec)
+        rec = loop.record(f"ttt_{kind}", mode, T, backend, dtype=in_dtype, gate=list(GATES[backend]), unit="call",
+                          tokens_per_unit=T)
         rec.flops = ttt_scan_flops(kind, causal=cfg.causal, batch=cfg.batch, heads=cfg.heads, T=T, head_dim=K,
                                    inner_dim=F, mini_batch_size=N, mode=mode)
         rec.extra = {"heads": cfg.heads, "head_dim": K, "inner_dim": F, "mini_batch_size": N, "causal": cfg.causal,
@@ -276,37 +263,21 @@ def run_ttt_kernel_bench(cfg: TTTKernelBenchConfig, progress: bool = True,
                 prec = dot_precision(device)
             rec.extra["dot_precision"] = prec
         key = (kind, backend, mode)
-        why = budget.check(key, T, rec.flops)
-        if why:
-            rec.status, rec.reason = "skipped", why
-            if not why.startswith("a shorter"):
-                budget.kill(key, T, why)
+        if loop.over_budget(rec, key, T, rec.flops):
             continue
-        fn = None
-        try:
+
+        def make(kind=kind, backend=backend, mode=mode, T=T, rec=rec, K=K, F=F, N=N, in_dtype=in_dtype):
             fn, G = _point(cfg, kind, backend, mode, T, device)
             n_mb = -(-T // N)
             rec.bytes = ttt_scan_bytes(kind, batch=cfg.batch, heads=cfg.heads, T=T, head_dim=K, inner_dim=F,
                                        in_bytes=torch.finfo(getattr(torch, in_dtype)).bits // 8, mode=mode,
                                        n_saved_states=-(-n_mb // G) if mode == "fwd+bwd" else 0)
             rec.extra["checkpoint_group"] = G if mode == "fwd+bwd" else None
-            times, peak = measure(fn, repeats=cfg.repeats, warmup=cfg.warmup, device=device,
-                                  max_seconds=cfg.max_seconds_per_point)
-        except Exception as e:  # noqa: BLE001 - record and go on with the other points
-            if not record_failure(rec, e, budget, key, T):
-                logger.warning("ttt_%s/%s %s T=%d failed: %s", kind, backend, mode, T, rec.reason)
-            continue
-        finally:
-            fn = None  # noqa: F841 - drop inputs before the next point
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        rec.times_s = list(times)
-        rec.median_s = median(times)
-        rec.tokens_per_s = cfg.batch * T / rec.median_s
-        rec.peak_bytes = None if peak is None else int(peak)
-        roofline(rec, peaks)
-        budget.record(key, T, rec.median_s, rec.peak_bytes, rec.flops)
+            return fn
+
+        loop.time(rec, key, T, make, flops=rec.flops, label=f"ttt_{kind}/{backend} {mode} T={T}", cleanup=gc.collect)
+    loop.finish(remeasure_peaks=False)
+    run, peaks = loop.run, loop.peaks
     if device.type == "cpu":
         notes.append("CPU run: the triton backend runs under the Triton interpreter (~1 ms per program instance per "
                      "operation): a pipeline smoke test, not a measurement.")
@@ -314,7 +285,7 @@ def run_ttt_kernel_bench(cfg: TTTKernelBenchConfig, progress: bool = True,
         notes.append("% matmul peak refers to the measured bf16 matmul ceiling; the kernels' products are TF32 / "
                      "TF32x3 on fp32 operands, whose ceiling is lower (H100 TF32 dense ~half the bf16 rate, TF32x3 a "
                      "third of that), so these fractions understate the use of the TF32 units.")
-    return TTTKernelBenchResult(out, peaks, cfg, run, notes)
+    return TTTKernelBenchResult(loop.records, peaks, cfg, run, notes)
 
 
 def _triton_reason(kind: str, K: int, F: int, N: int, dtype: torch.dtype, device: torch.device) -> str | None:

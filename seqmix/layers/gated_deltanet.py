@@ -43,9 +43,9 @@ from torch import nn
 from seqmix.ops import acc_dtype
 from seqmix.ops import delta_rule as dr_ops
 from seqmix.ops import external
-from seqmix.utils.triton_compat import patch_triton_interpreter, triton_interpreter
+from seqmix.utils.triton_compat import patch_triton_interpreter
 
-from .base import Backend, Mixer, MixerConfig, register
+from .base import Backend, Mixer, MixerConfig, register, triton_device_reason
 from .cost import FP32_BYTES, Cost
 
 logger = logging.getLogger(__name__)
@@ -112,16 +112,11 @@ class _OutputNorm(nn.Module):
 def _fla_supports(layer: "GatedDeltaNet", device: torch.device, dtype: torch.dtype, shapes) -> str | None:
     if dtype == torch.float64:
         return "fla's kernels do not run in float64"
-    if device.type == "cpu":
-        if not triton_interpreter():
-            return "fla's Triton kernels need a CUDA device (on CPU only under TRITON_INTERPRET=1, for tests)"
-        # The interpreter is ~1 ms per program instance: never an automatic choice, only an explicit one.
-        if layer.config.backend != "fla":
-            return "the Triton interpreter is for tests only; request backend='fla' explicitly"
-        if dtype not in (torch.float32, torch.float16):
-            return f"the Triton interpreter computes {dtype} wrongly; use float32 or float16"
-    elif device.type != "cuda":
-        return f"fla's Triton kernels do not run on {device.type}"
+    reason = triton_device_reason(layer, "fla", device, "fla's Triton kernels")
+    if reason:
+        return reason
+    if device.type == "cpu" and dtype not in (torch.float32, torch.float16):
+        return f"the Triton interpreter computes {dtype} wrongly; use float32 or float16"
     try:
         external.fla_gated_delta_rule()
     except ImportError as e:

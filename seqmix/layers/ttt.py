@@ -29,9 +29,8 @@ from torch import nn
 from seqmix.ops import acc_dtype
 from seqmix.ops import ttt as ttt_ops
 from seqmix.ops.rope import apply_rope, rope_angles
-from seqmix.utils.triton_compat import triton_interpreter
 
-from .base import Backend, Mixer, MixerConfig, register
+from .base import Backend, Mixer, MixerConfig, register, triton_device_reason
 from .cost import FP32_BYTES, Cost, ttt_minibatch_flops
 
 logger = logging.getLogger(__name__)
@@ -89,14 +88,9 @@ class TTTConfig(MixerConfig):
 def _triton_supports(layer: "_TTTBase", device: torch.device, dtype: torch.dtype, shapes) -> str | None:
     if dtype == torch.float64:
         return "the TTT Triton kernels compute in float32; float64 layers use the torch backend"
-    if device.type == "cpu":
-        if not triton_interpreter():
-            return "the TTT Triton kernels need a CUDA device (on CPU only under TRITON_INTERPRET=1, for tests)"
-        # The interpreter is ~1 ms per program instance: never an automatic choice, only an explicit one.
-        if layer.config.backend != "triton":
-            return "the Triton interpreter is for tests only; request backend='triton' explicitly"
-    elif device.type != "cuda":
-        return f"the TTT Triton kernels do not run on {device.type}"
+    reason = triton_device_reason(layer, "triton", device, "the TTT Triton kernels")
+    if reason:
+        return reason
     try:  # imported here, never at `import seqmix` (TRITON_INTERPRET must be set before @triton.jit runs)
         from seqmix.kernels.ttt_triton import check_supported
     except ImportError as e:
