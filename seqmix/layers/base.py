@@ -73,10 +73,13 @@ def _runs_anywhere(layer: "Mixer", device: torch.device, dtype: torch.dtype, sha
     return None
 
 
-def triton_device_reason(layer: "Mixer", backend: str, device: torch.device, kernels: str) -> str | None:
-    """Why ``kernels`` (e.g. "fla's Triton kernels") cannot run on ``device``, or ``None``: they run on CUDA, and on
-    CPU only under the Triton interpreter (~1 ms per program instance: tests only), so there only when ``backend``
-    was asked for explicitly, never as an automatic choice."""
+def triton_device_reason(layer: "Mixer", backend: str, device: torch.device, dtype: torch.dtype,
+                         kernels: str) -> str | None:
+    """Why ``kernels`` (e.g. "fla's Triton kernels") cannot run on ``device`` in ``dtype``, or ``None``: not in
+    float64; on CUDA, and on CPU only under the Triton interpreter (~1 ms per program instance: tests only), so
+    there only when ``backend`` was asked for explicitly, never as an automatic choice."""
+    if dtype == torch.float64:
+        return f"{kernels} do not compute in float64"
     if device.type == "cpu":
         if not triton_interpreter():
             return f"{kernels} need a CUDA device (on CPU only under TRITON_INTERPRET=1, for tests)"

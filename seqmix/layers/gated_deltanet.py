@@ -110,9 +110,7 @@ class _OutputNorm(nn.Module):
 
 
 def _fla_supports(layer: "GatedDeltaNet", device: torch.device, dtype: torch.dtype, shapes) -> str | None:
-    if dtype == torch.float64:
-        return "fla's kernels do not run in float64"
-    reason = triton_device_reason(layer, "fla", device, "fla's Triton kernels")
+    reason = triton_device_reason(layer, "fla", device, dtype, "fla's Triton kernels")
     if reason:
         return reason
     if device.type == "cpu" and dtype not in (torch.float32, torch.float16):

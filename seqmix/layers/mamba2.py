@@ -96,9 +96,7 @@ def _mamba_ssm_supports(layer: "Mamba2", device: torch.device, dtype: torch.dtyp
 
 
 def _fla_supports(layer: "Mamba2", device: torch.device, dtype: torch.dtype, shapes) -> str | None:
-    if dtype == torch.float64:
-        return "fla's Triton kernels do not compute in float64"
-    return triton_device_reason(layer, "fla", device, "fla's Triton kernels") or external.fla_unavailable()
+    return triton_device_reason(layer, "fla", device, dtype, "fla's Triton kernels") or external.fla_unavailable()
 
 
 @register("mamba2")

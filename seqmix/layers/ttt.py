@@ -86,9 +86,7 @@ class TTTConfig(MixerConfig):
 
 
 def _triton_supports(layer: "_TTTBase", device: torch.device, dtype: torch.dtype, shapes) -> str | None:
-    if dtype == torch.float64:
-        return "the TTT Triton kernels compute in float32; float64 layers use the torch backend"
-    reason = triton_device_reason(layer, "triton", device, "the TTT Triton kernels")
+    reason = triton_device_reason(layer, "triton", device, dtype, "the TTT Triton kernels")
     if reason:
         return reason
     try:  # imported here, never at `import seqmix` (TRITON_INTERPRET must be set before @triton.jit runs)
