@@ -3,7 +3,9 @@
 recomputing each checkpoint group's states) and the same hand-derived backward, batched over ``[B, H]``.
 
 It exists to prove the derivation (tests compare it with autograd through :func:`seqmix.ops.ttt.ttt_scan` in
-fp64) and as a readable statement of what every kernel program computes. Only torch is imported here.
+fp64) and as a readable statement of what every kernel program computes. The forward helpers (GELU, the LN-L2
+gradient, the read-out step sizes) are those of :mod:`seqmix.ops.ttt`; only the hand-written backward and the
+checkpoint schedule are its own. No Triton is imported here.
 
 Legend: B batch, H heads, T tokens, K head dim, F inner width (K for TTT-Linear, e.g. 4K for TTT-MLP), N tokens
 per mini-batch, n tokens actually present in a mini-batch (``n < N`` only for the ragged last one), G mini-batches
@@ -51,11 +53,13 @@ import math
 
 import torch
 
+from seqmix.ops.ttt import gelu_tanh as gelu
+from seqmix.ops.ttt import gelu_tanh_grad as gelu_d1
+from seqmix.ops.ttt import ln_l2_fwd as lnl2_fwd
+from seqmix.ops.ttt import step_weights
+
 __all__ = [
-    "gelu",
-    "gelu_d1",
     "gelu_d2",
-    "lnl2_fwd",
     "lnl2_bwd",
     "ttt_scan_manual",
     "ttt_scan_manual_fwd",
@@ -67,39 +71,11 @@ _C = math.sqrt(2.0 / math.pi)
 _A = 0.044715
 
 
-def gelu(x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * x * (1.0 + torch.tanh(_C * (x + _A * x * x * x)))
-
-
-def gelu_d1(x: torch.Tensor) -> torch.Tensor:
-    """GELU_tanh'(x) = 0.5 (1 + t) + 0.5 x (1 - t^2) u',  t = tanh(u), u = c (x + a x^3)."""
-    t = torch.tanh(_C * (x + _A * x * x * x))
-    du = _C * (1.0 + 3.0 * _A * x * x)
-    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du
-
-
 def gelu_d2(x: torch.Tensor) -> torch.Tensor:
-    """GELU_tanh''(x) = (1 - t^2) (u' - x t u'^2 + 3 a c x^2)  (u'' = 6 a c x)."""
+    """GELU_tanh''(x) = (1 - t^2) (u' - x t u'^2 + 3 a c x^2)  (u'' = 6 a c x), t = tanh(u), u = c (x + a x^3)."""
     t = torch.tanh(_C * (x + _A * x * x * x))
     du = _C * (1.0 + 3.0 * _A * x * x)
     return (1.0 - t * t) * (du - x * t * du * du + 3.0 * _A * _C * x * x)
-
-
-def lnl2_fwd(z: torch.Tensor, r: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float):
-    """Gradient ``g`` w.r.t. ``z`` of ``1/2 || LN(z) w + b - r ||^2`` per row, and what its backward needs.
-
-    ``LN`` uses the biased variance with ``eps`` inside the square root. ``w, b`` broadcast against ``z``.
-    ``g = rstd (gx - mean(gx) - xh mean(gx xh))`` with ``xh = (z - mean z) rstd``, ``gx = (xh w + b - r) w``.
-    Returns ``(g, (xh, rstd, gx, e))`` with ``e = xh w + b - r``.
-    """
-    mu = z.mean(-1, keepdim=True)
-    zc = z - mu
-    rstd = torch.rsqrt((zc * zc).mean(-1, keepdim=True) + eps)
-    xh = zc * rstd
-    e = xh * w + b - r
-    gx = e * w
-    g = rstd * (gx - gx.mean(-1, keepdim=True) - xh * (gx * xh).mean(-1, keepdim=True))
-    return g, (xh, rstd, gx, e)
 
 
 def lnl2_bwd(dg: torch.Tensor, g: torch.Tensor, cache, w: torch.Tensor):
@@ -135,13 +111,6 @@ def default_checkpoint_group(n_mb: int) -> int:
     return max(1, math.ceil(math.sqrt(max(n_mb, 1))))
 
 
-def _step_matrix(eta: torch.Tensor) -> torch.Tensor:
-    """Causal read-out steps ``E [.., n, n]``: ``eta_j / (i + 1)`` for ``j <= i``."""
-    n = eta.shape[-1]
-    pos = 1.0 / torch.arange(1, n + 1, device=eta.device, dtype=eta.dtype)
-    return torch.tril(pos[:, None] * eta[..., None, :])
-
-
 def _mb_fwd(kind, causal, st, q, x, r, eta, lw_, lb_, eps):
     """One mini-batch: returns (read-out z, state after the update (always applied), intermediates)."""
     n = x.shape[-2]
@@ -153,7 +122,7 @@ def _mb_fwd(kind, causal, st, q, x, r, eta, lw_, lb_, eps):
         lwG = lw * G
         W1n, b1n = W1 - x.mT @ lwG, b1 - lwG.sum(-2, keepdim=True)
         if causal:
-            E = _step_matrix(eta)
+            E = step_weights(eta, True)[0]
             S = q @ x.mT
             zq = q @ W1 + b1 - (E * (S + 1)) @ G
         else:
@@ -170,7 +139,7 @@ def _mb_fwd(kind, causal, st, q, x, r, eta, lw_, lb_, eps):
     lwG1, lwG2 = lw * G1, lw * G2
     new = (W1 - x.mT @ lwG1, b1 - lwG1.sum(-2, keepdim=True), W2 - A.mT @ lwG2, b2 - lwG2.sum(-2, keepdim=True))
     if causal:
-        E = _step_matrix(eta)
+        E = step_weights(eta, True)[0]
         S1 = q @ x.mT
         Z1q = q @ W1 + b1 - (E * (S1 + 1)) @ G1
         Aq = gelu(Z1q)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from seqmix.ops.ttt import _check_scan_inputs
+from seqmix.ops.ttt import check_scan_inputs
 
 from .ttt_ref import default_checkpoint_group
 
@@ -168,7 +168,7 @@ class TTTTPFunction(torch.autograd.Function):
 
 def _validate(q, k, r, eta, ln_w, ln_b, state, kind, causal, mini_batch_size, dual):
     """Every check that needs no GPU and no build; raises ValueError naming what is allowed."""
-    _check_scan_inputs(q, k, r, eta, state, kind, mini_batch_size)
+    check_scan_inputs(q, k, r, eta, state, kind, mini_batch_size)
     if causal and dual is False:
         raise ValueError("the causal form needs the dual read-out (dual=True or None)")
     B, H, T, K = q.shape

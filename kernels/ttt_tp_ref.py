@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import torch
 
-from seqmix.ops.ttt import _check_scan_inputs, _step_weights, gelu_tanh, gelu_tanh_grad
+from seqmix.ops.ttt import check_scan_inputs, step_weights, gelu_tanh, gelu_tanh_grad
 
 from .ttt_ref import default_checkpoint_group, gelu_d2, lnl2_bwd, lnl2_fwd
 
@@ -90,7 +90,7 @@ def _mb_fwd(st, q, x, r, eta, lnw, lnb, eps, causal, readout=True):
     if not readout:
         return None, new, I
     if causal:
-        E = _step_weights(eta, True)[0]
+        E = step_weights(eta, True)[0]
         S1 = q @ x.mT
         Z1q = [q @ W1[p] + b1[p] - (E * (S1 + 1)) @ G1[p] for p in range(P)]
         Aq = [gelu_tanh(z) for z in Z1q]
@@ -261,7 +261,7 @@ def ttt_scan_tp_emulated(q, k, r, eta, ln_w, ln_b, state, *, kind="mlp", causal,
     """Same signature and return value as :func:`seqmix.ops.ttt.ttt_scan` (TTT-MLP only), computed on ``shards``
     hidden-unit shards with the kernel's schedule and hand-written backward. ``checkpoint_group <= 0`` picks
     :func:`seqmix.kernels.ttt_ref.default_checkpoint_group`."""
-    _check_scan_inputs(q, k, r, eta, state, kind, mini_batch_size)
+    check_scan_inputs(q, k, r, eta, state, kind, mini_batch_size)
     if kind != "mlp":
         raise ValueError(f"the tensor-parallel TTT scan is for TTT-MLP only, got kind={kind!r}")
     if causal and dual is False:

@@ -47,7 +47,7 @@ import torch
 import triton
 import triton.language as tl
 
-from seqmix.ops.ttt import _check_scan_inputs
+from seqmix.ops.ttt import check_scan_inputs
 from seqmix.utils.triton_compat import triton_interpreter
 
 from .ttt_ref import default_checkpoint_group, ttt_scan_manual_bwd, ttt_scan_manual_fwd
@@ -985,7 +985,7 @@ def ttt_scan_triton(
     Returns:
         ``z [B, H, T, K]`` in ``q``'s dtype and the fp32 state after the last complete mini-batch.
     """
-    _check_scan_inputs(q, k, r, eta, state, kind, mini_batch_size)
+    check_scan_inputs(q, k, r, eta, state, kind, mini_batch_size)
     if causal and dual is False:
         raise ValueError("the causal form needs the dual read-out (dual=True or None): primal read-out is per mini-batch")
     B, H, T, K = q.shape

@@ -15,6 +15,7 @@ from torch import nn
 
 from seqmix.backbones.dit import DiTConfig, GlobalLayer, SegmentedDiT
 from seqmix.backbones.layout import VideoLayout
+from seqmix.layers import Mixer, MixerConfig
 from seqmix.utils.testing import assert_close
 
 diffusers = pytest.importorskip("diffusers")
@@ -272,16 +273,19 @@ def test_layout_validation_and_text_packing():
 
 
 # ======================================================================================== global layer order
-class _Cumsum(nn.Module):
+class _Cumsum(Mixer):
     """An order-sensitive stand-in mixer that records the positions it was given."""
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, dim: int):
+        super().__init__(dim, 1, MixerConfig())
         self.seen: list = []
 
-    def forward(self, x, *, positions=None):
+    def state_size(self, seq_len=None) -> int:
+        return 0
+
+    def _forward(self, x, *, layout, positions, state, return_state):
         self.seen.append(positions)
-        return 0.1 * x.cumsum(dim=1)
+        return 0.1 * x.cumsum(dim=1), None
 
 
 def test_global_layer_order_and_gates():
@@ -289,7 +293,7 @@ def test_global_layer_order_and_gates():
     model = tiny_model(num_layers=1, mixer="ttt_linear", mixer_config=dict(mini_batch_size=4))
     plan = model._plan(lay, torch.device("cpu"))
     D = model.config.inner_dim
-    gl = GlobalLayer(_Cumsum(), D, gate_init=0.3, use_positions=True)
+    gl = GlobalLayer(_Cumsum(D), D, gate_init=0.3, use_positions=True)
     with torch.no_grad():
         gl.gate_fwd_video.alpha.fill_(0.5)
         gl.gate_bwd_text.alpha.fill_(-0.2)

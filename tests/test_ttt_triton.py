@@ -435,4 +435,7 @@ def test_bench_quick_run_writes_report(tmp_path):
     paths = write_report(res, tmp_path)
     doc = json.loads(paths["json"].read_text())
     assert doc["suite"] == "ttt-kernels" and len(doc["records"]) == 4
+    from seqmix.bench import validate
+
+    validate(doc)  # the same schema check as every suite
     assert "triton vs torch" in paths["md"].read_text()

@@ -104,7 +104,8 @@ def bench_dit(
     preset's value.
 
     Args:
-        variants: local, full_window, full_attn, ttt_mlp, ttt_linear, mamba2, gated_deltanet, swa (default: all).
+        variants: ``local``, ``full_window`` and any registry layer that mixes tokens (as a global layer; default:
+            all, see ``seqmix.bench.dit.variants()``).
         durations: seconds among 3, 9, 18, 30, 63 (default: all).
         modes: ``fwd`` (inference) and / or ``fwd+bwd`` (training).
         num_layers: DiT blocks.

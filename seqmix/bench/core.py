@@ -46,9 +46,6 @@ __all__ = [
     "SeriesBudget",
 ]
 
-STATUSES = ("ok", "skipped", "error")
-
-
 @dataclass
 class Measurement:
     """One benchmark measurement: one JSON record of the ``seqmix.bench/v2`` schema (see ``benchmarks/SCHEMA.md``).

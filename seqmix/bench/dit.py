@@ -29,7 +29,6 @@ head are negligible), paper windows (SWA 8192 tokens).
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -42,10 +41,10 @@ from seqmix.backbones.dit import DiTConfig, SegmentedDiT
 from seqmix.backbones.layout import VideoLayout
 
 from . import costs
-from .core import (Measurement, SeriesBudget, combine_peaks, record_failure, measure, measure_peaks, median, memory_budget,
-                   roofline, torch_threads)
+from .core import Measurement, median, torch_threads
+from .driver import BenchConfig, PointLoop, machine_notes
 from .gates import gate
-from .report import RunInfo, make_doc, markdown_header, pyplot, start_run, write_doc
+from .report import RunInfo, make_doc, markdown_header, pyplot, write_doc
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ _PAPER_SWA_WINDOW, _PAPER_TOKENS_PER_FRAME = 8192, 1350
 
 
 @dataclass(kw_only=True)
-class DiTBenchConfig:
+class DiTBenchConfig(BenchConfig):
     """What to measure. Defaults: the REDUCED CPU scale (see the module docstring); :meth:`gpu` for paper scale.
 
     Attributes:
@@ -104,8 +103,9 @@ class DiTBenchConfig:
         mixer_configs: per-global-layer config overrides; ``swa`` without a window gets the paper's 8192-token
             window scaled to this grid (8192 / 1350 = 6.07 frames).
         gradient_checkpointing: recompute blocks in backward (as the paper's training).
-        batch, repeats, warmup, max_seconds_per_point, max_call_seconds, memory_fraction: as the layer suite.
-        device, dtype, threads, peaks, quick, notes: as the layer suite.
+        reduced: the reduced CPU scale (said in every report).
+        Shared fields (batch, repeats, budgets, device, dtype, threads, peaks, quick, notes):
+        :class:`~seqmix.bench.driver.BenchConfig`.
     """
 
     variants: list[str] = field(default_factory=lambda: list(variants()))
@@ -123,19 +123,9 @@ class DiTBenchConfig:
     time_embed_dim: int = 64
     mixer_configs: dict[str, dict] = field(default_factory=dict)
     gradient_checkpointing: bool = False
-    batch: int = 1
-    repeats: int = 3
-    warmup: int = 1
     max_seconds_per_point: float = 20.0
     max_call_seconds: float = 60.0
-    memory_fraction: float = 0.6
-    device: str = "cpu"
-    dtype: str = "float32"
-    threads: int | None = None
-    peaks: bool = True
-    quick: bool = False
     reduced: bool = True
-    notes: list[str] = field(default_factory=list)
 
     @classmethod
     def gpu(cls, **kw) -> "DiTBenchConfig":
@@ -252,18 +242,14 @@ def run_dit_bench(cfg: DiTBenchConfig, progress: bool = True, command: str | Non
 
 
 def _run(cfg: DiTBenchConfig, progress: bool, command: str | None) -> DiTBenchResult:
-    run = start_run(cfg.device, command)
-    device = torch.device(cfg.device)
-    peaks = measure_peaks(device, quick=cfg.quick) if cfg.peaks else None
-    series = SeriesBudget(cfg.max_call_seconds, memory_budget(device, cfg.memory_fraction))
-    mem_method = "cuda-max-allocated" if device.type == "cuda" else "tensor-accounting"
+    loop = PointLoop(cfg, "dit", command)
+    run, device = loop.run, loop.device
     durations = sorted(set(cfg.durations))
     # The reference first, so that every ratio has its denominator; the variants of one (duration, mode) are measured
     # back to back, so that a ratio compares timings taken within seconds of each other (load on a shared machine
     # drifts over minutes). Durations ascend, as the budget prediction of a series needs.
     names = ["local"] + [v for v in cfg.variants if v != "local"]
     points = [(v, s, m) for s in durations for m in cfg.modes for v in names]
-    out: list[Measurement] = []
     models: dict[str, SegmentedDiT] = {"local": build_model(cfg, "local")}
     # process warm-up (untimed): first calls pay for lazy initialisation that would otherwise bias the first point
     lay0 = layout_for(cfg, durations[0], "local")
@@ -281,10 +267,8 @@ def _run(cfg: DiTBenchConfig, progress: bool, command: str | None) -> DiTBenchRe
         gl = next((b.global_layer for b in model.transformer_blocks if b.global_layer is not None), None)
         backend = gl.mixer.backend_for(device) if gl is not None else "sdpa"
         cost = costs.dit_cost(model, lay, mode, cfg.batch)
-        rec = Measurement(
-            suite="dit", name=variant, mode=mode, T=lay.total_tokens, batch=cfg.batch, median_s=None,
-            tokens_per_s=None, peak_bytes=None, backend=backend, dtype=cfg.dtype, device=str(device),
-            memory_method=mem_method, unit="call", tokens_per_unit=lay.total_tokens, flops=cost.flops,
+        rec = loop.record(
+            variant, mode, lay.total_tokens, backend, unit="call", tokens_per_unit=lay.total_tokens, flops=cost.flops,
             bytes=cost.bytes, gate=gate("dit", variant, mixer=mixer),
             extra={"seconds": seconds, "segments": VideoLayout.PAPER_DURATIONS[seconds], "mixer": mixer,
                    "one_window": one_window, "description": description(variant),
@@ -295,39 +279,13 @@ def _run(cfg: DiTBenchConfig, progress: bool, command: str | None) -> DiTBenchRe
                    "mixer_config": dataclasses.asdict(gl.mixer.config) if gl is not None else None,
                    "state_size": model.state_size(lay.total_tokens) if gl is not None else 0,
                    "reduced_scale": cfg.reduced})
-        out.append(rec)
         key = (variant, mode)
-        why = series.check(key, lay.total_tokens, cost.flops)
-        if why:
-            rec.status, rec.reason = "skipped", why
-            if not why.startswith("a shorter"):
-                series.kill(key, lay.total_tokens, why)
+        if loop.over_budget(rec, key, lay.total_tokens, cost.flops):
             continue
-        try:
-            fn = _point(model, lay, mode, cfg)
-            times, peak = measure(fn, repeats=cfg.repeats, warmup=cfg.warmup, device=device,
-                                  max_seconds=cfg.max_seconds_per_point)
-        except Exception as e:  # noqa: BLE001 - record and go on
-            if not record_failure(rec, e, series, key, lay.total_tokens):
-                logger.warning("dit %s %ss %s failed: %s", variant, seconds, mode, rec.reason)
-            continue
-        finally:
-            fn = None  # noqa: F841
-            model.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                gc.collect()
-                torch.cuda.empty_cache()
-        rec.times_s = times
-        rec.median_s = median(times)
-        rec.tokens_per_s = cfg.batch * lay.total_tokens / rec.median_s
-        rec.peak_bytes = None if peak is None else int(peak)
-        rec.extra["repeats"] = len(times)
-        series.record(key, lay.total_tokens, rec.median_s, rec.peak_bytes, cost.flops)
+        loop.time(rec, key, lay.total_tokens, lambda: _point(model, lay, mode, cfg), flops=cost.flops,
+                  label=f"dit {variant} {seconds}s {mode}", cleanup=lambda: model.zero_grad(set_to_none=True))
 
-    if cfg.peaks:  # ceilings again at the end: keep the best of both samples (load from other processes)
-        peaks = combine_peaks(peaks, measure_peaks(device, quick=cfg.quick))
-    for rec in out:
-        roofline(rec, peaks)
+    loop.finish()
     notes = list(cfg.notes)
     if cfg.reduced:
         notes.append(
@@ -338,10 +296,7 @@ def _run(cfg: DiTBenchConfig, progress: bool, command: str | None) -> DiTBenchRe
             "is the paper's; the ratios keep their shape, not their values.")
     notes.append("'full_window' is the paper's full attention (one attention window over the whole video, no global "
                  "layer); 'full_attn' is local attention plus a full-attention global layer run in both directions.")
-    if device.type == "cpu" and cfg.threads and cfg.threads < (run.machine.get("cpu_count") or 1):
-        notes.append(f"torch limited to {cfg.threads} thread(s) of {run.machine.get('cpu_count')} cores: on a shared "
-                     "machine oversubscribed OpenMP threads made timings 10-100x noisier; the matmul / copy "
-                     "ceilings were measured with the same setting.")
+    notes += machine_notes(loop)
     if device.type == "cpu":
         notes.append("CPU: every global layer runs its PyTorch path (torch / sdpa); the recurrent layers' chunk / "
                      "mini-batch loops are Python-level, which inflates their cost at this small width relative "
@@ -352,7 +307,7 @@ def _run(cfg: DiTBenchConfig, progress: bool, command: str | None) -> DiTBenchRe
                          "cores at the start (other processes ran beside the benchmark); absolute times are noisy.")
     if cfg.quick:
         notes.append("--quick smoke run: tiny sizes, numbers are not meaningful.")
-    return DiTBenchResult(out, peaks, cfg, run, notes)
+    return DiTBenchResult(loop.records, loop.peaks, cfg, run, notes)
 
 
 # --------------------------------------------------------------------------------------------------- summary

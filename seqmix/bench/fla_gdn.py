@@ -80,46 +80,27 @@ def gdn_point(*, batch: int, heads: int, T: int, head_dim: int, dtype: torch.dty
     return fn
 
 
-def gdn_record(cfg, mode: str, T: int, device: torch.device, budget, peaks: dict | None, mem_method: str,
-               suite: str, gate: list[str]):
-    """Measure one ``fla_gdn`` point of the TTT kernel benchmark ``cfg`` (same B, H, K; input dtype ``cfg.dtype``)
-    and return its record (skipped / error with the reason when it cannot run)."""
+def gdn_record(loop, mode: str, T: int, gate: list[str]):
+    """Measure one ``fla_gdn`` point of the TTT kernel benchmark run ``loop`` (a :class:`seqmix.bench.driver.PointLoop`
+    whose config gives B, H, K and the input dtype) and return its record (skipped / error with the reason)."""
     import gc
 
-    from .core import Measurement, measure, median, record_failure, roofline
-
+    cfg = loop.cfg
     dtype = getattr(torch, cfg.dtype)
-    rec = Measurement(suite=suite, name="gated_deltanet", mode=mode, T=T, batch=cfg.batch, median_s=None,
-                      tokens_per_s=None, peak_bytes=None, backend="fla_gdn", dtype=cfg.dtype, device=str(device),
-                      memory_method=mem_method, gate=list(gate), unit="call", tokens_per_unit=T)
+    rec = loop.record("gated_deltanet", mode, T, "fla_gdn", dtype=cfg.dtype, gate=list(gate), unit="call",
+                      tokens_per_unit=T)
     sizes = dict(batch=cfg.batch, heads=cfg.heads, T=T, head_dim=cfg.head_dim)
     rec.flops = gdn_scan_flops(**sizes, mode=mode)
     rec.bytes = gdn_scan_bytes(**sizes, in_bytes=torch.finfo(dtype).bits // 8, mode=mode)
     rec.extra = {"heads": cfg.heads, "head_dim": cfg.head_dim, "chunk_size": CHUNK,
                  "op": "fla.ops.gated_delta_rule.chunk_gated_delta_rule"}
-    key = ("gdn", "fla_gdn", mode)
-    why = gdn_unavailable(dtype, device) or budget.check(key, T, rec.flops)
+    why = gdn_unavailable(dtype, loop.device)
     if why:
         rec.status, rec.reason = "skipped", why
-        if not why.startswith("a shorter"):
-            budget.kill(key, T, why)
         return rec
-    fn = None
-    try:
-        fn = gdn_point(**sizes, dtype=dtype, device=device, grad=mode == "fwd+bwd")
-        times, peak = measure(fn, repeats=cfg.repeats, warmup=cfg.warmup, device=device,
-                              max_seconds=cfg.max_seconds_per_point)
-    except Exception as e:  # noqa: BLE001 - record and go on with the other points
-        record_failure(rec, e, budget, key, T)
+    key = ("gdn", "fla_gdn", mode)
+    if loop.over_budget(rec, key, T, rec.flops):
         return rec
-    finally:
-        fn = None  # noqa: F841 - drop inputs before the next point
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    rec.times_s, rec.median_s = list(times), median(times)
-    rec.tokens_per_s = cfg.batch * T / rec.median_s
-    rec.peak_bytes = None if peak is None else int(peak)
-    roofline(rec, peaks)
-    budget.record(key, T, rec.median_s, rec.peak_bytes, rec.flops)
+    loop.time(rec, key, T, lambda: gdn_point(**sizes, dtype=dtype, device=loop.device, grad=mode == "fwd+bwd"),
+              flops=rec.flops, label=f"gated_deltanet/fla_gdn {mode} T={T}", cleanup=gc.collect)
     return rec

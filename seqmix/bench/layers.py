@@ -26,7 +26,6 @@ attention's growing KV cache.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -38,10 +37,10 @@ from tqdm.auto import tqdm
 from seqmix import layers as L
 
 from . import costs
-from .core import (Measurement, SeriesBudget, combine_peaks, fit_exponent, record_failure, measure, measure_peaks, median,
-                   memory_budget, roofline, torch_threads)
+from .core import Measurement, fit_exponent, median, torch_threads
+from .driver import BenchConfig, PointLoop, machine_notes
 from .gates import gate
-from .report import RunInfo, make_doc, markdown_header, pyplot, start_run, write_doc
+from .report import RunInfo, make_doc, markdown_header, pyplot, write_doc
 
 logger = logging.getLogger(__name__)
 
@@ -60,57 +59,35 @@ QUICK_LAYER_CONFIGS: dict[str, dict] = {"ttt_mlp": {"mini_batch_size": 16}, "ttt
 
 
 @dataclass(kw_only=True)
-class LayerBenchConfig:
+class LayerBenchConfig(BenchConfig):
     """What to measure. Defaults: the CPU suite (width 256, T up to 16k, fp32); :meth:`gpu` gives the paper-scale
-    GPU suite, :meth:`quick` a CI smoke run.
+    GPU suite, :meth:`quick` a CI smoke run. Shared fields (batch, repeats, budgets, device, dtype, threads, peaks,
+    quick, notes): :class:`~seqmix.bench.driver.BenchConfig`.
 
     Attributes:
         layers: registry names (default: every registered layer).
         lengths: sequence lengths T (decode modes: context lengths).
-        batch: batch size B.
         dim, heads: model width and heads used for every layer.
         modes: any of ``fwd``, ``fwd+bwd``, ``decode``, ``decode-frame``.
         backends: ``["all"]`` every non-reference backend of a layer; ``["auto"]`` only the automatic choice;
             ``["reference"]`` adds the reference twins (``naive``); any other entry is a backend name, used where
             a layer has it. Backends that cannot run here are recorded as skipped with the reason.
-        repeats, warmup: timed and untimed calls per point (the median is reported).
-        max_seconds_per_point: stop repeating a point once this many timed seconds are spent.
-        max_call_seconds: skip a point whose predicted single call takes longer (and the longer lengths).
-        memory_fraction: skip a point whose predicted peak exceeds this fraction of free memory.
         decode_steps: timed one-token steps per decode call; decode_frames / frame_tokens likewise for frames.
         fit_points: longest measured lengths used for the growth-exponent fit.
         layer_configs: per-layer config overrides, e.g. ``{"ttt_mlp": {"mini_batch_size": 16}}``.
-        device, dtype: where and in which precision to run.
-        threads: torch CPU threads for the run (None: leave as is). On a shared CPU, 1 thread gives far steadier
-            timings than oversubscribed OpenMP threads; the matmul / copy ceilings are measured with the same setting.
-        peaks: measure the matmul / copy ceilings first (for the roofline fractions).
-        quick: small peak measurement (CI).
-        notes: free-text caveats stored with the results.
     """
 
     layers: list[str] | None = None
     lengths: list[int] = field(default_factory=lambda: [512, 1024, 2048, 4096, 8192, 16384])
-    batch: int = 1
     dim: int = 256
     heads: int = 4
     modes: list[str] = field(default_factory=lambda: list(MODES))
     backends: list[str] = field(default_factory=lambda: ["all"])
-    repeats: int = 3
-    warmup: int = 1
-    max_seconds_per_point: float = 10.0
-    max_call_seconds: float = 30.0
-    memory_fraction: float = 0.6
     decode_steps: int = 8
     decode_frames: int = 2
     frame_tokens: int = 256
     fit_points: int = 3
     layer_configs: dict[str, dict] = field(default_factory=lambda: {k: dict(v) for k, v in CPU_LAYER_CONFIGS.items()})
-    device: str = "cpu"
-    dtype: str = "float32"
-    threads: int | None = None
-    peaks: bool = True
-    quick: bool = False
-    notes: list[str] = field(default_factory=list)
 
     @classmethod
     def gpu(cls, **kw) -> "LayerBenchConfig":
@@ -262,15 +239,9 @@ def run_layer_bench(cfg: LayerBenchConfig, progress: bool = True, command: str |
 
 
 def _run(cfg: LayerBenchConfig, names: list[str], progress: bool, command: str | None) -> LayerBenchResult:
-    run = start_run(cfg.device, command)
-    device = torch.device(cfg.device)
-    notes = list(cfg.notes)
-    peaks = measure_peaks(device, quick=cfg.quick) if cfg.peaks else None
-    mem_method = "cuda-max-allocated" if device.type == "cuda" else "tensor-accounting"
+    loop = PointLoop(cfg, "layers", command)
+    run, device, notes = loop.run, loop.device, list(cfg.notes)
     lengths = sorted(set(cfg.lengths))
-    out: list[Measurement] = []
-    series = SeriesBudget(cfg.max_call_seconds, memory_budget(device, cfg.memory_fraction))
-
     plans = {n: _backend_plan(n, cfg) for n in names}
     # length-major: a run cut short by its deadline (SEQMIX_BENCH_DEADLINE) loses the longest T, not whole layers
     points = [(n, b, r, m, T) for T in lengths for n in names for b, r in plans[n][1] for m in cfg.modes]
@@ -283,12 +254,9 @@ def _run(cfg: LayerBenchConfig, names: list[str], progress: bool, command: str |
         bar.set_postfix_str(f"{name}/{backend} {mode} T={T}")
         auto = plans[name][0]
         decode = mode in ("decode", "decode-frame")
-        rec = Measurement(suite="layers", name=name, mode=mode, T=T, batch=cfg.batch, median_s=None,
-                          tokens_per_s=None, peak_bytes=None, backend=backend, dtype=cfg.dtype, device=str(device),
-                          memory_method=mem_method, gate=gate("layers", name, backend, mode),
+        rec = loop.record(name, mode, T, backend, gate=gate("layers", name, backend, mode),
                           unit={"decode": "token", "decode-frame": "frame"}.get(mode, "call"),
                           tokens_per_unit={"decode": 1, "decode-frame": cfg.frame_tokens}.get(mode, T))
-        out.append(rec)
         if reason is not None:
             rec.status, rec.reason = "skipped", reason
             continue
@@ -308,44 +276,18 @@ def _run(cfg: LayerBenchConfig, names: list[str], progress: bool, command: str |
         rec.extra = _extra(layer, cfg, name, auto, T, cost)
         key = _series_key(rec)
         call_flops = cost.flops * steps if decode else cost.flops
-        why = series.check(key, T, call_flops)
-        if why:
-            rec.status, rec.reason = "skipped", why
-            if not why.startswith("a shorter"):
-                series.kill(key, T, why)
+        if loop.over_budget(rec, key, T, call_flops):
             continue
-        try:
-            fn, calls, unit, per_unit = _point(layer, mode, T, cfg)
-            times, peak = measure(fn, repeats=cfg.repeats, warmup=cfg.warmup, device=device,
-                                  max_seconds=cfg.max_seconds_per_point)
-        except Exception as e:  # noqa: BLE001 - record and continue with the other points
-            if not record_failure(rec, e, series, key, T):
-                logger.warning("%s/%s %s T=%d failed: %s", name, backend, mode, T, rec.reason)
+        calls = {"decode": cfg.decode_steps, "decode-frame": cfg.decode_frames}.get(mode, 1)
+        if not loop.time(rec, key, T, lambda: _point(layer, mode, T, cfg)[0], flops=call_flops, calls=calls,
+                         label=f"{name}/{backend} {mode} T={T}"):
             continue
-        finally:
-            fn = None  # noqa: F841 - drop the closure (inputs, states) before the next point
-            if device.type == "cuda":
-                gc.collect()
-                torch.cuda.empty_cache()
-        unit_times = [t / calls for t in times]
-        rec.times_s = unit_times
-        rec.median_s = median(unit_times)
-        rec.tokens_per_s = cfg.batch * per_unit / rec.median_s
-        rec.peak_bytes = None if peak is None else int(peak)
-        if peak is None:
+        if rec.peak_bytes is None:
             rec.extra["memory_note"] = "not recorded: the CPU tensor accounting cannot follow this call"
         rec.backend_used = getattr(layer, "last_backend", None) or backend
-        rec.extra["repeats"] = len(times)
-        series.record(key, T, median(times), rec.peak_bytes, call_flops)
 
-    if cfg.peaks:  # ceilings again at the end: keep the best of both samples (load from other processes)
-        peaks = combine_peaks(peaks, measure_peaks(device, quick=cfg.quick))
-    for rec in out:
-        roofline(rec, peaks)
-    if device.type == "cpu" and cfg.threads and cfg.threads < (run.machine.get("cpu_count") or 1):
-        notes.append(f"torch limited to {cfg.threads} thread(s) of {run.machine.get('cpu_count')} cores: on a shared "
-                     "machine oversubscribed OpenMP threads made timings 10-100x noisier; the matmul / copy "
-                     "ceilings were measured with the same setting.")
+    loop.finish()
+    notes += machine_notes(loop)
     if device.type == "cpu":
         notes.append("CPU run: only the PyTorch paths (torch, sdpa) are timed; Triton/CUDA backends (fla, mamba_ssm, "
                      "flash_attn, flex, seqmix kernels) are recorded as skipped with the reason.")
@@ -356,7 +298,7 @@ def _run(cfg: LayerBenchConfig, names: list[str], progress: bool, command: str |
                          "ratios and growth exponents are the robust numbers.")
     if cfg.quick:
         notes.append("--quick smoke run: tiny sizes, numbers are not meaningful.")
-    return LayerBenchResult(out, peaks, cfg, run, notes)
+    return LayerBenchResult(loop.records, loop.peaks, cfg, run, notes)
 
 
 # ---------------------------------------------------------------------------------------------------- summary

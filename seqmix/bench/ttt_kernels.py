@@ -12,7 +12,7 @@ Paper shapes (Dalal et al. 2025, arXiv 2504.05298): B = 1, 48 heads, head dim 64
 64 for TTT-MLP (16 for TTT-Linear as in the public training configs), non-causal (video) form, T from the 3 s
 video (18,048 tokens) to the 63 s one (341,550). On a GPU machine one command runs it::
 
-    seqmix bench ttt-kernels --device cuda          # or: python -m seqmix.bench.ttt_kernels --device cuda
+    seqmix bench ttt-kernels --device cuda
 
 (first call compiles and autotunes the kernels, which takes minutes; ``--num_warps 8`` pins one launch config and
 skips the autotuning). ``--quick`` is a CPU smoke run through the Triton interpreter at toy sizes: it checks that
@@ -27,10 +27,9 @@ them to it (it computes the scan in its input dtype). Inner matrix products of t
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -39,9 +38,9 @@ from seqmix.layers import TTTMLP
 from seqmix.layers.gated_deltanet import GatedDeltaNet
 from seqmix.layers.cost import ttt_minibatch_flops
 
-from .core import (Measurement, SeriesBudget, fit_exponent, record_failure, measure, measure_peaks, median, memory_budget,
-                   roofline)
-from .report import markdown_header, pyplot, start_run
+from .core import Measurement, fit_exponent, median, torch_threads
+from .driver import BenchConfig, PointLoop
+from .report import make_doc, markdown_header, pyplot, write_doc
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +98,7 @@ def ttt_scan_bytes(kind: str, *, batch: int, heads: int, T: int, head_dim: int, 
 
 # ------------------------------------------------------------------------------------------------------- config
 @dataclass(kw_only=True)
-class TTTKernelBenchConfig:
+class TTTKernelBenchConfig(BenchConfig):
     """What to measure (defaults: the paper's shapes on one GPU; :meth:`quick_config`: a CPU smoke run).
 
     Attributes:
@@ -114,19 +113,13 @@ class TTTKernelBenchConfig:
         dtype: dtype of q, k, r, eta given to the triton backend (the torch backend always gets fp32).
         checkpoint_group: mini-batches per saved state in fwd+bwd (both backends); 0: ~sqrt(#mini-batches).
         num_warps: pin the kernels' launch config (skips autotuning; set before the kernels are first imported).
-        repeats, warmup: timed and untimed calls per point (median reported).
-        max_seconds_per_point: stop repeating once this many timed seconds are spent.
-        max_call_seconds: skip points predicted to take longer per call (and the longer lengths of the series).
-        memory_fraction: skip points predicted to use more than this fraction of free memory.
         device: ``cuda`` (or ``cpu`` under the Triton interpreter for --quick).
-        peaks: measure the bf16 matmul / copy ceilings first.
-        quick: toy sizes (CPU interpreter smoke run).
-        notes: free-text caveats stored with the results.
+        Shared fields (batch, repeats, budgets, threads, peaks, quick, notes):
+        :class:`~seqmix.bench.driver.BenchConfig`.
     """
 
     kinds: list[str] = field(default_factory=lambda: ["mlp", "linear"])
     lengths: list[int] = field(default_factory=lambda: list(PAPER_LENGTHS))
-    batch: int = 1
     heads: int = 48
     head_dim: int = 64
     mlp_expansion: int = 4
@@ -137,15 +130,10 @@ class TTTKernelBenchConfig:
     dtype: str = "bfloat16"
     checkpoint_group: int = 0
     num_warps: int | None = None
-    repeats: int = 3
-    warmup: int = 1
     max_seconds_per_point: float = 20.0
     max_call_seconds: float = 60.0
     memory_fraction: float = 0.8
     device: str = "cuda"
-    peaks: bool = True
-    quick: bool = False
-    notes: list[str] = field(default_factory=list)
 
     @classmethod
     def quick_config(cls, **kw) -> "TTTKernelBenchConfig":
@@ -246,14 +234,14 @@ def run_ttt_kernel_bench(cfg: TTTKernelBenchConfig, progress: bool = True,
                          command: str | None = None) -> TTTKernelBenchResult:
     """Measure every (kind, backend, mode, T) point; a point that cannot run is recorded with the reason."""
     _check(cfg)
-    device = torch.device(cfg.device)
-    run = start_run(cfg.device, command)
-    notes = list(cfg.notes)
-    peaks = measure_peaks(device, quick=cfg.quick) if cfg.peaks else None
-    mem_method = "cuda-max-allocated" if device.type == "cuda" else "tensor-accounting"
-    budget = SeriesBudget(cfg.max_call_seconds, memory_budget(device, cfg.memory_fraction))
+    with torch_threads(cfg.threads):
+        return _run(cfg, progress, command)
+
+
+def _run(cfg: TTTKernelBenchConfig, progress: bool, command: str | None) -> TTTKernelBenchResult:
+    loop = PointLoop(cfg, SUITE, command)
+    device, notes = loop.device, list(cfg.notes)
     prec = None
-    out: list[Measurement] = []
     lengths = sorted(set(cfg.lengths))
     points = [(kd, b, m, T) for kd in cfg.kinds for b in cfg.backends if b != "fla_gdn" for m in cfg.modes
               for T in lengths]
@@ -265,14 +253,12 @@ def run_ttt_kernel_bench(cfg: TTTKernelBenchConfig, progress: bool = True,
         if backend == "fla_gdn":
             from .fla_gdn import gdn_record
 
-            out.append(gdn_record(cfg, mode, T, device, budget, peaks, mem_method, SUITE, GATES[backend]))
+            gdn_record(loop, mode, T, GATES[backend])
             continue
         K, F, N = cfg.head_dim, cfg.inner_dim(kind), cfg.mini_batch[kind]
         in_dtype = cfg.dtype if backend == "triton" else "float32"
-        rec = Measurement(suite=SUITE, name=f"ttt_{kind}", mode=mode, T=T, batch=cfg.batch, median_s=None,
-                          tokens_per_s=None, peak_bytes=None, backend=backend, dtype=in_dtype, device=str(device),
-                          memory_method=mem_method, gate=list(GATES[backend]), unit="call", tokens_per_unit=T)
-        out.append(rec)
+        rec = loop.record(f"ttt_{kind}", mode, T, backend, dtype=in_dtype, gate=list(GATES[backend]), unit="call",
+                          tokens_per_unit=T)
         rec.flops = ttt_scan_flops(kind, causal=cfg.causal, batch=cfg.batch, heads=cfg.heads, T=T, head_dim=K,
                                    inner_dim=F, mini_batch_size=N, mode=mode)
         rec.extra = {"heads": cfg.heads, "head_dim": K, "inner_dim": F, "mini_batch_size": N, "causal": cfg.causal,
@@ -288,37 +274,21 @@ def run_ttt_kernel_bench(cfg: TTTKernelBenchConfig, progress: bool = True,
                 prec = dot_precision(device)
             rec.extra["dot_precision"] = prec
         key = (kind, backend, mode)
-        why = budget.check(key, T, rec.flops)
-        if why:
-            rec.status, rec.reason = "skipped", why
-            if not why.startswith("a shorter"):
-                budget.kill(key, T, why)
+        if loop.over_budget(rec, key, T, rec.flops):
             continue
-        fn = None
-        try:
+
+        def make(kind=kind, backend=backend, mode=mode, T=T, rec=rec, K=K, F=F, N=N, in_dtype=in_dtype):
             fn, G = _point(cfg, kind, backend, mode, T, device)
             n_mb = -(-T // N)
             rec.bytes = ttt_scan_bytes(kind, batch=cfg.batch, heads=cfg.heads, T=T, head_dim=K, inner_dim=F,
                                        in_bytes=torch.finfo(getattr(torch, in_dtype)).bits // 8, mode=mode,
                                        n_saved_states=-(-n_mb // G) if mode == "fwd+bwd" else 0)
             rec.extra["checkpoint_group"] = G if mode == "fwd+bwd" else None
-            times, peak = measure(fn, repeats=cfg.repeats, warmup=cfg.warmup, device=device,
-                                  max_seconds=cfg.max_seconds_per_point)
-        except Exception as e:  # noqa: BLE001 - record and go on with the other points
-            if not record_failure(rec, e, budget, key, T):
-                logger.warning("ttt_%s/%s %s T=%d failed: %s", kind, backend, mode, T, rec.reason)
-            continue
-        finally:
-            fn = None  # noqa: F841 - drop inputs before the next point
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        rec.times_s = list(times)
-        rec.median_s = median(times)
-        rec.tokens_per_s = cfg.batch * T / rec.median_s
-        rec.peak_bytes = None if peak is None else int(peak)
-        roofline(rec, peaks)
-        budget.record(key, T, rec.median_s, rec.peak_bytes, rec.flops)
+            return fn
+
+        loop.time(rec, key, T, make, flops=rec.flops, label=f"ttt_{kind}/{backend} {mode} T={T}", cleanup=gc.collect)
+    loop.finish(remeasure_peaks=False)
+    run, peaks = loop.run, loop.peaks
     if device.type == "cpu":
         notes.append("CPU run: the triton backend runs under the Triton interpreter (~1 ms per program instance per "
                      "operation): a pipeline smoke test, not a measurement.")
@@ -326,7 +296,7 @@ def run_ttt_kernel_bench(cfg: TTTKernelBenchConfig, progress: bool = True,
         notes.append("% matmul peak refers to the measured bf16 matmul ceiling; the kernels' products are TF32 / "
                      "TF32x3 on fp32 operands, whose ceiling is lower (H100 TF32 dense ~half the bf16 rate, TF32x3 a "
                      "third of that), so these fractions understate the use of the TF32 units.")
-    return TTTKernelBenchResult(out, peaks, cfg, run, notes)
+    return TTTKernelBenchResult(loop.records, peaks, cfg, run, notes)
 
 
 def _triton_reason(kind: str, K: int, F: int, N: int, dtype: torch.dtype, device: torch.device) -> str | None:
@@ -431,54 +401,21 @@ def plot(ms: list[Measurement], path: Path, title: str = "") -> Path | None:
     return path
 
 
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, float) and x != x:
-        return None
-    if isinstance(x, (str, int, float, bool)) or x is None:
-        return x
-    return str(x)
-
-
 def write_report(res: TTTKernelBenchResult, out_dir: str | Path) -> dict:
-    """Write ``results.json`` (``seqmix.bench/v2`` layout, suite ``ttt-kernels``), ``results.md`` and
-    ``results.png``; returns the paths and the document."""
-    import time
-
+    """Write ``results.json`` (``seqmix.bench/v2``, suite ``ttt-kernels``, validated as every suite's), ``results.md``
+    and ``results.png``; returns the paths and the document."""
     cfg, run = res.config, res.run
-    doc = {
-        "schema": "seqmix.bench/v2",
-        "suite": SUITE,
-        "meta": {"command": run.command, "argv": run.argv, "date": run.date,
-                 "duration_s": time.perf_counter() - run.t0, "machine": run.machine, "versions": run.versions,
-                 "config": _jsonable(asdict(cfg)), "notes": list(res.notes)},
-        "peaks": res.peaks,
-        "gates": {**{f"ttt_{k}": sorted({g for b in cfg.backends if b != "fla_gdn" for g in GATES[b]})
-                     for k in cfg.kinds},
-                  **({"gated_deltanet": GATES["fla_gdn"]} if "fla_gdn" in cfg.backends else {})},
-        "records": [_jsonable(m.to_dict()) for m in res.records],
-        "summary": _jsonable(summarize(res.records)),
-    }
+    gates = {f"ttt_{k}": sorted({g for b in cfg.backends if b != "fla_gdn" for g in GATES[b]}) for k in cfg.kinds}
+    if "fla_gdn" in cfg.backends:
+        gates["gated_deltanet"] = GATES["fla_gdn"]
+    doc = make_doc(SUITE, run, cfg, res.records, summarize(res.records), res.peaks, gates, res.notes)
     sizes = (f"B={cfg.batch}, H={cfg.heads}, K={cfg.head_dim}, TTT-MLP hidden {cfg.head_dim * cfg.mlp_expansion}, "
              f"mini-batch {cfg.mini_batch}, {'causal' if cfg.causal else 'non-causal'} form; triton inputs "
              f"{cfg.dtype}, torch inputs float32; median of up to {cfg.repeats} timed calls after {cfg.warmup} "
              "warm-up.\n\n")
     md = markdown_header("TTT kernel benchmark (scan only: triton vs torch)", doc) + sizes + markdown_table(res) + "\n"
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
-    (out / "results.md").write_text(md)
     dev = run.machine.get("gpu") or run.machine.get("cpu_model")
-    png = plot(res.records, out / "results.png", f"TTT scan on {dev} (B={cfg.batch}, H={cfg.heads}, K={cfg.head_dim})")
-    return {"json": out / "results.json", "md": out / "results.md", "png": png, "doc": doc}
-
-
-if __name__ == "__main__":  # pragma: no cover - `python -m seqmix.bench.ttt_kernels [--quick true] ...`
-    from jsonargparse import CLI
-
-    from seqmix.bench.cli import bench_ttt_kernels
-
-    CLI(bench_ttt_kernels)
+    paths = write_doc(doc, out_dir, md, lambda p: plot(res.records, p, f"TTT scan on {dev} (B={cfg.batch}, "
+                                                       f"H={cfg.heads}, K={cfg.head_dim})"))
+    paths["doc"] = doc
+    return paths

@@ -15,7 +15,8 @@ from .base import Backend, BackendUnavailable, Mixer, MixerConfig, available, bu
 from .ttt import TTTLinear, TTTMLP, TTTState
 from .wrappers import Bidirectional, TanhGate
 
-# Every module of this package is a mixer family that registers itself on import (one file per family).
+# Import every module of this package: each mixer family (one file per family) registers itself on import; the
+# support modules (base, cost, sizing, wrappers) register nothing.
 for _m in _pkgutil.iter_modules(__path__):
     if not _m.name.startswith("_"):
         _importlib.import_module(f"{__name__}.{_m.name}")

@@ -30,6 +30,8 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
+from seqmix.utils.triton_compat import triton_interpreter
+
 from .cost import Cost, projections_cost
 
 logger = logging.getLogger(__name__)
@@ -70,6 +72,24 @@ _WARNED: set[tuple[str, str, str]] = set()
 
 
 def _runs_anywhere(layer: "Mixer", device: torch.device, dtype: torch.dtype, shapes: dict | None) -> str | None:
+    return None
+
+
+def triton_device_reason(layer: "Mixer", backend: str, device: torch.device, dtype: torch.dtype,
+                         kernels: str) -> str | None:
+    """Why ``kernels`` (e.g. "fla's Triton kernels") cannot run on ``device`` in ``dtype``, or ``None``: not in
+    float64; on CUDA, and on CPU only under the Triton interpreter (~1 ms per program instance: tests only), so
+    there only when ``backend`` was asked for explicitly, never as an automatic choice."""
+    if dtype == torch.float64:
+        return f"{kernels} do not compute in float64"
+    if device.type == "cpu":
+        if not triton_interpreter():
+            return f"{kernels} need a CUDA device (on CPU only under TRITON_INTERPRET=1, for tests)"
+        if layer.config.backend != backend:
+            return f"the Triton interpreter is for tests only; request backend={backend!r} explicitly"
+        return None
+    if device.type != "cuda":
+        return f"{kernels} do not run on {device.type}"
     return None
 
 

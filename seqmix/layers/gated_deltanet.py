@@ -40,16 +40,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqmix.ops import acc_dtype
 from seqmix.ops import delta_rule as dr_ops
 from seqmix.ops import external
-from seqmix.utils.triton_compat import patch_triton_interpreter, triton_interpreter
+from seqmix.utils.triton_compat import patch_triton_interpreter
 
-from .base import Backend, Mixer, MixerConfig, register
+from .base import Backend, Mixer, MixerConfig, register, triton_device_reason
 from .cost import FP32_BYTES, Cost
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GatedDeltaNet", "GatedDeltaNetConfig", "GatedDeltaNetState"]
+__all__ = ["GatedDeltaNet", "GatedDeltaNetState"]
 
 # fla's layer switches to the fused recurrent kernel for inference calls up to this many tokens (decode steps,
 # short chunks): it needs no chunk-level precomputation, and it has no backward.
@@ -76,8 +77,6 @@ class GatedDeltaNetState(NamedTuple):
 
 
 # ------------------------------------------------------------------------------------------ torch pieces
-def _acc_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def _l2norm(x: torch.Tensor) -> torch.Tensor:
@@ -112,18 +111,11 @@ class _OutputNorm(nn.Module):
 
 
 def _fla_supports(layer: "GatedDeltaNet", device: torch.device, dtype: torch.dtype, shapes) -> str | None:
-    if dtype == torch.float64:
-        return "fla's kernels do not run in float64"
-    if device.type == "cpu":
-        if not triton_interpreter():
-            return "fla's Triton kernels need a CUDA device (on CPU only under TRITON_INTERPRET=1, for tests)"
-        # The interpreter is ~1 ms per program instance: never an automatic choice, only an explicit one.
-        if layer.config.backend != "fla":
-            return "the Triton interpreter is for tests only; request backend='fla' explicitly"
-        if dtype not in (torch.float32, torch.float16):
-            return f"the Triton interpreter computes {dtype} wrongly; use float32 or float16"
-    elif device.type != "cuda":
-        return f"fla's Triton kernels do not run on {device.type}"
+    reason = triton_device_reason(layer, "fla", device, dtype, "fla's Triton kernels")
+    if reason:
+        return reason
+    if device.type == "cpu" and dtype not in (torch.float32, torch.float16):
+        return f"the Triton interpreter computes {dtype} wrongly; use float32 or float16"
     try:
         external.fla_gated_delta_rule()
     except ImportError as e:
@@ -360,7 +352,7 @@ class GatedDeltaNet(Mixer):
     def _mix_torch(self, x, qkv, a, b, gate, st, return_state, backend):
         """Steps 2-4 in PyTorch: returns ``(o [B, T, HV, V] in x's dtype, new state or None)``."""
         c = self.config
-        acc = _acc_dtype(x)
+        acc = acc_dtype(x)
         qkv = qkv.to(acc)
         conv_state = None
         if c.use_short_conv:
@@ -423,6 +415,3 @@ class GatedDeltaNet(Mixer):
             o = self.o_norm(o.float()).to(o.dtype)
         new_state = GatedDeltaNetState(conv_state, S.float()) if return_state else None
         return o.to(x.dtype) if on_cpu else o, new_state
-
-
-GatedDeltaNetConfig = GatedDeltaNet.Config

@@ -42,9 +42,8 @@ from torch import nn
 
 from seqmix.ops import external
 from seqmix.ops import ssd as ssd_ops
-from seqmix.utils.triton_compat import triton_interpreter
 
-from .base import Backend, Mixer, MixerConfig, register
+from .base import Backend, Mixer, MixerConfig, register, triton_device_reason
 from .cost import FP32_BYTES, Cost
 
 logger = logging.getLogger(__name__)
@@ -90,24 +89,16 @@ class GatedRMSNorm(nn.Module):
         return f"{self.weight.shape[0]}, group_size={self.group_size}, eps={self.eps}"
 
 
-def _triton_kernels_supports(lib: str):
-    """``supports`` of a backend running a third-party library's Triton kernels (``lib`` names it in reasons)."""
+def _mamba_ssm_supports(layer: "Mamba2", device: torch.device, dtype: torch.dtype, shapes) -> str | None:
+    if dtype == torch.float64:
+        return "mamba-ssm's Triton kernels do not compute in float64"
+    if device.type != "cuda":
+        return f"mamba-ssm's Triton SSD needs a CUDA device (got {device.type})"
+    return external.mamba_ssm_unavailable()
 
-    def supports(layer: "Mamba2", device: torch.device, dtype: torch.dtype, shapes) -> str | None:
-        if dtype == torch.float64:
-            return f"{lib}'s Triton kernels do not compute in float64"
-        if device.type != "cuda":
-            if lib != "fla":
-                return f"{lib}'s Triton SSD needs a CUDA device (got {device.type})"
-            # On CPU fla's Triton kernels only run in the interpreter (~1 ms per program): a test mode, never
-            # chosen by "auto".
-            if not triton_interpreter():
-                return f"fla's Triton kernels need a CUDA device (got {device.type}; CPU only with TRITON_INTERPRET=1)"
-            if layer.config.backend != "fla":
-                return "fla on CPU (Triton interpreter) only runs when backend='fla' is asked for explicitly"
-        return external.fla_unavailable() if lib == "fla" else external.mamba_ssm_unavailable()
 
-    return supports
+def _fla_supports(layer: "Mamba2", device: torch.device, dtype: torch.dtype, shapes) -> str | None:
+    return triton_device_reason(layer, "fla", device, dtype, "fla's Triton kernels") or external.fla_unavailable()
 
 
 @register("mamba2")
@@ -120,8 +111,8 @@ class Mamba2(Mixer):
 
     # Every backend runs the same SSD signature (seqmix.ops.ssd.ssd_chunk).
     backend_table = (
-        Backend("mamba_ssm", ssd_ops.ssd_mamba, _triton_kernels_supports("mamba-ssm")),
-        Backend("fla", ssd_ops.ssd_fla, _triton_kernels_supports("fla")),
+        Backend("mamba_ssm", ssd_ops.ssd_mamba, _mamba_ssm_supports),
+        Backend("fla", ssd_ops.ssd_fla, _fla_supports),
         Backend("torch", ssd_ops.ssd_chunk),
         Backend("naive", ssd_ops.ssd_naive, reference=True),
     )

@@ -26,12 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqmix.ops import acc_dtype
 from seqmix.ops import ttt as ttt_ops
 from seqmix.ops.rope import apply_rope, rope_angles
 
-from seqmix.utils.triton_compat import triton_interpreter
-
-from .base import Backend, Mixer, MixerConfig, register
+from .base import Backend, Mixer, MixerConfig, register, triton_device_reason
 from .cost import FP32_BYTES, Cost, ttt_minibatch_flops
 
 logger = logging.getLogger(__name__)
@@ -39,8 +38,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["TTTConfig", "TTTLinear", "TTTMLP", "TTTState"]
 
 
-def _acc_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 class TTTState(NamedTuple):
@@ -92,16 +89,9 @@ class TTTConfig(MixerConfig):
 
 
 def _triton_supports(layer: "_TTTBase", device: torch.device, dtype: torch.dtype, shapes) -> str | None:
-    if dtype == torch.float64:
-        return "the TTT Triton kernels compute in float32; float64 layers use the torch backend"
-    if device.type == "cpu":
-        if not triton_interpreter():
-            return "the TTT Triton kernels need a CUDA device (on CPU only under TRITON_INTERPRET=1, for tests)"
-        # The interpreter is ~1 ms per program instance: never an automatic choice, only an explicit one.
-        if layer.config.backend != "triton":
-            return "the Triton interpreter is for tests only; request backend='triton' explicitly"
-    elif device.type != "cuda":
-        return f"the TTT Triton kernels do not run on {device.type}"
+    reason = triton_device_reason(layer, "triton", device, dtype, "the TTT Triton kernels")
+    if reason:
+        return reason
     try:  # imported here, never at `import seqmix` (TRITON_INTERPRET must be set before @triton.jit runs)
         from seqmix.kernels.ttt_triton import check_supported
     except ImportError as e:
@@ -238,7 +228,7 @@ class _TTTBase(Mixer):
         """x [B, T, D] -> q, k, r [B, H, T, K] and eta [B, H, T], in fp32 (fp64 for fp64 inputs)."""
         B, T, _ = x.shape
         H, K = self.num_heads, self.head_dim
-        acc = _acc_dtype(x)
+        acc = acc_dtype(x)
         q, k, v = (proj(x).view(B, T, H, K) for proj in (self.wq, self.wk, self.wv))  # autocast applies here
         with torch.autocast(device_type=x.device.type, enabled=False):
             return self._prepare(x, q, k, v, positions, acc)
@@ -264,7 +254,7 @@ class _TTTBase(Mixer):
         c: TTTConfig = self.config
         B, T, _ = x.shape
         scan = self.select_backend(x.device).fn
-        acc = _acc_dtype(x)
+        acc = acc_dtype(x)
         q, k, r, eta = self._project(x, positions)
         # Inner state, gradients and LN statistics in fp32 (fp64 for fp64 inputs) even under bf16 autocast.
         with torch.autocast(device_type=x.device.type, enabled=False):

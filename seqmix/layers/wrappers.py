@@ -8,7 +8,7 @@ non-causal use runs the same mixer over the sequence and over its reverse, each 
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -40,7 +40,13 @@ class Bidirectional(Mixer):
     Note the output includes the residual ``x`` (as the paper's gate does). ``reverse`` may be replaced by a
     layout-aware involution (the DiT reverses the order of text chunks but not the tokens inside them).
 
-    Shapes: ``x [B, T, D] -> [B, T, D]``. State: ``2 * inner.state_size()`` (one per direction).
+    Gate groups: with ``groups=("text", "video")`` every direction has one gate vector per group (parameters
+    ``gate_fwd_text``, ...), applied to consecutive token groups; :meth:`gated_passes` takes the groups as separate
+    tensors and precomputed orders (index tensors) in which the mixer reads them. The DiT's global layer is this
+    wrapper with text / video groups and the layout's interleaved orders (:class:`seqmix.backbones.dit.GlobalLayer`).
+
+    Shapes: ``x [B, T, D] -> [B, T, D]``. State: ``2 * inner.state_size()`` (one per direction). Parameters:
+    ``inner`` plus ``2 D`` per group (``2 D`` without groups).
     """
 
     name = "bidirectional"
@@ -52,15 +58,34 @@ class Bidirectional(Mixer):
         *,
         alpha_init: float = 0.1,
         reverse: Callable[[torch.Tensor], torch.Tensor] = _flip_tokens,
+        groups: Sequence[str] = (),
+        inner_name: str = "inner",
     ):
         if not isinstance(inner, Mixer):
             raise TypeError(f"Bidirectional wraps a seqmix Mixer, got {type(inner).__name__}")
         super().__init__(inner.dim, inner.num_heads, MixerConfig())
-        self.inner = inner
-        self.gate_fwd = TanhGate(inner.dim, alpha_init)
-        self.gate_bwd = TanhGate(inner.dim, alpha_init)
+        self._inner_name = inner_name  # the submodule's name in state dicts (the DiT keeps "mixer")
+        self.add_module(inner_name, inner)
+        self.groups = tuple(groups)
+        for direction in ("fwd", "bwd"):
+            for suffix in self._suffixes():
+                setattr(self, f"gate_{direction}{suffix}", TanhGate(inner.dim, alpha_init))
         self.reverse = reverse
         self.backends = inner.backends
+
+    @property
+    def inner(self) -> Mixer:
+        """The wrapped mixer."""
+        try:
+            return self._modules[self._inner_name]
+        except KeyError:  # during __init__, before it is registered
+            raise AttributeError("inner") from None
+
+    def _suffixes(self) -> list[str]:
+        return [f"_{g}" for g in self.groups] or [""]
+
+    def _gates(self, direction: str) -> list[TanhGate]:
+        return [getattr(self, f"gate_{direction}{suffix}") for suffix in self._suffixes()]
 
     @property
     def causal(self) -> bool:
@@ -84,11 +109,43 @@ class Bidirectional(Mixer):
             return self.reverse(positions.unsqueeze(0)).squeeze(0)
         return self.reverse(positions)
 
+    def gated_passes(
+        self,
+        parts: list[torch.Tensor],
+        *,
+        fwd: tuple[torch.Tensor, torch.Tensor] | None = None,
+        bwd: tuple[torch.Tensor, torch.Tensor] | None = None,
+        positions: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
+        **inner_kw,
+    ) -> list[torch.Tensor]:
+        """Both gated passes over the token groups ``parts`` (``[B, T_i, D]`` each, one per gate group, consecutive
+        in storage order); returns the gated groups.
+
+        ``fwd`` / ``bwd``: ``(to [T], back [T])`` index tensors from storage order to the order the mixer reads in
+        that pass and back (None: storage order forward, ``reverse`` backward). ``positions``: the positions of the
+        tokens in each pass's read order (None: no positions).
+        """
+        if len(parts) != len(self._suffixes()):
+            raise ValueError(f"{self.name}: {len(parts)} token groups given for gate groups {self.groups or '(one)'}")
+        parts = self._gated_pass(self._gates("fwd"), parts, fwd, positions[0], False, inner_kw)
+        return self._gated_pass(self._gates("bwd"), parts, bwd, positions[1], True, inner_kw)
+
+    def _gated_pass(self, gates, parts, order, positions, backward: bool, inner_kw) -> list[torch.Tensor]:
+        x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        if order is not None:
+            to, back = order
+            g = self.inner(x.index_select(1, to), positions=positions, **inner_kw).index_select(1, back)
+        elif backward:
+            g = self.reverse(self.inner(self.reverse(x), positions=positions, **inner_kw))
+        else:
+            g = self.inner(x, positions=positions, **inner_kw)
+        gs = [g] if len(parts) == 1 else g.split([p.shape[1] for p in parts], dim=1)
+        return [gate(p, gp) for gate, p, gp in zip(gates, parts, gs)]
+
     def _forward(self, x, *, layout, positions, state, return_state):
         if return_state:
             raise ValueError("bidirectional: return_state is not defined for a non-causal wrapper")
         kw = {} if layout is None else {"layout": layout}
         rev_pos = None if positions is None else self._reverse_positions(positions)
-        z = self.gate_fwd(x, self.inner(x, positions=positions, **kw))
-        back = self.reverse(self.inner(self.reverse(z), positions=rev_pos, **kw))
-        return self.gate_bwd(z, back), None
+        (y,) = self.gated_passes([x], positions=(positions, rev_pos), **kw)
+        return y, None

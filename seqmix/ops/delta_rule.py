@@ -25,10 +25,9 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["chunk_gated_delta_rule", "naive_recurrent_gated_delta_rule"]
+from . import acc_dtype
 
 
-def _acc_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def _check_inputs(q, k, v, g, beta, initial_state) -> tuple[int, int, int, int, int, int]:
@@ -84,7 +83,7 @@ def naive_recurrent_gated_delta_rule(
     Shapes and dtypes as in the module docstring. Meant for tests and as the ``"naive"`` layer backend.
     """
     B, T, H, HV, K, V = _check_inputs(q, k, v, g, beta, initial_state)
-    acc = _acc_dtype(q)
+    acc = acc_dtype(q)
     scale = K**-0.5 if scale is None else scale
     q_, k_, v_, g_, b_ = _heads_first(q, k, v, g, beta, HV, acc)
     S = q_.new_zeros(B, HV, K, V) if initial_state is None else initial_state.to(acc)
@@ -136,7 +135,7 @@ def chunk_gated_delta_rule(
     B, T, H, HV, K, V = _check_inputs(q, k, v, g, beta, initial_state)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    acc = _acc_dtype(q)
+    acc = acc_dtype(q)
     scale = K**-0.5 if scale is None else scale
     q_, k_, v_, g_, b_ = _heads_first(q, k, v, g, beta, HV, acc)  # [B, HV, T, *]
     C = min(chunk_size, T)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from seqmix.utils.triton_compat import patch_triton_interpreter
 
+from . import acc_dtype
 from .external import mamba_chunk_scan_combined
 
 logger = logging.getLogger(__name__)
@@ -46,11 +47,6 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------------------------------------- helpers
-def _acc_dtype(x: torch.Tensor) -> torch.dtype:
-    """Accumulation dtype: fp64 stays fp64 (for exact reference tests), everything else runs in fp32."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 def _check(x, dt, A, B, C, chunk_size, D, initial_state) -> tuple[int, int, int, int, int, int]:
     """Validate shapes; returns ``(b, T, H, P, G, N)``."""
     if x.dim() != 4:
@@ -129,7 +125,7 @@ def ssd_chunk(
         or None when not requested.
     """
     b, T, H, P, G, N = _check(x, dt, A, B, C, chunk_size, D, initial_state)
-    acc = _acc_dtype(x)
+    acc = acc_dtype(x)
     Q = min(chunk_size, T)  # a chunk longer than the input would only multiply zero padding (Q^2 work per chunk)
     xdt = x.to(acc) * dt.to(acc)[..., None]  # [B, T, H, P] discretised input dt x
     a = dt.to(acc) * A.to(acc)  # [B, T, H] log decay of each step (<= 0)
@@ -185,7 +181,7 @@ def ssd_naive(
     """Reference twin of :func:`ssd_chunk`: the per-token recurrence ``S_t = exp(dt_t A) S_{t-1} + dt_t x_t B_t^T``,
     ``y_t = S_t C_t + D x_t``. Same signature and dtypes (``chunk_size`` is validated and otherwise unused)."""
     b, T, H, P, G, N = _check(x, dt, A, B, C, chunk_size, D, initial_state)
-    acc = _acc_dtype(x)
+    acc = acc_dtype(x)
     xdt = x.to(acc) * dt.to(acc)[..., None]  # [B, T, H, P]
     decay = torch.exp(dt.to(acc) * A.to(acc))  # [B, T, H]
     Bh, Ch = _heads(B, H).to(acc), _heads(C, H).to(acc)  # [B, T, H, N]

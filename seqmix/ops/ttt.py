@@ -38,11 +38,14 @@ __all__ = [
     "gelu_tanh",
     "gelu_tanh_grad",
     "head_layer_norm",
+    "ln_l2_fwd",
     "ln_l2_grad",
+    "step_weights",
     "reconstruction_target",
     "init_state",
     "ttt_scan",
     "ttt_scan_naive",
+    "check_scan_inputs",
 ]
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -71,18 +74,27 @@ def head_layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: floa
     return xc * rstd * _head_affine(w, x) + _head_affine(b, x)
 
 
-def ln_l2_grad(z: torch.Tensor, target: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
-    """Gradient w.r.t. ``z`` of ``1/2 || LN(z) - target ||^2`` row by row. z, target: [B, H, N, K]."""
-    K = z.shape[-1]
+def ln_l2_fwd(z: torch.Tensor, r: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float):
+    """Gradient ``g`` w.r.t. ``z`` of ``1/2 || LN(z) w + b - r ||^2`` per row, and what its backward needs.
+
+    ``LN`` uses the biased variance with ``eps`` inside the square root; ``w, b`` broadcast against ``z``.
+    ``g = rstd (gx - mean(gx) - xh mean(gx xh))`` with ``xh = (z - mean z) rstd``, ``gx = (xh w + b - r) w``.
+    Returns ``(g, (xh, rstd, gx, e))`` with ``e = xh w + b - r`` (the hand-written backward of
+    :mod:`seqmix.kernels.ttt_ref` reuses them).
+    """
     mu = z.mean(-1, keepdim=True)
     zc = z - mu
-    rstd = torch.rsqrt(zc.pow(2).mean(-1, keepdim=True) + eps)
-    xhat = zc * rstd
-    w_ = _head_affine(w, z)
-    g_xhat = (xhat * w_ + _head_affine(b, z) - target) * w_
-    return (rstd / K) * (
-        K * g_xhat - g_xhat.sum(-1, keepdim=True) - xhat * (g_xhat * xhat).sum(-1, keepdim=True)
-    )
+    rstd = torch.rsqrt((zc * zc).mean(-1, keepdim=True) + eps)
+    xh = zc * rstd
+    e = xh * w + b - r
+    gx = e * w
+    g = rstd * (gx - gx.mean(-1, keepdim=True) - xh * (gx * xh).mean(-1, keepdim=True))
+    return g, (xh, rstd, gx, e)
+
+
+def ln_l2_grad(z: torch.Tensor, target: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
+    """Gradient w.r.t. ``z`` of ``1/2 || LN(z) - target ||^2`` row by row. z, target: [B, H, N, K]; w, b: [H, K]."""
+    return ln_l2_fwd(z, target, _head_affine(w, z), _head_affine(b, z), eps)[0]
 
 
 def reconstruction_target(
@@ -106,7 +118,7 @@ def init_state(params: tuple[torch.Tensor, ...], batch: int, dtype: torch.dtype)
     return tuple(p.to(dtype).unsqueeze(0).expand(batch, *p.shape) for p in params)
 
 
-def _step_weights(eta: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def step_weights(eta: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """eta: [B, H, N] -> (E [B, H, N, N] read-out step sizes, last [B, H, N] state-update step sizes)."""
     N = eta.shape[-1]
     last = eta / N
@@ -135,7 +147,7 @@ def _mb_step(
 
     q, k, r: [B, H, N, K]; eta: [B, H, N]. Returns (new state, z [B, H, N, K]).
     """
-    E, last = _step_weights(eta, causal)
+    E, last = step_weights(eta, causal)
     lw = last.unsqueeze(-1)  # [B, H, N, 1]
     if kind == "linear":
         W1, b1 = state
@@ -169,7 +181,7 @@ def _mb_step(
     return (W1n, b1n, W2n, b2n), zq
 
 
-def _check_scan_inputs(q, k, r, eta, state, kind, mini_batch_size):
+def check_scan_inputs(q, k, r, eta, state, kind, mini_batch_size):
     if kind not in ("linear", "mlp"):
         raise ValueError(f"kind must be 'linear' or 'mlp', got {kind!r}")
     if not (q.shape == k.shape == r.shape) or q.dim() != 4:
@@ -215,7 +227,7 @@ def ttt_scan(
         ``z [B, H, T, K]`` (raw inner-model read-out) and the state after the last *complete* mini-batch
         (tokens past ``T // N * N`` are a pending partial mini-batch; a causal caller re-feeds them).
     """
-    _check_scan_inputs(q, k, r, eta, state, kind, mini_batch_size)
+    check_scan_inputs(q, k, r, eta, state, kind, mini_batch_size)
     dual = causal if dual is None else dual
     if causal and not dual:
         raise ValueError("the causal form needs the dual read-out (dual=True or None): primal read-out is per mini-batch")
@@ -276,7 +288,7 @@ def ttt_scan_naive(
     Same signature and return value as :func:`ttt_scan` (``checkpoint_group`` and ``dual`` are ignored).
     Slow; for tests and small inputs.
     """
-    _check_scan_inputs(q, k, r, eta, state, kind, mini_batch_size)
+    check_scan_inputs(q, k, r, eta, state, kind, mini_batch_size)
     B, H, T, K = q.shape
     N = mini_batch_size
 

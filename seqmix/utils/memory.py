@@ -15,7 +15,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["TensorMemoryTracker", "peak_memory"]
+__all__ = ["TensorMemoryTracker"]
 
 
 class TensorMemoryTracker(TorchDispatchMode):
@@ -48,18 +48,3 @@ class TensorMemoryTracker(TorchDispatchMode):
                 self.peak_bytes = max(self.peak_bytes, self.current_bytes)
             weakref.finalize(st, self._free, key)
         return out
-
-
-def peak_memory(fn, device: torch.device | str = "cpu") -> tuple[object, int]:
-    """Run ``fn()`` and return ``(result, peak bytes of tensors it allocated)``."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        out = fn()
-        torch.cuda.synchronize(device)
-        return out, torch.cuda.max_memory_allocated(device) - base
-    with TensorMemoryTracker() as m:
-        out = fn()
-    return out, m.peak_bytes

@@ -1,0 +1,41 @@
+"""The DiT's global layer: :class:`seqmix.layers.Bidirectional` with text / video gate groups, run over the layout's
+interleaved order (Dalal et al. 2025, arXiv 2504.05298, Sec. 3)."""
+
+from __future__ import annotations
+
+import torch
+
+from seqmix import layers as mixers
+from seqmix.layers.wrappers import Bidirectional
+
+__all__ = ["GlobalLayer"]
+
+
+class GlobalLayer(Bidirectional):
+    """The paper's bidirectional gated global layer around one registry mixer ``G`` (parameters shared by both
+    directions) with four gate vectors {forward, backward} x {text, video} of width D, initialised to ``gate_init``.
+
+    ``txt [B, S L, D], vid [B, F N, D]`` (attention outputs, storage order) -> the same shapes::
+
+        y = interleave(txt | vid)
+        y = y + tanh(a_fwd[text|video]) * G(y, positions)
+        y = y + tanh(a_bwd[text|video]) * rev(G(rev(y), positions of rev(y)))
+
+    Tokens keep their own global RoPE positions in the reversed pass (as :class:`seqmix.layers.Bidirectional`;
+    the public ttt-video-dit code instead rotates the flipped video by sequence index, i.e. mirrored positions).
+    The gates act in storage order, where text and video are contiguous (no ``[T, D]`` gate tensor is built); the
+    orders and positions are precomputed once per layout (the model's plan). Parameters: ``G`` plus ``4 D``.
+    """
+
+    def __init__(self, mixer: mixers.Mixer, dim: int, gate_init: float, use_positions: bool):
+        if dim != mixer.dim:
+            raise ValueError(f"global layer width {dim} != mixer width {mixer.dim}")
+        super().__init__(mixer, alpha_init=gate_init, groups=("text", "video"), inner_name="mixer")
+        self.use_positions = use_positions
+
+    def forward(self, vid: torch.Tensor, txt: torch.Tensor, plan) -> tuple[torch.Tensor, torch.Tensor]:
+        """``vid [B, F N, D], txt [B, S L, D]`` and the model's plan (orders, positions) -> ``(vid, txt)``."""
+        pos = (plan.pos_fwd, plan.pos_bwd) if self.use_positions else (None, None)
+        txt, vid = self.gated_passes([txt, vid], fwd=(plan.to_fwd, plan.from_fwd), bwd=(plan.to_bwd, plan.from_bwd),
+                                     positions=pos)
+        return vid, txt
