@@ -43,10 +43,10 @@ def base_recipe(task: str) -> Path:
 
 
 def token_mixers() -> list[str]:
-    """Every registry layer that mixes tokens (the default layers of a comparison)."""
+    """Every registry layer that mixes tokens of a plain sequence (the default layers of a comparison)."""
     from seqmix import layers as L
 
-    return [n for n in L.available() if L.mixer_class(n).mixes_tokens]
+    return [n for n in L.sequence_mixers() if L.mixer_class(n).mixes_tokens]
 
 
 #: Keys (dotted, under the recipe root) a per-layer recipe may change relative to its task's base recipe.

@@ -4,6 +4,9 @@ A mixer declares on its class what the harness needs: ``small_config`` (a small,
 with 2 heads) and ``causal_modes`` (whether a causal form exists); ``test_contract.py`` then runs every check below
 on it, and :func:`check_all` runs them on one name. Keep configurations tiny: the whole harness runs on a 2-core
 CPU in CI.
+
+Lengths are counted in causal steps (``layer.step_tokens`` tokens each: 1 for token-causal mixers, a frame or a
+chunk of frames for mixers that read frames of a grid), so every check runs unchanged on frame-causal layers.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ def make(name: str, dtype=torch.float32, seed: int = 0, **over) -> layers.Mixer:
     return layers.build(name, dim=DIM, num_heads=HEADS, **cfg).to(dtype)
 
 
+def steps(layer: layers.Mixer, n: int) -> int:
+    """Tokens in ``n`` causal steps of ``layer`` (see ``Mixer.step_tokens``)."""
+    return n * layer.step_tokens
+
+
 def rand_x(B: int, T: int, dtype=torch.float32, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(B, T, DIM, generator=g, dtype=dtype)
@@ -35,7 +43,7 @@ def rand_x(B: int, T: int, dtype=torch.float32, seed: int = 1) -> torch.Tensor:
 def check_shape_dtype(layer: layers.Mixer, T: int = 11) -> None:
     for dtype in (torch.float32, torch.float64):
         layer = layer.to(dtype)
-        x = rand_x(2, T, dtype)
+        x = rand_x(2, steps(layer, T), dtype)
         y = layer(x)
         assert y.shape == x.shape, f"{layer.name}: output {tuple(y.shape)} != input {tuple(x.shape)}"
         assert y.dtype == dtype, f"{layer.name}: output dtype {y.dtype} != input dtype {dtype}"
@@ -44,7 +52,7 @@ def check_shape_dtype(layer: layers.Mixer, T: int = 11) -> None:
 
 
 def check_backward(layer: layers.Mixer, T: int = 9) -> None:
-    x = rand_x(2, T).requires_grad_()
+    x = rand_x(2, steps(layer, T)).requires_grad_()
     layer(x).square().mean().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all(), f"{layer.name}: bad input gradient"
     for n, p in layer.named_parameters():
@@ -52,8 +60,9 @@ def check_backward(layer: layers.Mixer, T: int = 9) -> None:
 
 
 def check_causality(layer: layers.Mixer, T: int = 13, t: int = 6) -> None:
-    """Causal layers: perturbing token t leaves every output < t unchanged."""
+    """Causal layers: perturbing (the first token of) step t leaves every output of earlier steps unchanged."""
     layer = layer.double()
+    T, t = steps(layer, T), steps(layer, t)
     x = rand_x(1, T, torch.float64)
     x2 = x.clone()
     x2[:, t] += 1.0
@@ -66,6 +75,7 @@ def check_causality(layer: layers.Mixer, T: int = 13, t: int = 6) -> None:
 def check_state_carry(layer: layers.Mixer, T: int = 17, splits=(5, 1, 7)) -> None:
     """Causal layers: calls over consecutive chunks (incl. single tokens) equal one full pass."""
     layer = layer.double()
+    T, splits = steps(layer, T), [steps(layer, n) for n in splits]
     x = rand_x(2, T, torch.float64)
     full = layer(x)
     outs, state, t0 = [], None, 0
@@ -80,14 +90,17 @@ def check_state_carry(layer: layers.Mixer, T: int = 17, splits=(5, 1, 7)) -> Non
 def check_bidirectional(layer: layers.Mixer, T: int = 10) -> None:
     bi = layers.Bidirectional(layer)
     assert not bi.causal
+    u = layer.step_tokens
+    T = steps(layer, T)
     x = rand_x(2, T)
     y = bi(x)
     assert y.shape == x.shape
-    # Non-causal: the first output must see the last token.
+    # Non-causal: the first step's outputs must see the last step (a token; for frame mixers a frame, whose tokens
+    # reach every block of a block-wise scan).
     if layer.mixes_tokens:  # a layer that mixes no tokens (identity) has nothing to look back at
         x2 = x.clone()
-        x2[:, -1] += 1.0
-        assert not torch.allclose(bi(x2)[:, 0], y[:, 0]), f"{layer.name}: bidirectional wrapper did not look back"
+        x2[:, -u:] += 1.0
+        assert not torch.allclose(bi(x2)[:, :u], y[:, :u]), f"{layer.name}: bidirectional wrapper did not look back"
     assert bi.state_size(seq_len=T) == 2 * layer.state_size(seq_len=T)
 
 
@@ -107,7 +120,9 @@ def check_bad_inputs(name: str, layer: layers.Mixer) -> None:
     with pytest.raises(TypeError, match="unknown config key"):
         layers.build(name, dim=DIM, num_heads=HEADS, not_a_key=1)
     with pytest.raises(ValueError, match="backend"):
-        layers.build(name, dim=DIM, num_heads=HEADS, backend="no-such-backend")
+        # on top of the small config: a mixer may have required fields (e.g. a frame grid)
+        layers.build(name, dim=DIM, num_heads=HEADS, **{**layers.mixer_class(name).small_config,
+                                                         "backend": "no-such-backend"})
 
 
 def check_all(name: str) -> None:

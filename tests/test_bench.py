@@ -49,7 +49,7 @@ def test_layers_quick_validates_and_covers_every_layer(layers_doc):
     assert layers_doc["suite"] == "layers" and layers_doc["schema"] == "seqmix.bench/v2"
     recs = layers_doc["records"]
     ok = [r for r in recs if r["status"] == "ok"]
-    for name in L.available():
+    for name in L.sequence_mixers():
         for mode in MODES:  # every layer is causal or has a causal option, so every mode runs on some backend
             assert any(r["name"] == name and r["mode"] == mode for r in ok), f"no measurement for {name} {mode}"
     for r in ok:
@@ -65,7 +65,7 @@ def test_layers_quick_validates_and_covers_every_layer(layers_doc):
     assert peaks["matmul"]["dtype"] == "float32" and peaks["copy"]["bytes_per_s"] > 0
     assert any(r["frac_matmul_peak"] is not None for r in ok)
     ex = layers_doc["summary"]["exponents"]
-    assert {(e["name"], e["mode"]) for e in ex} >= {(n, "fwd") for n in L.available()}
+    assert {(e["name"], e["mode"]) for e in ex} >= {(n, "fwd") for n in L.sequence_mixers()}
 
 
 def test_dit_quick_validates_and_reports_ratios(dit_doc):
@@ -91,7 +91,7 @@ def _layer(name: str, **over) -> L.Mixer:
     return L.build(name, dim=256, num_heads=4, **cfg)
 
 
-@pytest.mark.parametrize("name", [n for n in L.available() if n != "identity"])
+@pytest.mark.parametrize("name", [n for n in L.sequence_mixers() if n != "identity"])
 def test_cost_model_growth_exponents(name):
     Ts = [16384, 32768, 65536]
     layer = _layer(name)

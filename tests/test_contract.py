@@ -75,7 +75,7 @@ def test_state_on_non_causal_layer_is_rejected(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_bf16_autocast(name):
     layer = C.make(name)
-    x = C.rand_x(2, 12)
+    x = C.rand_x(2, C.steps(layer, 12))
     ref = layer(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = layer(x)

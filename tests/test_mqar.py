@@ -97,7 +97,7 @@ def test_bad_settings_fail_clearly(kw, msg):
         make_mqar(MQARConfig(**kw), 4, seed=0)
 
 
-@pytest.mark.parametrize("name", layers.available())
+@pytest.mark.parametrize("name", layers.sequence_mixers())
 def test_lm_with_every_layer_is_causal(name):
     torch.manual_seed(0)
     cfg = dict(layers.mixer_class(name).small_config)
@@ -170,7 +170,7 @@ def test_short_conv_is_causal_and_carries_state(mixer):
 
 def test_every_layer_has_an_mqar_recipe():
     have = {Path(r).stem for r in RECIPES}
-    want = set(layers.available()) - {"identity", "local_attn"}  # every global layer (not the no-op baselines)
+    want = set(layers.sequence_mixers()) - {"identity", "local_attn"}  # every global layer (not the no-op baselines)
     assert want <= have, f"missing MQAR recipes: {sorted(want - have)}"
 
 

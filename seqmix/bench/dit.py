@@ -65,7 +65,7 @@ def variants() -> dict[str, tuple[str | None, bool]]:
     so a newly registered mixer is benchmarked without an edit here)."""
     from seqmix import layers as L
 
-    return {**_NO_GLOBAL_LAYER, **{n: (n, False) for n in L.available() if L.mixer_class(n).mixes_tokens}}
+    return {**_NO_GLOBAL_LAYER, **{n: (n, False) for n in L.sequence_mixers() if L.mixer_class(n).mixes_tokens}}
 
 
 def description(variant: str) -> str:

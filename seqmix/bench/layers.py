@@ -119,7 +119,7 @@ class LayerBenchResult:
 
 
 def _check(cfg: LayerBenchConfig) -> list[str]:
-    names = cfg.layers or L.available()
+    names = cfg.layers or L.sequence_mixers()  # frame-input mixers need whole frames: time them by name
     for n in names:
         if n not in L.available():
             raise ValueError(f"unknown layer {n!r} in benchmark; valid: {', '.join(L.available())}")

@@ -11,7 +11,8 @@
 import importlib as _importlib
 import pkgutil as _pkgutil
 
-from .base import Backend, BackendUnavailable, Mixer, MixerConfig, available, build, config_class, mixer_class, register
+from .base import (Backend, BackendUnavailable, Mixer, MixerConfig, available, build, config_class, mixer_class,
+                   register, sequence_mixers)
 from .ttt import TTTLinear, TTTMLP, TTTState
 from .wrappers import Bidirectional, TanhGate
 
@@ -36,4 +37,5 @@ __all__ = [
     "config_class",
     "mixer_class",
     "register",
+    "sequence_mixers",
 ]

@@ -45,6 +45,7 @@ __all__ = [
     "config_class",
     "mixer_class",
     "register",
+    "sequence_mixers",
     "BackendUnavailable",
 ]
 
@@ -132,6 +133,13 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def sequence_mixers() -> list[str]:
+    """Names of the registered mixers that take any token sequence, sorted: every mixer except those that read
+    their input as frames of a grid (``frame_input``). Consumers that feed plain token sequences (the LM / MQAR
+    comparisons, the DiT's global layer, ``seqmix bench layers``) default to these."""
+    return sorted(n for n, cls in _REGISTRY.items() if not cls.frame_input)
+
+
 def _lookup(name: str) -> type["Mixer"]:
     if not isinstance(name, str):
         raise TypeError(f"mixer name must be a string, got {type(name).__name__}")
@@ -201,6 +209,10 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
     takes_positions: ClassVar[bool] = False
     #: False only for layers that mix no tokens at all (the "no global layer" baseline); comparisons skip them.
     mixes_tokens: ClassVar[bool] = True
+    #: True for mixers that read ``x`` as whole frames of a grid set in their config (``grid=(H, W)``, frame-major
+    #: tokens): a call must hold whole frames, so they are left out of consumers that feed plain token sequences
+    #: (:func:`sequence_mixers`). Their instances say how many tokens one causal step takes (:attr:`step_tokens`).
+    frame_input: ClassVar[bool] = False
     #: A small, fast configuration (config fields) for the contract harness and smoke runs (width 32, 2 heads).
     small_config: ClassVar[dict[str, Any]] = {}
     #: Pytest node ids (files, ``file::test``) that gate this mixer's benchmark figures on every backend, and per
@@ -248,6 +260,13 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
         """Whether output t depends only on inputs <= t."""
         causal = getattr(self.config, "causal", None)
         return self.causal_modes[0] if causal is None else bool(causal)
+
+    @property
+    def step_tokens(self) -> int:
+        """Tokens of one causal step: an output may depend on every token of its own step, never on a later step,
+        and carried state continues at step boundaries. 1 (default) for token-causal mixers; a frame (``H W``) or a
+        chunk of frames for frame-input mixers. The contract harness measures its lengths in steps."""
+        return 1
 
     @classmethod
     def can_be_causal(cls) -> bool:
