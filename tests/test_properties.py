@@ -57,6 +57,7 @@ def cases(draw, name: str) -> dict:
 def _check(case: dict) -> None:
     name, dtype, B, T, split = case["name"], case["dtype"], case["B"], case["T"], case["split"]
     layer = C.make(name, dtype=dtype, seed=case["seed"], **case["cfg"])
+    T, split = C.steps(layer, T), C.steps(layer, split)  # drawn in causal steps (a frame for frame-input layers)
     x = C.rand_x(B, T, dtype, seed=case["seed"] + 1).requires_grad_()
 
     # shape, dtype, finite output and gradients

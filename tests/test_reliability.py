@@ -46,12 +46,13 @@ def test_num_heads_is_the_head_count(name, heads):
 def test_empty_batch_gives_empty_output(name):
     for over in ({}, _causal(name)):
         layer = C.make(name, **over)
-        y = layer(C.rand_x(0, 5))
-        assert y.shape == (0, 5, C.DIM) and y.dtype == torch.float32
+        n5, n3 = C.steps(layer, 5), C.steps(layer, 3)  # lengths in causal steps (a frame for frame-input layers)
+        y = layer(C.rand_x(0, n5))
+        assert y.shape == (0, n5, C.DIM) and y.dtype == torch.float32
         if layer.causal:
-            y, st = layer(C.rand_x(0, 5), return_state=True)
-            y, _ = layer(C.rand_x(0, 3), state=st, return_state=True)
-            assert y.shape == (0, 3, C.DIM)
+            y, st = layer(C.rand_x(0, n5), return_state=True)
+            y, _ = layer(C.rand_x(0, n3), state=st, return_state=True)
+            assert y.shape == (0, n3, C.DIM)
 
 
 # ------------------------------------------------------------------------------------------- inference modes
@@ -68,7 +69,7 @@ def test_every_cpu_backend_runs_without_grad(name):
     for backend in _backend_names(name):
         for over in ({}, _causal(name)):
             layer = C.make(name, backend=backend, **over)
-            x = C.rand_x(2, 9)
+            x = C.rand_x(2, C.steps(layer, 9))
             ref = layer(x)
             with torch.no_grad():
                 y = layer(x)
@@ -85,7 +86,7 @@ def test_bf16_autocast_output_dtype(name):
     """Under bf16 autocast every layer returns bf16 (the dtype its output projection produces)."""
     layer = C.make(name)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = layer(C.rand_x(2, 6))
+        y = layer(C.rand_x(2, C.steps(layer, 6)))
     assert y.dtype == torch.bfloat16, f"{name}: {y.dtype} under bf16 autocast"
 
 

@@ -112,7 +112,7 @@ class BlockwiseSSM(_Blockwise):
     """Block-wise Mamba2 scan (see the module docstring)."""
 
     backend_table = _mirror(Mamba2.backend_table)
-    small_config = {"grid": (2, 2), "block": (1, 2), "d_state": 8, "headdim": 8, "expand": 2, "chunk_size": 4}
+    small_config = {"grid": (2, 2), "block": (1, 2), "d_state": 8, "expand": 2, "chunk_size": 4}
     gates = ("tests/test_worldmodel_layers.py", "tests/test_mamba2.py")
     backend_gates = Mamba2.backend_gates
     state_knob = "d_state"
@@ -150,6 +150,7 @@ class BlockwiseSSM(_Blockwise):
                 raise TypeError(f"{self.name}: state must be the Mamba2State (one per block) returned with "
                                 f"return_state=True, got {type(state).__name__}")
             self._check_batch(state.ssm.shape[0], B)
+            state = state._replace(layer=self.inner.name)  # this layer's state is the inner Mamba2's, relabelled
         # The inner Mamba2 selects its backend (the same records and config as this layer's).
         out = self.inner(xb, state=state, return_state=return_state)
         yb, new_state = out if return_state else (out, None)
@@ -162,6 +163,7 @@ class BlockwiseTTTState(NamedTuple):
     partial mini-batch is ever pending."""
 
     weights: tuple[torch.Tensor, ...]
+    layer: str = ""
 
 
 @register("blockwise_ttt")
@@ -231,7 +233,7 @@ class BlockwiseTTT(_Blockwise):
                                mini_batch_size=self.block_tokens, eps=c.ln_eps,
                                checkpoint_group=c.scan_checkpoint_group)
             y = q + ttt_ops.head_layer_norm(z, ln_w, ln_b, c.ln_eps)  # [B nb, H, F n, K]
-            y = ttt.post_norm(y.transpose(1, 2).reshape(Bn, xb.shape[1], -1).to(ttt.post_norm.weight.dtype))
+            y = ttt.post_norm(y.transpose(1, 2).flatten(2).to(ttt.post_norm.weight.dtype))  # [B nb, F n, H K]
         y = ttt.wo(y)
         new_state = BlockwiseTTTState(tuple(boundary)) if return_state else None
         return unfold_blocks(y, self.grid, self.block), new_state
