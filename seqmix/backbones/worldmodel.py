@@ -1,0 +1,499 @@
+"""Causal video world-model backbone: diffusion forcing with per-frame noise levels and actions, frame-by-frame
+rollout with carried state (Po et al. 2025, "Long-Context State-Space Video World Models", arXiv 2505.20171).
+
+Architecture ("similar to CogVideoX"; the blocks of :mod:`seqmix.backbones.dit` without text)::
+
+    latents [B, F, C, H p, W p] --patchify (p x p conv)--> x [B, F N, D]      frame-major, N = H W tokens per frame
+    e_f = TimestepMLP(sinusoid(t_f)) + ActionEmbed(a_f)                       one conditioning vector per frame
+    for each layer:                                                           depth layers
+        for each mixer m of the layer (e.g. blockwise_ssm, frame_local_attn; or any causal registry layer):
+            x = x + gate_m(e) * m(LN(x) (1 + scale_m(e)) + shift_m(e))        adaLN, per token from its frame
+        x = x + gate(e) * MLP(LN(x) (1 + scale(e)) + shift(e))
+    out = Linear(LN(x) (1 + scale(e)) + shift(e)) --unpatchify--> [B, F, C, H p, W p]   (v-prediction)
+
+Diffusion forcing: every frame has its own noise level ``t_f``, so frame f's tokens are modulated by frame f's
+embedding only. Every mixer is causal (token- or frame-causal), so outputs of frames < j never depend on frame j and
+the model can roll out frame by frame: :meth:`WorldModel.step` carries each mixer's state (``state=`` /
+``return_state=True`` of the layer contract); the result equals one teacher-forced pass. Sampling
+(:mod:`seqmix.backbones.wm_rollout`) encodes clean context frames (noise level 0) into the state, then denoises each
+new frame with the project's DDIM sampler while the state stays fixed, and commits the clean frame.
+
+Parameters (D width, D_e conditioning width, M mixers per layer, r MLP ratio, C channels, p patch):
+``D (C p^2 + 1)`` patchify ``+ 2 D_e (D + 1)``-ish timestep MLP ``+ actions`` ``+ depth [sum mixers + M (3 D (D_e +
+1)) + 3 D (D_e + 1) + 2 r D^2 + (r + 1) D]`` ``+ 2 D (D_e + 1) + (D + 1) C p^2`` head; :meth:`WorldModel.num_params`.
+
+Shape legend: B batch, F frames, C latent channels, (H, W) frame grid in patches, p patch, N = H W, D width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from seqmix import layers as L
+
+from .dit import FeedForward, TimestepEmbedding, timestep_features
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["WorldModelConfig", "WorldModel", "WorldModelState", "mixer_stack", "STACKS", "SIZE_PRESETS",
+           "state_nbytes"]
+
+#: Named mixer stacks (see :func:`mixer_stack`): the paper's model and the baselines of its comparisons.
+STACKS = ("ours", "blockwise_ttt", "frame_local_attn", "causal_transformer", "mamba2", "mamba2_fla")
+
+#: Size presets (:meth:`WorldModelConfig.preset`). ``paper``: ~200M parameters with the ``ours`` stack (the paper
+#: matches every compared model at ~200M); grid / channels are an assumption (8 x 8 latent patches of 16 channels).
+SIZE_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(dim=32, depth=2, heads=2, cond_dim=32, grid=(2, 2), patch_size=1, channels=4, window_frames=2,
+                 chunk_frames=None),
+    "cpu-small": dict(dim=64, depth=2, heads=4, cond_dim=64, grid=(4, 4), patch_size=1, channels=4,
+                      window_frames=10, chunk_frames=5),
+    "paper": dict(dim=768, depth=14, heads=12, cond_dim=512, grid=(8, 8), patch_size=1, channels=16,
+                  window_frames=10, chunk_frames=5),
+}
+
+
+def _block_sizes(grid: tuple[int, int]) -> list[tuple[int, int]]:
+    """Default per-layer block sizes: square powers of two >= 2 that divide the grid, small to large (cycled over
+    the layers; the paper varies the block size from layer to layer), else the whole grid."""
+    H, W = grid
+    out, b = [], 2
+    while H % b == 0 and W % b == 0:
+        out.append((b, b))
+        b *= 2
+    return out or [(H, W)]
+
+
+def mixer_stack(kind: str, depth: int, *, blocks: list[tuple[int, int]] | None = None, window_frames: int = 10,
+                chunk_frames: int | None = 5, grid: tuple[int, int] | None = None,
+                ssm_config: dict | None = None, ttt_config: dict | None = None,
+                attn_config: dict | None = None) -> list[list[tuple[str, dict]]]:
+    """Per-layer mixer specs ``[[(registry name, config), ...] per layer]`` of a named stack.
+
+    Args:
+        kind: ``ours`` (blockwise_ssm -> frame_local_attn), ``blockwise_ttt`` (blockwise_ttt -> frame_local_attn),
+            ``frame_local_attn`` (frame-local attention only), ``causal_transformer`` (full_attn, causal: full
+            context), ``mamba2`` (token-order Mamba2), ``mamba2_fla`` (mamba2 -> frame_local_attn).
+        depth: number of layers.
+        blocks: block size ``(b_h, b_w)`` per layer for the block-wise mixers, cycled (default: from ``grid``).
+        window_frames, chunk_frames: frame-local attention's ``k`` and ``c`` (paper: 10 and 5).
+        ssm_config, ttt_config, attn_config: extra config fields of the block-wise SSM / TTT and the attention.
+    """
+    if kind not in STACKS:
+        raise ValueError(f"unknown mixer stack {kind!r}; valid: {', '.join(STACKS)}")
+    if blocks is None:
+        blocks = _block_sizes(grid) if grid is not None else [(1, 1)]
+    fla = {"window_frames": window_frames, **({"chunk_frames": chunk_frames} if chunk_frames else {}),
+           **(attn_config or {})}
+    out = []
+    for i in range(depth):
+        blk = tuple(blocks[i % len(blocks)])
+        layer = {
+            "ours": [("blockwise_ssm", {"block": blk, **(ssm_config or {})}), ("frame_local_attn", dict(fla))],
+            "blockwise_ttt": [("blockwise_ttt", {"block": blk, **(ttt_config or {})}), ("frame_local_attn", dict(fla))],
+            "frame_local_attn": [("frame_local_attn", dict(fla))],
+            "causal_transformer": [("full_attn", dict(attn_config or {}))],
+            "mamba2": [("mamba2", dict(ssm_config or {}))],
+            "mamba2_fla": [("mamba2", dict(ssm_config or {})), ("frame_local_attn", dict(fla))],
+        }[kind]
+        out.append(layer)
+    return out
+
+
+@dataclass(kw_only=True)
+class WorldModelConfig:
+    """Settings of :class:`WorldModel` (see the module docstring). Build one with :meth:`preset`.
+
+    Attributes:
+        dim: model width D.
+        depth: number of layers.
+        heads: heads passed to every mixer (``num_heads`` of :func:`seqmix.layers.build`).
+        cond_dim: width D_e of the per-frame conditioning (noise level + action) embedding (default D).
+        grid: frame grid ``(H, W)`` in latent patches; latents are ``[B, F, C, H p, W p]``.
+        patch_size: spatial patch p.
+        channels: latent channels C (input and v-prediction output).
+        mixers: per-layer mixer specs: one list per layer of ``(registry name, config dict)`` (or
+            ``{"name": ..., "config": ...}``) applied in order, or a stack name of :data:`STACKS` (then built with
+            :func:`mixer_stack` from ``blocks``, ``window_frames``, ``chunk_frames``). ``causal=True`` is added to
+            every mixer that has a causal option, ``grid`` to every mixer whose config takes one.
+        blocks, window_frames, chunk_frames: used when ``mixers`` is a stack name.
+        mlp_ratio: MLP hidden width as a multiple of D.
+        action_kind: ``None`` (no actions), ``"discrete"`` (learned embedding of ``num_actions`` ids) or
+            ``"continuous"`` (small MLP of ``action_dim`` values); added to the noise-level embedding.
+        num_actions: number of discrete actions.
+        action_dim: width of a continuous action.
+        rope: positions for the mixers that take RoPE positions (class attribute ``takes_positions``): ``"3d"``
+            (frame, row, column; head dim divisible by 16), ``"1d"`` (token index) or ``"none"``.
+        norm_eps: LayerNorm eps.
+    """
+
+    dim: int = 64
+    depth: int = 2
+    heads: int = 4
+    cond_dim: int | None = None
+    grid: tuple[int, int] = (4, 4)
+    patch_size: int = 1
+    channels: int = 4
+    mixers: str | list = "ours"
+    blocks: list[tuple[int, int]] | None = None
+    window_frames: int = 10
+    chunk_frames: int | None = 5
+    mlp_ratio: float = 4.0
+    action_kind: str | None = None
+    num_actions: int = 0
+    action_dim: int = 0
+    rope: str = "3d"
+    norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "depth", "heads", "patch_size", "channels"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"WorldModelConfig.{name} must be a positive int, got {v!r}")
+        if self.cond_dim is None:
+            self.cond_dim = self.dim
+        g = tuple(self.grid)
+        if len(g) != 2 or not all(isinstance(v, int) and v >= 1 for v in g):
+            raise ValueError(f"WorldModelConfig.grid must be (H, W) positive ints, got {self.grid!r}")
+        self.grid = g
+        if self.action_kind not in (None, "discrete", "continuous"):
+            raise ValueError(f"action_kind must be None, 'discrete' or 'continuous', got {self.action_kind!r}")
+        if self.action_kind == "discrete" and self.num_actions < 1:
+            raise ValueError(f"discrete actions need num_actions >= 1, got {self.num_actions}")
+        if self.action_kind == "continuous" and self.action_dim < 1:
+            raise ValueError(f"continuous actions need action_dim >= 1, got {self.action_dim}")
+        if self.rope not in ("3d", "1d", "none"):
+            raise ValueError(f"rope must be '3d', '1d' or 'none', got {self.rope!r}")
+        if isinstance(self.mixers, str):
+            self.mixers = mixer_stack(self.mixers, self.depth, blocks=self.blocks, window_frames=self.window_frames,
+                                      chunk_frames=self.chunk_frames, grid=self.grid)
+        self.mixers = [[_spec(s, i) for s in layer] for i, layer in enumerate(self.mixers)]
+        if len(self.mixers) != self.depth:
+            raise ValueError(f"mixers lists {len(self.mixers)} layers for depth={self.depth}; give one list per layer")
+        if any(not layer for layer in self.mixers):
+            raise ValueError("every layer needs at least one mixer")
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def mixer_names(self) -> list[str]:
+        """Distinct registry names used, in order of first use."""
+        return list(dict.fromkeys(n for layer in self.mixers for n, _ in layer))
+
+    @classmethod
+    def preset(cls, size: str, **overrides: Any) -> "WorldModelConfig":
+        """A size preset of :data:`SIZE_PRESETS` (``tiny``, ``cpu-small``, ``paper``) with ``overrides``."""
+        if size not in SIZE_PRESETS:
+            raise ValueError(f"unknown size preset {size!r}; valid: {', '.join(SIZE_PRESETS)}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise TypeError(f"unknown WorldModelConfig field(s) {unknown}; valid: {', '.join(sorted(names))}")
+        return cls(**{**SIZE_PRESETS[size], **overrides})
+
+
+def _spec(s, layer: int) -> tuple[str, dict]:
+    if isinstance(s, dict) and set(s) <= {"name", "config"} and "name" in s:
+        s = (s["name"], s.get("config") or {})
+    if not (isinstance(s, (tuple, list)) and len(s) == 2 and isinstance(s[0], str) and isinstance(s[1], dict)):
+        raise TypeError(f"layer {layer}: a mixer spec is (registry name, config dict) or {{'name', 'config'}}, "
+                        f"got {s!r}")
+    return s[0], dict(s[1])
+
+
+class WorldModelState(NamedTuple):
+    """Carried rollout state: ``mixers[layer][i]`` is mixer i's state (None before the first frame), ``frames`` the
+    number of frames seen (the position of the next frame), ``batch`` the batch size it was made for."""
+
+    mixers: list[list[Any]]
+    frames: int
+    batch: int
+
+
+def state_nbytes(state: Any) -> int:
+    """Bytes of every tensor in a (nested) state: the memory a rollout carries between frames."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(state_nbytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_nbytes(v) for v in state)
+    if dataclasses.is_dataclass(state) and not isinstance(state, type):
+        return sum(state_nbytes(getattr(state, f.name)) for f in dataclasses.fields(state))
+    return 0
+
+
+class FrameAdaLN(nn.Module):
+    """adaLN with one modulation per frame: ``(shift, scale, gate) = Linear(SiLU(e_f))`` applied to every token of
+    frame f. ``forward(x [B, F N, D], e [B, F, D_e]) -> (LN(x) (1 + scale) + shift, gate)``, both ``[B, F N, D]``
+    (the gate is returned broadcastable: ``[B, F, 1, D]`` flattened on use). Parameters ``k D (D_e + 1)``."""
+
+    def __init__(self, cond_dim: int, dim: int, eps: float, outputs: int = 3):
+        super().__init__()
+        self.outputs = outputs
+        self.linear = nn.Linear(cond_dim, outputs * dim)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, Fr = e.shape[:2]
+        mod = self.linear(nn.functional.silu(e))[:, :, None]  # [B, F, 1, k D]
+        parts = mod.chunk(self.outputs, dim=-1)
+        h = self.norm(x).unflatten(1, (Fr, -1))  # [B, F, N, D]
+        h = (h * (1 + parts[1]) + parts[0]).flatten(1, 2)
+        return h, (parts[2] if self.outputs == 3 else None)
+
+
+def _gated(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``x + gate * y`` with a per-frame gate ``[B, F, 1, D]`` over ``[B, F N, D]`` tokens."""
+    Fr = gate.shape[1]
+    return x + (gate * y.unflatten(1, (Fr, -1))).flatten(1, 2)
+
+
+class WorldModelLayer(nn.Module):
+    """One layer: every mixer of the spec with its own adaLN and gated residual, then the MLP (see module doc)."""
+
+    def __init__(self, c: WorldModelConfig, specs: list[tuple[str, dict]]):
+        super().__init__()
+        self.mixers = nn.ModuleList(_build_mixer(c, name, cfg) for name, cfg in specs)
+        self.norms = nn.ModuleList(FrameAdaLN(c.cond_dim, c.dim, c.norm_eps) for _ in specs)
+        self.takes_positions = [m.takes_positions and c.rope != "none" for m in self.mixers]
+        self.norm_mlp = FrameAdaLN(c.cond_dim, c.dim, c.norm_eps)
+        self.mlp = FeedForward(c.dim, 0.0, "gelu-approximate") if c.mlp_ratio == 4.0 else nn.Sequential(
+            nn.Linear(c.dim, int(round(c.dim * c.mlp_ratio))), nn.GELU(approximate="tanh"),
+            nn.Linear(int(round(c.dim * c.mlp_ratio)), c.dim))
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor, positions: torch.Tensor | None, states: list | None,
+                return_state: bool) -> tuple[torch.Tensor, list | None]:
+        new_states = []
+        for i, (mixer, norm) in enumerate(zip(self.mixers, self.norms)):
+            h, gate = norm(x, e)
+            kw = {"positions": positions} if self.takes_positions[i] and positions is not None else {}
+            st = None if states is None else states[i]
+            if return_state:
+                y, st = mixer(h, state=st, return_state=True, **kw)
+                new_states.append(st)
+            else:
+                y = mixer(h, state=st, **kw) if st is not None else mixer(h, **kw)
+            x = _gated(x, gate, y)
+        h, gate = self.norm_mlp(x, e)
+        x = _gated(x, gate, self.mlp(h))
+        return x, (new_states if return_state else None)
+
+
+def _build_mixer(c: WorldModelConfig, name: str, cfg: dict) -> L.Mixer:
+    cls = L.mixer_class(name)  # unknown name -> ValueError listing the valid ones
+    cfg = dict(cfg)
+    if not cls.can_be_causal():
+        raise ValueError(f"world-model mixer {name!r} has no causal form; a frame-by-frame rollout needs causal "
+                         "(or frame-causal) mixers")
+    if cfg.get("causal") is False:
+        raise ValueError(f"world-model mixer {name!r}: causal=False would let frames see the future")
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    if "causal" in fields:
+        cfg["causal"] = True
+    if "grid" in fields:
+        if "grid" in cfg and tuple(cfg["grid"]) != c.grid:
+            raise ValueError(f"mixer {name!r} has grid={tuple(cfg['grid'])} but the model's frame grid is {c.grid}")
+        cfg["grid"] = c.grid
+    mixer = L.build(name, dim=c.dim, num_heads=c.heads, **cfg)
+    if not mixer.causal:
+        raise ValueError(f"world-model mixer {name!r} is not causal")
+    return mixer
+
+
+class WorldModel(nn.Module):
+    """Action-conditioned causal video diffusion backbone (see the module docstring).
+
+    ``forward(latents [B, F, C, H p, W p], noise_levels [B, F], actions) -> v [B, F, C, H p, W p]``;
+    ``init_state(B)`` / ``step(frames, noise_levels, actions, state) -> (v, state)`` for the rollout;
+    ``sample(...)`` for history-conditioned generation.
+    """
+
+    def __init__(self, config: WorldModelConfig):
+        super().__init__()
+        if not isinstance(config, WorldModelConfig):
+            raise TypeError(f"WorldModel expects a WorldModelConfig, got {type(config).__name__}")
+        c = self.config = config
+        p, D, E = c.patch_size, c.dim, c.cond_dim
+        # 1. patchify, conditioning (noise level + action)
+        self.patch_embed = nn.Conv2d(c.channels, D, kernel_size=p, stride=p)
+        self.time_embedding = TimestepEmbedding(E, E, "silu")
+        if c.action_kind == "discrete":
+            self.action_embedding: nn.Module | None = nn.Embedding(c.num_actions, E)
+        elif c.action_kind == "continuous":
+            self.action_embedding = nn.Sequential(nn.Linear(c.action_dim, E), nn.SiLU(), nn.Linear(E, E))
+        else:
+            self.action_embedding = None
+        # 2. layers
+        self.layers = nn.ModuleList(WorldModelLayer(c, specs) for specs in c.mixers)
+        # 3. output head: adaLN (shift, scale) + linear to p x p x C per token
+        self.norm_out = FrameAdaLN(E, D, c.norm_eps, outputs=2)
+        self.proj_out = nn.Linear(D, p * p * c.channels)
+
+    # ------------------------------------------------------------------------------------------------ info
+    def num_params(self) -> int:
+        return sum(q.numel() for q in self.parameters())
+
+    def state_size(self, frames: int) -> int:
+        """Carried-state elements per sequence after ``frames`` frames (sum of the mixers' ``state_size``)."""
+        n = frames * self.config.tokens_per_frame
+        return sum(m.state_size(n) for layer in self.layers for m in layer.mixers)
+
+    # ------------------------------------------------------------------------------------------------ inputs
+    def _check_frames(self, latents: torch.Tensor) -> tuple[int, int]:
+        c = self.config
+        if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
+            raise TypeError(f"latents must be a floating-point tensor [B, F, C, H, W], got "
+                            f"{getattr(latents, 'dtype', type(latents).__name__)}")
+        H, W = c.grid[0] * c.patch_size, c.grid[1] * c.patch_size
+        if latents.dim() != 5 or latents.shape[2:] != (c.channels, H, W):
+            raise ValueError(f"latents must be [B, F, C={c.channels}, H={H}, W={W}] (grid {c.grid} of "
+                             f"{c.patch_size}x{c.patch_size} patches), got {tuple(latents.shape)}")
+        if latents.shape[1] < 1:
+            raise ValueError("latents have no frames (F=0)")
+        return latents.shape[0], latents.shape[1]
+
+    def _noise_levels(self, t, B: int, Fr: int, device) -> torch.Tensor:
+        t = torch.as_tensor(t, device=device)
+        if t.dim() == 0:
+            t = t.expand(B, Fr)
+        elif t.shape == (B,):
+            t = t[:, None].expand(B, Fr)
+        if t.shape != (B, Fr):
+            raise ValueError(f"noise_levels must be a scalar, [B={B}] or [B={B}, F={Fr}], got {tuple(t.shape)}")
+        if t.is_complex() or t.dtype == torch.bool or bool((t < 0).any()):
+            raise ValueError("noise_levels must be real and >= 0 (0 = clean frame)")
+        return t
+
+    def _action_embed(self, actions, B: int, Fr: int, device, dtype) -> torch.Tensor | None:
+        c = self.config
+        if c.action_kind is None:
+            if actions is not None:
+                raise ValueError("this model takes no actions (action_kind=None); pass actions=None")
+            return None
+        if actions is None:
+            raise ValueError(f"this model is conditioned on {c.action_kind} actions; pass actions for every frame")
+        if not isinstance(actions, torch.Tensor):
+            raise TypeError(f"actions must be a torch.Tensor, got {type(actions).__name__}")
+        if c.action_kind == "discrete":
+            if actions.is_floating_point() or actions.is_complex() or actions.dtype == torch.bool:
+                raise TypeError(f"discrete actions must be integer ids [B, F], got dtype {actions.dtype}")
+            if actions.shape != (B, Fr):
+                raise ValueError(f"discrete actions must be [B={B}, F={Fr}] (one id per frame), got "
+                                 f"{tuple(actions.shape)}")
+            if actions.numel() and (int(actions.min()) < 0 or int(actions.max()) >= c.num_actions):
+                raise ValueError(f"action ids must lie in [0, {c.num_actions}), got [{int(actions.min())}, "
+                                 f"{int(actions.max())}]")
+            return self.action_embedding(actions.to(device).long()).to(dtype)
+        if not actions.is_floating_point():
+            raise TypeError(f"continuous actions must be a floating-point tensor [B, F, {c.action_dim}], "
+                            f"got dtype {actions.dtype}")
+        if actions.shape != (B, Fr, c.action_dim):
+            raise ValueError(f"continuous actions must be [B={B}, F={Fr}, action_dim={c.action_dim}], got "
+                             f"{tuple(actions.shape)}")
+        return self.action_embedding(actions.to(device=device, dtype=dtype))
+
+    def _positions(self, f0: int, Fr: int, device) -> torch.Tensor | None:
+        c = self.config
+        if c.rope == "none":
+            return None
+        H, W = c.grid
+        if c.rope == "1d":
+            return torch.arange(f0 * H * W, (f0 + Fr) * H * W, device=device)
+        f, r, w = torch.meshgrid(torch.arange(f0, f0 + Fr), torch.arange(H), torch.arange(W), indexing="ij")
+        return torch.stack([f, r, w], dim=-1).reshape(-1, 3).to(device)  # [F N, 3] (frame, row, column)
+
+    # ------------------------------------------------------------------------------------------------ forward
+    def _run(self, latents, noise_levels, actions, states, f0: int, return_state: bool, drop_actions: bool = False):
+        c = self.config
+        B, Fr = self._check_frames(latents)
+        p = c.patch_size
+        t = self._noise_levels(noise_levels, B, Fr, latents.device)
+        # 1. per-frame conditioning e [B, F, D_e]
+        e = self.time_embedding(timestep_features(t.reshape(-1), c.cond_dim, True, 0).to(latents.dtype))
+        e = e.view(B, Fr, -1)
+        if drop_actions:  # the unconditional branch of classifier-free guidance
+            if c.action_kind is None:
+                raise ValueError("guidance needs an action-conditioned model")
+        else:
+            a = self._action_embed(actions, B, Fr, latents.device, latents.dtype)
+            if a is not None:
+                e = e + a
+        # 2. patchify: [B, F, C, H p, W p] -> [B, F N, D] (frame-major, row-major inside a frame)
+        x = self.patch_embed(latents.flatten(0, 1))  # [B F, D, H, W]
+        x = x.flatten(2).transpose(1, 2).reshape(B, -1, c.dim)
+        pos = self._positions(f0, Fr, latents.device)
+        # 3. layers
+        new_states = []
+        for i, layer in enumerate(self.layers):
+            x, st = layer(x, e, pos, None if states is None else states[i], return_state)
+            new_states.append(st)
+        # 4. head and unpatchify
+        h, _ = self.norm_out(x, e)
+        out = self.proj_out(h)  # [B, F N, p p C]
+        H, W = c.grid
+        out = out.reshape(B, Fr, H, W, p, p, c.channels).permute(0, 1, 6, 2, 4, 3, 5)
+        return out.reshape(B, Fr, c.channels, H * p, W * p), (new_states if return_state else None)
+
+    def forward(self, latents: torch.Tensor, noise_levels: torch.Tensor | int,
+                actions: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced pass: ``latents [B, F, C, H p, W p]`` (frame f noised to level ``noise_levels[:, f]``;
+        0 = clean), ``noise_levels [B, F]`` (or ``[B]`` / a scalar for all frames), ``actions`` (discrete
+        ``[B, F]`` ids or continuous ``[B, F, action_dim]``; ``actions[:, f]`` conditions frame f) ->
+        v-prediction ``[B, F, C, H p, W p]``."""
+        return self._run(latents, noise_levels, actions, None, 0, False)[0]
+
+    # ------------------------------------------------------------------------------------------------ rollout
+    def init_state(self, batch: int) -> WorldModelState:
+        """Empty rollout state for ``batch`` sequences (no frame seen yet)."""
+        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+            raise ValueError(f"batch must be a positive int, got {batch!r}")
+        return WorldModelState([[None] * len(layer.mixers) for layer in self.layers], 0, batch)
+
+    def _check_state(self, state, B: int) -> WorldModelState:
+        if not isinstance(state, WorldModelState):
+            raise TypeError(f"state must be a WorldModelState (model.init_state(batch) or what step returned), "
+                            f"got {type(state).__name__}")
+        if state.batch != B:
+            raise ValueError(f"state was made for batch {state.batch}, frames have batch {B}")
+        if len(state.mixers) != len(self.layers):
+            raise ValueError(f"state has {len(state.mixers)} layers, the model {len(self.layers)}")
+        return state
+
+    def step(self, frames: torch.Tensor, noise_levels: torch.Tensor | int, actions: torch.Tensor | None,
+             state: WorldModelState) -> tuple[torch.Tensor, WorldModelState]:
+        """One rollout step over the next frame(s): ``frames [B, c, C, H p, W p]`` (c >= 1), their noise levels
+        and actions as in :meth:`forward` -> ``(v [B, c, C, H p, W p], state after these frames)``.
+
+        The input state is not modified, so a step can be repeated from it (denoising a frame at several noise
+        levels with the state fixed). Stepping through a clip frame by frame (or chunk by chunk) gives the
+        teacher-forced :meth:`forward` output; the carried state is each mixer's (constant in the number of
+        frames for recurrent / windowed mixers)."""
+        B, Fr = self._check_frames(frames)
+        state = self._check_state(state, B)
+        out, new = self._run(frames, noise_levels, actions, state.mixers, state.frames, True)
+        return out, WorldModelState(new, state.frames + Fr, B)
+
+    def denoise(self, frames: torch.Tensor, noise_levels, actions, state: WorldModelState, *,
+                conditional: bool = True) -> torch.Tensor:
+        """:meth:`step`'s output without the new state (cheaper: the mixers return no state), for the sampler's
+        denoising calls; ``conditional=False`` drops the actions (classifier-free guidance)."""
+        B, _ = self._check_frames(frames)
+        state = self._check_state(state, B)
+        return self._run(frames, noise_levels, None if not conditional else actions, state.mixers, state.frames, False,
+                         drop_actions=not conditional)[0]
+
+    def sample(self, context_frames: torch.Tensor | None, context_actions: torch.Tensor | None = None,
+               future_actions: torch.Tensor | None = None, **kw: Any) -> torch.Tensor:
+        """History-conditioned generation; see :func:`seqmix.backbones.wm_rollout.sample` for the arguments.
+        Returns the generated frames ``[B, F_gen, C, H p, W p]``."""
+        from .wm_rollout import sample
+
+        return sample(self, context_frames, context_actions, future_actions, **kw)
