@@ -6,7 +6,9 @@ Each model is a :class:`~seqmix.backbones.worldmodel.WorldModel` of the same siz
 (-> frame_local_attn), ``frame_local_attn`` only and ``causal_transformer`` (full_attn, causal: full context). Registry
 names come from the stacks, so a model whose layers are not registered in this build is recorded as skipped with
 the reason. One timed unit is one generated frame: ``num_steps`` DDIM denoiser calls with the state fixed plus the
-commit of the clean frame (:func:`seqmix.backbones.wm_rollout.generate_chunk`).
+commit of the clean frame (:func:`seqmix.backbones.wm_rollout.generate_chunk`). The models are rolled out
+interleaved, frame by frame, so that load from other processes on a shared machine falls on every model at the same
+frame index; each frame's thread CPU time is kept next to its wall-clock time.
 
 Memory per frame (every ``memory_every`` frames): CPU: bytes of the carried state before the frame + the peak of
 the tensors created while generating it (:class:`seqmix.utils.memory.TensorMemoryTracker`); CUDA: peak allocated
@@ -195,6 +197,41 @@ def _frame_memory(model: WorldModel, state, acts, cfg: RolloutBenchConfig, diffu
     return None if peak is None else state_nbytes(state.mixers) + peak
 
 
+@dataclass
+class _Rollout:
+    """One model being rolled out: its state and everything measured so far."""
+
+    label: str
+    name: str
+    model: WorldModel
+    info: dict
+    gates: list[str]
+    state: object = None
+    times: list[float] = field(default_factory=list)
+    cpu_times: list[float] = field(default_factory=list)
+    mem_frames: list[int] = field(default_factory=list)
+    peaks: list[int | None] = field(default_factory=list)
+    state_bytes: list[int] = field(default_factory=list)
+    error: str | None = None
+
+
+def _frame(r: _Rollout, f: int, acts: torch.Tensor, cfg: RolloutBenchConfig, diffusion, device, g) -> None:
+    """Generate frame ``f`` of rollout ``r`` (memory first when sampled), timing wall-clock and thread CPU time."""
+    a = acts[:, cfg.warmup_frames + f:cfg.warmup_frames + f + 1]
+    if f % cfg.memory_every == 0 or f == cfg.frames - 1:
+        r.mem_frames.append(f)
+        r.peaks.append(_frame_memory(r.model, r.state, a, cfg, diffusion, device))
+        r.state_bytes.append(state_nbytes(r.state.mixers))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0, c0 = time.perf_counter(), time.thread_time()
+    _, r.state = generate_chunk(r.model, r.state, a, num_steps=cfg.num_steps, diffusion=diffusion, generator=g)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    r.times.append(time.perf_counter() - t0)
+    r.cpu_times.append(time.thread_time() - c0)
+
+
 def _run(cfg: RolloutBenchConfig, progress: bool, command: str | None) -> RolloutBenchResult:
     run = start_run(cfg.device, command)
     device = torch.device(cfg.device)
@@ -205,80 +242,92 @@ def _run(cfg: RolloutBenchConfig, progress: bool, command: str | None) -> Rollou
     if cfg.stand_ins:
         notes.append(f"STAND-INS {cfg.stand_ins}: layers replaced by existing ones where missing; not the real "
                      "layers' numbers")
+    notes.append("models are rolled out interleaved, frame by frame (frame f of every model, then frame f + 1), so "
+                 "load from other processes falls on all of them at the same frame index; summary also holds the "
+                 "thread CPU time per frame (less sensitive to such load than wall-clock)")
+    g = torch.Generator(device=device).manual_seed(cfg.seed)
+    acts = torch.randint(0, cfg.num_actions, (cfg.batch, cfg.frames + cfg.warmup_frames), generator=g,
+                         device=device)
     records: list[Measurement] = []
     traces: dict[str, dict] = {}
+    rollouts: list[_Rollout] = []
+    bases: dict[str, dict] = {}
     for model_name in cfg.models:
         wcfg, why, used = model_config(cfg, model_name)
         label = model_name + (" (stand-in)" if used else "")
-        base = dict(suite="rollout", name=label, mode="decode-frame", batch=cfg.batch, backend="auto", dtype=cfg.dtype, device=str(device),
-                    memory_method=mem_method, unit="frame")
+        bases[label] = dict(suite="rollout", name=label, mode="decode-frame", batch=cfg.batch, backend="auto",
+                            dtype=cfg.dtype, device=str(device), memory_method=mem_method, unit="frame")
         if wcfg is None:
             logger.info("rollout %s: skipped (%s)", model_name, why)
-            records.append(Measurement(T=1, median_s=None, tokens_per_s=None, peak_bytes=None, status="skipped", reason=why, gate=list(_GATES),
-                                       extra={"model": model_name, "stack": MODELS[model_name]}, **base))
+            records.append(Measurement(T=1, median_s=None, tokens_per_s=None, peak_bytes=None, status="skipped",
+                                       reason=why, gate=list(_GATES), extra={"model": model_name,
+                                                                            "stack": MODELS[model_name]},
+                                       **bases[label]))
             traces[label] = {"status": "skipped", "reason": why}
             continue
         torch.manual_seed(cfg.seed)
         model = WorldModel(wcfg).to(device=device, dtype=dtype).eval()
-        N = wcfg.tokens_per_frame
         names = wcfg.mixer_names()
-        gates = list(dict.fromkeys(_GATES + [g for n in names for g in gate("layers", n, mode="decode-frame")]))
+        gates = list(dict.fromkeys(_GATES + [x for n in names for x in gate("layers", n, mode="decode-frame")]))
         H, W = wcfg.grid[0] * wcfg.patch_size, wcfg.grid[1] * wcfg.patch_size
-        g = torch.Generator(device=device).manual_seed(cfg.seed)
-        acts = torch.randint(0, cfg.num_actions, (cfg.batch, cfg.frames + cfg.warmup_frames), generator=g,
-                             device=device)
-        try:
-            # untimed warm-up on a throwaway state (lazy initialisation, allocator)
-            st = model.init_state(cfg.batch)
-            for f in range(cfg.warmup_frames):
-                _, st = generate_chunk(model, st, acts[:, f:f + 1], num_steps=cfg.num_steps, diffusion=diffusion,
-                                       generator=g)
-            state = model.init_state(cfg.batch)
-            times, mem_frames, peaks, state_bytes = [], [], [], []
-            bar = tqdm(range(cfg.frames), desc=f"rollout {label}", disable=not progress, file=sys.stderr)
-            for f in bar:
-                a = acts[:, cfg.warmup_frames + f:cfg.warmup_frames + f + 1]
-                if f % cfg.memory_every == 0 or f == cfg.frames - 1:
-                    mem_frames.append(f)
-                    peaks.append(_frame_memory(model, state, a, cfg, diffusion, device))
-                    state_bytes.append(state_nbytes(state.mixers))
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                t0 = time.perf_counter()
-                _, state = generate_chunk(model, state, a, num_steps=cfg.num_steps, diffusion=diffusion, generator=g)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                times.append(time.perf_counter() - t0)
-        except Exception as e:  # recorded, the other models still run
-            reason = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
-            logger.warning("rollout %s failed: %s", model_name, reason)
-            records.append(Measurement(T=1, median_s=None, tokens_per_s=None, peak_bytes=None, status="error", reason=reason, gate=gates,
-                                       extra={"model": model_name, "stack": MODELS[model_name]}, **base))
-            traces[label] = {"status": "error", "reason": reason}
-            continue
-        info = {"model": model_name, "stack": MODELS[model_name], "mixers": [[n for n, _ in layer]
-                                                                            for layer in wcfg.mixers],
+        info = {"model": model_name, "stack": MODELS[model_name],
+                "mixers": [[n for n, _ in layer] for layer in wcfg.mixers],
                 "mixer_configs": [[c for _, c in layer] for layer in wcfg.mixers], "stand_ins": used,
                 "params": model.num_params(), "width": wcfg.dim, "depth": wcfg.depth, "grid": list(wcfg.grid),
-                "tokens_per_frame": N, "latent": [wcfg.channels, H, W], "num_steps": cfg.num_steps,
-                "calls_per_frame": cfg.num_steps + 1}
+                "tokens_per_frame": wcfg.tokens_per_frame, "latent": [wcfg.channels, H, W],
+                "num_steps": cfg.num_steps, "calls_per_frame": cfg.num_steps + 1}
+        rollouts.append(_Rollout(label, model_name, model, info, gates))
+
+    def guarded(r: _Rollout, fn) -> None:
+        if r.error is not None:
+            return
+        try:
+            fn()
+        except Exception as e:  # recorded; the other models go on
+            r.error = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+            logger.warning("rollout %s failed: %s", r.label, r.error)
+
+    def warm(r: _Rollout) -> None:  # untimed warm-up on a throwaway state (lazy initialisation, allocator)
+        st = r.model.init_state(cfg.batch)
+        for f in range(cfg.warmup_frames):
+            _, st = generate_chunk(r.model, st, acts[:, f:f + 1], num_steps=cfg.num_steps, diffusion=diffusion,
+                                   generator=g)
+        r.state = r.model.init_state(cfg.batch)
+
+    for r in rollouts:
+        guarded(r, lambda r=r: warm(r))
+    for f in tqdm(range(cfg.frames), desc="rollout", disable=not progress or not rollouts, file=sys.stderr):
+        for r in rollouts:
+            guarded(r, lambda r=r: _frame(r, f, acts, cfg, diffusion, device, g))
+
+    for r in rollouts:
+        base = bases[r.label]
+        if r.error is not None:
+            records.append(Measurement(T=1, median_s=None, tokens_per_s=None, peak_bytes=None, status="error",
+                                       reason=r.error, gate=r.gates, extra=dict(r.info), **base))
+            traces[r.label] = {"status": "error", "reason": r.error}
+            continue
+        N = r.info["tokens_per_frame"]
         for w0 in range(0, cfg.frames, cfg.window):
             w1 = min(w0 + cfg.window, cfg.frames)
-            ts = times[w0:w1]
-            wp = [p for f, p in zip(mem_frames, peaks) if w0 <= f < w1 and p is not None]
-            sb = [s for f, s in zip(mem_frames, state_bytes) if w0 <= f < w1]
+            ts = r.times[w0:w1]
+            wp = [p for fr, p in zip(r.mem_frames, r.peaks) if w0 <= fr < w1 and p is not None]
+            sb = [b for fr, b in zip(r.mem_frames, r.state_bytes) if w0 <= fr < w1]
             med = statistics.median(ts)
             records.append(Measurement(
                 T=max(1, w0 * N), tokens_per_unit=N, times_s=ts, median_s=med, tokens_per_s=cfg.batch * N / med,
-                peak_bytes=max(wp) if wp else None, gate=gates,
-                extra={**info, "frame_start": w0, "frame_end": w1, "state_bytes": max(sb) if sb else None,
-                       "memory_frames": [f for f in mem_frames if w0 <= f < w1],
+                peak_bytes=max(wp) if wp else None, gate=r.gates,
+                extra={**r.info, "frame_start": w0, "frame_end": w1, "state_bytes": max(sb) if sb else None,
+                       "median_cpu_s": statistics.median(r.cpu_times[w0:w1]),
+                       "memory_frames": [fr for fr in r.mem_frames if w0 <= fr < w1],
                        **({} if wp else {"memory_note": "tensor accounting could not follow this call"})},
                 **base))
-        traces[label] = {"status": "ok", "frame_s": times, "memory_frames": mem_frames, "peak_bytes": peaks,
-                         "state_bytes": state_bytes, "params": info["params"], "mixers": info["mixers"],
-                         "stand_ins": used}
-        del model, state
+        traces[r.label] = {"status": "ok", "frame_s": r.times, "frame_cpu_s": r.cpu_times,
+                           "memory_frames": r.mem_frames, "peak_bytes": r.peaks, "state_bytes": r.state_bytes,
+                           "params": r.info["params"], "mixers": r.info["mixers"], "stand_ins": r.info["stand_ins"]}
+    order = {m: i for i, m in enumerate(cfg.models)}
+    records.sort(key=lambda m: order[m.extra["model"]])  # stable: windows stay in frame order
+    traces = {k: traces[k] for k in sorted(traces, key=lambda k: order[k.split(" ")[0]])}
     return RolloutBenchResult(records, traces, cfg, run, notes)
 
 
@@ -297,6 +346,8 @@ def summarize(res: RolloutBenchResult) -> dict:
             continue
         ts = tr["frame_s"]
         first_t, last_t = statistics.median(ts[:w]), statistics.median(ts[-w:])
+        cs = tr["frame_cpu_s"]
+        first_c, last_c = statistics.median(cs[:w]), statistics.median(cs[-w:])
         mf, pk = tr["memory_frames"], tr["peak_bytes"]
         n = len(ts)
         first_m = [p for f, p in zip(mf, pk) if f < w and p is not None]
@@ -304,11 +355,13 @@ def summarize(res: RolloutBenchResult) -> dict:
         fm, lm = (max(first_m) if first_m else None), (max(last_m) if last_m else None)
         out[label] = {"status": "ok", "params": tr["params"], "mixers": tr["mixers"], "stand_ins": tr["stand_ins"],
                       "frames": n, "first_frame_s": first_t, "last_frame_s": last_t,
-                      "time_ratio": _ratio(first_t, last_t), "first_peak_bytes": fm, "last_peak_bytes": lm,
+                      "time_ratio": _ratio(first_t, last_t), "first_frame_cpu_s": first_c,
+                      "last_frame_cpu_s": last_c, "cpu_time_ratio": _ratio(first_c, last_c), "first_peak_bytes": fm, "last_peak_bytes": lm,
                       "memory_ratio": _ratio(fm, lm),
                       "first_state_bytes": max(b for f, b in zip(mf, tr["state_bytes"]) if f < w),
                       "last_state_bytes": max(b for f, b in zip(mf, tr["state_bytes"]) if f >= n - w), "frame_s": ts, "memory_frames": mf,
-                      "peak_bytes": pk, "state_bytes": tr["state_bytes"]}
+                      "peak_bytes": pk, "state_bytes": tr["state_bytes"],
+                      "frame_cpu_s": cs}
     return {"window": w, "models": out, "criterion": "last/first window ratio <= 1.15 (time and memory) for the "
             f"constant-state models {list(CONSTANT)}; growing for causal_transformer"}
 
@@ -321,8 +374,9 @@ def markdown_table(res: RolloutBenchResult) -> str:
     s = summarize(res)
     w = s["window"]
     lines = [f"| model | mixers (per layer) | params | frames | first-{w} ms/frame | last-{w} ms/frame | time ratio | "
+             "CPU-time ratio | "
              f"first-{w} peak MiB | last-{w} peak MiB | memory ratio | state KiB (first-{w} -> last-{w}) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     bad = []
     for label, r in s["models"].items():
         if r["status"] != "ok":
@@ -331,15 +385,15 @@ def markdown_table(res: RolloutBenchResult) -> str:
         mix = " + ".join(dict.fromkeys(" -> ".join(layer) for layer in r["mixers"]))
         lines.append(
             f"| {label} | {mix} | {r['params']:,} | {r['frames']} | {1e3 * r['first_frame_s']:.2f} | "
-            f"{1e3 * r['last_frame_s']:.2f} | {_f(r['time_ratio'], '.2f')} | "
+            f"{1e3 * r['last_frame_s']:.2f} | {_f(r['time_ratio'], '.2f')} | {_f(r['cpu_time_ratio'], '.2f')} | "
             f"{_f(r['first_peak_bytes'] and r['first_peak_bytes'] / 2**20, '.3f')} | "
             f"{_f(r['last_peak_bytes'] and r['last_peak_bytes'] / 2**20, '.3f')} | {_f(r['memory_ratio'], '.2f')} | "
             f"{r['first_state_bytes'] / 1024:.1f} -> {r['last_state_bytes'] / 1024:.1f} |")
     if bad:
         lines += ["", "## Not measured", "", "| model | status | reason |", "|---|---|---|"]
         lines += [f"| {label} | {r['status']} | {r['reason']} |" for label, r in bad]
-    lines += ["", f"Ratios: median per-frame time and max sampled peak memory of the last {w} frames over the first "
-              f"{w}. Criterion: {s['criterion']}."]
+    lines += ["", f"Ratios: median per-frame time (wall-clock; CPU-time: this thread's CPU time) and max sampled peak "
+              f"memory of the last {w} frames over the first {w}. Criterion: {s['criterion']}."]
     return "\n".join(lines)
 
 
@@ -360,12 +414,15 @@ def plot(res: RolloutBenchResult, path: Path, title: str = "") -> Path | None:
         roll = [statistics.median(ts[max(0, j - k + 1):j + 1]) for j in range(len(ts))]
         ax_t.plot(range(len(ts)), ts, color=cmap(i % 10), alpha=0.2, lw=0.6)
         ax_t.plot(range(len(ts)), roll, color=cmap(i % 10), lw=1.6, label=label)
+        cs = [1e3 * t for t in r["frame_cpu_s"]]
+        ax_t.plot(range(len(cs)), [statistics.median(cs[max(0, j - k + 1):j + 1]) for j in range(len(cs))],
+                  color=cmap(i % 10), lw=1.0, ls="--", label=f"{label} (CPU time)")
         pts = [(f, p / 2**20) for f, p in zip(r["memory_frames"], r["peak_bytes"]) if p is not None]
         if pts:
             ax_m.plot(*zip(*pts), color=cmap(i % 10), lw=1.6, marker=".", ms=3, label=label)
     ax_t.set_xlabel("frame index")
     ax_t.set_ylabel("ms per generated frame")
-    ax_t.set_title("per-frame time (line: rolling median of 25 frames)")
+    ax_t.set_title("per-frame time (rolling median of 25 frames; dashed: CPU time)")
     ax_m.set_xlabel("frame index")
     ax_m.set_ylabel("peak memory per frame (MiB): carried state + transients")
     ax_m.set_title("per-frame peak memory")
