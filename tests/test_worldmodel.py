@@ -216,6 +216,21 @@ def test_paper_preset_parameter_count_on_meta_device():
     assert tiny(x, torch.tensor([[0, 999]])).shape == x.shape
 
 
+@pytest.mark.parametrize("kind", ["discrete", "continuous"])
+def test_parameter_formula(kind):
+    m = model(dtype=torch.float32, action_kind=kind, num_actions=5, action_dim=3, patch_size=2)
+    c = m.config
+    D, E, C, p, r = c.dim, c.cond_dim, c.channels, c.patch_size, 4
+    A = 5 if kind == "discrete" else 3
+    n = D * (C * p * p + 1) + 2 * E * (E + 1) + (A * E if kind == "discrete" else (A + 1) * E + E * (E + 1))
+    for layer in m.layers:
+        M = len(layer.mixers)
+        n += sum(q.numel() for q in layer.mixers.parameters()) + (M + 1) * (3 * D * (E + 1) + 2 * D)
+        n += 2 * r * D * D + (r + 1) * D
+    n += 2 * D * (E + 1) + 2 * D + (D + 1) * C * p * p
+    assert m.num_params() == n
+
+
 @needs_paper_layers
 def test_paper_preset_with_the_paper_layers():
     c = WorldModelConfig.preset("paper", action_kind="discrete", num_actions=6)

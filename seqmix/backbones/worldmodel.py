@@ -18,9 +18,11 @@ the model can roll out frame by frame: :meth:`WorldModel.step` carries each mixe
 (:mod:`seqmix.backbones.wm_rollout`) encodes clean context frames (noise level 0) into the state, then denoises each
 new frame with the project's DDIM sampler while the state stays fixed, and commits the clean frame.
 
-Parameters (D width, D_e conditioning width, M mixers per layer, r MLP ratio, C channels, p patch):
-``D (C p^2 + 1)`` patchify ``+ 2 D_e (D + 1)``-ish timestep MLP ``+ actions`` ``+ depth [sum mixers + M (3 D (D_e +
-1)) + 3 D (D_e + 1) + 2 r D^2 + (r + 1) D]`` ``+ 2 D (D_e + 1) + (D + 1) C p^2`` head; :meth:`WorldModel.num_params`.
+Parameters (D width, E conditioning width, M mixers in a layer, r MLP ratio, C channels, p patch, A discrete
+actions or a continuous action width): patchify ``D (C p^2 + 1)``; noise-level MLP ``2 E (E + 1)``; actions ``A E``
+(discrete) or ``(A + 1) E + E (E + 1)`` (continuous); per layer ``sum(mixers) + (M + 1) (3 D (E + 1) + 2 D) +
+2 r D^2 + (r + 1) D``; head ``2 D (E + 1) + 2 D + (D + 1) C p^2`` (:meth:`WorldModel.num_params`; tested). The
+``paper`` preset (D 768, 14 layers, E 512) with Mamba2-sized block-wise scans and attention: 202,940,672.
 
 Shape legend: B batch, F frames, C latent channels, (H, W) frame grid in patches, p patch, N = H W, D width.
 """
@@ -43,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["WorldModelConfig", "WorldModel", "WorldModelState", "mixer_stack", "STACKS", "SIZE_PRESETS",
            "state_nbytes"]
+
 
 class WorldModelState(NamedTuple):
     """Carried rollout state: ``mixers[layer][i]`` is mixer i's state (None before the first frame), ``frames`` the
