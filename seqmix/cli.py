@@ -4,6 +4,7 @@
     seqmix compare video [--quick] [--layers [..]] [--max_steps N]             t2v baselines, equal budgets (main job)
     seqmix compare mqar [--quick] [--widths [..]] [--lrs [..]] [--jobs N]     MQAR accuracy vs state size
     seqmix bench layers [--quick] [--lengths [..]] [--layers [..]]             layer speed / memory vs T
+    seqmix bench rollout [--quick] [--frames N] [--models [..]]               world-model per-frame rollout cost
     seqmix prepare storyboards|videos ...                                      write latent shard datasets
     seqmix prepare mazes OUT [--num_trajectories N] [--source procedural|memory-maze] [--preview]
                                                                                world-model maze trajectories

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["BENCH_COMMANDS", "bench_layers", "bench_dit", "bench_ttt_kernels"]
+__all__ = ["BENCH_COMMANDS", "bench_layers", "bench_dit", "bench_ttt_kernels", "bench_rollout"]
 
 
 def bench_layers(
@@ -230,10 +230,72 @@ def bench_ttt_kernels(
     print(f"\nwrote {paths['json']}, {paths['md']}" + (f", {paths['png']}" if paths["png"] else ""))
 
 
+def bench_rollout(
+    models: list[str] | None = None,
+    frames: int | None = None,
+    size: str | None = None,
+    model_overrides: dict | None = None,
+    mixer_configs: dict[str, dict] | None = None,
+    num_steps: int | None = None,
+    window: int | None = None,
+    memory_every: int | None = None,
+    stand_ins: dict[str, str] | None = None,
+    batch: int = 1,
+    threads: int | None = 1,
+    device: str = "cpu",
+    dtype: str = "float32",
+    out: str | None = None,
+    notes: list[str] | None = None,
+    quick: bool = False,
+) -> None:
+    """World-model rollout: per-frame time and peak memory over a rollout of 1,000 frames for ours (blockwise_ssm +
+    frame_local_attn), block-wise TTT (+ frame_local_attn), frame-local attention only and a full-context causal
+    Transformer; first-100 vs last-100 frame ratios. Models whose layers are not registered are recorded as skipped.
+
+    Args:
+        models: ours, blockwise_ttt, frame_local_attn, causal_transformer (default: all).
+        frames: frames generated per model (default 1000).
+        size: WorldModel size preset (default cpu-small: width 64, 2 layers, 4 x 4 latent grid).
+        model_overrides: other WorldModelConfig fields, e.g. ``{"dim": 128, "grid": [8, 8]}``.
+        mixer_configs: per registry name overrides, e.g. ``{"blockwise_ssm": {"d_state": 16}}``.
+        num_steps: DDIM steps per generated frame (default 4).
+        window: frames per record; the first and last windows give the ratios (default 100).
+        memory_every: peak memory every this many frames (default 10).
+        stand_ins: SMOKE ONLY: replace missing layers, e.g. ``{"frame_local_attn": "swa"}`` (labelled stand-in;
+            written under runs/bench/ by default).
+        batch: sequences rolled out together.
+        threads: torch CPU threads (1 gives steadier timings on a shared machine).
+        device: ``cpu`` or ``cuda``.
+        dtype: parameter / activation dtype.
+        out: output directory (default benchmarks/results/rollout-<device>; quick or stand-ins: runs/bench/...).
+        notes: free-text caveats stored with the results.
+        quick: tiny model, 6 frames (smoke run).
+    """
+    from seqmix.bench.rollout import RolloutBenchConfig, markdown_table, run_rollout_bench, write_report
+
+    over = {k: v for k, v in dict(models=models, frames=frames, size=size, model_overrides=model_overrides,
+                                  mixer_configs=mixer_configs, num_steps=num_steps, window=window,
+                                  memory_every=memory_every, stand_ins=stand_ins, notes=notes).items()
+            if v is not None}
+    over.update(batch=batch, threads=threads, device=device, dtype=dtype)
+    cfg = RolloutBenchConfig.quick_config(**over) if quick else RolloutBenchConfig(**over)
+    kind = device.split(":")[0]
+    if out is None:
+        out = ("runs/bench/rollout-quick" if quick else f"runs/bench/rollout-{kind}-stand-in" if cfg.stand_ins
+               else f"benchmarks/results/rollout-{kind}")
+    res = run_rollout_bench(cfg)
+    paths = write_report(res, out)
+    print(f"World-model rollout on {device} (preset {cfg.size}, {cfg.frames} frames, {cfg.num_steps} DDIM steps per "
+          f"frame)" + (" -- QUICK SMOKE RUN, numbers not meaningful" if quick else "")
+          + (f" -- STAND-INS {cfg.stand_ins}" if cfg.stand_ins else ""))
+    print(markdown_table(res))
+    print(f"\nwrote {paths['json']}, {paths['md']}" + (f", {paths['png']}" if paths["png"] else ""))
+
+
 def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
 
 
-BENCH_COMMANDS = {"layers": bench_layers, "dit": bench_dit, "ttt-kernels": bench_ttt_kernels}
+BENCH_COMMANDS = {"layers": bench_layers, "dit": bench_dit, "ttt-kernels": bench_ttt_kernels, "rollout": bench_rollout}

@@ -6,7 +6,7 @@ validate, against the v1 record fields.
 
 Document::
 
-    {"schema": "seqmix.bench/v2", "suite": "layers" | "dit" | "ttt-kernels",
+    {"schema": "seqmix.bench/v2", "suite": "layers" | "dit" | "ttt-kernels" | "rollout",
      "meta": {command, argv, date, machine, versions, config, notes},
      "peaks": {"matmul": {...}, "copy": {...}, "quick": bool} | null,
      "gates": {entry: [pytest node ids]},
@@ -32,7 +32,7 @@ _opt_str = (str, type(None))
 
 #: field -> (accepted types, description). Every record has every field.
 RECORD_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
-    "suite": ((str,), "suite that produced it: layers | dit | ttt-kernels"),
+    "suite": ((str,), "suite that produced it: layers | dit | ttt-kernels | rollout"),
     "name": ((str,), "layer registry name (layers) or model variant (dit)"),
     "backend": ((str,), "backend requested (layers) / global-layer backend (dit)"),
     "backend_used": (_opt_str, "backend the timed calls actually ran on, where it can differ per call"),
@@ -78,7 +78,7 @@ _STATUSES = ("ok", "skipped", "error")
 _UNITS = ("call", "token", "frame")
 #: Modes and suites a v2 document may use; a new suite adds its name here (and a line in benchmarks/SCHEMA.md).
 MODES = ("fwd", "fwd+bwd", "decode", "decode-frame")
-SUITES = ("layers", "dit", "ttt-kernels")
+SUITES = ("layers", "dit", "ttt-kernels", "rollout")
 _MODES, _SUITES = MODES, SUITES
 
 
