@@ -12,10 +12,10 @@ from seqmix.backbones.worldmodel import (WorldModel, WorldModelConfig, WorldMode
 from seqmix.utils.testing import assert_close
 
 # A stack of existing causal layers: recurrent (mamba2, gated_deltanet, lact) and attention (swa, full_attn).
-MIXED = [[("mamba2", {"d_state": 8, "headdim": 8, "chunk_size": 4}), ("swa", {"window": 6})],
+MIXED = [[("mamba2", {"d_state": 8, "chunk_size": 4}), ("swa", {"window": 6})],
          [("gated_deltanet", {"head_dim": 16}), ("full_attn", {})],
          [("lact", {"chunk_size": 4})]]
-FIXED = [[("mamba2", {"d_state": 8, "headdim": 8, "chunk_size": 4})], [("gated_deltanet", {"head_dim": 16})],
+FIXED = [[("mamba2", {"d_state": 8, "chunk_size": 4})], [("gated_deltanet", {"head_dim": 16})],
          [("swa", {"window": 8})]]
 PAPER_LAYERS = ("blockwise_ssm", "frame_local_attn", "blockwise_ttt")
 
@@ -211,7 +211,7 @@ def test_paper_preset_parameter_count_on_meta_device():
         n = WorldModel(c).num_params()
     assert 1.8e8 < n < 2.2e8, n
     tiny = WorldModel(WorldModelConfig.preset("paper", dim=32, heads=2, cond_dim=32, depth=2, channels=4,
-                                              mixers=[[("mamba2", {"headdim": 8})]] * 2))
+                                              mixers=[[("mamba2", {})]] * 2))
     x = torch.randn(1, 2, 4, 8, 8)
     assert tiny(x, torch.tensor([[0, 999]])).shape == x.shape
 

@@ -38,7 +38,7 @@ from torch import nn
 
 from seqmix import layers as L
 
-from .dit import FeedForward, TimestepEmbedding, timestep_features
+from .dit.blocks import FeedForward, TimestepEmbedding, timestep_features
 from .wm_config import SIZE_PRESETS, STACKS, WorldModelConfig, mixer_stack
 
 logger = logging.getLogger(__name__)
