@@ -142,8 +142,14 @@ def list_layers(dim: int = 256, num_heads: int = 4, seq_len: int = 1024) -> None
     for name in L.available():
         fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(L.config_class(name))
                            if f.default is not dataclasses.MISSING)
+        # Fields without a default (a frame layer's grid / block) come from the layer's small test configuration.
+        required = {f.name for f in dataclasses.fields(L.config_class(name)) if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING}
+        given = {k: v for k, v in L.mixer_class(name).small_config.items() if k in required}
+        if given:
+            fields = ", ".join([*(f"{k}={v!r} (example)" for k, v in given.items()), fields])
         try:
-            layer = L.build(name, dim=dim, num_heads=num_heads)
+            layer = L.build(name, dim=dim, num_heads=num_heads, **given)
             params, state = f"{sum(p.numel() for p in layer.parameters()):,}", f"{layer.state_size(seq_len):,}"
         except (ValueError, TypeError) as e:  # e.g. a width this layer cannot be built at
             params, state, fields = "-", "-", f"not buildable here: {e}"

@@ -3,6 +3,7 @@ table, and data-preparation defaults that match the recipes."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import os
@@ -77,7 +78,10 @@ def test_layers_table_shows_params_and_state_at_a_width(capsys):
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
     assert set(rows) == set(layers.available())
     for name in layers.available():
-        layer = layers.build(name, dim=64, num_heads=2)
+        cls = layers.mixer_class(name)
+        no_default = {f.name for f in dataclasses.fields(cls.Config) if f.default is dataclasses.MISSING}
+        required = {k: v for k, v in cls.small_config.items() if k in no_default}  # a frame layer's grid, block
+        layer = layers.build(name, dim=64, num_heads=2, **required)
         params = sum(p.numel() for p in layer.parameters())
         assert rows[name][1:3] == [f"{params:,}", f"{layer.state_size(100):,}"], name
 
