@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -25,6 +24,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from seqmix.data.shards import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -52,14 +53,6 @@ class NonFiniteLossError(RuntimeError):
 
 def _digest_path(path: Path) -> Path:
     return path.with_name(path.name + _DIGEST_SUFFIX)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _write_tmp(path: Path, write: Callable[[Any], None]) -> Path:
@@ -103,13 +96,13 @@ def verify_checkpoint(path: str | Path) -> None:
     if accepted is None:
         logger.warning("checkpoint %s has no %s digest beside it; loading it unverified", path, _DIGEST_SUFFIX)
         return
-    got = _sha256(real)
+    got = sha256_file(real)
     if got in accepted:
         return
     # Suggest the newest other checkpoint of the directory that verifies (hashing stops at the first good one).
     others = sorted((p for p in real.parent.glob("*.ckpt") if p.is_file() and p.resolve() != real),
                     key=lambda p: p.stat().st_mtime, reverse=True)
-    good = next((p for p in others if (_accepted_digests(p.resolve()) or [None])[0] == _sha256(p)), None)
+    good = next((p for p in others if (_accepted_digests(p.resolve()) or [None])[0] == sha256_file(p)), None)
     hint = f"resume from the previous checkpoint instead, e.g. --ckpt_path={good}" if good else (
         "resume from a previous checkpoint instead (none verified in the same directory)")
     raise CheckpointCorruptError(
@@ -150,7 +143,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             tmps.append(_write_tmp(path, lambda f: torch.save(checkpoint, f)))
             # [:2]: a save killed between its two renames left [new, old] beside the old file
             previous = (_accepted_digests(path) or [])[:2] if path.exists() else []
-            lines = "".join(f"{d}  {path.name}\n" for d in dict.fromkeys([_sha256(tmps[0]), *previous]))
+            lines = "".join(f"{d}  {path.name}\n" for d in dict.fromkeys([sha256_file(tmps[0]), *previous]))
             tmps.append(_write_tmp(_digest_path(path), lambda f: f.write(lines.encode())))
             os.replace(tmps[1], _digest_path(path))  # digest first: see the class docstring
             os.replace(tmps[0], path)

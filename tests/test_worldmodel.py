@@ -255,6 +255,25 @@ def test_paper_stacks_roll_out_like_the_full_pass(stack):
         assert_close(stack, rollout(m, x, t, a, [1, 1, 1, 1])[0], m(x, t, a), 1e-10)
 
 
+def test_chunked_frame_attention_steps_and_samples_by_chunks():
+    """With chunked frame-local attention (c frames) the stack steps by chunks: rollouts in chunks of c equal the full
+    pass, sampling generates c frames at a time by default, and a call ending inside a chunk is refused."""
+    if _missing(*PAPER_LAYERS):
+        pytest.skip(f"{_missing(*PAPER_LAYERS)} not registered in this build")
+    torch.manual_seed(0)
+    m = WorldModel(WorldModelConfig.preset("tiny", mixers="ours", grid=(4, 4), window_frames=4, chunk_frames=2,
+                                           action_kind="discrete", num_actions=3)).double().eval()
+    assert m.step_frames == 2
+    x, t, a = clip(m, F=6)
+    with torch.no_grad():
+        assert_close("chunks", rollout(m, x, t, a, [2, 2, 2])[0], m(x, t, a), 1e-10)
+        with pytest.raises(ValueError, match="chunk"):
+            rollout(m, x, t, a, [1, 1, 2, 2])
+        g = torch.Generator().manual_seed(0)
+        out = m.sample(x[:, :2], a[:, :2], a[:, 2:], num_steps=2, generator=g)
+    assert out.shape == x[:, 2:].shape
+
+
 # ------------------------------------------------------------------------------------------------ bad inputs
 def test_bad_actions():
     m = model(dtype=torch.float32)

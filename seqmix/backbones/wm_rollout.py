@@ -1,7 +1,7 @@
 """History-conditioned sampling for :class:`~seqmix.backbones.worldmodel.WorldModel` (diffusion forcing rollout).
 
 1. Context frames are encoded clean (noise level 0) into the carried state in one :meth:`WorldModel.step`.
-2. Each new chunk of ``chunk_frames`` frames (default 1) starts from Gaussian noise and is denoised with the
+2. Each new chunk of ``chunk_frames`` frames (default ``model.step_frames``) starts from Gaussian noise and is denoised with the
    project's DDIM sampler (:meth:`seqmix.diffusion.VDiffusion.sample`, noise levels ``t_N .. t_0``) while the state
    stays fixed: every denoiser call is :meth:`WorldModel.denoise` from the same state.
 3. The clean chunk is committed: one :meth:`WorldModel.step` at noise level 0 advances the state.
@@ -58,7 +58,8 @@ def generate_chunk(model: "WorldModel", state: "WorldModelState", actions: torch
 
 @torch.no_grad()
 def sample(model: "WorldModel", context_frames: torch.Tensor | None, context_actions: torch.Tensor | None = None,
-           future_actions: torch.Tensor | None = None, *, num_frames: int | None = None, chunk_frames: int = 1,
+           future_actions: torch.Tensor | None = None, *, num_frames: int | None = None,
+           chunk_frames: int | None = None,
            num_steps: int = 50, guidance: float = 1.0, diffusion: VDiffusion | None = None,
            generator: torch.Generator | None = None, batch: int | None = None,
            return_state: bool = False):
@@ -70,7 +71,8 @@ def sample(model: "WorldModel", context_frames: torch.Tensor | None, context_act
         context_actions: actions of the context frames (``[B, F_ctx]`` / ``[B, F_ctx, A]``) for an action model.
         future_actions: actions of the frames to generate (``[B, F_gen]`` / ``[B, F_gen, A]``); they set
             ``F_gen``. For a model without actions give ``num_frames`` instead.
-        chunk_frames: frames generated (and committed) together; ``F_gen`` must be a multiple of it.
+        chunk_frames: frames generated (and committed) together; ``F_gen`` must be a multiple of it (default:
+            ``model.step_frames``, one frame unless a mixer steps by chunks of frames).
         num_steps, guidance, diffusion: the DDIM sampler's settings (see :func:`generate_chunk`).
         generator: torch generator for the initial noise of every chunk (same generator state -> same frames).
         return_state: also return the state after the last committed frame.
@@ -101,6 +103,8 @@ def sample(model: "WorldModel", context_frames: torch.Tensor | None, context_act
         raise ValueError("context_actions given without context_frames")
     if not isinstance(num_frames, int) or num_frames < 1:
         raise ValueError(f"the number of frames to generate must be a positive int, got {num_frames!r}")
+    if chunk_frames is None:
+        chunk_frames = model.step_frames
     if not isinstance(chunk_frames, int) or chunk_frames < 1 or num_frames % chunk_frames:
         raise ValueError(f"chunk_frames={chunk_frames!r} must be a positive int dividing the {num_frames} frames "
                          "to generate")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Any, NamedTuple
 
 import torch
@@ -177,6 +178,15 @@ class WorldModel(nn.Module):
         self.proj_out = nn.Linear(D, p * p * c.channels)
 
     # ------------------------------------------------------------------------------------------------ info
+    @property
+    def step_frames(self) -> int:
+        """Frames per causal step of the whole stack (the least common multiple over its mixers: a chunked
+        frame-local attention steps by its chunk of frames, every other mixer by a frame or less). Rollouts and
+        sampling generate and commit this many frames at a time; every call with carried state but the last must
+        hold a multiple of it."""
+        n = self.config.tokens_per_frame
+        return math.lcm(1, *(max(1, m.step_tokens // n) for layer in self.layers for m in layer.mixers))
+
     def num_params(self) -> int:
         return sum(q.numel() for q in self.parameters())
 

@@ -167,11 +167,12 @@ def run_rollout_bench(cfg: RolloutBenchConfig, progress: bool = True, command: s
 
 
 def _frame_memory(model: WorldModel, state, acts, cfg: RolloutBenchConfig, diffusion, device) -> int | None:
-    """Peak memory of generating one frame from ``state`` (the result is discarded)."""
+    """Peak memory of generating the frames of ``acts`` (one causal step) from ``state`` (the result is discarded)."""
     g = torch.Generator(device=device).manual_seed(cfg.seed + 1)
 
     def call():
-        generate_chunk(model, state, acts, num_steps=cfg.num_steps, diffusion=diffusion, generator=g)
+        generate_chunk(model, state, acts, frames=acts.shape[1], num_steps=cfg.num_steps, diffusion=diffusion,
+                       generator=g)
 
     if device.type == "cuda":
         params = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -216,20 +217,29 @@ class _Rollout:
 
 
 def _frame(r: _Rollout, f: int, acts: torch.Tensor, cfg: RolloutBenchConfig, diffusion, device, g) -> None:
-    """Generate frame ``f`` of rollout ``r`` (memory first when sampled), timing wall-clock and thread CPU time."""
-    a = acts[:, cfg.warmup_frames + f:cfg.warmup_frames + f + 1]
-    if f % cfg.memory_every == 0 or f == cfg.frames - 1:
+    """Generate frame ``f`` of rollout ``r`` (memory first when sampled), timing wall-clock and thread CPU time.
+
+    A model whose stack steps by chunks of ``c = model.step_frames`` frames (chunked frame-local attention) generates
+    and commits a whole chunk at frame ``f = 0, c, 2c, ...``; each frame of it is charged ``1 / c`` of the chunk."""
+    c = r.model.step_frames
+    if f % c:
+        r.times.append(r.times[-1])
+        r.cpu_times.append(r.cpu_times[-1])
+        return
+    a = acts[:, cfg.warmup_frames + f:cfg.warmup_frames + f + c]
+    if f % cfg.memory_every < c or f + c >= cfg.frames:
         r.mem_frames.append(f)
         r.peaks.append(_frame_memory(r.model, r.state, a, cfg, diffusion, device))
         r.state_bytes.append(state_nbytes(r.state.mixers))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0, c0 = time.perf_counter(), time.thread_time()
-    _, r.state = generate_chunk(r.model, r.state, a, num_steps=cfg.num_steps, diffusion=diffusion, generator=g)
+    _, r.state = generate_chunk(r.model, r.state, a, frames=c, num_steps=cfg.num_steps, diffusion=diffusion,
+                                generator=g)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    r.times.append(time.perf_counter() - t0)
-    r.cpu_times.append(time.thread_time() - c0)
+    r.times.append((time.perf_counter() - t0) / c)
+    r.cpu_times.append((time.thread_time() - c0) / c)
 
 
 def _run(cfg: RolloutBenchConfig, progress: bool, command: str | None) -> RolloutBenchResult:
@@ -288,10 +298,12 @@ def _run(cfg: RolloutBenchConfig, progress: bool, command: str | None) -> Rollou
             logger.warning("rollout %s failed: %s", r.label, r.error)
 
     def warm(r: _Rollout) -> None:  # untimed warm-up on a throwaway state (lazy initialisation, allocator)
-        st = r.model.init_state(cfg.batch)
-        for f in range(cfg.warmup_frames):
-            _, st = generate_chunk(r.model, st, acts[:, f:f + 1], num_steps=cfg.num_steps, diffusion=diffusion,
-                                   generator=g)
+        st, c = r.model.init_state(cfg.batch), r.model.step_frames
+        if cfg.frames % c:
+            raise ValueError(f"frames={cfg.frames} is not a multiple of the stack's step of {c} frames")
+        for f in range(0, max(cfg.warmup_frames, 1), c):
+            _, st = generate_chunk(r.model, st, acts[:, f:f + c], frames=c, num_steps=cfg.num_steps,
+                                   diffusion=diffusion, generator=g)
         r.state = r.model.init_state(cfg.batch)
 
     for r in rollouts:
