@@ -6,9 +6,11 @@ Each model is a :class:`~seqmix.backbones.worldmodel.WorldModel` of the same siz
 (-> frame_local_attn), ``frame_local_attn`` only and ``causal_transformer`` (full_attn, causal: full context). Registry
 names come from the stacks, so a model whose layers are not registered in this build is recorded as skipped with
 the reason. One timed unit is one generated frame: ``num_steps`` DDIM denoiser calls with the state fixed plus the
-commit of the clean frame (:func:`seqmix.backbones.wm_rollout.generate_chunk`). The models are rolled out
-interleaved, frame by frame, so that load from other processes on a shared machine falls on every model at the same
-frame index; each frame's thread CPU time is kept next to its wall-clock time.
+commit of the clean frame (:func:`seqmix.backbones.wm_rollout.generate_chunk`); a stack that steps by chunks of
+``c`` frames (chunked frame-local attention) generates a chunk at a time, each frame charged ``1 / c`` of it. The
+models are rolled out one after another (``interleave=True``: frame by frame across models, which spreads load from
+other processes evenly but lets a growing model slow the others through the caches); each frame's thread CPU time
+is kept next to its wall-clock time.
 
 Memory per frame (every ``memory_every`` frames): CPU: bytes of the carried state before the frame + the peak of
 the tensors created while generating it (:class:`seqmix.utils.memory.TensorMemoryTracker`); CUDA: peak allocated
@@ -74,6 +76,11 @@ class RolloutBenchConfig:
         window: frames per record; the first and last windows give the ratios.
         memory_every: take the peak memory every this many frames.
         stand_ins: ``{missing registry name: existing name}`` for smoke runs (see the module docstring).
+        interleave: roll the models out interleaved, frame by frame (load from other processes then falls on all of
+            them at the same frame index), instead of one after another (default). Interleaving on one core lets a
+            model whose state grows (full-context attention: a KV cache of megabytes) evict the caches of the
+            others, so their later frames look slower: measured 1.4-1.5x last/first time ratios for the
+            constant-state models next to the full-context Transformer, 0.95-0.96 without it.
         batch, seed, device, dtype, threads, quick, notes: as the other suites.
     """
 
@@ -88,6 +95,7 @@ class RolloutBenchConfig:
     memory_every: int = 10
     warmup_frames: int = 3
     stand_ins: dict[str, str] = field(default_factory=dict)
+    interleave: bool = False
     batch: int = 1
     seed: int = 0
     device: str = "cpu"
@@ -252,9 +260,13 @@ def _run(cfg: RolloutBenchConfig, progress: bool, command: str | None) -> Rollou
     if cfg.stand_ins:
         notes.append(f"STAND-INS {cfg.stand_ins}: layers replaced by existing ones where missing; not the real "
                      "layers' numbers")
-    notes.append("models are rolled out interleaved, frame by frame (frame f of every model, then frame f + 1), so "
-                 "load from other processes falls on all of them at the same frame index; summary also holds the "
-                 "thread CPU time per frame (less sensitive to such load than wall-clock)")
+    if cfg.interleave:
+        notes.append("models are rolled out interleaved, frame by frame (frame f of every model, then frame f + 1), "
+                     "so load from other processes falls on all of them at the same frame index (and a model with a "
+                     "growing state slows the others' later frames through the caches)")
+    else:
+        notes.append("models are rolled out one after another, each alone on its thread")
+    notes.append("summary also holds the thread CPU time per frame (less sensitive to load than wall-clock)")
     g = torch.Generator(device=device).manual_seed(cfg.seed)
     acts = torch.randint(0, cfg.num_actions, (cfg.batch, cfg.frames + cfg.warmup_frames), generator=g,
                          device=device)
@@ -308,9 +320,12 @@ def _run(cfg: RolloutBenchConfig, progress: bool, command: str | None) -> Rollou
 
     for r in rollouts:
         guarded(r, lambda r=r: warm(r))
-    for f in tqdm(range(cfg.frames), desc="rollout", disable=not progress or not rollouts, file=sys.stderr):
-        for r in rollouts:
-            guarded(r, lambda r=r: _frame(r, f, acts, cfg, diffusion, device, g))
+    groups = [rollouts] if cfg.interleave else [[r] for r in rollouts]
+    for group in groups:
+        desc = "rollout" if cfg.interleave else f"rollout {group[0].label}"
+        for f in tqdm(range(cfg.frames), desc=desc, disable=not progress or not group, file=sys.stderr):
+            for r in group:
+                guarded(r, lambda r=r: _frame(r, f, acts, cfg, diffusion, device, g))
 
     for r in rollouts:
         base = bases[r.label]
