@@ -88,7 +88,8 @@ def _mixer_names(node, prefix: str = ""):
         for k, v in node.items():
             key = f"{prefix}.{k}" if prefix else k
             if k == "mixer" and v is not None:
-                yield from ((key, n) for n in (v if isinstance(v, list) else [v]))
+                # No mixer (None: local attention only in the DiT) is rendered as "None" by the parsed config.
+                yield from ((key, n) for n in (v if isinstance(v, list) else [v]) if n not in (None, "None"))
             else:
                 yield from _mixer_names(v, key)
 

@@ -59,6 +59,13 @@ def test_misspelled_mixer_in_a_recipe_is_one_line(tmp_path, capsys):
     ]
 
 
+def test_recipe_without_a_mixer_passes_the_name_check(tmp_path, capsys):
+    """The t2v base recipe (mixer null: local attention only, the comparison's "none" baseline) is not a typo."""
+    main(["fit", "--config", str(ROOT / "recipes/base/t2v.yaml"), "--trainer.fast_dev_run=1", "--trainer.logger=false",
+          f"--trainer.default_root_dir={tmp_path}"])  # a RecipeError would exit with code 2
+    assert "unknown mixer" not in capsys.readouterr().err
+
+
 def test_fit_output_has_no_advertising_or_dependency_notices(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("TRITON_INTERPRET", None)
