@@ -86,7 +86,11 @@ def recipe_overrides(task: str, recipe: str | Path) -> dict:
 def layer_args(task: str, layer: str | None) -> list[str]:
     """LightningCLI arguments for ``layer``'s run of ``task`` (None: no global layer): the base recipe, the layer's
     name, and its documented overrides from ``recipes/<task>/<layer>.yaml`` if that file sets this layer."""
-    over: dict = {"model.init_args.model.mixer": layer, "model.init_args.model.mixer_config": {}}
+    # No layer: the base recipe's own `mixer: null` stands (a `mixer=null` argument would reach the typed config as
+    # the string "None").
+    over: dict = {"model.init_args.model.mixer_config": {}}
+    if layer is not None:
+        over["model.init_args.model.mixer"] = layer
     own = recipe_dir() / task / f"{layer}.yaml"
     if layer is not None and own.is_file():
         doc = recipe_overrides(task, own)

@@ -30,6 +30,10 @@ def test_layer_args_take_the_documented_overrides():
     assert "--model.init_args.model.mixer=swa" in args and '--model.init_args.model.mixer_config={"window": 8}' in args
     assert "--model.init_args.model.num_heads=1" in args
     # a layer without its own recipe gets the base + its name and default config
-    assert layer_args("t2v", "local_attn")[2:] == ["--model.init_args.model.mixer=local_attn",
-                                                   "--model.init_args.model.mixer_config={}"]
-    assert layer_args("t2v", None)[2] == "--model.init_args.model.mixer=null"
+    assert layer_args("t2v", "local_attn")[2:] == ["--model.init_args.model.mixer_config={}",
+                                                   "--model.init_args.model.mixer=local_attn"]
+    # no layer: the base recipe's `mixer: null` stands, and the run builds a DiT without a global layer
+    assert not any("model.mixer=" in a for a in layer_args("t2v", None))
+    from seqmix.cli import run_lightning
+
+    assert run_lightning(layer_args("t2v", None), run=False).model.dit.config.mixer is None
