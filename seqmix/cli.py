@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import sys
 
-__all__ = ["main", "RecipeError", "SeqmixCLI", "run_lightning"]
+__all__ = ["main"]
 
 _LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 _DESCRIPTION = """seqmix: interchangeable global-context sequence layers, recipes and benchmarks.
@@ -30,100 +30,19 @@ recipes (Lightning CLI; `seqmix fit --help` lists every option):
   test                evaluate a model on the test set
   predict             run a model's predict step
 """
-# Lightning's "Tip: try installing ..." lines advertise add-on services; seqmix output leaves them out.
-_TIP_PREFIX = "\N{ELECTRIC LIGHT BULB} Tip:"
-
-
-class RecipeError(ValueError):
-    """A recipe value that cannot work (reported as one line by ``seqmix fit|validate|test|predict``)."""
-
-
-class _DropLightningTips(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(_TIP_PREFIX)
 # Boolean options that may be given bare (``--quick``) as well as with a value (``--quick true``).
 _BARE_FLAGS = ("--quick", "--preview")
+# The Lightning CLI lives in seqmix.lightning_cli (seqmix.compare builds runs with it); these names were
+# importable from here and still are.
+_LIGHTNING_NAMES = ("RecipeError", "SeqmixCLI", "run_lightning")
 
 
-def _lightning_cli_class():
-    from lightning.pytorch.cli import LightningCLI
+def __getattr__(name: str):
+    if name in _LIGHTNING_NAMES:
+        from seqmix import lightning_cli
 
-    class SeqmixCLI(LightningCLI):
-        """LightningCLI whose model and data are chosen by ``class_path`` in the recipe; checkpoints are written
-        atomically with a digest verified on resume (a kill at any moment leaves the previous checkpoint intact);
-        training stops with an error at the first non-finite loss (``--stop_on_nonfinite_loss.enabled=false``)."""
-
-        def add_arguments_to_parser(self, parser):
-            from seqmix.training import StopOnNonFiniteLoss
-
-            parser.add_lightning_class_args(StopOnNonFiniteLoss, "stop_on_nonfinite_loss")
-
-        def before_instantiate_classes(self):
-            # Mixer names are checked before anything is built, so a typo is one line, not a chained traceback.
-            from seqmix.layers import config_class
-
-            cfg = self.config[self.subcommand] if self.subcommand else self.config
-            for key, name in _mixer_names(cfg.as_dict()):
-                try:
-                    config_class(name)
-                except (ValueError, TypeError) as e:
-                    raise RecipeError(f"{key}: {e}") from None
-
-        def instantiate_trainer(self, **kwargs):
-            from lightning.pytorch.plugins.io import TorchCheckpointIO
-
-            from seqmix.training import AtomicCheckpointIO
-
-            trainer = super().instantiate_trainer(**kwargs)
-            if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # keep any user-chosen CheckpointIO
-                trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-            return trainer
-
-    return SeqmixCLI
-
-
-def _mixer_names(node, prefix: str = ""):
-    """(dotted key, name) for every mixer name in a parsed recipe (keys named ``mixer``: a name or a list)."""
-    if isinstance(node, dict):
-        for k, v in node.items():
-            key = f"{prefix}.{k}" if prefix else k
-            if k == "mixer" and v is not None:
-                # No mixer (None: local attention only in the DiT) is rendered as "None" by the parsed config.
-                yield from ((key, n) for n in (v if isinstance(v, list) else [v]) if n not in (None, "None"))
-            else:
-                yield from _mixer_names(v, key)
-
-
-def run_lightning(args: list[str], run: bool = True):
-    """Build a LightningCLI from ``args`` (e.g. ``["fit", "--config", "recipes/mqar/ttt_mlp.yaml"]``).
-
-    With ``run=False`` the subcommand is not given and nothing runs: the parsed ``cli.model``,
-    ``cli.datamodule`` and ``cli.trainer`` are returned for programmatic use (``seqmix compare``).
-    """
-    import warnings
-
-    import lightning.pytorch as pl
-
-    cls = _lightning_cli_class()
-    with warnings.catch_warnings():
-        # Programmatic use passes `args` while sys.argv holds the outer command's arguments; that is intended.
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-        # Notices about Lightning's own dependencies, not about the user's run (tensorboard is optional: seqmix
-        # logs CSV without it).
-        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-        warnings.filterwarnings("ignore", message=".*`tensorboardX` has been removed as a dependency.*")
-        tips = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-        if not any(isinstance(f, _DropLightningTips) for f in tips.filters):
-            tips.addFilter(_DropLightningTips())
-        return cls(
-            model_class=pl.LightningModule,
-            datamodule_class=pl.LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            args=args,
-            run=run,
-            save_config_kwargs={"overwrite": True},
-        )
+        return getattr(lightning_cli, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def list_layers(dim: int = 256, num_heads: int = 4, seq_len: int = 1024) -> None:
@@ -322,6 +241,7 @@ def _expand_bare_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in _LIGHTNING_SUBCOMMANDS:
+        from seqmix.lightning_cli import RecipeError, run_lightning
         from seqmix.training import CheckpointCorruptError, NonFiniteLossError
 
         try:

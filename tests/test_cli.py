@@ -113,3 +113,15 @@ def test_prepare_storyboards_defaults_are_the_t2v_recipes_data(tmp_path, capsys)
     main(["prepare", "storyboards", str(tmp_path / "ds"), "--num_examples", "2"])
     cfg = json.loads((tmp_path / "ds" / "index.json").read_text())["layout"]["config"]
     assert (cfg["char_size"], cfg["num_appearances"]) == (data["char_size"], data["num_appearances"])
+
+
+def test_lightning_names_still_importable_from_the_cli_module():
+    """run_lightning / SeqmixCLI / RecipeError live in seqmix.lightning_cli (seqmix.compare uses them without
+    importing the command line); the names users imported from seqmix.cli keep working."""
+    import seqmix.cli
+    from seqmix import lightning_cli
+
+    for name in ("run_lightning", "SeqmixCLI", "RecipeError"):
+        assert getattr(seqmix.cli, name) is getattr(lightning_cli, name)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        seqmix.cli.nope  # noqa: B018

@@ -176,7 +176,7 @@ def test_every_layer_has_an_mqar_recipe():
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: Path(r).stem)
 def test_mqar_recipe_fast_dev_run(recipe, tmp_path):
-    from seqmix.cli import run_lightning
+    from seqmix.lightning_cli import run_lightning
 
     cli = run_lightning(["fit", "--config", recipe, "--trainer.fast_dev_run=true",
                          f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",

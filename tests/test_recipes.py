@@ -34,6 +34,6 @@ def test_layer_args_take_the_documented_overrides():
                                                    "--model.init_args.model.mixer=local_attn"]
     # no layer: the base recipe's `mixer: null` stands, and the run builds a DiT without a global layer
     assert not any("model.mixer=" in a for a in layer_args("t2v", None))
-    from seqmix.cli import run_lightning
+    from seqmix.lightning_cli import run_lightning
 
     assert run_lightning(layer_args("t2v", None), run=False).model.dit.config.mixer is None

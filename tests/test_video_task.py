@@ -17,7 +17,7 @@ SEQMIX = [sys.executable, "-m", "seqmix.cli"]
 
 
 def _fit(args, tmp_path):
-    from seqmix.cli import run_lightning
+    from seqmix.lightning_cli import run_lightning
 
     return run_lightning(["fit", *args, f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
                           "--trainer.enable_model_summary=false"])
@@ -171,7 +171,7 @@ def test_cpu_stage_fast_dev_run(stage, tmp_path):
 def test_paper_stage_composes(stage, tmp_path):
     """Baseline recipe + paper base + stage parse into the paper's settings (instantiated at tiny width on
     a tiny latent dataset of the stage's length, since the 5B weights are not here)."""
-    from seqmix.cli import run_lightning
+    from seqmix.lightning_cli import run_lightning
     from seqmix.data.shards import ShardWriter
 
     S = {"3s": 1, "9s": 3, "18s": 6, "30s": 10, "63s": 21}[stage]

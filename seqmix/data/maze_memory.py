@@ -26,7 +26,7 @@ from collections import deque
 
 import numpy as np
 
-from .maze_data import MazeDataConfig, Trajectory, revisits
+from .maze_trajectory import MazeDataConfig, Trajectory, revisits
 
 __all__ = ["MemoryMazeSource", "MEMORY_MAZE_ACTIONS", "REVISIT_TOLERANCE", "MAZE_SIZES", "memory_maze_available"]
 
