@@ -72,7 +72,9 @@ class LayerBenchConfig(BenchConfig):
         backends: ``["all"]`` every non-reference backend of a layer; ``["auto"]`` only the automatic choice;
             ``["reference"]`` adds the reference twins (``naive``); any other entry is a backend name, used where
             a layer has it. Backends that cannot run here are recorded as skipped with the reason.
-        decode_steps: timed one-token steps per decode call; decode_frames / frame_tokens likewise for frames.
+        decode_steps: timed one-token steps per decode call.
+        decode_frames: timed one-frame steps per decode-frame call.
+        frame_tokens: tokens per decode-frame step (CUDA: 1350, one CogVideoX latent frame).
         fit_points: longest measured lengths used for the growth-exponent fit.
         layer_configs: per-layer config overrides, e.g. ``{"ttt_mlp": {"mini_batch_size": 16}}``.
     """
