@@ -60,3 +60,21 @@ def test_help_shows_the_preset_values():
     doc = BENCH_COMMANDS["layers"].__doc__
     line = next(line for line in doc.splitlines() if line.strip().startswith("dim:"))
     assert "Unset: 256" in line and "--quick: 64" in line and "--device cuda: 3072" in line
+
+
+def test_layer_sizes_come_from_the_mixer_class_with_run_overrides_on_top():
+    from seqmix import layers as L
+    from seqmix.bench.driver import mixer_bench_config
+
+    assert mixer_bench_config("swa", "bench", {}) == L.mixer_class("swa").bench_config == {"window": 1024}
+    assert mixer_bench_config("swa", "quick", {"swa": {"window": 5}}) == {"window": 5}
+    assert mixer_bench_config("ttt_mlp", "defaults", {}) == {}
+    assert mixer_bench_config("ttt_mlp", "paper", {}) == {"scan_checkpoint_group": 16}
+    with pytest.raises(ValueError, match="choose one of defaults, bench, quick, paper"):
+        mixer_bench_config("swa", "cpu", {})
+    assert LayerBenchConfig().layer_sizes == "bench" and LayerBenchConfig.gpu().layer_sizes == "defaults"
+    # the DiT rescales a paper-sized token window (SWA's 8192 tokens = 6.07 frames of 1350) to its own frames
+    dit = DiTBenchConfig()
+    assert dit.mixer_config("swa") == {"window": round(8192 / 1350 * dit.tokens_per_frame)}
+    assert DiTBenchConfig.gpu().mixer_config("swa") == {"window": 8192}
+    assert DiTBenchConfig(mixer_configs={"swa": {"window": 7}}).mixer_config("swa") == {"window": 7}
