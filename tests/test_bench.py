@@ -17,7 +17,7 @@ from seqmix.bench import SchemaError, fit_exponent, validate
 from seqmix.bench import costs
 from seqmix.bench.core import SeriesBudget
 from seqmix.bench.gates import GATES, gate
-from seqmix.bench.layers import CPU_LAYER_CONFIGS, MODES
+from seqmix.bench.layers import MODES
 from seqmix.bench.schema import META_FIELDS, RECORD_FIELDS
 from seqmix.cli import main
 from seqmix.ops.attention import visibility_mask
@@ -87,7 +87,7 @@ def test_dit_quick_validates_and_reports_ratios(dit_doc):
 
 # ------------------------------------------------------------------------------------------------ cost model
 def _layer(name: str, **over) -> L.Mixer:
-    cfg = {**CPU_LAYER_CONFIGS.get(name, {}), **over}
+    cfg = {**L.mixer_class(name).bench_config, **over}
     return L.build(name, dim=256, num_heads=4, **cfg)
 
 

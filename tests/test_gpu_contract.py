@@ -41,15 +41,6 @@ T = 77 if DEV.type == "cuda" else 21
 # A parameter gradient that is (mathematically) ~0, e.g. attention's key bias (softmax is shift-invariant), has no
 # meaningful relative error: it is measured against max(its norm, GRAD_FLOOR x the largest gradient's RMS x sqrt(n)).
 GRAD_FLOOR = 1e-2
-# Sizes the fast kernels take (the CPU contract configs are smaller than some kernels' tiles).
-KERNEL_SIZES: dict[str, dict] = {
-    "ttt_linear": dict(mini_batch_size=16),
-    "ttt_mlp": dict(mini_batch_size=16, mlp_expansion=4),
-    "gated_deltanet": dict(head_dim=64),
-    "mamba2": dict(d_state=16, chunk_size=16),  # head dim follows num_heads
-    "swa": dict(window=24),
-    "local_attn": dict(window=32),
-}
 
 
 def _forms(name: str) -> list[str]:
@@ -69,7 +60,9 @@ def _cases() -> list:
 
 
 def _config(name: str, form: str) -> dict:
-    cfg = {**layers.mixer_class(name).small_config, **KERNEL_SIZES.get(name, {})}
+    # the class's kernel sizes over its small config (smaller than some kernels' tiles)
+    cls = layers.mixer_class(name)
+    cfg = {**cls.small_config, **cls.kernel_test_config}
     if form == "causal":
         cfg["causal"] = True
     return cfg

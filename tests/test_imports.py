@@ -1,4 +1,4 @@
-"""The package's import graph has no cycles.
+"""The package's import graph has no cycles, and only the command-line modules print.
 
 Every ``import`` among ``seqmix.*`` modules counts, including imports inside functions: lazy imports are how
 a cycle hides (it works until someone moves one import to the top of a file). Imports under
@@ -126,3 +126,15 @@ def test_no_import_cycles():
 def test_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+# The command-line layer: the only modules that print (library code logs).
+CLI_MODULES = {"seqmix.cli", "seqmix.bench.cli", "seqmix.bench.gpu_check_cli",
+               "seqmix.kernels.ttt_tp_check"}  # the tensor-parallel kernel's check command (a GPU kit stage)
+
+
+def test_library_code_never_prints():
+    calls = [f"{name}:{node.lineno}" for name, path in _modules().items() if name not in CLI_MODULES
+             for node in ast.walk(ast.parse(path.read_text(), str(path)))
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print"]
+    assert not calls, f"print() in library code (log instead, or move it to a CLI module): {calls}"

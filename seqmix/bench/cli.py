@@ -1,295 +1,253 @@
-"""``seqmix bench ...`` subcommands (registered in :data:`BENCH_COMMANDS`). The CLI layer prints results."""
+"""``seqmix bench ...`` subcommands (registered in :data:`BENCH_COMMANDS`). The CLI layer prints results.
+
+Each command's options are the fields of its suite's config class (a :class:`~seqmix.bench.driver.BenchConfig`
+subclass, or :class:`~seqmix.bench.rollout.RolloutBenchConfig`): flag names, types and help (the class docstring's
+``Attributes:`` section) come from there, so a new field is a new option with no edit here. An option left unset
+takes the value of the preset the command picks (``--quick``: ``quick_config()``; ``--device cuda``: ``gpu()``
+where the suite has one; otherwise the class defaults); its help lists those values. ``--out`` and the few options
+that are not config fields (``--block_f``) are declared here.
+"""
 
 from __future__ import annotations
 
-__all__ = ["BENCH_COMMANDS", "bench_layers", "bench_dit", "bench_ttt_kernels", "bench_rollout"]
+import dataclasses
+import inspect
+import os
+import sys
+import typing
+from typing import Any, Callable
+
+import docstring_parser
+
+from seqmix.bench.dit import DiTBenchConfig
+from seqmix.bench.layers import LayerBenchConfig
+from seqmix.bench.rollout import RolloutBenchConfig
+from seqmix.bench.ttt_kernels import TTTKernelBenchConfig
+
+__all__ = ["BENCH_COMMANDS", "bench_layers", "bench_dit", "bench_ttt_kernels", "bench_rollout", "config_command",
+           "preset_config"]
+
+_P = inspect.Parameter
 
 
-def bench_layers(
-    layers: list[str] | None = None,
-    lengths: list[int] | None = None,
-    modes: list[str] | None = None,
-    backends: list[str] | None = None,
-    dim: int | None = None,
-    heads: int | None = None,
-    batch: int = 1,
-    repeats: int | None = None,
-    max_call_seconds: float | None = None,
-    frame_tokens: int | None = None,
-    layer_configs: dict[str, dict] | None = None,
-    threads: int | None = None,
-    device: str = "cpu",
-    dtype: str | None = None,
-    out: str | None = None,
-    notes: list[str] | None = None,
-    quick: bool = False,
-) -> None:
-    """Layer benchmark: time, tokens/s, peak memory, FLOP / byte estimates and roofline fractions of every registry
-    layer and backend against T, in modes fwd, fwd+bwd, decode (per token) and decode-frame (per frame).
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> help from the ``Attributes:`` sections of ``cls`` and its bases (the class's own wins);
+    a grouped entry (``dim, heads: ...``) documents each of its fields, prefixed with the group's names."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        for p in docstring_parser.parse(klass.__dict__.get("__doc__") or "").params:
+            names = [n.strip() for n in p.arg_name.split(",")]
+            if p.args[0] != "attribute" or not p.description or not set(names) <= fields:
+                continue
+            text = " ".join(p.description.split())
+            for name in names:
+                docs[name] = f"({p.arg_name}) {text}" if len(names) > 1 else text
+    return docs
 
-    Defaults by device: CPU width 256, T 512..16384, fp32; CUDA the paper scale (width 3072, 48 heads, bf16,
-    T 1024..341550, paper windows); ``--quick`` a seconds-long smoke run. Unset options take the preset's value.
 
-    Args:
-        layers: registry names (default: all).
-        lengths: sequence lengths T (decode modes: context lengths).
-        modes: any of ``fwd``, ``fwd+bwd``, ``decode``, ``decode-frame`` (default: all).
-        backends: ``all`` (default: every non-reference backend, side by side), ``auto``, ``reference`` (add the
-            naive twins) and/or backend names; backends that cannot run here are recorded as skipped.
-        dim: model width for every layer.
-        heads: number of heads for every layer.
-        batch: batch size.
-        repeats: timed calls per point (median reported).
-        max_call_seconds: skip points predicted to take longer per call (and the longer lengths).
-        frame_tokens: tokens per decode-frame call (CPU 256, CUDA 1350 = one CogVideoX latent frame).
-        layer_configs: per-layer config overrides, e.g. ``{"swa": {"window": 512}}`` (replaces the preset's).
-        threads: torch CPU threads (1 gives steadier timings on a shared machine).
-        device: ``cpu`` or ``cuda``.
-        dtype: ``float32``, ``bfloat16``, ... (default fp32 on CPU, bf16 on CUDA).
-        out: directory for results.json / results.md / results.png (default benchmarks/results/layers-<device>;
-            quick: runs/bench/layers-quick).
-        notes: free-text caveats stored with the results.
-        quick: small sizes for a smoke run (CI).
-    """
-    from seqmix.bench.layers import LayerBenchConfig, markdown_table, run_layer_bench, write_report
+def _fields(cls: type) -> list[dataclasses.Field]:
+    """The suite's own fields first (what a user tunes most), then the shared ones."""
+    own = cls.__dict__.get("__annotations__", {})
+    fields = dataclasses.fields(cls)
+    return [f for f in fields if f.name in own] + [f for f in fields if f.name not in own]
 
-    kind = device.split(":")[0]
-    over = {k: v for k, v in dict(layers=layers, lengths=lengths, modes=modes, backends=backends, dim=dim, heads=heads,
-                                  repeats=repeats, max_call_seconds=max_call_seconds, frame_tokens=frame_tokens,
-                                  layer_configs=layer_configs, threads=threads, dtype=dtype, notes=notes).items()
-            if v is not None}
-    over.update(batch=batch, device=device)
+
+def _presets(cls: type) -> dict[str, Any]:
+    """The configs an unset option can take its value from, labelled as the help shows them."""
+    presets = {"default": cls(), "--quick": cls.quick_config()}
+    if hasattr(cls, "gpu"):
+        presets["--device cuda"] = cls.gpu()
+    return presets
+
+
+def preset_config(cls: type, given: dict[str, Any], quick: bool):
+    """``cls``'s preset (``quick_config``, ``gpu`` for a CUDA device where the suite has one, or the defaults)
+    with the ``given`` fields replaced."""
+    device = given.get("device", _default(cls, "device"))
     if quick:
-        cfg = LayerBenchConfig.quick_config(**over)
-    elif kind == "cuda":
-        cfg = LayerBenchConfig.gpu(**over)
-    else:
-        cfg = LayerBenchConfig(**over)
-    out = out or ("runs/bench/layers-quick" if quick else f"benchmarks/results/layers-{kind}")
-    res = run_layer_bench(cfg)
-    paths = write_report(res, out)
-    print(f"Layer benchmark on {device} (width {cfg.dim}, {cfg.heads} heads, {cfg.dtype}, threads "
-          f"{res.run.machine['torch_threads']})" + (" -- QUICK SMOKE RUN, numbers not meaningful" if quick else ""))
-    print(markdown_table(res))
+        return cls.quick_config(**given)
+    if device.split(":")[0] == "cuda" and hasattr(cls, "gpu"):
+        return cls.gpu(**given)
+    return cls(**given)
+
+
+def _default(cls: type, name: str) -> Any:
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
+def _unset_help(name: str, presets: dict[str, Any]) -> str:
+    values = {label: getattr(cfg, name) for label, cfg in presets.items()}
+    default = values.pop("default")
+    others = "; ".join(f"{label}: {v!r}" for label, v in values.items() if v != default)
+    return f"Unset: {default!r}" + (f" ({others})" if others else "") + "."
+
+
+def config_command(config_cls: type, run: Callable[..., None], summary: str, *,
+                   extras: tuple[tuple[str, Any, Any, str], ...] = (), hidden: tuple[str, ...] = ()) -> Callable:
+    """A command whose options are ``config_cls``'s fields (each ``None`` = unset) plus ``extras``
+    (``(name, type, default, help)``, not config fields) and ``--quick``; it calls ``run(given, quick, **extras)``
+    with ``given`` the config fields that were set. ``hidden``: fields that are no options (said why at the call)."""
+    hints = typing.get_type_hints(config_cls)
+    docs, presets = field_docs(config_cls), _presets(config_cls)
+    fields = [f for f in _fields(config_cls) if f.name not in hidden and f.name != "quick"]
+    params, helps = [], {}
+    for f in fields:
+        params.append(_P(f.name, _P.KEYWORD_ONLY, default=None, annotation=typing.Optional[hints[f.name]]))
+        helps[f.name] = f"{docs.get(f.name, '')} {_unset_help(f.name, presets)}".strip()
+    for name, annotation, default, text in extras:
+        params.append(_P(name, _P.KEYWORD_ONLY, default=default, annotation=annotation))
+        helps[name] = text
+    params.append(_P("quick", _P.KEYWORD_ONLY, default=False, annotation=bool))
+    helps["quick"] = docs.get("quick", "a smoke run: small sizes, numbers not meaningful.")
+    extra_names = [e[0] for e in extras]
+
+    def command(**kw) -> None:
+        quick = bool(kw.pop("quick", False))
+        extra = {n: kw.pop(n) for n in extra_names}
+        run({k: v for k, v in kw.items() if v is not None}, quick, **extra)
+
+    command.__signature__ = inspect.Signature(params, return_annotation=None)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = summary.strip() + "\n\nArgs:\n" + "".join(f"    {n}: {h}\n" for n, h in helps.items())
+    return command
+
+
+def _wrote(paths: dict) -> None:
     print(f"\nwrote {paths['json']}, {paths['md']}" + (f", {paths['png']}" if paths["png"] else ""))
 
 
-def bench_dit(
-    variants: list[str] | None = None,
-    durations: list[int] | None = None,
-    modes: list[str] | None = None,
-    num_layers: int | None = None,
-    heads: int | None = None,
-    head_dim: int | None = None,
-    latent_height: int | None = None,
-    latent_width: int | None = None,
-    text_len: int | None = None,
-    mixer_configs: dict[str, dict] | None = None,
-    gradient_checkpointing: bool = False,
-    repeats: int | None = None,
-    max_call_seconds: float | None = None,
-    threads: int | None = None,
-    device: str = "cpu",
-    dtype: str | None = None,
-    out: str | None = None,
-    notes: list[str] | None = None,
-    quick: bool = False,
-) -> None:
-    """The paper's efficiency study in kind: SegmentedDiT inference (fwd) and training (fwd+bwd) time at the
-    3/9/18/30/63 s layouts for local attention only, full attention (one window over the whole video, and local +
-    a full_attn global layer) and local + each global layer, relative to local attention only.
+_SMOKE = " -- QUICK SMOKE RUN, numbers not meaningful"
 
-    CPU default: REDUCED scale (2 blocks of width 64, 48 tokens per latent frame, fp32); CUDA: close to the paper
-    (width 3072, 1350 tokens per frame, 226 text tokens per segment, bf16, one block). Unset options take the
-    preset's value.
 
-    Args:
-        variants: ``local``, ``full_window`` and any registry layer that mixes tokens (as a global layer; default:
-            all, see ``seqmix.bench.dit.variants()``).
-        durations: seconds among 3, 9, 18, 30, 63 (default: all).
-        modes: ``fwd`` (inference) and / or ``fwd+bwd`` (training).
-        num_layers: DiT blocks.
-        heads: attention heads.
-        head_dim: attention head dim (divisible by 16).
-        latent_height: latent grid height per frame.
-        latent_width: latent grid width per frame.
-        text_len: text tokens per segment.
-        mixer_configs: per-global-layer overrides, e.g. ``{"ttt_mlp": {"mini_batch_size": 16}}``.
-        gradient_checkpointing: recompute blocks in backward.
-        repeats: timed calls per point (median reported).
-        max_call_seconds: skip points predicted to take longer per call (and the longer durations).
-        threads: torch CPU threads (1 gives steadier timings on a shared machine).
-        device: ``cpu`` or ``cuda``.
-        dtype: default fp32 on CPU, bf16 on CUDA.
-        out: output directory (default benchmarks/results/dit-<device>; quick: runs/bench/dit-quick).
-        notes: free-text caveats stored with the results.
-        quick: tiny sizes, 3 s and 9 s only (CI smoke run).
-    """
-    from seqmix.bench.dit import DiTBenchConfig, markdown_table, run_dit_bench, write_report
+# --------------------------------------------------------------------------------------------------- layers
+def _run_layers(given: dict, quick: bool, out: str | None) -> None:
+    from seqmix.bench.layers import markdown_table, run_layer_bench, write_report
 
-    kind = device.split(":")[0]
-    over = {k: v for k, v in dict(variants=variants, durations=durations, modes=modes, num_layers=num_layers,
-                                  heads=heads, head_dim=head_dim, latent_height=latent_height,
-                                  latent_width=latent_width, text_len=text_len, mixer_configs=mixer_configs,
-                                  repeats=repeats, max_call_seconds=max_call_seconds, threads=threads, dtype=dtype,
-                                  notes=notes).items() if v is not None}
-    over.update(device=device, gradient_checkpointing=gradient_checkpointing)
-    if quick:
-        cfg = DiTBenchConfig.quick_config(**over)
-    elif kind == "cuda":
-        cfg = DiTBenchConfig.gpu(**over)
-    else:
-        cfg = DiTBenchConfig(**over)
-    out = out or ("runs/bench/dit-quick" if quick else f"benchmarks/results/dit-{kind}")
+    cfg = preset_config(LayerBenchConfig, given, quick)
+    kind = cfg.device.split(":")[0]
+    res = run_layer_bench(cfg)
+    paths = write_report(res, out or ("runs/bench/layers-quick" if quick else f"benchmarks/results/layers-{kind}"))
+    print(f"Layer benchmark on {cfg.device} (width {cfg.dim}, {cfg.heads} heads, {cfg.dtype}, threads "
+          f"{res.run.machine['torch_threads']})" + (_SMOKE if quick else ""))
+    print(markdown_table(res))
+    _wrote(paths)
+
+
+bench_layers = config_command(LayerBenchConfig, _run_layers, """
+Layer speed and memory: every registry layer and backend against sequence length T.
+
+Time, tokens/s, peak memory, FLOP / byte estimates and roofline fractions of every registry layer and backend
+against T, in modes fwd, fwd+bwd, decode (per token) and decode-frame (per frame).
+
+Defaults by device: CPU width 256, T 512..16384, fp32; CUDA the paper scale (width 3072, 48 heads, bf16,
+T 1024..341550, paper windows); --quick a seconds-long smoke run. Unset options take the preset's value.
+""", extras=(("out", typing.Optional[str], None, "directory for results.json / results.md / results.png (default "
+              "benchmarks/results/layers-<device>; quick: runs/bench/layers-quick)."),))
+
+
+# ------------------------------------------------------------------------------------------------------ dit
+def _run_dit(given: dict, quick: bool, out: str | None) -> None:
+    from seqmix.bench.dit import markdown_table, run_dit_bench, write_report
+
+    cfg = preset_config(DiTBenchConfig, given, quick)
+    kind = cfg.device.split(":")[0]
     res = run_dit_bench(cfg)
-    paths = write_report(res, out)
-    scale = ("REDUCED CPU SCALE" if cfg.reduced else "paper-like scale") + \
-        (" -- QUICK SMOKE RUN, numbers not meaningful" if quick else "")
-    print(f"SegmentedDiT efficiency on {device}, {scale}: {cfg.num_layers} block(s) of width {cfg.dim}, "
+    paths = write_report(res, out or ("runs/bench/dit-quick" if quick else f"benchmarks/results/dit-{kind}"))
+    scale = ("REDUCED CPU SCALE" if cfg.reduced else "paper-like scale") + (_SMOKE if quick else "")
+    print(f"SegmentedDiT efficiency on {cfg.device}, {scale}: {cfg.num_layers} block(s) of width {cfg.dim}, "
           f"{cfg.tokens_per_frame} tokens per latent frame (paper: 1350), {cfg.text_len} text tokens per segment, "
           f"{cfg.dtype}")
     print(markdown_table(res))
-    print(f"\nwrote {paths['json']}, {paths['md']}" + (f", {paths['png']}" if paths["png"] else ""))
+    _wrote(paths)
 
 
-def bench_ttt_kernels(
-    kinds: list[str] | None = None,
-    lengths: list[int] | None = None,
-    modes: list[str] | None = None,
-    backends: list[str] | None = None,
-    heads: int | None = None,
-    head_dim: int | None = None,
-    mini_batch: dict[str, int] | None = None,
-    causal: bool = False,
-    dtype: str | None = None,
-    checkpoint_group: int = 0,
-    num_warps: int | None = None,
-    block_f: int | None = None,
-    repeats: int | None = None,
-    device: str = "cuda",
-    out: str | None = None,
-    notes: list[str] | None = None,
-    quick: bool = False,
-) -> None:
-    """TTT kernel benchmark: the fused Triton scan (backend "triton") against the PyTorch dual-form scan (backend
-    "torch"), fwd and fwd+bwd over T: time, tokens/s, peak memory, scan matmul FLOPs and achieved TFLOP/s.
+bench_dit = config_command(DiTBenchConfig, _run_dit, """
+DiT efficiency: relative cost of each global layer in the segmented video DiT at 3 to 63 s.
 
-    Default: the paper's shapes on one GPU (B=1, 48 heads, head dim 64, TTT-MLP hidden 256, T = 18,048 .. 341,550,
-    bf16 inputs, non-causal). ``--quick``: a CPU smoke run through the Triton interpreter at toy sizes.
+The paper's efficiency study in kind: SegmentedDiT inference (fwd) and training (fwd+bwd) time at the
+3/9/18/30/63 s layouts for local attention only, full attention (one window over the whole video, and local +
+a full_attn global layer) and local + each global layer, relative to local attention only.
 
-    Args:
-        kinds: ``mlp`` and / or ``linear`` (default both).
-        lengths: sequence lengths T.
-        modes: ``fwd`` and / or ``fwd+bwd``.
-        backends: ``triton``, ``torch`` (default both), ``fla_gdn`` (fla chunk Gated DeltaNet, same B, T, H, K).
-        heads: number of heads H.
-        head_dim: head dim K (16, 32, 64 or 128 for the kernels).
-        mini_batch: tokens per inner step per kind, e.g. ``{"mlp": 64, "linear": 16}``.
-        causal: causal (dual-form) instead of the video (non-causal) form.
-        dtype: dtype of q, k, r, eta given to the kernels (default bf16 on GPU, fp32 for --quick).
-        checkpoint_group: mini-batches per saved state for fwd+bwd (0: ~sqrt(#mini-batches)).
-        num_warps: pin the kernels' launch config instead of autotuning (bounds compile time on a fresh machine:
-            autotuning compiles 2 configs per TTT-Linear kernel and 4 per TTT-MLP kernel, up to ~1 min each).
-        block_f: with ``num_warps``, TTT-MLP's hidden chunk (default 32; 16 fits the causal backward at N = 64).
-        repeats: timed calls per point.
-        device: ``cuda`` (``cpu`` only with --quick).
-        out: output directory (default benchmarks/results/ttt-kernels-<device>; quick: runs/bench/ttt-kernels-quick).
-        notes: free-text caveats stored with the results.
-        quick: toy sizes on CPU through the Triton interpreter.
-    """
-    import os
-    import sys
+CPU default: REDUCED scale (2 blocks of width 64, 48 tokens per latent frame, fp32); CUDA: close to the paper
+(width 3072, 1350 tokens per frame, 226 text tokens per segment, bf16, one block). Unset options take the
+preset's value.
+""", extras=(("out", typing.Optional[str], None, "output directory (default benchmarks/results/dit-<device>; "
+              "quick: runs/bench/dit-quick)."),),
+    hidden=("reduced",))  # a label the preset sets (said in every report), not a knob
 
+
+# ------------------------------------------------------------------------------------------------ ttt-kernels
+def _run_ttt_kernels(given: dict, quick: bool, out: str | None, block_f: int | None) -> None:
     from seqmix.utils.triton_compat import triton_interpreter
 
-    if quick and device == "cuda" and not _cuda_available():
-        device = "cpu"
+    if quick:  # a smoke run goes to the GPU if there is one, else to the CPU
+        given.setdefault("device", "cuda")
+        if given["device"] == "cuda" and not _cuda_available():
+            given["device"] = "cpu"
+    device = given.get("device", _default(TTTKernelBenchConfig, "device"))
     if device.split(":")[0] == "cpu":
         # The kernels run on CPU only under the interpreter, which must be on before they are first imported.
         if "seqmix.kernels.ttt_triton" in sys.modules and not triton_interpreter():
             raise RuntimeError("the TTT kernels were imported without TRITON_INTERPRET=1; cannot run them on CPU")
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    if num_warps is not None:
-        os.environ["SEQMIX_TTT_NUM_WARPS"] = str(num_warps)
+    if given.get("num_warps") is not None:
+        os.environ["SEQMIX_TTT_NUM_WARPS"] = str(given["num_warps"])
     if block_f is not None:
         os.environ["SEQMIX_TTT_BLOCK_F"] = str(block_f)
-    from seqmix.bench.ttt_kernels import TTTKernelBenchConfig, markdown_table, run_ttt_kernel_bench, write_report
+    from seqmix.bench.ttt_kernels import markdown_table, run_ttt_kernel_bench, write_report
 
-    over = {k: v for k, v in dict(kinds=kinds, lengths=lengths, modes=modes, backends=backends, heads=heads,
-                                  head_dim=head_dim, mini_batch=mini_batch, dtype=dtype, repeats=repeats,
-                                  notes=notes, num_warps=num_warps).items() if v is not None}
-    over.update(causal=causal, checkpoint_group=checkpoint_group, device=device)
-    cfg = TTTKernelBenchConfig.quick_config(**over) if quick else TTTKernelBenchConfig(**over)
-    kind = device.split(":")[0]
-    out = out or ("runs/bench/ttt-kernels-quick" if quick else f"benchmarks/results/ttt-kernels-{kind}")
+    cfg = preset_config(TTTKernelBenchConfig, given, quick)
+    kind = cfg.device.split(":")[0]
     res = run_ttt_kernel_bench(cfg)
-    paths = write_report(res, out)
-    print(f"TTT kernel benchmark on {device} (B={cfg.batch}, H={cfg.heads}, K={cfg.head_dim}, {cfg.dtype})"
-          + (" -- QUICK SMOKE RUN, numbers not meaningful" if quick else ""))
+    paths = write_report(res, out or ("runs/bench/ttt-kernels-quick" if quick
+                                      else f"benchmarks/results/ttt-kernels-{kind}"))
+    print(f"TTT kernel benchmark on {cfg.device} (B={cfg.batch}, H={cfg.heads}, K={cfg.head_dim}, {cfg.dtype})"
+          + (_SMOKE if quick else ""))
     print(markdown_table(res))
-    print(f"\nwrote {paths['json']}, {paths['md']}" + (f", {paths['png']}" if paths["png"] else ""))
+    _wrote(paths)
 
 
-def bench_rollout(
-    models: list[str] | None = None,
-    frames: int | None = None,
-    size: str | None = None,
-    model_overrides: dict | None = None,
-    mixer_configs: dict[str, dict] | None = None,
-    num_steps: int | None = None,
-    window: int | None = None,
-    memory_every: int | None = None,
-    stand_ins: dict[str, str] | None = None,
-    batch: int = 1,
-    threads: int | None = 1,
-    device: str = "cpu",
-    dtype: str = "float32",
-    out: str | None = None,
-    notes: list[str] | None = None,
-    quick: bool = False,
-) -> None:
-    """World-model rollout: per-frame time and peak memory over a rollout of 1,000 frames for ours (blockwise_ssm +
-    frame_local_attn), block-wise TTT (+ frame_local_attn), frame-local attention only and a full-context causal
-    Transformer; first-100 vs last-100 frame ratios. Models whose layers are not registered are recorded as skipped.
+bench_ttt_kernels = config_command(TTTKernelBenchConfig, _run_ttt_kernels, """
+TTT kernels: the fused Triton scans against the PyTorch scan (and fla's chunk Gated DeltaNet).
 
-    Args:
-        models: ours, blockwise_ttt, frame_local_attn, causal_transformer (default: all).
-        frames: frames generated per model (default 1000).
-        size: WorldModel size preset (default cpu-small: width 64, 2 layers, 4 x 4 latent grid).
-        model_overrides: other WorldModelConfig fields, e.g. ``{"dim": 128, "grid": [8, 8]}``.
-        mixer_configs: per registry name overrides, e.g. ``{"blockwise_ssm": {"d_state": 16}}``.
-        num_steps: DDIM steps per generated frame (default 4).
-        window: frames per record; the first and last windows give the ratios (default 100).
-        memory_every: peak memory every this many frames (default 10).
-        stand_ins: SMOKE ONLY: replace missing layers, e.g. ``{"frame_local_attn": "swa"}`` (labelled stand-in;
-            written under runs/bench/ by default).
-        batch: sequences rolled out together.
-        threads: torch CPU threads (1 gives steadier timings on a shared machine).
-        device: ``cpu`` or ``cuda``.
-        dtype: parameter / activation dtype.
-        out: output directory (default benchmarks/results/rollout-<device>; quick or stand-ins: runs/bench/...).
-        notes: free-text caveats stored with the results.
-        quick: tiny model, 6 frames (smoke run).
-    """
-    from seqmix.bench.rollout import RolloutBenchConfig, markdown_table, run_rollout_bench, write_report
+The fused Triton scan (backend "triton") against the PyTorch dual-form scan (backend
+"torch"), fwd and fwd+bwd over T: time, tokens/s, peak memory, scan matmul FLOPs and achieved TFLOP/s.
 
-    over = {k: v for k, v in dict(models=models, frames=frames, size=size, model_overrides=model_overrides,
-                                  mixer_configs=mixer_configs, num_steps=num_steps, window=window,
-                                  memory_every=memory_every, stand_ins=stand_ins, notes=notes).items()
-            if v is not None}
-    over.update(batch=batch, threads=threads, device=device, dtype=dtype)
-    cfg = RolloutBenchConfig.quick_config(**over) if quick else RolloutBenchConfig(**over)
-    kind = device.split(":")[0]
+Default: the paper's shapes on one GPU (B=1, 48 heads, head dim 64, TTT-MLP hidden 256, T = 18,048 .. 341,550,
+bf16 inputs, non-causal). --quick: a smoke run at toy sizes (on CPU through the Triton interpreter when there is
+no GPU).
+""", extras=(("out", typing.Optional[str], None, "output directory (default benchmarks/results/ttt-kernels-<device>;"
+              " quick: runs/bench/ttt-kernels-quick)."),
+             ("block_f", typing.Optional[int], None, "with num_warps, TTT-MLP's hidden chunk (default 32; 16 fits "
+              "the causal backward at N = 64).")))
+
+
+# ---------------------------------------------------------------------------------------------------- rollout
+def _run_rollout(given: dict, quick: bool, out: str | None) -> None:
+    from seqmix.bench.rollout import markdown_table, run_rollout_bench, write_report
+
+    cfg = preset_config(RolloutBenchConfig, given, quick)
+    kind = cfg.device.split(":")[0]
     if out is None:
         out = ("runs/bench/rollout-quick" if quick else f"runs/bench/rollout-{kind}-stand-in" if cfg.stand_ins
                else f"benchmarks/results/rollout-{kind}")
     res = run_rollout_bench(cfg)
     paths = write_report(res, out)
-    print(f"World-model rollout on {device} (preset {cfg.size}, {cfg.frames} frames, {cfg.num_steps} DDIM steps per "
-          f"frame)" + (" -- QUICK SMOKE RUN, numbers not meaningful" if quick else "")
-          + (f" -- STAND-INS {cfg.stand_ins}" if cfg.stand_ins else ""))
+    print(f"World-model rollout on {cfg.device} (preset {cfg.size}, {cfg.frames} frames, {cfg.num_steps} DDIM steps "
+          f"per frame)" + (_SMOKE if quick else "") + (f" -- STAND-INS {cfg.stand_ins}" if cfg.stand_ins else ""))
     print(markdown_table(res))
-    print(f"\nwrote {paths['json']}, {paths['md']}" + (f", {paths['png']}" if paths["png"] else ""))
+    _wrote(paths)
+
+
+bench_rollout = config_command(RolloutBenchConfig, _run_rollout, """
+World-model rollout: per-frame time and peak memory over 1,000 generated frames.
+
+Per-frame time and peak memory over a rollout of 1,000 frames for ours (blockwise_ssm +
+frame_local_attn), block-wise TTT (+ frame_local_attn), frame-local attention only and a full-context causal
+Transformer; first-100 vs last-100 frame ratios. Models whose layers are not registered are recorded as skipped.
+""", extras=(("out", typing.Optional[str], None, "output directory (default benchmarks/results/rollout-<device>; "
+              "quick or stand-ins: runs/bench/...)."),))
 
 
 def _cuda_available() -> bool:

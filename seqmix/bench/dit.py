@@ -37,12 +37,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from seqmix import layers as L
 from seqmix.backbones.dit import DiTConfig, SegmentedDiT
 from seqmix.backbones.layout import VideoLayout
 
 from . import costs
 from .core import Measurement, median, torch_threads
-from .driver import BenchConfig, PointLoop, machine_notes
+from .driver import SIZES, BenchConfig, PointLoop, machine_notes, mixer_bench_config
 from .gates import gate
 from .report import RunInfo, make_doc, markdown_header, pyplot, write_doc
 
@@ -85,7 +86,7 @@ PAPER_63S: dict[str, tuple[float, float]] = {"full_window": (11.0, 12.0), "ttt_m
                                              "gated_deltanet": (1.8, 1.8)}
 MODES = ("fwd", "fwd+bwd")
 MODE_NAMES = {"fwd": "inference (fwd)", "fwd+bwd": "training (fwd+bwd)"}
-_PAPER_SWA_WINDOW, _PAPER_TOKENS_PER_FRAME = 8192, 1350
+_PAPER_TOKENS_PER_FRAME = 1350
 
 
 @dataclass(kw_only=True)
@@ -100,8 +101,11 @@ class DiTBenchConfig(BenchConfig):
         latent_height, latent_width, patch_size: latent grid per frame and patch (tokens per frame = h w / p^2).
         text_len: text tokens per segment.
         in_channels, text_embed_dim, time_embed_dim: input sizes of the DiT.
-        mixer_configs: per-global-layer config overrides; ``swa`` without a window gets the paper's 8192-token
-            window scaled to this grid (8192 / 1350 = 6.07 frames).
+        mixer_sizes: each global layer's sizes: ``defaults`` (its config defaults, the paper's sizes), ``paper``
+            (its class's ``bench_paper_config``, e.g. TTT's scan checkpointing) or ``quick`` (``bench_quick_config``).
+            A window in tokens sized for the paper's videos (the class's ``paper_token_window``, e.g. SWA's 8192
+            tokens = 6.07 frames) is scaled to this grid where neither sets it.
+        mixer_configs: per-global-layer config overrides on top of ``mixer_sizes``.
         gradient_checkpointing: recompute blocks in backward (as the paper's training).
         reduced: the reduced CPU scale (said in every report).
         Shared fields (batch, repeats, budgets, device, dtype, threads, peaks, quick, notes):
@@ -121,6 +125,7 @@ class DiTBenchConfig(BenchConfig):
     in_channels: int = 16
     text_embed_dim: int = 64
     time_embed_dim: int = 64
+    mixer_sizes: str = "defaults"
     mixer_configs: dict[str, dict] = field(default_factory=dict)
     gradient_checkpointing: bool = False
     max_seconds_per_point: float = 20.0
@@ -134,10 +139,7 @@ class DiTBenchConfig(BenchConfig):
         checkpointed every 16 mini-batches (as the paper, to bound training memory)."""
         base = dict(num_layers=1, heads=48, head_dim=64, latent_height=60, latent_width=90, text_len=226,
                     text_embed_dim=4096, time_embed_dim=512, device="cuda", dtype="bfloat16", repeats=3, warmup=1,
-                    max_call_seconds=120.0, reduced=False,
-                    # the paper checkpoints the TTT scan along the sequence; without it 63 s training does not fit
-                    mixer_configs={"ttt_mlp": {"scan_checkpoint_group": 16},
-                                   "ttt_linear": {"scan_checkpoint_group": 16}})
+                    max_call_seconds=120.0, reduced=False, mixer_sizes="paper")
         return cls(**{**base, **kw})
 
     @classmethod
@@ -145,8 +147,7 @@ class DiTBenchConfig(BenchConfig):
         """A seconds-long smoke run (CI): 3 s and 9 s, 1 block of width 32, 4 x 6 latents (6 tokens per frame)."""
         base = dict(durations=[3, 9], num_layers=1, heads=2, head_dim=16, latent_height=4, latent_width=6,
                     text_len=4, text_embed_dim=16, time_embed_dim=16, in_channels=4, repeats=1, warmup=1,
-                    max_seconds_per_point=2.0, max_call_seconds=10.0, threads=1, quick=True,
-                    mixer_configs={"ttt_mlp": {"mini_batch_size": 16}, "mamba2": {"d_state": 16, "chunk_size": 64}})
+                    max_seconds_per_point=2.0, max_call_seconds=10.0, threads=1, quick=True, mixer_sizes="quick")
         return cls(**{**base, **kw})
 
     @property
@@ -158,9 +159,12 @@ class DiTBenchConfig(BenchConfig):
         return (self.latent_height // self.patch_size) * (self.latent_width // self.patch_size)
 
     def mixer_config(self, mixer: str) -> dict:
-        over = dict(self.mixer_configs.get(mixer, {}))
-        if mixer == "swa" and "window" not in over:
-            over["window"] = max(1, round(_PAPER_SWA_WINDOW / _PAPER_TOKENS_PER_FRAME * self.tokens_per_frame))
+        """Config fields of global layer ``mixer`` in this run (sizes preset, overrides, rescaled window)."""
+        over = mixer_bench_config(mixer, self.mixer_sizes, self.mixer_configs)
+        knob = L.mixer_class(mixer).paper_token_window
+        if knob and knob not in over:
+            paper = next(f.default for f in dataclasses.fields(L.config_class(mixer)) if f.name == knob)
+            over[knob] = max(1, round(paper / _PAPER_TOKENS_PER_FRAME * self.tokens_per_frame))
         return over
 
 
@@ -186,6 +190,8 @@ def _check(cfg: DiTBenchConfig) -> None:
         raise ValueError(f"unknown mode(s) {bad}; valid: {', '.join(MODES)}")
     if not hasattr(torch, cfg.dtype) or not isinstance(getattr(torch, cfg.dtype), torch.dtype):
         raise ValueError(f"unknown dtype {cfg.dtype!r} (use e.g. float32, bfloat16)")
+    if cfg.mixer_sizes not in SIZES:
+        raise ValueError(f"unknown mixer_sizes {cfg.mixer_sizes!r}; choose one of {', '.join(SIZES)}")
 
 
 def layout_for(cfg: DiTBenchConfig, seconds: int, variant: str) -> VideoLayout:
@@ -412,10 +418,12 @@ def write_report(res: DiTBenchResult, out_dir: str | Path) -> dict:
     gates = {v: gate("dit", v, mixer=variants().get(v, (None,))[0]) for v in sorted({m.name for m in res.records})}
     doc = make_doc("dit", res.run, cfg, res.records, summarize(res.records), res.peaks, gates, res.notes)
     scale = "REDUCED CPU scale" if cfg.reduced else "paper-like scale"
+    globals_ = sorted({variants()[m.name][0] for m in res.records if variants().get(m.name, (None,))[0]})
+    mixers = {m: c for m in globals_ if (c := cfg.mixer_config(m))}
     sizes = (f"SegmentedDiT, {scale}: {cfg.num_layers} block(s), width {cfg.dim} ({cfg.heads} x {cfg.head_dim}), "
              f"latents {cfg.latent_height} x {cfg.latent_width} / patch {cfg.patch_size} = {cfg.tokens_per_frame} "
              f"tokens per frame, {cfg.text_len} text tokens per segment, batch {cfg.batch}, {cfg.dtype}; global-layer "
-             f"overrides {({m: cfg.mixer_config(m) for m in ('swa',)} | cfg.mixer_configs)}; median of up to "
+             f"configs ({cfg.mixer_sizes} sizes) {mixers or 'none'}; median of up to "
              f"{cfg.repeats} timed calls after {cfg.warmup} warm-up.\n\n")
     md = markdown_header("DiT efficiency benchmark (paper's efficiency study in kind)", doc) + sizes + \
         markdown_table(res) + "\n"

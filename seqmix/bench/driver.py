@@ -16,13 +16,19 @@ from typing import Callable
 
 import torch
 
+from seqmix import layers as L
+
 from .core import (Measurement, SeriesBudget, combine_peaks, measure, measure_peaks, median, memory_budget,
                    record_failure, roofline)
 from .report import RunInfo, start_run
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BenchConfig", "PointLoop", "machine_notes"]
+__all__ = ["BenchConfig", "PointLoop", "machine_notes", "mixer_bench_config", "SIZES"]
+
+#: Benchmark size presets of a layer -> the :class:`~seqmix.layers.Mixer` class attribute that holds its config
+#: fields for that preset ("defaults": none, the config defaults, i.e. the paper's sizes).
+SIZES = {"defaults": None, "bench": "bench_config", "quick": "bench_quick_config", "paper": "bench_paper_config"}
 
 
 @dataclass(kw_only=True)
@@ -126,6 +132,15 @@ class PointLoop:
             self.peaks = combine_peaks(self.peaks, measure_peaks(self.device, quick=self.cfg.quick))
         for rec in self.records:
             roofline(rec, self.peaks)
+
+
+def mixer_bench_config(name: str, sizes: str, overrides: dict[str, dict]) -> dict:
+    """Config fields of registry layer ``name`` in a benchmark run: what its class declares for the preset
+    ``sizes`` (a key of :data:`SIZES`), then the run's own ``overrides[name]`` on top."""
+    if sizes not in SIZES:
+        raise ValueError(f"unknown layer sizes preset {sizes!r}; choose one of {', '.join(SIZES)}")
+    attr = SIZES[sizes]
+    return {**(getattr(L.mixer_class(name), attr) if attr else {}), **overrides.get(name, {})}
 
 
 def machine_notes(loop: PointLoop) -> list[str]:

@@ -1,8 +1,8 @@
 """Which correctness tests gate which benchmark entry (fla's benchmark-registry convention).
 
 A timing is only meaningful for code that computes the right thing: every benchmark record carries, in its
-``gate`` field, the pytest node ids that must pass for that (suite, entry, backend, mode). Run them with
-``pytest $(python -c "from seqmix.bench.gates import gate; print(' '.join(gate('layers', 'mamba2')))")``.
+``gate`` field, the pytest node ids that must pass for that (suite, entry, backend, mode): pass them to ``pytest``
+as they are (``gate('layers', 'mamba2')`` gives the same list).
 
 A layer's own gates are declared on its class (``Mixer.gates`` on every backend, ``Mixer.backend_gates`` per
 backend); the shared contract tests of the layer are always added. :data:`GATES` holds the entries that are no

@@ -1,6 +1,7 @@
-"""Run the GPU kit's stages (``scripts/gpu_check.sh`` calls this after installing the wheelhouse).
+"""Run the GPU kit's stages (:func:`run_check`; its command line, which ``scripts/gpu_check.sh`` calls after
+installing the wheelhouse, is :mod:`seqmix.bench.gpu_check_cli`):
 
-    python -m seqmix.bench.gpu_check [--out DIR] [--stages a,b] [--dry-run] [--wheelhouse DIR] [--command STR]
+    python -m seqmix.bench.gpu_check_cli [--out DIR] [--stages a,b] [--dry-run] [--wheelhouse DIR] [--command STR]
 
 Each stage of :data:`seqmix.bench.gpu_kit.STAGES` runs as its own process group under its own wall-clock budget;
 its output goes to one combined log. ``--out`` receives at most ``len(STAGES) + 3`` files, one folder level:
@@ -12,17 +13,16 @@ its output goes to one combined log. ``--out`` receives at most ``len(STAGES) + 
     <stage>.json  the stage's result document (benchmark document, or the test summary)
 
 ``--dry-run`` (CPU, seconds): checks the wheelhouse (when ``--wheelhouse`` exists), resolves every stage and runs
-its CPU smoke variant through the same code: argument parsing, documents, validation, summary. This module is the
-command-line layer: it prints.
+its CPU smoke variant through the same code: argument parsing, documents, validation, summary.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import importlib.metadata
 import importlib.util
 import json
+import logging
 import os
 import platform
 import shlex
@@ -34,9 +34,12 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Callable
 
 from seqmix.bench import gpu_kit
 from seqmix.bench.schema import SchemaError, validate
+
+logger = logging.getLogger(__name__)
 
 KIT_SCHEMA = "seqmix.gpu-check/v1"
 TESTS_SCHEMA = "seqmix.gpu-check.tests/v1"
@@ -305,55 +308,44 @@ def summary_table(kit: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="gpu_check", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="runs/gpu-check", help="output directory (default runs/gpu-check)")
-    ap.add_argument("--stages", default=",".join(s.name for s in gpu_kit.STAGES),
-                    help=f"comma-separated subset of: {', '.join(s.name for s in gpu_kit.STAGES)}")
-    ap.add_argument("--dry-run", action="store_true", help="CPU: check and smoke-run every stage")
-    ap.add_argument("--wheelhouse", default=None, help="wheelhouse directory to check (default .gpu-wheels)")
-    ap.add_argument("--command", default=None, help="the command line as typed (recorded)")
-    ap.add_argument("--budget-scale", type=float, default=1.0, help="multiply every stage budget (e.g. 2 for a rerun)")
-    args = ap.parse_args(argv)
-    stages = gpu_kit.stage_by_name([s for s in args.stages.split(",") if s])
-    out = Path(args.out)
+class NoCudaDevice(RuntimeError):
+    """A GPU run was asked for where torch sees no CUDA device."""
+
+
+def run_check(stages: list[gpu_kit.Stage], out: Path, *, dry_run: bool = False, wheelhouse: Path | None = None,
+              command: str = "", budget_scale: float = 1.0,
+              progress: Callable[[str], None] = logger.info) -> dict:
+    """Run ``stages`` into ``out`` (kit.json after every stage, log.txt, one <stage>.json each, summary.md) and
+    return the kit document; ``progress`` receives one line when a stage starts and when it ends. Entries of an
+    earlier run in ``out`` for stages not run now are kept (:func:`previous_stages`). Raises
+    :class:`NoCudaDevice` for a GPU run (``dry_run=False``) where torch sees no CUDA device."""
     out.mkdir(parents=True, exist_ok=True)
-    kept = previous_stages(out, args.dry_run, [s.name for s in stages])
+    kept = previous_stages(out, dry_run, [s.name for s in stages])
     for old in [out / f"{s.name}.json" for s in stages] + [out / "summary.md"]:
         old.unlink(missing_ok=True)  # no stale document of a stage that runs now
     if not kept:
         for old in list(out.glob("*.json")) + [out / "log.txt"]:
             old.unlink(missing_ok=True)
-    wheelhouse = check_wheelhouse(Path(args.wheelhouse) if args.wheelhouse else ROOT / ".gpu-wheels")
+    wheelhouse_doc = check_wheelhouse(wheelhouse if wheelhouse else ROOT / ".gpu-wheels")
     env = environment()
-    if not args.dry_run and not env["cuda_available"]:
-        print("error: no CUDA device visible to torch; use --dry-run on a CPU machine", file=sys.stderr)
-        return 2
+    if not dry_run and not env["cuda_available"]:
+        raise NoCudaDevice("no CUDA device visible to torch; use --dry-run on a CPU machine")
     notes = kit_notes(env)
     kit = {"schema": KIT_SCHEMA, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-           "command": args.command or shlex.join([sys.executable, "-m", "seqmix.bench.gpu_check",
-                                                  *(sys.argv[1:] if argv is None else argv)]),
-           "dry_run": args.dry_run, "environment": env, "wheelhouse": wheelhouse, "notes": notes,
+           "command": command, "dry_run": dry_run, "environment": env, "wheelhouse": wheelhouse_doc, "notes": notes,
            "tolerances": gpu_kit.TOLERANCES, "contract_plan": gpu_kit.contract_plan(), "stages": kept, "ok": False}
     order = [s.name for s in gpu_kit.STAGES]
     t0 = time.time()
     with open(out / "log.txt", "a" if kept else "w") as log:
         log.write(f"gpu check: {kit['command']}\n{json.dumps(env, indent=1)}\n")
         for stage in stages:
-            print(f"[gpu-check] stage {stage.name} (budget {stage.budget_s * args.budget_scale:.0f} s) ...", flush=True)
-            entry = run_stage(stage, out, log, args.dry_run, notes, args.budget_scale)
-            print(f"[gpu-check] stage {stage.name}: {entry['status']} in {entry['seconds']} s", flush=True)
+            progress(f"[gpu-check] stage {stage.name} (budget {stage.budget_s * budget_scale:.0f} s) ...")
+            entry = run_stage(stage, out, log, dry_run, notes, budget_scale)
+            progress(f"[gpu-check] stage {stage.name}: {entry['status']} in {entry['seconds']} s")
             kit["stages"] = [e for e in kit["stages"] if e["name"] != stage.name] + [entry]
             kit["stages"].sort(key=lambda e: order.index(e["name"]) if e["name"] in order else len(order))
             kit["seconds"] = round(time.time() - t0, 1)
-            kit["ok"] = all(s["status"] == "ok" for s in kit["stages"]) and not wheelhouse["problems"]
+            kit["ok"] = all(s["status"] == "ok" for s in kit["stages"]) and not wheelhouse_doc["problems"]
             _write_json(out / "kit.json", kit)  # after every stage: a killed run still leaves what it did
-    table = summary_table(kit)
-    (out / "summary.md").write_text(table + "\n")
-    print(f"\nwrote {out}/: {', '.join(sorted(p.name for p in out.iterdir()))} (log: {out / 'log.txt'})\n")
-    print(table)
-    return 0 if kit["ok"] else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    (out / "summary.md").write_text(summary_table(kit) + "\n")
+    return kit

@@ -38,7 +38,7 @@ from seqmix import layers as L
 
 from . import costs
 from .core import Measurement, fit_exponent, median, torch_threads
-from .driver import BenchConfig, PointLoop, machine_notes
+from .driver import SIZES, BenchConfig, PointLoop, machine_notes, mixer_bench_config
 from .gates import gate
 from .report import RunInfo, make_doc, markdown_header, pyplot, write_doc
 
@@ -50,12 +50,6 @@ __all__ = ["LayerBenchConfig", "LayerBenchResult", "run_layer_bench", "summarize
 MODES = ("fwd", "fwd+bwd", "decode", "decode-frame")
 #: Backends that are plain PyTorch and can be timed on CPU; every other backend is a Triton / CUDA path.
 CPU_TIMEABLE = ("torch", "sdpa", "naive")
-#: Windows scaled to the CPU lengths (<= 16k): the paper's 8192 / 18048-token windows would cover most of the
-#: sequence there and hide the linear growth. GPU defaults use the paper's windows.
-CPU_LAYER_CONFIGS: dict[str, dict] = {"swa": {"window": 1024}, "local_attn": {"window": 2048}}
-QUICK_LAYER_CONFIGS: dict[str, dict] = {"ttt_mlp": {"mini_batch_size": 16}, "ttt_linear": {"mini_batch_size": 16},
-                                        "swa": {"window": 32}, "local_attn": {"window": 64},
-                                        "mamba2": {"chunk_size": 64, "d_state": 32}}
 
 
 @dataclass(kw_only=True)
@@ -72,9 +66,14 @@ class LayerBenchConfig(BenchConfig):
         backends: ``["all"]`` every non-reference backend of a layer; ``["auto"]`` only the automatic choice;
             ``["reference"]`` adds the reference twins (``naive``); any other entry is a backend name, used where
             a layer has it. Backends that cannot run here are recorded as skipped with the reason.
-        decode_steps: timed one-token steps per decode call; decode_frames / frame_tokens likewise for frames.
+        decode_steps: timed one-token steps per decode call.
+        decode_frames: timed one-frame steps per decode-frame call.
+        frame_tokens: tokens per decode-frame step (CUDA: 1350, one CogVideoX latent frame).
         fit_points: longest measured lengths used for the growth-exponent fit.
-        layer_configs: per-layer config overrides, e.g. ``{"ttt_mlp": {"mini_batch_size": 16}}``.
+        layer_sizes: each layer's sizes: ``bench`` (its class's ``bench_config``: e.g. windows scaled to the CPU
+            lengths), ``quick`` (``bench_quick_config``) or ``defaults`` (its config defaults, the paper's sizes).
+        layer_configs: per-layer config overrides on top of ``layer_sizes``, e.g.
+            ``{"ttt_mlp": {"mini_batch_size": 16}}``.
     """
 
     layers: list[str] | None = None
@@ -87,7 +86,8 @@ class LayerBenchConfig(BenchConfig):
     decode_frames: int = 2
     frame_tokens: int = 256
     fit_points: int = 3
-    layer_configs: dict[str, dict] = field(default_factory=lambda: {k: dict(v) for k, v in CPU_LAYER_CONFIGS.items()})
+    layer_sizes: str = "bench"
+    layer_configs: dict[str, dict] = field(default_factory=dict)
 
     @classmethod
     def gpu(cls, **kw) -> "LayerBenchConfig":
@@ -95,7 +95,7 @@ class LayerBenchConfig(BenchConfig):
         tokens, paper windows (SWA 8192, local 18048), one video frame (1350 tokens) per decode-frame call."""
         base = dict(lengths=[1024, 4096, 16384, 65536, 131072, 262144, 341550], dim=3072, heads=48,
                     dtype="bfloat16", device="cuda", frame_tokens=1350, decode_steps=32, decode_frames=4,
-                    repeats=5, warmup=2, max_call_seconds=60.0, layer_configs={})
+                    repeats=5, warmup=2, max_call_seconds=60.0, layer_sizes="defaults")
         return cls(**{**base, **kw})
 
     @classmethod
@@ -103,7 +103,7 @@ class LayerBenchConfig(BenchConfig):
         """A seconds-long smoke run (CI): T in {64, 128, 256}, width 64, small windows and mini-batches."""
         base = dict(lengths=[64, 128, 256], dim=64, heads=2, repeats=2, warmup=1, max_seconds_per_point=2.0,
                     max_call_seconds=10.0, decode_steps=4, decode_frames=2, frame_tokens=32, fit_points=3,
-                    layer_configs={k: dict(v) for k, v in QUICK_LAYER_CONFIGS.items()}, threads=1, quick=True)
+                    layer_sizes="quick", threads=1, quick=True)
         return cls(**{**base, **kw})
 
 
@@ -134,12 +134,14 @@ def _check(cfg: LayerBenchConfig) -> list[str]:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got {cfg.repeats}, {cfg.warmup}")
     if cfg.decode_steps < 1 or cfg.decode_frames < 1 or cfg.frame_tokens < 1:
         raise ValueError("decode_steps, decode_frames and frame_tokens must be >= 1")
+    if cfg.layer_sizes not in SIZES:
+        raise ValueError(f"unknown layer_sizes {cfg.layer_sizes!r}; choose one of {', '.join(SIZES)}")
     torch.device(cfg.device)  # raises for a bad device string
     return names
 
 
 def _build(name: str, cfg: LayerBenchConfig, backend: str, causal: bool | None) -> L.Mixer:
-    over = dict(cfg.layer_configs.get(name, {}))
+    over = mixer_bench_config(name, cfg.layer_sizes, cfg.layer_configs)
     if causal is not None and causal in L.mixer_class(name).causal_modes:
         over["causal"] = causal
     torch.manual_seed(0)
@@ -447,8 +449,10 @@ def write_report(res: LayerBenchResult, out_dir: str | Path) -> dict:
     gates = {n: gate("layers", n) for n in sorted({m.name for m in res.records})}
     doc = make_doc("layers", res.run, cfg, res.records, summarize(res.records, cfg.fit_points), res.peaks, gates,
                    res.notes)
-    sizes = (f"Width {cfg.dim}, {cfg.heads} heads, batch {cfg.batch}, {cfg.dtype}; layer overrides "
-             f"{cfg.layer_configs or 'none'}; median of up to {cfg.repeats} timed calls after {cfg.warmup} warm-up "
+    over = {n: c for n in sorted({m.name for m in res.records})
+            if (c := mixer_bench_config(n, cfg.layer_sizes, cfg.layer_configs))}
+    sizes = (f"Width {cfg.dim}, {cfg.heads} heads, batch {cfg.batch}, {cfg.dtype}; layer configs ({cfg.layer_sizes} "
+             f"sizes) {over or 'none'}; median of up to {cfg.repeats} timed calls after {cfg.warmup} warm-up "
              f"(at most {cfg.max_seconds_per_point:.0f} s of timed calls per point; points predicted over "
              f"{cfg.max_call_seconds:.0f} s per call are skipped); decode: {cfg.decode_steps} one-token steps, "
              f"decode-frame: {cfg.decode_frames} calls of {cfg.frame_tokens} tokens. Peak memory: "

@@ -71,6 +71,7 @@ class RolloutBenchConfig:
         model_overrides: other :class:`WorldModelConfig` fields for every model (``dim``, ``depth``, ``grid``,
             ``window_frames``, ``chunk_frames``, ``blocks``, ...).
         mixer_configs: per registry name config overrides, e.g. ``{"blockwise_ssm": {"d_state": 16}}``.
+        warmup_frames: untimed frames generated first, on a throwaway state (lazy initialisation).
         num_actions: discrete actions (Memory Maze: 6); random actions drive the rollout.
         num_steps: DDIM steps per frame.
         window: frames per record; the first and last windows give the ratios.
@@ -81,7 +82,12 @@ class RolloutBenchConfig:
             model whose state grows (full-context attention: a KV cache of megabytes) evict the caches of the
             others, so their later frames look slower: measured 1.4-1.5x last/first time ratios for the
             constant-state models next to the full-context Transformer, 0.95-0.96 without it.
-        batch, seed, device, dtype, threads, quick, notes: as the other suites.
+        batch: sequences rolled out together.
+        seed: seed of the weights and the random actions.
+        device, dtype: where and in what precision to run (``cpu``, ``cuda``; ``float32``, ``bfloat16``, ...).
+        threads: torch CPU threads (1 gives steadier timings on a shared machine; None: torch's default).
+        quick: a smoke run: tiny model, a few frames, numbers not meaningful.
+        notes: free-text caveats stored with the results.
     """
 
     models: list[str] = field(default_factory=lambda: list(MODELS))

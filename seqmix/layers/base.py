@@ -223,6 +223,20 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
     #: size a layer to a matched state or parameter budget); None where no such knob exists.
     state_knob: ClassVar[str | None] = None
     param_knob: ClassVar[str | None] = None
+    #: Config fields the benchmark presets use (empty: the config defaults, which are the paper's sizes):
+    #: ``bench_config`` for ``seqmix bench layers`` on CPU (T up to 16k tokens: e.g. windows scaled down so that
+    #: linear growth shows), ``bench_quick_config`` for the smoke runs (``--quick``, T of tens to hundreds of tokens)
+    #: of ``bench layers`` and ``bench dit``, ``bench_paper_config`` for ``bench dit`` at the paper's scale (GPU).
+    #: A run's own per-layer overrides are applied on top (:func:`seqmix.bench.driver.mixer_bench_config`).
+    bench_config: ClassVar[dict[str, Any]] = {}
+    bench_quick_config: ClassVar[dict[str, Any]] = {}
+    bench_paper_config: ClassVar[dict[str, Any]] = {}
+    #: Config field holding a window in tokens sized for the paper's videos (1350 tokens per latent frame); the DiT
+    #: benchmark rescales its default to the benchmark's frame size where the run sets it no other way.
+    paper_token_window: ClassVar[str | None] = None
+    #: Config fields the fast kernels need in the GPU contract tests, over ``small_config`` (whose sizes can be
+    #: smaller than a kernel's tile).
+    kernel_test_config: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, dim: int, num_heads: int, config: MixerConfig):
         super().__init__()

@@ -126,6 +126,8 @@ class Mamba2(Mixer):
     }
     state_knob = "d_state"  # state H P N + (K-1)(E + 2GN) grows with N
     param_knob = "expand"  # every projection grows with E = expand * D
+    bench_quick_config = {"chunk_size": 64, "d_state": 32}
+    kernel_test_config = {"d_state": 16, "chunk_size": 16}  # head dim follows num_heads
 
     @dataclass(kw_only=True)
     class Config(MixerConfig):
