@@ -207,6 +207,9 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
     causal_modes: ClassVar[tuple[bool, ...]] = (False,)
     #: Whether ``forward`` uses ``positions`` (RoPE): backbones pass token positions only to such mixers.
     takes_positions: ClassVar[bool] = False
+    #: Whether ``forward`` uses ``layout``: a :class:`~seqmix.layers.spans.TokenSpans` (frame and segment boundaries
+    #: of the sequence in read order). Backbones that know them (the DiT) pass them only to such mixers.
+    takes_layout: ClassVar[bool] = False
     #: False only for layers that mix no tokens at all (the "no global layer" baseline); comparisons skip them.
     mixes_tokens: ClassVar[bool] = True
     #: True for mixers that read ``x`` as whole frames of a grid set in their config (``grid=(H, W)``, frame-major
