@@ -203,3 +203,16 @@ def test_causal_aligned_chunks_carry_state():
     b, st = layer(x[:, 4:], layout=TokenSpans((0, 2, 5), (0, 5)), state=st, return_state=True)
     assert_close("frame by frame", torch.cat([a, b], 1), full, 1e-12)
     assert st.pending[0].shape[2] == 0
+
+
+def test_benchmarks_time_lact_with_large_chunks():
+    """bench dit aligns LaCT's chunks to the segments (as the t2v recipe); the GPU layers preset (the kit's layers
+    stage) updates once per CogVideoX latent frame (1350 tokens)."""
+    from seqmix.bench.dit import DiTBenchConfig
+    from seqmix.bench.layers import LayerBenchConfig
+
+    for cfg in (DiTBenchConfig(), DiTBenchConfig.gpu(), DiTBenchConfig.quick_config()):
+        over = cfg.mixer_config("lact")
+        assert over["chunk_align"] == "segment" and over["chunk_size"] == cfg.text_len + 12 * cfg.tokens_per_frame
+    assert DiTBenchConfig.gpu().mixer_config("lact")["chunk_size"] == 226 + 12 * 1350
+    assert LayerBenchConfig.gpu().layer_configs["lact"] == {"chunk_size": 1350}

@@ -101,7 +101,8 @@ class DiTBenchConfig(BenchConfig):
         text_len: text tokens per segment.
         in_channels, text_embed_dim, time_embed_dim: input sizes of the DiT.
         mixer_configs: per-global-layer config overrides; ``swa`` without a window gets the paper's 8192-token
-            window scaled to this grid (8192 / 1350 = 6.07 frames).
+            window scaled to this grid (8192 / 1350 = 6.07 frames); ``lact`` without ``chunk_align`` updates once
+            per 3 s segment (``chunk_align="segment"``, as ``recipes/t2v/lact.yaml``).
         gradient_checkpointing: recompute blocks in backward (as the paper's training).
         reduced: the reduced CPU scale (said in every report).
         Shared fields (batch, repeats, budgets, device, dtype, threads, peaks, quick, notes):
@@ -161,6 +162,10 @@ class DiTBenchConfig(BenchConfig):
         over = dict(self.mixer_configs.get(mixer, {}))
         if mixer == "swa" and "window" not in over:
             over["window"] = max(1, round(_PAPER_SWA_WINDOW / _PAPER_TOKENS_PER_FRAME * self.tokens_per_frame))
+        if mixer == "lact" and "chunk_align" not in over:
+            over["chunk_align"] = "segment"  # chunks aligned to the layout (a fixed chunk_size cannot follow it)
+            # the cost model counts updates per chunk_size tokens: a 3 s segment (its text and 12 frames)
+            over.setdefault("chunk_size", self.text_len + 12 * self.tokens_per_frame)
         return over
 
 
