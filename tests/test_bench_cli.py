@@ -72,9 +72,12 @@ def test_layer_sizes_come_from_the_mixer_class_with_run_overrides_on_top():
     assert mixer_bench_config("ttt_mlp", "paper", {}) == {"scan_checkpoint_group": 16}
     with pytest.raises(ValueError, match="choose one of defaults, bench, quick, paper"):
         mixer_bench_config("swa", "cpu", {})
-    assert LayerBenchConfig().layer_sizes == "bench" and LayerBenchConfig.gpu().layer_sizes == "defaults"
+    assert LayerBenchConfig().layer_sizes == "bench" and LayerBenchConfig.gpu().layer_sizes == "paper"
     # the DiT rescales a paper-sized token window (SWA's 8192 tokens = 6.07 frames of 1350) to its own frames
     dit = DiTBenchConfig()
     assert dit.mixer_config("swa") == {"window": round(8192 / 1350 * dit.tokens_per_frame)}
     assert DiTBenchConfig.gpu().mixer_config("swa") == {"window": 8192}
     assert DiTBenchConfig(mixer_configs={"swa": {"window": 7}}).mixer_config("swa") == {"window": 7}
+    # a class's dit_config applies under every preset (LaCT: chunks follow the 3 s segments), run overrides on top
+    assert dit.mixer_config("lact")["chunk_align"] == "segment"
+    assert DiTBenchConfig.gpu().mixer_config("lact") == {"chunk_align": "segment", "chunk_size": 1350}

@@ -58,6 +58,54 @@ def test_chunked_form_equals_per_token_twin(case, T):
         assert_close(f"grad[{i}]", a, b, 1e-9)
 
 
+#: Ragged chunks like a video's: a 13-frame segment, then 12-frame ones (here 4 + 3 + 3 tokens, then a 1-token chunk).
+RAGGED = (0, 4, 7, 10, 11)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_ragged_chunk_bounds_equal_per_token_twin(case):
+    """Explicit chunk boundaries of unequal lengths: outputs, state and every gradient against the twin (fp64)."""
+    case = dict(case)
+    use_mom = case.pop("momentum")
+    q, k, v, lrs, mom, state = _inputs(RAGGED[-1], use_mom, seed=5)
+    leaves = [q, k, v, *lrs, *state] + ([mom] if use_mom else [])
+    for x in leaves:
+        x.requires_grad_(True)
+    results = []
+    for fn in (lact_scan, lact_scan_naive):
+        o, st = fn(q, k, v, *lrs, state, chunk_bounds=RAGGED, momentum=mom, **case)
+        loss = (o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum() + sum(
+            (s * s).sum() for s in st)
+        results.append((o, st, torch.autograd.grad(loss, leaves)))
+    (o1, s1, g1), (o2, s2, g2) = results
+    assert_close("o", o1, o2, 1e-10)
+    for i, (a, b) in enumerate(zip(s1, s2)):
+        assert_close(f"state[{i}]", a, b, 1e-10)
+    for i, (a, b) in enumerate(zip(g1, g2)):
+        assert_close(f"grad[{i}]", a, b, 1e-9)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_chunk_bounds_match_chunk_size_and_split_at_their_boundaries(causal):
+    """Bounds at multiples of C equal chunk_size=C (T a multiple of C); ragged chunks differ from fixed ones and
+    a ragged scan resumes from its state at a chunk boundary (every explicit chunk is complete)."""
+    q, k, v, lrs, mom, state = _inputs(12, momentum=False, seed=7)
+    kw = dict(causal=causal, muon_steps=5)
+    a, sa = lact_scan(q, k, v, *lrs, state, chunk_size=4, **kw)
+    b, sb = lact_scan(q, k, v, *lrs, state, chunk_bounds=(0, 4, 8, 12), **kw)
+    assert torch.equal(a, b) and all(torch.equal(x, y) for x, y in zip(sa, sb))
+    c, _ = lact_scan(q, k, v, *lrs, state, chunk_bounds=(0, 5, 8, 12), **kw)
+    assert not torch.allclose(a, c)
+    full, st_full = lact_scan(q, k, v, *lrs, state, chunk_bounds=(0, 5, 8, 12), **kw)
+    x, st = lact_scan(q[:, :, :5], k[:, :, :5], v[:, :, :5], *(t[:, :, :5] for t in lrs), state,
+                      chunk_bounds=(0, 5), **kw)
+    y, st2 = lact_scan(q[:, :, 5:], k[:, :, 5:], v[:, :, 5:], *(t[:, :, 5:] for t in lrs), st,
+                       chunk_bounds=(0, 3, 7), **kw)
+    assert_close("o", torch.cat([x, y], 2), full, 1e-12)
+    for u, w in zip(st2, st_full):
+        assert_close("state", u, w, 1e-12)
+
+
 def test_hand_derived_update_one_chunk_no_muon():
     """w0 = w1 = w2 = I (K = F = 2), one token k = e1, v = (1, 1), Muon and renormalisation off.
 
@@ -121,3 +169,10 @@ def test_bad_inputs():
         lact_scan(q, k, v, *lrs, state, chunk_size=2, causal=True, momentum=lrs[0])
     with pytest.raises(ValueError, match="chunk_size"):
         lact_scan(q, k, v, *lrs, state, chunk_size=0, causal=True)
+    with pytest.raises(ValueError, match="exactly one of chunk_size"):
+        lact_scan(q, k, v, *lrs, state, causal=True)
+    with pytest.raises(ValueError, match="exactly one of chunk_size"):
+        lact_scan_naive(q, k, v, *lrs, state, chunk_size=2, chunk_bounds=(0, 5), causal=True)
+    for bad in [(0, 3), (1, 5), (0, 3, 3, 5), (0, 2.0, 5)]:
+        with pytest.raises(ValueError, match="chunk_bounds must be strictly increasing"):
+            lact_scan(q, k, v, *lrs, state, chunk_bounds=bad, causal=False)

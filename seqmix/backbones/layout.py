@@ -44,6 +44,8 @@ from typing import ClassVar, NamedTuple, Sequence
 
 import torch
 
+from seqmix.layers.spans import TokenSpans
+
 __all__ = ["VideoLayout", "LayoutIndex"]
 
 
@@ -248,6 +250,28 @@ class VideoLayout:
     def is_text(self) -> torch.Tensor:
         """``[S L + F N]`` bool, True at text tokens, in interleaved order."""
         return self.index().is_text
+
+    def token_spans(self) -> TokenSpans:
+        """Frame and segment boundaries of the interleaved order, for mixers that chunk by them (``takes_layout``).
+
+        Segment span ``i``: text slot ``i`` and the frames segment ``i`` owns (13 frames for the first segment, 12
+        for the others). Frame span: one latent frame, the first frame of a segment with that segment's text in
+        front of it (text is read first and belongs to the frames it describes).
+
+        The reversed order (:meth:`reverse`) has the SAME boundaries: it keeps the text slots in place and flips the
+        video frame by frame into the same slots, so its segment span ``i`` is text ``S-1-i`` with the frames of window
+        ``S-1-i`` that the reversed pass reaches first (the shared frame goes with the segment read first, the mirror
+        of the forward ownership) and its frame spans are whole frames.
+        """
+        L, N = self.text_len, self.tokens_per_frame
+        frames, segments, pos = [0], [0], 0
+        for i in range(self.num_segments):
+            f0, f1 = self.owned_frames(i)
+            for j in range(f1 - f0):
+                pos += N + (L if j == 0 else 0)
+                frames.append(pos)
+            segments.append(pos)
+        return TokenSpans(tuple(frames), tuple(segments))
 
     # ------------------------------------------------------------------------------------ order changes
     def _check_len(self, x: torch.Tensor, dim: int, what: str) -> int:

@@ -105,7 +105,8 @@ class DiTBenchConfig(BenchConfig):
             (its class's ``bench_paper_config``, e.g. TTT's scan checkpointing) or ``quick`` (``bench_quick_config``).
             A window in tokens sized for the paper's videos (the class's ``paper_token_window``, e.g. SWA's 8192
             tokens = 6.07 frames) is scaled to this grid where neither sets it.
-        mixer_configs: per-global-layer config overrides on top of ``mixer_sizes``.
+        mixer_configs: per-global-layer config overrides on top of ``mixer_sizes``. A class's ``dit_config`` (e.g.
+            LaCT's chunks aligned to the 3 s segments, as ``recipes/t2v/lact.yaml``) applies under every preset.
         gradient_checkpointing: recompute blocks in backward (as the paper's training).
         reduced: the reduced CPU scale (said in every report).
         Shared fields (batch, repeats, budgets, device, dtype, threads, peaks, quick, notes):
@@ -160,7 +161,7 @@ class DiTBenchConfig(BenchConfig):
 
     def mixer_config(self, mixer: str) -> dict:
         """Config fields of global layer ``mixer`` in this run (sizes preset, overrides, rescaled window)."""
-        over = mixer_bench_config(mixer, self.mixer_sizes, self.mixer_configs)
+        over = {**L.mixer_class(mixer).dit_config, **mixer_bench_config(mixer, self.mixer_sizes, self.mixer_configs)}
         knob = L.mixer_class(mixer).paper_token_window
         if knob and knob not in over:
             paper = next(f.default for f in dataclasses.fields(L.config_class(mixer)) if f.name == knob)

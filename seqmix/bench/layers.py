@@ -92,10 +92,12 @@ class LayerBenchConfig(BenchConfig):
     @classmethod
     def gpu(cls, **kw) -> "LayerBenchConfig":
         """Paper scale on one GPU: width 3072, 48 heads (head dim 64), bf16, T from 1k to the 63 s video's 341,550
-        tokens, paper windows (SWA 8192, local 18048), one video frame (1350 tokens) per decode-frame call."""
+        tokens, paper windows (SWA 8192, local 18048), one video frame (1350 tokens) per decode-frame call, each
+        layer's ``bench_paper_config`` (e.g. LaCT's large chunk at video scale: one CogVideoX latent frame, 1350
+        tokens, per fast-weight update)."""
         base = dict(lengths=[1024, 4096, 16384, 65536, 131072, 262144, 341550], dim=3072, heads=48,
                     dtype="bfloat16", device="cuda", frame_tokens=1350, decode_steps=32, decode_frames=4,
-                    repeats=5, warmup=2, max_call_seconds=60.0, layer_sizes="defaults")
+                    repeats=5, warmup=2, max_call_seconds=60.0, layer_sizes="paper")
         return cls(**{**base, **kw})
 
     @classmethod

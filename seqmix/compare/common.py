@@ -109,7 +109,7 @@ def _check_layers(names: list, allow_none: bool) -> None:
 def _fit_recipe(recipe_args: list[str], overrides: list[str], max_steps: int | None):
     """Train one run (``--config`` arguments + overrides) through the same LightningCLI path as ``seqmix fit``;
     returns (cli, train seconds, validation metrics)."""
-    from seqmix.cli import run_lightning
+    from seqmix.lightning_cli import run_lightning
 
     args = [*recipe_args, *overrides,
             "--trainer.logger=false", "--trainer.enable_checkpointing=false",

@@ -207,6 +207,9 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
     causal_modes: ClassVar[tuple[bool, ...]] = (False,)
     #: Whether ``forward`` uses ``positions`` (RoPE): backbones pass token positions only to such mixers.
     takes_positions: ClassVar[bool] = False
+    #: Whether ``forward`` uses ``layout``: a :class:`~seqmix.layers.spans.TokenSpans` (frame and segment boundaries
+    #: of the sequence in read order). Backbones that know them (the DiT) pass them only to such mixers.
+    takes_layout: ClassVar[bool] = False
     #: False only for layers that mix no tokens at all (the "no global layer" baseline); comparisons skip them.
     mixes_tokens: ClassVar[bool] = True
     #: True for mixers that read ``x`` as whole frames of a grid set in their config (``grid=(H, W)``, frame-major
@@ -237,6 +240,9 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
     #: Config fields the fast kernels need in the GPU contract tests, over ``small_config`` (whose sizes can be
     #: smaller than a kernel's tile).
     kernel_test_config: ClassVar[dict[str, Any]] = {}
+    #: Config fields the DiT benchmark gives this mixer as the global layer under every size preset (e.g. chunks
+    #: taken from the video layout, which only the DiT provides).
+    dit_config: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, dim: int, num_heads: int, config: MixerConfig):
         super().__init__()

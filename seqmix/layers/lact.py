@@ -16,6 +16,13 @@ its queries read the updated weights. Causal: each chunk reads the weights from 
 so a token never sees its own chunk: pair the layer with window attention (the DiT's local attention, or a
 hybrid ``swa`` / ``lact`` stack in ``MixerLM``) for precision inside a chunk, as LaCT does.
 
+Chunks: ``chunk_size`` tokens each, or (``chunk_align="frame"`` / ``"segment"``) the frames or segments of the
+sequence, read from the :class:`~seqmix.layers.spans.TokenSpans` a backbone passes as ``layout`` (the class declares
+``takes_layout``). In the segmented DiT a segment chunk is a segment's text slot followed by its frames, and a frame
+chunk is one latent frame, the first frame of a segment with that segment's text in front of it: text is read
+first and updates the fast weights together with the frames it describes. The 3 s segments differ in length (13
+latent frames for the first, 12 for the others), so a fixed ``chunk_size`` could not follow them.
+
 Parameters (dim D, H heads, head dim K, hidden width F = ``inter_multi`` K): ``3 D H K`` (Q/K/V), ``H K D``
 (output), ``3 D H`` (+``D H`` with momentum) rates, ``H K`` norm, and the initial fast weights ``3 H F K``.
 State per sequence: ``3 H F K`` fast weights (+ as many momentum elements).
@@ -35,6 +42,7 @@ from seqmix.ops import lact as lact_ops
 
 from .base import Backend, Mixer, MixerConfig, register
 from .cost import FP32_BYTES, Cost
+from .spans import TokenSpans
 
 __all__ = ["LaCT", "LaCTState"]
 
@@ -67,7 +75,13 @@ class LaCT(Mixer):
         Backend("naive", lact_ops.lact_scan_naive, reference=True),
     )
     causal_modes = (False, True)
+    takes_layout = True
     small_config = {"chunk_size": 4, "inter_multi": 1.5, "momentum": True}
+    # Paper-scale benchmarks: one CogVideoX latent frame (1350 tokens) per update where no layout is given (bench
+    # layers); in the DiT the chunks follow the 3 s segments, as recipes/t2v/lact.yaml (chunk_size then only sets
+    # how the cost model counts updates).
+    bench_paper_config = {"chunk_size": 1350}
+    dit_config = {"chunk_align": "segment"}
     gates = ("tests/test_lact_ops.py", "tests/test_lact.py")
     state_knob = "inter_multi"
     param_knob = "inter_multi"
@@ -78,7 +92,11 @@ class LaCT(Mixer):
 
         Attributes:
             causal: causal (apply-then-update) form with carried state, or the non-causal video form.
-            chunk_size: tokens per fast-weight update (LaCT's LM: 2048; AR video: 3 latent frames).
+            chunk_size: tokens per fast-weight update (LaCT's LM: 2048; AR video: 3 latent frames). With
+                ``chunk_align`` other than ``"tokens"`` the layout sets the chunks and ``chunk_size`` is only the
+                typical chunk the cost model counts updates with (e.g. a frame's tokens).
+            chunk_align: ``"tokens"`` (chunks of ``chunk_size``), ``"frame"`` or ``"segment"`` (the layout's
+                frames / segments; every call then needs ``layout=TokenSpans(...)``, which the DiT passes).
             head_dim: fast-weight head dim K; default ``dim // num_heads``.
             inter_multi: hidden width of the SwiGLU fast weights over K (``F = inter_multi * K``).
             base_lr: the per-token rates' value at a zero projection (``softplus`` parameterisation).
@@ -91,6 +109,7 @@ class LaCT(Mixer):
 
         causal: bool = False
         chunk_size: int = 2048
+        chunk_align: str = "tokens"
         head_dim: int | None = None
         inter_multi: float = 1.0
         base_lr: float = 1e-2
@@ -109,6 +128,8 @@ class LaCT(Mixer):
             raise ValueError(f"head_dim must be a positive int, got {K!r}")
         if not isinstance(c.chunk_size, int) or c.chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int, got {c.chunk_size!r}")
+        if c.chunk_align not in ("tokens",) + TokenSpans.UNITS:
+            raise ValueError(f"chunk_align must be one of tokens, {', '.join(TokenSpans.UNITS)}; got {c.chunk_align!r}")
         Fw = int(round(K * c.inter_multi))
         if Fw < 1:
             raise ValueError(f"inter_multi={c.inter_multi} gives a fast-weight width of {Fw}; it must be >= 1")
@@ -144,7 +165,8 @@ class LaCT(Mixer):
     def core_cost(self, n: int, ctx: int, batch: int, elem: int) -> Cost:
         """Per head and token: ``4 K F`` (f(k)), ``8 K F`` (update), ``6 K F`` (read-out); per update, Newton-Schulz
         on the three weights (``4 m^2 M + 2 m^3`` per step, ``m, M`` the smaller and larger of K, F). A causal call
-        after ``p`` pending tokens re-feeds them (as the layer does); only complete chunks update there."""
+        after ``p`` pending tokens re-feeds them (as the layer does); only complete chunks update there. With
+        ``chunk_align`` the chunks come from the call's layout: updates are counted for chunks of ``chunk_size``."""
         c = self.config
         H, K, F_, C = self.num_heads, self.head_dim, self.hidden, c.chunk_size
         m = (ctx % C if self.causal else 0) + n  # tokens the scan runs over
@@ -158,7 +180,8 @@ class LaCT(Mixer):
 
     def extra_repr(self) -> str:
         c = self.config
-        return (f"{super().extra_repr()}, head_dim={self.head_dim}, hidden={self.hidden}, chunk_size={c.chunk_size}, "
+        chunks = f"chunk_size={c.chunk_size}" if c.chunk_align == "tokens" else f"chunk_align={c.chunk_align}"
+        return (f"{super().extra_repr()}, head_dim={self.head_dim}, hidden={self.hidden}, {chunks}, "
                 f"muon={c.muon}, renorm={c.renorm}, momentum={c.momentum}")
 
     # ------------------------------------------------------------------------------------------------ forward
@@ -184,9 +207,23 @@ class LaCT(Mixer):
         ws = tuple(w.to(acc).unsqueeze(0).expand(B, *w.shape) for w in (self.w0, self.w1, self.w2))
         return ws + (tuple(torch.zeros_like(w) for w in ws) if self.config.momentum else ())
 
+    def _chunk_bounds(self, layout, T: int) -> tuple[int, ...] | None:
+        """The chunk boundaries of a call on ``T`` tokens (None: chunks of ``chunk_size``)."""
+        align = self.config.chunk_align
+        if layout is not None and not isinstance(layout, TokenSpans):
+            raise TypeError(f"{self.name}: layout must be a seqmix.layers.spans.TokenSpans (frame / segment "
+                            f"boundaries) or None, got {type(layout).__name__}")
+        if align == "tokens":
+            return None  # the spans are not needed: chunks of chunk_size
+        if layout is None:
+            raise ValueError(f"{self.name}: chunk_align={align!r} takes its chunks from the layout's {align}s; pass "
+                             "layout=TokenSpans(...) (the DiT does), or use chunk_align='tokens' with a chunk_size")
+        if layout.total != T:
+            raise ValueError(f"{self.name}: the layout spans {layout.total} tokens, the input has {T}")
+        return layout.bounds(align)
+
     def _forward(self, x, *, layout, positions, state, return_state):
-        if layout is not None:
-            raise ValueError(f"{self.name}: takes no layout (chunks are set by chunk_size); got {type(layout).__name__}")
+        bounds = self._chunk_bounds(layout, x.shape[1])
         if positions is not None:
             raise ValueError(f"{self.name}: takes no positions (LaCT's fast weights need none)")
         c = self.config
@@ -202,10 +239,14 @@ class LaCT(Mixer):
                 inputs = tuple(torch.cat([p, t], dim=2) for p, t in zip((state.pending[0],) + state.pending, inputs))
             else:
                 weights, n_pend = self._initial_state(B, acc), 0
+            if bounds is not None and n_pend:  # aligned calls end on a chunk boundary and leave nothing pending
+                raise ValueError(f"{self.name}: a state with {n_pend} pending tokens cannot continue with aligned "
+                                 "chunks (chunk_align); it came from a chunk_align='tokens' call")
             q, k, v, lr0, lr1, lr2 = inputs[:6]
             mom = inputs[6] if c.momentum else None
-            o, new_weights = scan(q, k, v, lr0, lr1, lr2, weights, chunk_size=c.chunk_size, causal=c.causal,
-                                  momentum=mom, muon_steps=c.muon_steps if c.muon else 0, renorm=c.renorm)
+            chunking = {"chunk_size": c.chunk_size} if bounds is None else {"chunk_bounds": bounds}
+            o, new_weights = scan(q, k, v, lr0, lr1, lr2, weights, **chunking, causal=c.causal, momentum=mom,
+                                  muon_steps=c.muon_steps if c.muon else 0, renorm=c.renorm)
             o = self.o_norm(o[:, :, n_pend:].to(self.o_norm.weight.dtype))  # [B, H, T, K]
         y = self.o_proj(o.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
         new_state = None
@@ -213,7 +254,7 @@ class LaCT(Mixer):
             if not c.causal:
                 raise ValueError(f"{self.name}: return_state needs causal=True (the non-causal form has no carry)")
             total = k.shape[2]
-            tail = slice(total - total % c.chunk_size, total)
+            tail = slice(total if bounds is not None else total - total % c.chunk_size, total)
             new_state = LaCTState(new_weights, tuple(t[:, :, tail] for t in inputs[1:]))
         return y, new_state
 

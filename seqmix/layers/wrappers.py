@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .base import Mixer, MixerConfig
+from .spans import TokenSpans
 
 __all__ = ["TanhGate", "Bidirectional"]
 
@@ -116,6 +117,7 @@ class Bidirectional(Mixer):
         fwd: tuple[torch.Tensor, torch.Tensor] | None = None,
         bwd: tuple[torch.Tensor, torch.Tensor] | None = None,
         positions: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
+        layouts: tuple = (None, None),
         **inner_kw,
     ) -> list[torch.Tensor]:
         """Both gated passes over the token groups ``parts`` (``[B, T_i, D]`` each, one per gate group, consecutive
@@ -123,15 +125,18 @@ class Bidirectional(Mixer):
 
         ``fwd`` / ``bwd``: ``(to [T], back [T])`` index tensors from storage order to the order the mixer reads in
         that pass and back (None: storage order forward, ``reverse`` backward). ``positions``: the positions of the
-        tokens in each pass's read order (None: no positions).
+        tokens in each pass's read order (None: no positions). ``layouts``: each pass's ``layout`` for the mixer
+        (e.g. the :class:`~seqmix.layers.spans.TokenSpans` of its read order; None: none passed).
         """
         if len(parts) != len(self._suffixes()):
             raise ValueError(f"{self.name}: {len(parts)} token groups given for gate groups {self.groups or '(one)'}")
-        parts = self._gated_pass(self._gates("fwd"), parts, fwd, positions[0], False, inner_kw)
-        return self._gated_pass(self._gates("bwd"), parts, bwd, positions[1], True, inner_kw)
+        parts = self._gated_pass(self._gates("fwd"), parts, fwd, positions[0], layouts[0], False, inner_kw)
+        return self._gated_pass(self._gates("bwd"), parts, bwd, positions[1], layouts[1], True, inner_kw)
 
-    def _gated_pass(self, gates, parts, order, positions, backward: bool, inner_kw) -> list[torch.Tensor]:
+    def _gated_pass(self, gates, parts, order, positions, layout, backward: bool, inner_kw) -> list[torch.Tensor]:
         x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        if layout is not None:
+            inner_kw = {**inner_kw, "layout": layout}
         if order is not None:
             to, back = order
             g = self.inner(x.index_select(1, to), positions=positions, **inner_kw).index_select(1, back)
@@ -145,7 +150,16 @@ class Bidirectional(Mixer):
     def _forward(self, x, *, layout, positions, state, return_state):
         if return_state:
             raise ValueError("bidirectional: return_state is not defined for a non-causal wrapper")
-        kw = {} if layout is None else {"layout": layout}
         rev_pos = None if positions is None else self._reverse_positions(positions)
-        (y,) = self.gated_passes([x], positions=(positions, rev_pos), **kw)
+        (y,) = self.gated_passes([x], positions=(positions, rev_pos), layouts=(layout, self._reverse_layout(layout)))
         return y, None
+
+    def _reverse_layout(self, layout):
+        """The layout of the reversed pass: token spans are mirrored for the plain token flip; a custom ``reverse``
+        must come with its own spans (:meth:`gated_passes`, ``layouts=``); other layouts pass unchanged."""
+        if not isinstance(layout, TokenSpans):
+            return layout
+        if self.reverse is not _flip_tokens:
+            raise ValueError(f"{self.name}: token spans cannot be carried through a custom reverse; give each pass its "
+                             "spans with gated_passes(..., layouts=(forward, backward))")
+        return layout.mirrored()

@@ -23,6 +23,11 @@ Order inside a chunk (``causal``):
 * causal form: read the chunk's queries with the weights from before it, then update ("apply then update"); the
   last, possibly partial, chunk only reads. Precision inside a chunk comes from window attention beside it.
 
+Chunks are either ``chunk_size`` tokens each (the last one possibly shorter) or given as ``chunk_bounds``, the
+cumulative boundaries ``(0, b_1, ..., T)`` of chunks of any lengths (a video's frames or segments, which differ in
+length: the first 3 s segment has 13 latent frames, the others 12). Explicit chunks are all complete: in the causal
+form every one of them, the last included, updates the weights after it is read.
+
 Shapes (legend: B batch, H heads, T tokens, K head dim, F fast-weight hidden width, C chunk): ``q, k, v``
 ``[B, H, T, K]``; ``lr0, lr1, lr2`` ``[B, H, T]``; ``momentum`` ``[B, H, T]`` (or ``None``). The state is a tuple
 ``(w0 [B,H,F,K], w1 [B,H,K,F], w2 [B,H,F,K])``, followed by the previous updates ``(g0, g1, g2)`` of the same
@@ -31,6 +36,8 @@ callers cast. The Newton-Schulz iteration also runs in that dtype (the public co
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +49,7 @@ __all__ = [
     "newton_schulz",
     "swiglu_apply",
     "chunk_update",
+    "chunk_spans",
     "lact_scan",
     "lact_scan_naive",
 ]
@@ -132,7 +140,7 @@ def _step(
     return tuple(new), prev
 
 
-def _check(q, k, v, lrs, momentum, state, chunk_size) -> None:
+def _check(q, k, v, lrs, momentum, state) -> None:
     if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"q, k, v must share one shape [B, H, T, K], got {tuple(q.shape)}, {tuple(k.shape)}, "
                          f"{tuple(v.shape)}")
@@ -145,8 +153,24 @@ def _check(q, k, v, lrs, momentum, state, chunk_size) -> None:
     if len(state) != want:
         raise ValueError(f"state must hold {want} tensors (w0, w1, w2{', g0, g1, g2' if want == 6 else ''}), "
                          f"got {len(state)}")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+
+
+def chunk_spans(T: int, chunk_size: int | None, chunk_bounds: Sequence[int] | None,
+                causal: bool) -> list[tuple[int, int, bool]]:
+    """The chunks ``(start, stop, updates)`` of ``T`` tokens: ``chunk_size`` tokens each, or ``chunk_bounds``
+    ``(0, b_1, ..., T)``; ``updates`` is False only for a partial last ``chunk_size`` chunk of the causal form."""
+    if (chunk_size is None) == (chunk_bounds is None):
+        raise ValueError("give exactly one of chunk_size (tokens per chunk) and chunk_bounds (boundaries (0, ..., T))")
+    if chunk_bounds is None:
+        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        return [(s, min(s + chunk_size, T), min(s + chunk_size, T) - s == chunk_size or not causal)
+                for s in range(0, T, chunk_size)]
+    b = tuple(chunk_bounds)
+    if (len(b) < 2 or any(not isinstance(x, int) or isinstance(x, bool) for x in b) or b[0] != 0 or b[-1] != T
+            or any(e <= s for s, e in zip(b, b[1:]))):
+        raise ValueError(f"chunk_bounds must be strictly increasing ints from 0 to T={T}, got {b}")
+    return [(s, e, True) for s, e in zip(b, b[1:])]
 
 
 def lact_scan(
@@ -158,29 +182,29 @@ def lact_scan(
     lr2: torch.Tensor,
     state: State,
     *,
-    chunk_size: int,
+    chunk_size: int | None = None,
+    chunk_bounds: Sequence[int] | None = None,
     causal: bool,
     momentum: torch.Tensor | None = None,
     muon_steps: int = 0,
     renorm: bool = True,
 ) -> tuple[torch.Tensor, State]:
-    """LaCT over ``T`` tokens in chunks of ``chunk_size``: batched matmuls per chunk, hand-written inner gradient.
+    """LaCT over ``T`` tokens in chunks of ``chunk_size`` or between ``chunk_bounds`` (exactly one of them): batched
+    matmuls per chunk, hand-written inner gradient.
 
     Returns ``(o [B, H, T, K], state)``; in the causal form the state is the one after the last COMPLETE chunk
-    (a partial last chunk only reads), in the non-causal form after every chunk, the partial last one included.
+    (a partial last ``chunk_size`` chunk only reads), in the non-causal form after every chunk.
     """
     lrs = (lr0, lr1, lr2)
-    _check(q, k, v, lrs, momentum, state, chunk_size)
+    _check(q, k, v, lrs, momentum, state)
+    chunks = chunk_spans(q.shape[2], chunk_size, chunk_bounds, causal)
     weights, prev = tuple(state[:3]), (tuple(state[3:]) if momentum is not None else None)
-    T = q.shape[2]
     outs = []
-    for s in range(0, T, chunk_size):
-        e = min(s + chunk_size, T)
-        full = e - s == chunk_size
+    for s, e, updates in chunks:
         m = momentum[:, :, s:e].mean(-1) if momentum is not None else None
         if causal:
             outs.append(swiglu_apply(*weights, q[:, :, s:e]))
-        if full or not causal:
+        if updates:
             grads = chunk_update(weights, k[:, :, s:e], v[:, :, s:e], tuple(lr[:, :, s:e] for lr in lrs))
             weights, prev = _step(weights, grads, prev, m, muon_steps, renorm)
         if not causal:
@@ -197,7 +221,8 @@ def lact_scan_naive(
     lr2: torch.Tensor,
     state: State,
     *,
-    chunk_size: int,
+    chunk_size: int | None = None,
+    chunk_bounds: Sequence[int] | None = None,
     causal: bool,
     momentum: torch.Tensor | None = None,
     muon_steps: int = 0,
@@ -208,9 +233,9 @@ def lact_scan_naive(
     Slow (meant for tests in fp64); differentiable with respect to every input and the initial state.
     """
     lrs = (lr0, lr1, lr2)
-    _check(q, k, v, lrs, momentum, state, chunk_size)
+    _check(q, k, v, lrs, momentum, state)
+    chunks = chunk_spans(q.shape[2], chunk_size, chunk_bounds, causal)
     weights, prev = tuple(state[:3]), (tuple(state[3:]) if momentum is not None else None)
-    B, H, T, K = q.shape
     outs = []
 
     def read(ws, s, e):
@@ -235,12 +260,11 @@ def lact_scan_naive(
     lrs = (lr0, lr1, lr2)
     momentum = tensors[6] if momentum is not None else None
     with torch.inference_mode(False), torch.enable_grad():
-        for s in range(0, T, chunk_size):
-            e = min(s + chunk_size, T)
+        for s, e, updates in chunks:
             m = momentum[:, :, s:e].mean(-1) if momentum is not None else None
             if causal:
                 outs.append(read(weights, s, e))
-            if e - s == chunk_size or not causal:
+            if updates:
                 # Detached leaves for the inner derivative; create_graph keeps the outer graph through it.
                 grads = [torch.zeros_like(w) for w in weights]
                 for t in range(s, e):

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqmix.layers.spans import TokenSpans
 from seqmix.ops.rope import apply_rope
 
 from ..layout import VideoLayout
@@ -123,6 +124,8 @@ class _Plan(NamedTuple):
     from_bwd: torch.Tensor | None  # [T] reversed interleaved -> storage
     pos_fwd: torch.Tensor | None  # [T, 3] global positions, interleaved order
     pos_bwd: torch.Tensor | None  # [T, 3] the same tokens' positions in reversed order
+    spans_fwd: TokenSpans | None = None  # frame / segment boundaries of the interleaved order
+    spans_bwd: TokenSpans | None = None  # ... and of the reversed order (the same boundaries)
 
 
 class WindowAttention(nn.Module):

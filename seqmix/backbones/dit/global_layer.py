@@ -24,7 +24,9 @@ class GlobalLayer(Bidirectional):
     Tokens keep their own global RoPE positions in the reversed pass (as :class:`seqmix.layers.Bidirectional`;
     the public ttt-video-dit code instead rotates the flipped video by sequence index, i.e. mirrored positions).
     The gates act in storage order, where text and video are contiguous (no ``[T, D]`` gate tensor is built); the
-    orders and positions are precomputed once per layout (the model's plan). Parameters: ``G`` plus ``4 D``.
+    orders and positions are precomputed once per layout (the model's plan). A mixer that declares ``takes_layout``
+    also gets the frame / segment boundaries of each pass's read order (:meth:`VideoLayout.token_spans`; the same in
+    both passes, see there). Parameters: ``G`` plus ``4 D``.
     """
 
     def __init__(self, mixer: mixers.Mixer, dim: int, gate_init: float, use_positions: bool):
@@ -36,6 +38,7 @@ class GlobalLayer(Bidirectional):
     def forward(self, vid: torch.Tensor, txt: torch.Tensor, plan) -> tuple[torch.Tensor, torch.Tensor]:
         """``vid [B, F N, D], txt [B, S L, D]`` and the model's plan (orders, positions) -> ``(vid, txt)``."""
         pos = (plan.pos_fwd, plan.pos_bwd) if self.use_positions else (None, None)
+        spans = (plan.spans_fwd, plan.spans_bwd) if self.mixer.takes_layout else (None, None)
         txt, vid = self.gated_passes([txt, vid], fwd=(plan.to_fwd, plan.from_fwd), bwd=(plan.to_bwd, plan.from_bwd),
-                                     positions=pos)
+                                     positions=pos, layouts=spans)
         return vid, txt

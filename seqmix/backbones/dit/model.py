@@ -146,12 +146,13 @@ class SegmentedDiT(nn.Module):
         scale = None if bool((counts == 1).all()) else (1.0 / counts).view(-1, 1, 1).to(device)
         rope = rope_angles(idx.window_positions[layout.text_len :], self.config.attention_head_dim,
                            self.config.rope_theta).to(device)
-        glob = [None] * 6
+        glob = [None] * 8
         if self.config.mixer is not None:
             inter, deinter, rev = idx.interleave, idx.deinterleave, idx.reverse
             # x_bwd = rev(interleave(x_sto)) = x_sto[inter[rev]]; storage(rev(h)) = h[rev[deinter]].
             glob = [inter, deinter, inter[rev], rev[deinter], idx.global_positions, idx.global_positions[rev]]
-            glob = [t.to(device) for t in glob]
+            spans = layout.token_spans()  # the reversed order keeps the text slots in place: the same boundaries
+            glob = [t.to(device) for t in glob] + [spans, spans]
         plan = _Plan(layout, idx.frame_windows.flatten().to(device), scale, rope, *glob)
         if len(self._plans) >= 8:  # a handful of layouts per run (training stages, eval lengths)
             self._plans.pop(next(iter(self._plans)))
