@@ -318,6 +318,7 @@ class SlidingWindowAttention(_Attention):
     state_knob = "window"
     # window >= 10: the bidirectional contract check (causal form, T=10) needs token 0 to see token 9
     small_config = {"window": 10}
+    sweep_knobs = {"window": (8, 32)}
 
     @dataclass(kw_only=True)
     class Config(AttentionConfig):

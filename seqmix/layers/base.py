@@ -223,6 +223,9 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
     #: size a layer to a matched state or parameter budget); None where no such knob exists.
     state_knob: ClassVar[str | None] = None
     param_knob: ClassVar[str | None] = None
+    #: Config fields a comparison may sweep beside the outer learning rate, with the values tried (``seqmix compare
+    #: mqar --knobs declared``), so each layer is compared at its best setting; none by default.
+    sweep_knobs: ClassVar[dict[str, tuple]] = {}
 
     def __init__(self, dim: int, num_heads: int, config: MixerConfig):
         super().__init__()

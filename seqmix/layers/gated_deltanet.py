@@ -146,6 +146,7 @@ class GatedDeltaNet(Mixer):
     # Growing the head dim grows K and V = expand_v K: the state H K V and the projections grow monotonically.
     state_knob = "head_dim"
     param_knob = "head_dim"
+    sweep_knobs = {"head_dim": (16, 32)}
 
     @dataclass(kw_only=True)
     class Config(MixerConfig):

@@ -126,6 +126,7 @@ class Mamba2(Mixer):
     }
     state_knob = "d_state"  # state H P N + (K-1)(E + 2GN) grows with N
     param_knob = "expand"  # every projection grows with E = expand * D
+    sweep_knobs = {"d_state": (32, 128)}
 
     @dataclass(kw_only=True)
     class Config(MixerConfig):

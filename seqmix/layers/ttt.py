@@ -138,6 +138,7 @@ class _TTTBase(Mixer):
     backend_gates = {"triton": ("tests/test_ttt_triton.py",)}
     state_knob = "head_dim"
     param_knob = "head_dim"
+    sweep_knobs = {"base_lr": (0.1, 1.0), "mini_batch_size": (16, 32)}  # the paper's two base lrs; Zoology's mini-batches
 
     def __init__(self, dim: int, num_heads: int, config: TTTConfig):
         super().__init__(dim, num_heads, config)
