@@ -81,6 +81,9 @@ def compare_mqar(
     widths: list[int] | None = None,
     lrs: list[float] | None = None,
     max_steps: int | None = None,
+    seeds: int | list[int] | None = None,
+    knobs: str | None = None,
+    preset: str | None = None,
     jobs: int = 0,
     out: str = "runs/compare-mqar",
     quick: bool = False,
@@ -95,13 +98,19 @@ def compare_mqar(
         lrs: learning-rate grid (default 3e-3, which fits the 15-minute CPU budget; e.g. `--lrs [1e-3,3e-3,1e-2]`
             for a wider search); the best per point is reported.
         max_steps: optimizer steps per run (default: the recipe's epoch of data).
+        seeds: seeds per point, a count S (seeds 0..S-1) or a list (default 1); the table shows mean and 95%
+            interval (min-max for 2 seeds) and the best lr is chosen by the mean over seeds.
+        knobs: per-layer knobs swept beside the lr: "declared" (each layer's sweep_knobs) or a mapping, e.g.
+            '{ttt_linear: {base_lr: [0.1, 1.0]}}' (default: the recipes' settings).
+        preset: a named grid: "zoology" (widths 64/128/256, 2 layers, lrs logspace(-3, -1.5, 4), 2 seeds; for
+            GPUs) or "cpu" (the committed CPU sweep); the other flags override it.
         jobs: runs trained at once in separate processes (0 = one per CPU core without a GPU, else 1).
         out: output directory.
         quick: a smoke run (two layers, one width, one lr, a few steps).
     """
     from seqmix.compare import MQARSweep, run_mqar_sweep
 
-    sweep = MQARSweep(out=out, jobs=jobs)
+    sweep = MQARSweep.preset(preset, out=out, jobs=jobs) if preset else MQARSweep(out=out, jobs=jobs)
     if layers:
         sweep.layers = layers
     if widths:
@@ -110,6 +119,10 @@ def compare_mqar(
         sweep.lrs = lrs
     if max_steps:
         sweep.max_steps = max_steps
+    if seeds is not None:
+        sweep.seeds = seeds
+    if knobs is not None:
+        sweep.knobs = knobs
     if quick:
         sweep = sweep.quick()
     result = run_mqar_sweep(sweep)
@@ -196,6 +209,7 @@ def compare_video(
     layers: list[str] | None = None,
     max_steps: int | None = None,
     samples: int | None = None,
+    seeds: int | list[int] | None = None,
     jobs: int = 0,
     out: str = "runs/compare-video",
     quick: bool = False,
@@ -207,7 +221,9 @@ def compare_video(
     Args:
         layers: registry names or "none" (local attention only); default: "none" and every layer that mixes tokens.
         max_steps: optimizer steps per recipe (default 500).
-        samples: sampled videos per recipe written as GIFs (default 1).
+        samples: sampled videos per recipe written as GIFs (default 1; first seed only).
+        seeds: seeds per layer, a count S (seeds 0..S-1) or a list (default 1, the `make run` budget: no interval);
+            the table shows mean and 95% interval (min-max for 2 seeds).
         jobs: recipes trained at once in separate processes (0 = one per CPU core without a GPU, else 1).
         out: output directory.
         quick: a smoke run (two layers, two steps).
@@ -221,6 +237,8 @@ def compare_video(
         cmp.max_steps = max_steps
     if samples is not None:
         cmp.samples = samples
+    if seeds is not None:
+        cmp.seeds = seeds
     if quick:
         cmp = cmp.quick()
     result = run_video_comparison(cmp)

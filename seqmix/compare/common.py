@@ -106,9 +106,9 @@ def _check_layers(names: list, allow_none: bool) -> None:
         raise ValueError(f"unknown layer(s) {bad}; valid: {', '.join((['none'] if allow_none else []) + L.available())}")
 
 
-def _fit_recipe(recipe_args: list[str], overrides: list[str], max_steps: int | None):
-    """Train one run (``--config`` arguments + overrides) through the same LightningCLI path as ``seqmix fit``;
-    returns (cli, train seconds, validation metrics)."""
+def _fit_recipe(recipe_args: list[str], overrides: list[str], max_steps: int | None, callbacks: tuple = ()):
+    """Train one run (``--config`` arguments + overrides) through the same LightningCLI path as ``seqmix fit``, with
+    ``callbacks`` added to the recipe's; returns (cli, train seconds, validation metrics)."""
     from seqmix.lightning_cli import run_lightning
 
     args = [*recipe_args, *overrides,
@@ -117,6 +117,7 @@ def _fit_recipe(recipe_args: list[str], overrides: list[str], max_steps: int | N
     if max_steps:
         args.append(f"--trainer.max_steps={max_steps}")
     cli = run_lightning(args, run=False)
+    cli.trainer.callbacks.extend(callbacks)
     t0 = time.perf_counter()
     cli.trainer.fit(cli.model, cli.datamodule)
     train_s = time.perf_counter() - t0

@@ -1,4 +1,5 @@
-"""The MQAR sweep: accuracy against state size, every layer x width x learning rate at the same data and budget."""
+"""The MQAR sweep: accuracy against state size, every layer x width x learning rate (x the layer's knobs) x seed at
+the same data and budget; the best setting per (layer, width) is the one with the highest mean accuracy over seeds."""
 
 from __future__ import annotations
 
@@ -13,20 +14,40 @@ from pathlib import Path
 
 from seqmix.compare.common import _check_layers, _default_jobs, _fit_recipe, _map_runs, base_recipe, layer_args, \
     token_mixers
+from seqmix.compare.curves import LearningCurve, mqar_accuracy, plot_curves
+from seqmix.compare.knobs import knob_args, knob_grid, parse_knobs
+from seqmix.compare.seeds import aggregate, interval_note, parse_seeds, ranking, seed_args, summary_of
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MQARSweep", "run_mqar_sweep"]
+__all__ = ["MQARSweep", "PRESETS", "run_mqar_sweep"]
+
+#: Named grids. ``zoology``: Zoology's standard MQAR grid (widths 64/128/256, 2 layers, 4 learning rates
+#: ``logspace(-3, -1.5, 4)``) on the recipe's task, sized for GPUs; ``cpu``: the committed CPU sweep (one width, 3
+#: learning rates, 2 seeds, a shorter task: T = 64 with 4 key-value pairs, 600 steps, to fit a shared 2-core CPU).
+PRESETS: dict[str, dict] = {
+    "zoology": {"widths": [64, 128, 256], "num_layers": 2,
+                "lrs": [round(10 ** (-3 + 0.5 * i), 6) for i in range(4)], "seeds": [0, 1]},
+    "cpu": {"widths": [64], "lrs": [1e-3, 3e-3, 1e-2], "seeds": [0, 1], "seq_len": 64, "num_kv_pairs": 4,
+            "max_steps": 600, "num_train": 19_200},
+}
 
 
 @dataclass(kw_only=True)
 class MQARSweep:
-    """An MQAR sweep: every layer x width x learning rate, the same data and step budget for all.
+    """An MQAR sweep: every layer x width x learning rate x knob setting x seed, the same data and step budget for all.
 
     Attributes:
-        layers, widths, lrs: the grid (every combination is one training run); layers are registry names (default:
-            every layer that mixes tokens), each run is :func:`layer_args` of ``"mqar"``.
+        layers, widths, lrs: the grid (every combination is one training run per seed); layers are registry names
+            (default: every layer that mixes tokens), each run is :func:`layer_args` of ``"mqar"``.
+        seeds: a count ``S`` (seeds 0..S-1) or a list; each seed sets the Lightning seed and the data seed.
+        knobs: per-layer knobs swept beside the lr: ``None`` (the recipes' settings), ``"declared"`` (each layer's
+            :attr:`~seqmix.layers.Mixer.sweep_knobs`) or ``{layer: {field: [values]}}``.
+        num_layers: blocks of the model (None: the recipe's).
         max_steps: steps per run (None: the recipe's epoch of data).
+        num_train: training examples (None: the recipe's).
+        seq_len, num_kv_pairs: the task (None: the recipe's).
+        curve_points: learning-curve evaluations after step 0 (0: no curve), on ``curve_batches`` validation batches.
         jobs: runs trained at once in separate processes, each with ``cpu_count // jobs`` threads. 0 = auto: one
             per CPU core when no GPU is visible (small models use two single-threaded processes better than one
             two-threaded one: ~1.3x the throughput on a 2-core CPU), else 1.
@@ -36,17 +57,36 @@ class MQARSweep:
     layers: list[str] = field(default_factory=token_mixers)
     widths: list[int] = field(default_factory=lambda: [32, 64])
     lrs: list[float] = field(default_factory=lambda: [3e-3])
+    seeds: int | list[int] = 1
+    knobs: dict | str | None = None
+    num_layers: int | None = None
     max_steps: int | None = None
+    num_train: int | None = None
+    seq_len: int | None = None
+    num_kv_pairs: int | None = None
+    curve_points: int = 8
+    curve_batches: int = 4
     jobs: int = 0
     out: str = "runs/compare-mqar"
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "MQARSweep":
+        """A named grid (:data:`PRESETS`) with ``overrides``."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown MQAR preset {name!r}; valid: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
 
     def num_jobs(self) -> int:
         return self.jobs or _default_jobs()
 
+    def seed_list(self) -> list[int]:
+        return parse_seeds(self.seeds)
+
     def quick(self) -> "MQARSweep":
-        """A smoke-sized copy: first two layers, one width, one lr, 3 steps."""
+        """A smoke-sized copy: first two layers, one width, one lr, one seed, 3 steps."""
         return dataclasses.replace(self, layers=self.layers[:2], widths=self.widths[:1], lrs=self.lrs[:1],
-                                   max_steps=3, jobs=1)
+                                   seeds=self.seed_list()[:1], max_steps=3, num_train=256, curve_points=1,
+                                   jobs=1)
 
     def validate(self) -> None:
         _check_layers(self.layers, allow_none=False)
@@ -58,49 +98,118 @@ class MQARSweep:
             raise ValueError(f"lrs must be positive, got {self.lrs}")
         if self.jobs < 0:
             raise ValueError(f"jobs must be >= 0 (0 = auto), got {self.jobs}")
+        if self.curve_points < 0 or self.curve_batches < 1:
+            raise ValueError(f"curve_points must be >= 0 and curve_batches >= 1, got {self.curve_points}, "
+                             f"{self.curve_batches}")
+        if self.num_layers is not None and self.num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+        self.seed_list()
+        for n in self.layers:
+            knob_grid(n, self.knobs)
+
+    def runs(self) -> list[tuple]:
+        """Every run of the grid: ``(layer, width, lr, knob setting, seed, sweep)``."""
+        return [(n, w, lr, k, s, self) for n in self.layers for w in self.widths for lr in self.lrs
+                for k in knob_grid(n, self.knobs) for s in self.seed_list()]
 
 
-def _run_one(layer: str, width: int, lr: float, max_steps: int | None) -> dict:
+def _run_one(layer: str, width: int, lr: float, knobs: dict, seed: int, sweep: MQARSweep) -> dict:
     import torch
 
-    run_args = layer_args("mqar", layer) + [f"--model.init_args.model.dim={width}", f"--model.init_args.lr={lr}"]
-    cli, train_s, metrics = _fit_recipe(run_args, [], max_steps)
+    run_args = (layer_args("mqar", layer) + knob_args("mqar", layer, knobs) + seed_args(seed)
+                + [f"--model.init_args.model.dim={width}", f"--model.init_args.lr={lr}"]
+                + ([f"--model.init_args.model.num_layers={sweep.num_layers}"] if sweep.num_layers else [])
+                + [f"--data.init_args.{k}={getattr(sweep, k)}" for k in ("num_train", "seq_len", "num_kv_pairs")
+                   if getattr(sweep, k)])
+    curve = LearningCurve(mqar_accuracy, sweep.curve_points, sweep.curve_batches) if sweep.curve_points else None
+    cli, train_s, metrics = _fit_recipe(run_args, [], sweep.max_steps, callbacks=(curve,) if curve else ())
     model, dm, trainer = cli.model, cli.datamodule, cli.trainer
     lm = model.lm
     return {
         "layer": layer, "args": run_args, "mixer": "+".join(sorted(set(lm.mixer_names))), "width": width, "lr": lr,
-        "steps": int(trainer.global_step), "train_seconds": train_s,
+        "knobs": knobs, "seed": seed, "steps": int(trainer.global_step), "train_seconds": train_s,
         "val_acc": metrics["val/acc"], "val_loss": metrics["val/loss"],
         "state_size": lm.state_size(seq_len=dm.cfg.seq_len), "params": sum(p.numel() for p in lm.parameters()),
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "curve": curve.curve if curve else None,
         "task": dataclasses.asdict(dm.cfg),
     }
 
 
-def _best(records: list[dict]) -> list[dict]:
+_METRICS = {"val_acc": lambda r: r["val_acc"], "val_loss": lambda r: r["val_loss"],
+            "train_seconds": lambda r: r["train_seconds"]}
+
+
+def _points(records: list[dict]) -> list[dict]:
+    """Per-seed records -> one row per (layer, width, lr, knobs) with mean and interval per metric."""
+    rows = aggregate(records, ("layer", "width", "lr", "knobs"), _METRICS)
+    for row in rows:
+        first = row["records"][0]
+        row.update(mixer=first["mixer"], steps=first["steps"], state_size=first["state_size"], params=first["params"],
+                   threads=first["threads"], task=first["task"],
+                   val_acc=row["summary"]["val_acc"]["mean"], val_loss=row["summary"]["val_loss"]["mean"],
+                   train_seconds=row["summary"]["train_seconds"]["mean"],
+                   curves=[r["curve"] for r in row["records"] if r.get("curve")])
+        del row["records"]
+    return rows
+
+
+def _best(points: list[dict]) -> list[dict]:
+    """The point with the highest mean accuracy over seeds per (layer, width)."""
     best: dict[tuple, dict] = {}
-    for r in records:
+    for r in points:
         key = (r["layer"], r["width"])
         if key not in best or r["val_acc"] > best[key]["val_acc"]:
             best[key] = r
     return sorted(best.values(), key=lambda r: (r["mixer"], r["width"]))
 
 
-def _markdown(best: list[dict], sweep: MQARSweep, command: str) -> str:
+def _knob_text(knobs: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(knobs.items())) or "-"
+
+
+def _markdown(best: list[dict], points: list[dict], sweep: MQARSweep, command: str) -> str:
     task = best[0]["task"] if best else {}
+    S = len(sweep.seed_list())
+    knobs = parse_knobs(sweep.knobs)
+    knob_note = ("" if knobs is None else "; knob grids: " + "; ".join(
+        f"{n} {{{', '.join(f'{k}: {list(v)}' for k, v in sorted(_grid_of(n, knobs).items()))}}}"
+        for n in sweep.layers if _grid_of(n, knobs)))
     lines = [
         "# MQAR comparison", "",
         f"Command: `{command}`  ",
-        f"Task: T={task.get('seq_len')}, {task.get('num_kv_pairs')} key-value pairs, vocab {task.get('vocab_size')}; "
-        f"widths {sweep.widths}; lr grid {sweep.lrs} (best shown); equal steps per run; "
-        f"train s = wall seconds of one run ({best[0].get('threads', '?') if best else '?'} CPU thread(s) each).", "",
-        "| layer | width | state size | params | best lr | steps | val acc | val loss | train s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"Task: T={task.get('seq_len')}, {task.get('num_kv_pairs')} key-value pairs, vocab {task.get('vocab_size')}, "
+        f"form {task.get('form')}; widths {sweep.widths}; lr grid {sweep.lrs}{knob_note}; "
+        f"seeds {sweep.seed_list()}; equal steps per run. Shown: per (layer, width) the setting with the highest mean "
+        f"accuracy over seeds. Cells: {interval_note(S)}. "
+        f"train s = mean wall seconds of one run ({best[0].get('threads', '?') if best else '?'} CPU thread(s) each).",
+        "",
+        "| layer | width | state size | params | best lr | best knobs | steps | val acc | val loss | train s |",
+        "|---|---:|---:|---:|---:|---|---:|---|---:|---:|",
     ]
     for r in best:
+        acc = summary_of(r, "val_acc").format()
         lines.append(f"| {r['mixer']} | {r['width']} | {r['state_size']:,} | {r['params']:,} | {r['lr']:g} | "
-                     f"{r['steps']} | {r['val_acc']:.3f} | {r['val_loss']:.3f} | {r['train_seconds']:.0f} |")
+                     f"{_knob_text(r['knobs'])} | {r['steps']} | {acc} | {r['val_loss']:.3f} | "
+                     f"{r['train_seconds']:.0f} |")
+    if S >= 2:
+        lines += ["", "Separated (intervals of the best settings do not overlap; no statement where they do):", ""]
+        for w in sweep.widths:
+            at = [r for r in best if r["width"] == w]
+            stmts = ranking(at, "val_acc", lambda r: r["mixer"])
+            lines.append(f"- width {w}: " + ("; ".join(stmts) if stmts else "no pair separates"))
+    if len(points) > len(best):
+        lines += ["", "Every setting (mean accuracy over seeds):", "",
+                  "| layer | width | lr | knobs | val acc |", "|---|---:|---:|---|---|"]
+        for r in sorted(points, key=lambda r: (r["mixer"], r["width"], r["lr"], json.dumps(r["knobs"], sort_keys=True))):
+            lines.append(f"| {r['mixer']} | {r['width']} | {r['lr']:g} | {_knob_text(r['knobs'])} | "
+                         f"{summary_of(r, 'val_acc').format()} |")
     return "\n".join(lines)
+
+
+def _grid_of(layer: str, knobs) -> dict:
+    from seqmix import layers as L
+
+    return dict(L.mixer_class(layer).sweep_knobs) if knobs == "declared" else dict(knobs.get(layer, {}))
 
 
 def _plot(best: list[dict], path: Path) -> Path | None:
@@ -115,14 +224,19 @@ def _plot(best: list[dict], path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for mixer in sorted({r["mixer"] for r in best}):
         pts = sorted((r for r in best if r["mixer"] == mixer), key=lambda r: r["state_size"])
-        ax.plot([max(r["state_size"], 1) for r in pts], [r["val_acc"] for r in pts], marker="o", label=mixer)
+        s = [summary_of(r, "val_acc") for r in pts]
+        ax.errorbar([max(r["state_size"], 1) for r in pts], [x.mean for x in s],
+                    yerr=[[x.mean - x.low for x in s], [x.high - x.mean for x in s]], marker="o", capsize=3,
+                    label=mixer)
     ax.set_xscale("log")
     ax.set_xlabel("state size per sequence (elements, log)")
     ax.set_ylabel("MQAR query accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("MQAR accuracy vs state size (best lr per point)")
+    n = best[0]["n_seeds"] if best else 1
+    ax.set_title("MQAR accuracy vs state size (best setting per point" + (f", {interval_note(n)})" if n > 1 else ")"),
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -130,28 +244,38 @@ def _plot(best: list[dict], path: Path) -> Path | None:
 
 
 def run_mqar_sweep(sweep: MQARSweep, progress: bool = True) -> dict:
-    """Run the sweep; write ``results.json``, ``results.md``, ``results.png`` to ``sweep.out``."""
+    """Run the sweep; write ``results.json``, ``results.md``, ``results.png`` (accuracy vs state size with intervals)
+    and ``curves.png`` (learning curves of each layer's best setting at the largest width) to ``sweep.out``."""
     sweep.validate()
     command = " ".join(shlex.quote(a) for a in sys.argv)
-    runs = [(n, w, lr, sweep.max_steps) for n in sweep.layers for w in sweep.widths for lr in sweep.lrs]
+    runs = sweep.runs()
     records = []
 
     def done(rec: dict) -> None:
         records.append(rec)
-        logger.info("%s d=%d lr=%g: acc %.3f", rec["layer"], rec["width"], rec["lr"], rec["val_acc"])
+        logger.info("%s d=%d lr=%g %s seed %d: acc %.3f", rec["layer"], rec["width"], rec["lr"],
+                    _knob_text(rec["knobs"]), rec["seed"], rec["val_acc"])
 
     # widest first: the longest runs start early, so parallel processes finish close together
     runs.sort(key=lambda r: -r[1])
-    _map_runs(_run_one, runs, sweep.num_jobs(), lambda r: f"{r[0]} d={r[1]} lr={r[2]:g}", "mqar", progress, done)
-    records.sort(key=lambda r: (r["layer"], r["width"], r["lr"]))
-    best = _best(records)
+    _map_runs(_run_one, runs, sweep.num_jobs(), lambda r: f"{r[0]} d={r[1]} lr={r[2]:g} s{r[4]}", "mqar", progress,
+              done)
+    records.sort(key=lambda r: (r["layer"], r["width"], r["lr"], json.dumps(r["knobs"], sort_keys=True), r["seed"]))
+    points = _points(records)
+    best = _best(points)
     out = Path(sweep.out)
     out.mkdir(parents=True, exist_ok=True)
-    md = _markdown(best, sweep, command)
-    doc = {"schema": "seqmix.compare.mqar/v1", "command": command, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-           "sweep": dataclasses.asdict(sweep), "runs": records, "best": best}
+    md = _markdown(best, points, sweep, command)
+    doc = {"schema": "seqmix.compare.mqar/v2", "command": command, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+           "sweep": dataclasses.asdict(sweep), "runs": records, "points": points, "best": best}
     (out / "results.json").write_text(json.dumps(doc, indent=1))
     (out / "results.md").write_text(md + "\n")
     png = _plot(best, out / "results.png")
-    return {"markdown": md, "records": records, "best": best,
-            "paths": {"json": out / "results.json", "md": out / "results.md", "png": png}}
+    curves = None
+    if sweep.curve_points:
+        wmax = max(sweep.widths)
+        curves = plot_curves({r["mixer"]: r["curves"] for r in best if r["width"] == wmax}, out / "curves.png",
+                             "MQAR query accuracy (fixed validation batches)",
+                             f"MQAR learning curves, width {wmax} (best setting per layer)")
+    return {"markdown": md, "records": records, "points": points, "best": best,
+            "paths": {"json": out / "results.json", "md": out / "results.md", "png": png, "curves": curves}}

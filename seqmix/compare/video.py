@@ -14,10 +14,12 @@ from pathlib import Path
 
 from seqmix.compare.common import _check_layers, _default_jobs, _fit_recipe, _map_runs, base_recipe, layer_args, \
     token_mixers
+from seqmix.compare.curves import LearningCurve, plot_curves, video_recall
+from seqmix.compare.seeds import aggregate, interval_note, parse_seeds, seed_args, summary_of
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VideoComparison", "run_video_comparison"]
+__all__ = ["VideoComparison", "run_video_comparison", "video_rows"]
 
 
 @dataclass(kw_only=True)
@@ -31,6 +33,10 @@ class VideoComparison:
         num_train: training videos (the step budget decides how many are seen).
         samples: videos sampled (DDIM + guidance) per recipe and written as GIFs (0 = none).
         sample_steps: DDIM steps for those samples.
+        seeds: a count ``S`` (seeds 0..S-1) or a list; each seed sets the Lightning seed, the data seed and the
+            task's noise seed. Default 1 (``make run``'s budget); the table then says no interval was computed.
+        curve_points: learning-curve evaluations of appearance recall after step 0 (0: none), on the first
+            ``curve_batches`` validation batches.
         jobs: recipes trained at once in separate processes (0 = one per CPU core without a GPU, else 1).
         out: output directory.
     """
@@ -40,6 +46,9 @@ class VideoComparison:
     num_train: int = 4096
     samples: int = 1
     sample_steps: int = 20
+    seeds: int | list[int] = 1
+    curve_points: int = 10
+    curve_batches: int = 2
     jobs: int = 0
     out: str = "runs/compare-video"
 
@@ -48,7 +57,7 @@ class VideoComparison:
 
     def quick(self) -> "VideoComparison":
         return dataclasses.replace(self, layers=self.layers[:2], max_steps=2, num_train=16, samples=1, sample_steps=2,
-                                   jobs=1)
+                                   seeds=parse_seeds(self.seeds)[:1], curve_points=1, curve_batches=1, jobs=1)
 
     def validate(self) -> None:
         _check_layers(self.layers, allow_none=True)
@@ -58,10 +67,15 @@ class VideoComparison:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.jobs < 0:
             raise ValueError(f"jobs must be >= 0 (0 = auto), got {self.jobs}")
+        if self.curve_points < 0 or self.curve_batches < 1:
+            raise ValueError(f"curve_points must be >= 0 and curve_batches >= 1, got {self.curve_points}, "
+                             f"{self.curve_batches}")
+        parse_seeds(self.seeds)
 
 
 def _video_markdown(rows: list[dict], cmp: VideoComparison, command: str) -> str:
     S = max((len([k for k in r["metrics"] if k.startswith("val/loss_seg")]) for r in rows), default=0)
+    n = len(parse_seeds(cmp.seeds))
     seg_cols = " | ".join(f"loss seg {i + 1}" for i in range(S))
     lines = [
         "# Text-to-video comparison (procedural storyboards, CPU scale)", "",
@@ -69,17 +83,21 @@ def _video_markdown(rows: list[dict], cmp: VideoComparison, command: str) -> str
         f"Every recipe: {cmp.max_steps} steps on the same storyboards (3 s segments; the character's appearance is "
         "named only in segment 1, absent in segment 2, back in segment 3), evaluated on the same held-out videos at "
         f"fixed noise. consistency = appearance recall in returning segments (chance {_chance(rows)}). "
-        f"train s = wall seconds of one run ({rows[0].get('threads', '?') if rows else '?'} CPU thread(s) each).", "",
+        f"Seeds {parse_seeds(cmp.seeds)}; cells: {interval_note(n)}. "
+        f"train s = mean wall seconds of one run ({rows[0].get('threads', '?') if rows else '?'} CPU thread(s) each).",
+        "",
         f"| run | global layer | params | state | train s | val loss | {seg_cols} | consistency | PSNR | SSIM |",
         "|---|---|---:|---:|---:|---:|" + "---:|" * S + "---:|---:|---:|",
     ]
     for r in rows:
-        m = r["metrics"]
-        segs = " | ".join(f"{m.get(f'val/loss_seg{i}', float('nan')):.4f}" for i in range(S))
+        def cell(metric: str, fmt: str) -> str:
+            return summary_of(r, metric).format(fmt) if metric in r["summary"] else "nan"
+
+        segs = " | ".join(cell(f"val/loss_seg{i}", "{:.4f}") for i in range(S))
         lines.append(
             f"| {r['name']} | {r['mixer'] or 'none (local attention)'} | {r['params']:,} | {r['state_size']:,} | "
-            f"{r['train_seconds']:.0f} | {m['val/loss']:.4f} | {segs} | {m.get('val/consistency', float('nan')):.3f} | "
-            f"{m['val/psnr']:.2f} | {m['val/ssim']:.3f} |")
+            f"{r['train_seconds']:.0f} | {cell('val/loss', '{:.4f}')} | {segs} | {cell('val/consistency', '{:.3f}')} | "
+            f"{cell('val/psnr', '{:.2f}')} | {cell('val/ssim', '{:.3f}')} |")
     return "\n".join(lines)
 
 
@@ -100,7 +118,11 @@ def _video_plot(rows: list[dict], path: Path) -> Path | None:
     names = [r["name"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     cons = [r["metrics"].get("val/consistency", float("nan")) for r in rows]
-    axes[0].bar(names, cons, color=["tab:gray" if r["mixer"] is None else "tab:blue" for r in rows])
+    err = [[0.0, 0.0] if "val/consistency" not in r["summary"] else
+           [r["summary"]["val/consistency"]["mean"] - r["summary"]["val/consistency"]["low"],
+            r["summary"]["val/consistency"]["high"] - r["summary"]["val/consistency"]["mean"]] for r in rows]
+    axes[0].bar(names, cons, yerr=list(zip(*err)) if err else None, capsize=3,
+                color=["tab:gray" if r["mixer"] is None else "tab:blue" for r in rows])
     k = rows[0].get("num_appearances") or 8
     axes[0].axhline(1 / k, color="k", ls="--", lw=1, label="chance")
     axes[0].set_ylabel("appearance recall in returning segments")
@@ -108,7 +130,9 @@ def _video_plot(rows: list[dict], path: Path) -> Path | None:
     axes[0].legend()
     S = max(len([k for k in r["metrics"] if k.startswith("val/loss_seg")]) for r in rows)
     for r in rows:
-        axes[1].plot(range(1, S + 1), [r["metrics"][f"val/loss_seg{i}"] for i in range(S)], marker="o", label=r["name"])
+        segs = [summary_of(r, f"val/loss_seg{i}") for i in range(S)]
+        axes[1].errorbar(range(1, S + 1), [x.mean for x in segs], yerr=[[x.mean - x.low for x in segs],
+                         [x.high - x.mean for x in segs]], marker="o", capsize=3, label=r["name"])
     axes[1].set_xticks(range(1, S + 1))
     axes[1].set_xlabel("segment position")
     axes[1].set_ylabel("denoising loss (fixed noise)")
@@ -129,42 +153,72 @@ def run_video_comparison(cmp: VideoComparison, progress: bool = True) -> dict:
     command = " ".join(shlex.quote(a) for a in sys.argv)
     out = Path(cmp.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    records = []
 
-    def done(row: dict) -> None:
-        rows.append(row)
-        logger.info("%s: val loss %.4f, consistency %.3f", row["name"], row["metrics"]["val/loss"],
-                    row["metrics"].get("val/consistency", float("nan")))
+    def done(rec: dict) -> None:
+        records.append(rec)
+        logger.info("%s seed %d: val loss %.4f, consistency %.3f", rec["name"], rec["seed"], rec["metrics"]["val/loss"],
+                    rec["metrics"].get("val/consistency", float("nan")))
 
-    runs = [(layer, cmp) for layer in cmp.layers]
-    _map_runs(_video_run, runs, cmp.num_jobs(), lambda r: r[0], "t2v", progress, done)
+    runs = [(layer, seed, cmp) for layer in cmp.layers for seed in parse_seeds(cmp.seeds)]
+    _map_runs(_video_run, runs, cmp.num_jobs(), lambda r: f"{r[0]} s{r[1]}", "t2v", progress, done)
     order = {n: i for i, n in enumerate(cmp.layers)}
-    rows.sort(key=lambda r: order[r["name"]])
+    records.sort(key=lambda r: (order[r["name"]], r["seed"]))
+    rows = video_rows(records)
     md = _video_markdown(rows, cmp, command)
-    doc = {"schema": "seqmix.compare.video/v1", "command": command, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-           "comparison": dataclasses.asdict(cmp), "rows": rows}
+    doc = {"schema": "seqmix.compare.video/v2", "command": command, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+           "comparison": dataclasses.asdict(cmp), "rows": rows, "runs": records}
     (out / "results.json").write_text(json.dumps(doc, indent=1, default=str))
     (out / "results.md").write_text(md + "\n")
     png = _video_plot(rows, out / "results.png")
-    return {"markdown": md, "rows": rows, "paths": {"json": out / "results.json", "md": out / "results.md", "png": png}}
+    curves = None
+    if cmp.curve_points:
+        curves = plot_curves({r["name"]: r["curves"] for r in rows}, out / "curves.png",
+                             "appearance recall, returning segment", "Text-to-video learning curves",
+                             chance=1 / rows[0]["num_appearances"] if rows and rows[0].get("num_appearances") else None)
+    return {"markdown": md, "rows": rows, "runs": records,
+            "paths": {"json": out / "results.json", "md": out / "results.md", "png": png, "curves": curves}}
 
 
-def _video_run(name: str, cmp: VideoComparison) -> dict:
-    """Train one global layer (``"none"``: local attention only) with the comparison's budget, evaluate it, sample
-    it; returns its table row."""
+def video_rows(records: list[dict]) -> list[dict]:
+    """Per-seed run records -> one row per run name: every validation metric's mean (``metrics``), its interval
+    (``summary``) and per-seed values (``values``), the learning curves of the seeds and the first seed's samples."""
+    names = sorted({k for r in records for k in r["metrics"]})
+    common = [k for k in names if all(k in r["metrics"] for r in records)]
+    metrics = {k: (lambda r, k=k: r["metrics"][k]) for k in common}
+    metrics["train_seconds"] = lambda r: r["train_seconds"]
+    rows = aggregate(records, ("name",), metrics)
+    for row in rows:
+        first = row["records"][0]
+        row.update({k: first[k] for k in ("mixer", "params", "state_size", "num_appearances", "threads", "steps",
+                                          "args") if k in first})
+        row["metrics"] = {k: row["summary"][k]["mean"] for k in common}
+        row["train_seconds"] = row["summary"]["train_seconds"]["mean"]
+        row["curves"] = [r["curve"] for r in row["records"] if r.get("curve")]
+        if first.get("samples") is not None:
+            row["samples"] = first["samples"]
+        del row["records"]
+    return rows
+
+
+def _video_run(name: str, seed: int, cmp: VideoComparison) -> dict:
+    """Train one global layer (``"none"``: local attention only) with the comparison's budget and ``seed``, evaluate
+    it, sample it (first seed only); returns its record."""
     import torch
 
-    run_args = layer_args("t2v", None if name == "none" else name)
+    run_args = layer_args("t2v", None if name == "none" else name) + seed_args(seed, model_seed=True)
+    curve = LearningCurve(video_recall, cmp.curve_points, cmp.curve_batches) if cmp.curve_points else None
     cli, train_s, metrics = _fit_recipe(
         run_args, [f"--data.init_args.num_train={cmp.num_train}", "--trainer.val_check_interval=null",
-                 "--trainer.check_val_every_n_epoch=1000000"], cmp.max_steps)
+                 "--trainer.check_val_every_n_epoch=1000000"], cmp.max_steps, callbacks=(curve,) if curve else ())
     task = cli.model
-    row = {"name": name, "args": run_args, "mixer": task.dit.config.mixer, "steps": int(cli.trainer.global_step),
+    row = {"name": name, "seed": seed, "args": run_args, "mixer": task.dit.config.mixer,
+           "steps": int(cli.trainer.global_step), "curve": curve.curve if curve else None,
            "train_seconds": train_s, "threads": torch.get_num_threads(), "metrics": metrics,
            "params": sum(p.numel() for p in task.parameters()),
            "state_size": task.dit.state_size(seq_len=task.layout.total_tokens),
            "num_appearances": getattr(getattr(cli.datamodule, "cfg", None), "num_appearances", None)}
-    if cmp.samples:
+    if cmp.samples and seed == parse_seeds(cmp.seeds)[0]:
         row["samples"] = _sample(cli, cmp, Path(cmp.out) / "samples" / name)
     return row
 

@@ -324,6 +324,7 @@ class SlidingWindowAttention(_Attention):
     bench_quick_config = {"window": 32}
     paper_token_window = "window"  # 8192 tokens, ~6 latent frames of the paper's videos
     kernel_test_config = {"window": 24}
+    sweep_knobs = {"window": (8, 32)}
 
     @dataclass(kw_only=True)
     class Config(AttentionConfig):

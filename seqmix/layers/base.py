@@ -243,6 +243,9 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
     #: Config fields the DiT benchmark gives this mixer as the global layer under every size preset (e.g. chunks
     #: taken from the video layout, which only the DiT provides).
     dit_config: ClassVar[dict[str, Any]] = {}
+    #: Config fields a comparison may sweep beside the outer learning rate, with the values tried (``seqmix compare
+    #: mqar --knobs declared``), so each layer is compared at its best setting; none by default.
+    sweep_knobs: ClassVar[dict[str, tuple]] = {}
 
     def __init__(self, dim: int, num_heads: int, config: MixerConfig):
         super().__init__()

@@ -147,6 +147,7 @@ class GatedDeltaNet(Mixer):
     state_knob = "head_dim"
     param_knob = "head_dim"
     kernel_test_config = {"head_dim": 64}
+    sweep_knobs = {"head_dim": (16, 32)}
 
     @dataclass(kw_only=True)
     class Config(MixerConfig):

@@ -128,6 +128,7 @@ class Mamba2(Mixer):
     param_knob = "expand"  # every projection grows with E = expand * D
     bench_quick_config = {"chunk_size": 64, "d_state": 32}
     kernel_test_config = {"d_state": 16, "chunk_size": 16}  # head dim follows num_heads
+    sweep_knobs = {"d_state": (32, 128)}
 
     @dataclass(kw_only=True)
     class Config(MixerConfig):

@@ -141,6 +141,7 @@ class _TTTBase(Mixer):
     bench_quick_config = {"mini_batch_size": 16}
     # The paper checkpoints the scan along the sequence; without it 63 s training does not fit in the DiT benchmark.
     bench_paper_config = {"scan_checkpoint_group": 16}
+    sweep_knobs = {"base_lr": (0.1, 1.0), "mini_batch_size": (16, 32)}  # the paper's two base lrs; Zoology's mini-batches
 
     def __init__(self, dim: int, num_heads: int, config: TTTConfig):
         super().__init__(dim, num_heads, config)

@@ -1,0 +1,151 @@
+"""Learning curves: a comparison's metric of interest measured at fixed steps during training, on a small fixed
+evaluation set, so that "learns faster" and "cannot learn" are told apart.
+
+:class:`LearningCurve` is a Lightning callback that evaluates ``metric(task, batches)`` at ``points + 1`` evenly
+spaced steps (step 0 included) on the first ``num_batches`` validation batches. The metrics here are the ones the
+comparisons report: MQAR query accuracy (:func:`mqar_accuracy`) and appearance recall in the returning segment of
+the storyboards (:func:`video_recall`, the same fixed noise as the task's ``val/consistency``). The evaluation set is
+small on purpose: with the comparisons' defaults the curve costs a few percent of a run.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import lightning as pl
+import torch
+
+from seqmix.utils.stats import summarize
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LearningCurve", "curve_band", "mqar_accuracy", "plot_curves", "video_recall"]
+
+
+class LearningCurve(pl.Callback):
+    """Evaluate ``metric(task, batches) -> float`` at ``points + 1`` evenly spaced optimizer steps (0 .. the run's
+    last step) on the first ``num_batches`` batches of the validation loader; the result is :attr:`curve`
+    ``{"steps": [...], "values": [...]}``.
+
+    The model is put in eval mode under ``torch.no_grad`` for each evaluation and restored; nothing is logged to
+    the trainer, so validation metrics and checkpoints are those of the run without the callback.
+    """
+
+    def __init__(self, metric: Callable[[pl.LightningModule, list], float], points: int = 8, num_batches: int = 2):
+        if points < 1 or num_batches < 1:
+            raise ValueError(f"points and num_batches must be >= 1, got {points}, {num_batches}")
+        self.metric, self.points, self.num_batches = metric, points, num_batches
+        self.curve: dict[str, list] = {"steps": [], "values": []}
+        self._at: list[int] = []
+        self._batches: list = []
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        total = int(trainer.max_steps) if trainer.max_steps and trainer.max_steps > 0 else \
+            int(trainer.estimated_stepping_batches)
+        self._at = sorted({round(i * total / self.points) for i in range(self.points + 1)})
+        loader = trainer.datamodule.val_dataloader()
+        self._batches = []
+        for batch in loader:
+            self._batches.append(trainer.strategy.batch_to_device(batch, pl_module.device))
+            if len(self._batches) == self.num_batches:
+                break
+        self._measure(trainer, pl_module)  # step 0: before any update
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step in self._at and trainer.global_step not in self.curve["steps"]:
+            self._measure(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.global_step not in self.curve["steps"]:  # a run stopped early: its last step is still a point
+            self._measure(trainer, pl_module)
+
+    def _measure(self, trainer, pl_module) -> None:
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            value = float(self.metric(pl_module, self._batches))
+        pl_module.train(was_training)
+        self.curve["steps"].append(int(trainer.global_step))
+        self.curve["values"].append(value)
+
+
+def mqar_accuracy(task, batches: list) -> float:
+    """Query accuracy of an :class:`~seqmix.tasks.LMTask` over ``(inputs, labels)`` batches (scored positions only)."""
+    from seqmix.data.mqar import IGNORE_INDEX
+
+    hit = n = 0
+    for inputs, labels in batches:
+        pred = task.lm(inputs).argmax(-1)  # [B, T]
+        scored = labels != IGNORE_INDEX
+        hit += int((pred[scored] == labels[scored]).sum())
+        n += int(scored.sum())
+    return hit / max(1, n)
+
+
+def video_recall(task, batches: list) -> float:
+    """Appearance recall in the returning segments of a :class:`~seqmix.tasks.VideoDiffusionTask` on storyboard
+    batches: ``x0`` predicted at the task's consistency timesteps with the same fixed noise as its validation."""
+    from seqmix.data.storyboard import consistency
+
+    if task._storyboard is None:
+        raise ValueError("video_recall needs storyboard data (appearance recall is defined on storyboards only)")
+    n_eval = len(task.eval_timesteps)  # validation draws eval timesteps first, then consistency ones
+    scores = []
+    for batch in batches:
+        x0, text = batch["latents"], batch["text"]
+        for j, t_val in enumerate(task.consistency_timesteps):
+            _, noise, _ = task._draw(batch, -1 - (n_eval + j), train=False)
+            t = torch.full((x0.shape[0],), t_val, device=x0.device, dtype=torch.long)
+            x_t = task.diffusion.add_noise(x0, noise, t)
+            x0_hat = task.diffusion.x0_from_v(x_t.float(), task.denoise(x_t, t, text).float(), t)
+            scores.append(consistency(x0_hat, batch["mask"], batch["appearance"], task._storyboard))
+    return float(torch.cat(scores).mean())
+
+
+def curve_band(curves: list[dict]) -> dict:
+    """Mean and interval per step over seeds' curves (:func:`seqmix.utils.stats.summarize`); steps common to all."""
+    if not curves:
+        return {"steps": [], "mean": [], "low": [], "high": []}
+    steps = sorted(set.intersection(*(set(c["steps"]) for c in curves)))
+    out = {"steps": steps, "mean": [], "low": [], "high": []}
+    for s in steps:
+        summ = summarize([c["values"][c["steps"].index(s)] for c in curves])
+        out["mean"].append(summ.mean)
+        out["low"].append(summ.low)
+        out["high"].append(summ.high)
+    return out
+
+
+def plot_curves(groups: dict[str, list[dict]], path: Path, ylabel: str, title: str,
+                chance: float | None = None) -> Path | None:
+    """One line per name (mean over its seeds' curves) with a shaded interval; ``groups`` = ``{name: [curve]}``."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: skipping %s", path)
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name, curves in groups.items():
+        band = curve_band([c for c in curves if c and c.get("steps")])
+        if not band["steps"]:
+            continue
+        (line,) = ax.plot(band["steps"], band["mean"], marker=".", label=name)
+        if len(curves) > 1:
+            ax.fill_between(band["steps"], band["low"], band["high"], color=line.get_color(), alpha=0.2)
+    if chance is not None:
+        ax.axhline(chance, color="k", ls="--", lw=1, label="chance")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
