@@ -105,7 +105,7 @@ class SegmentedDiT(nn.Module):
         c = self.config
         heads = c.mixer_num_heads or c.num_attention_heads
         mixer = mixers.build(c.mixer, dim=c.inner_dim, num_heads=heads, **self._mixer_cfg())
-        return GlobalLayer(mixer, c.inner_dim, c.gate_init, self.mixer_positions)
+        return GlobalLayer(mixer, c.inner_dim, c.gate_init, self.mixer_positions, c.mixer_reverse_positions)
 
     @staticmethod
     def is_global_key(name: str) -> bool:
