@@ -109,3 +109,211 @@ def test_dit_reverse_pass_is_the_public_one(segments):
     x_bwd, pos_bwd = gl.mixer.seen[1]
     assert torch.equal(x_bwd, seq)
     assert torch.equal(pos_bwd, pos)
+
+
+# ============================================================================ 2. the language-model variant
+from seqmix.ops import ttt as ops  # noqa: E402
+from seqmix.layers.ttt import _triton_supports  # noqa: E402
+
+
+def _scan_inputs(kind, B=2, H=2, T=11, K=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    Fd = K if kind == "linear" else 2 * K
+    rn = lambda *s, sc=1.0: sc * torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    q, k, r = rn(B, H, T, K), rn(B, H, T, K), rn(B, H, T, K)
+    eta = 0.5 * torch.rand(B, H, T, generator=g, dtype=torch.float64)
+    lw, lb = 1 + rn(H, K, sc=0.1), rn(H, K, sc=0.1)
+    P = [rn(H, K, Fd, sc=0.3), rn(H, 1, Fd, sc=0.1)]
+    if kind == "mlp":
+        P += [rn(H, Fd, K, sc=0.3), rn(H, 1, K, sc=0.1)]
+    return [t.requires_grad_() for t in (q, k, r, eta, lw, lb, *P)]
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+@pytest.mark.parametrize("T", [8, 11], ids=lambda t: f"T{t}")
+def test_scan_token_weights_match_naive(kind, T):
+    """Learnable token-index weights: dual-form scan == naive twin (outputs, state, every gradient incl. the
+    weights'), with one weight clamped to 0 and a ragged tail, fp64."""
+    leaves = _scan_inputs(kind, T=T)
+    tw = torch.tensor([0.9, 0.0, 0.4, 0.3], dtype=torch.float64, requires_grad=True)
+    res = []
+    for fn in (ops.ttt_scan, ops.ttt_scan_naive):
+        q, k, r, eta, lw, lb, *P = leaves
+        z, st = fn(q, k, r, eta, lw, lb, ops.init_state(P, 2, q.dtype), kind=kind, causal=True,
+                   mini_batch_size=4, token_weights=tw, checkpoint_group=1)
+        w = torch.randn(z.shape, generator=torch.Generator().manual_seed(5), dtype=z.dtype)
+        loss = (z * w).sum() + sum(s.square().sum() for s in st)
+        res.append((z, st, torch.autograd.grad(loss, [*leaves, tw])))
+    (z, st, gr), (z0, st0, gr0) = res
+    assert_close("z", z, z0, 1e-10)
+    for a, b in zip(st, st0):
+        assert_close("state", a, b, 1e-10)
+    for i, (a, b) in enumerate(zip(gr, gr0)):
+        assert_close(f"grad {i}", a, b, 1e-10)
+    # default weights 1/(i+1) == passing them explicitly
+    q, k, r, eta, lw, lb, *P = leaves
+    kw = dict(kind=kind, causal=True, mini_batch_size=4)
+    za, _ = ops.ttt_scan(q, k, r, eta, lw, lb, ops.init_state(P, 2, q.dtype), **kw)
+    zb, _ = ops.ttt_scan(q, k, r, eta, lw, lb, ops.init_state(P, 2, q.dtype), **kw,
+                         token_weights=1.0 / torch.arange(1, 5, dtype=torch.float64))
+    assert_close("default token weights", zb, za, 1e-14)
+
+
+def test_lm_update_by_hand():
+    """TTT-Linear, one mini-batch of 2 tokens with token weights (w0, 0), written out by hand: token 1's weight is
+    clamped to 0, so it reads the initial model and the state does not move; token 0 reads
+    q0 W + b - w0 eta0 (q0 . k0 + 1) g0 with g0 the LayerNorm-L2 gradient of token 0."""
+    H, K, eps = 1, 4, 1e-6
+    g = torch.Generator().manual_seed(3)
+    q, k, r = (torch.randn(1, H, 2, K, generator=g, dtype=torch.float64) for _ in range(3))
+    eta = torch.tensor([[[0.7, 0.4]]], dtype=torch.float64)
+    W, b = 0.3 * torch.randn(H, K, K, generator=g, dtype=torch.float64), 0.1 * torch.randn(H, 1, K, generator=g,
+                                                                                           dtype=torch.float64)
+    lw, lb = torch.ones(H, K, dtype=torch.float64), torch.zeros(H, K, dtype=torch.float64)
+    w0 = 0.8
+    z, (W1, b1) = ops.ttt_scan(q, k, r, eta, lw, lb, (W[None], b[None]), kind="linear", causal=True,
+                               mini_batch_size=2, eps=eps, token_weights=torch.tensor([w0, 0.0], dtype=torch.float64))
+    q0, k0, r0, q1 = q[0, 0, 0], k[0, 0, 0], r[0, 0, 0], q[0, 0, 1]
+    z0 = k0 @ W[0] + b[0, 0]
+    mu, var = z0.mean(), ((z0 - z0.mean()) ** 2).mean()
+    std = math.sqrt(var + eps)
+    xh = (z0 - mu) / std
+    gx = xh - r0  # d/dLN of 1/2 ||LN - r||^2 (unit weight, zero bias)
+    g0 = (K * gx - gx.sum() - xh * (gx * xh).sum()) / (K * std)
+    want0 = q0 @ W[0] + b[0, 0] - w0 * 0.7 * (q0 @ k0 + 1.0) * g0
+    assert_close("token 0", z[0, 0, 0], want0, 1e-12)
+    assert_close("token 1 (weight 0)", z[0, 0, 1], q1 @ W[0] + b[0, 0], 1e-12)
+    assert_close("state unchanged (last weight 0)", W1[0], W, 1e-14)
+    assert_close("bias unchanged", b1[0], b, 1e-14)
+
+
+def _gelu_tanh_grad(x):
+    c = math.sqrt(2 / math.pi)
+    t = torch.tanh(c * (x + 0.044715 * x ** 3))
+    return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x)
+
+
+def _public_lm_forward(m, x):
+    """ttt-lm-pytorch's TTTLinear / TTTMLP forward (prefill, no cache), re-derived from its formulas with our
+    layer's parameters: RoPE in the half-split convention on permuted Q/K, ``eta[i, j] = token_idx[i] lr[j]``,
+    ``tril`` dual form, full mini-batches then the remainder from the last state, post-norm, gate, output."""
+    B, L, D = x.shape
+    H, K, N, c = m.num_heads, m.head_dim, m.config.mini_batch_size, m.config
+    split = lambda t: t.view(B, L, H, K).transpose(1, 2)  # noqa: E731
+    XQ, XK, XV = split(x @ m.wq.weight.T), split(x @ m.wk.weight.T), split(x @ m.wv.weight.T)
+    pos = (torch.arange(L) % N).double()
+    inv = 1.0 / (c.rope_theta ** (torch.arange(0, K, 2, dtype=torch.float64) / K))
+    emb = torch.cat([pos[:, None] * inv, pos[:, None] * inv], -1)
+    cos, sin = emb.cos(), emb.sin()
+    perm = lambda t: t.reshape(B, H, L, K // 2, 2).transpose(3, 4).reshape(B, H, L, K)  # noqa: E731
+    unperm = lambda t: t.reshape(B, H, L, 2, K // 2).transpose(3, 4).reshape(B, H, L, K)  # noqa: E731
+    half = lambda t: torch.cat([-t[..., K // 2:], t[..., : K // 2]], -1)  # noqa: E731
+    XQ, XK = (unperm(perm(t) * cos + half(perm(t)) * sin) for t in (XQ, XK))
+    lr = torch.sigmoid(torch.einsum("bld,hd->bhl", x, m.lr_weight) + m.lr_bias[None, :, None])
+    lr = m.base_lr * lr / K  # [B, H, L]
+    token_idx = torch.clamp_min(1.0 / torch.arange(1, N + 1, dtype=torch.float64) + m.token_weight_offset, 0.0)
+    gw, gb = m.ttt_norm_weight[:, None], m.ttt_norm_bias[:, None]
+
+    def ln(t):
+        mu, var = t.mean(-1, keepdim=True), t.var(-1, keepdim=True, unbiased=False)
+        return gw * (t - mu) / torch.sqrt(var + 1e-6) + gb
+
+    def ln_l2_bwd(t, target):
+        mu, var = t.mean(-1, keepdim=True), t.var(-1, keepdim=True, unbiased=False)
+        std = torch.sqrt(var + 1e-6)
+        xh = (t - mu) / std
+        gxh = (gw * xh + gb - target) * gw
+        return (K * gxh - gxh.sum(-1, keepdim=True) - xh * (gxh * xh).sum(-1, keepdim=True)) / (K * std)
+
+    params = [p[None].expand(B, *p.shape) for p in m.inner_params().values()]
+    outs = []
+    for s in range(0, L, N):
+        n = min(N, L - s)
+        q, k, v = XQ[:, :, s:s + n], XK[:, :, s:s + n], XV[:, :, s:s + n]
+        eta = token_idx[:n, None] * lr[:, :, None, s:s + n]  # [B, H, n, n]
+        last = eta[:, :, -1, :, None]
+        if m.kind == "linear":
+            W1, b1 = params
+            g1 = ln_l2_bwd(k @ W1 + b1, v - k)
+            Z = q @ W1 - (eta * torch.tril(q @ k.mT)) @ g1 + b1 - torch.tril(eta) @ g1
+            params = [W1 - (last * k).mT @ g1, b1 - (last * g1).sum(-2, keepdim=True)]
+        else:
+            W1, b1, W2, b2 = params
+            Z1 = k @ W1 + b1
+            X2 = F.gelu(Z1, approximate="tanh")
+            g2 = ln_l2_bwd(X2 @ W2 + b2, v - k)
+            g1 = g2 @ W2.mT * _gelu_tanh_grad(Z1)
+            Z1b = q @ W1 - (eta * torch.tril(q @ k.mT)) @ g1 + b1 - torch.tril(eta) @ g1
+            X2b = F.gelu(Z1b, approximate="tanh")
+            Z = X2b @ W2 - (eta * torch.tril(X2b @ X2.mT)) @ g2 + b2 - torch.tril(eta) @ g2
+            params = [W1 - (last * k).mT @ g1, b1 - (last * g1).sum(-2, keepdim=True),
+                      W2 - (last * X2).mT @ g2, b2 - (last * g2).sum(-2, keepdim=True)]
+        outs.append(q + ln(Z))
+    y = torch.cat(outs, 2).transpose(1, 2).reshape(B, L, H * K)
+    y = F.layer_norm(y, (H * K,), m.post_norm.weight, m.post_norm.bias, 1e-6)
+    if m.gate_proj is not None:
+        y = F.gelu(x @ m.gate_proj.weight.T, approximate="tanh") * y
+    return y @ m.wo.weight.T
+
+
+@pytest.mark.parametrize("name", ["ttt_linear", "ttt_mlp"])
+@pytest.mark.parametrize("T", [16, 13], ids=lambda t: f"T{t}")
+@pytest.mark.parametrize("gate", [False, True], ids=["nogate", "gate"])
+def test_lm_variant_matches_public_formulas(name, T, gate):
+    torch.manual_seed(0)
+    m = layers.build(name, dim=32, num_heads=2, mini_batch_size=8, causal=True, variant="lm",
+                     output_gate=gate, mlp_expansion=4).double() if name == "ttt_mlp" else \
+        layers.build(name, dim=32, num_heads=2, mini_batch_size=8, causal=True, variant="lm",
+                     output_gate=gate).double()
+    with torch.no_grad():  # non-trivial learnable parts: token-index offsets (one clamps), LN affine, lr bias
+        m.token_weight_offset.copy_(0.2 * torch.randn(8, dtype=torch.float64))
+        m.token_weight_offset[3] = -1.0
+        m.ttt_norm_weight.add_(0.1 * torch.randn_like(m.ttt_norm_weight))
+        m.ttt_norm_bias.add_(0.1 * torch.randn_like(m.ttt_norm_bias))
+        m.lr_bias.add_(0.5)
+    assert m.wq.bias is None and m.wo.bias is None and m.ln_eps == 1e-6
+    x = torch.randn(2, T, 32, dtype=torch.float64, requires_grad=True)
+    y = m(x)
+    y0 = _public_lm_forward(m, x)
+    assert_close("lm variant vs public formulas", y, y0, 1e-12)
+    gy, gy0 = (torch.autograd.grad(t.square().sum(), [x, m.token_weight_offset]) for t in (y, y0))
+    for a, b in zip(gy, gy0):
+        assert_close("grad", a, b, 1e-10)
+
+
+def test_lm_variant_backends_and_state():
+    """torch vs naive backend (outputs, all parameter gradients), chunked calls == one pass, the Triton kernels
+    decline the variant with a reason, bad configs and positions."""
+    torch.manual_seed(1)
+    kw = dict(dim=32, num_heads=2, mini_batch_size=4, causal=True, variant="lm", output_gate=True)
+    m = layers.build("ttt_mlp", **kw, mlp_expansion=2).double()
+    ref = layers.build("ttt_mlp", **kw, mlp_expansion=2, backend="naive").double()
+    with torch.no_grad():
+        m.token_weight_offset.uniform_(-0.5, 0.3)
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(2, 11, 32, dtype=torch.float64)
+    y, y0 = m(x), ref(x)
+    assert_close("torch vs naive", y, y0, 1e-10)
+    g, g0 = (torch.autograd.grad(t.square().sum(), list(mm.parameters())) for t, mm in ((y, m), (y0, ref)))
+    for (n, _), a, b in zip(m.named_parameters(), g, g0):
+        assert_close(f"grad {n}", a, b, 1e-10)
+    with torch.no_grad():
+        y1, st = m(x[:, :6], return_state=True)
+        y2, st = m(x[:, 6:9], state=st, return_state=True)
+        y3 = m(x[:, 9:], state=st)
+        assert_close("chunked == one pass", torch.cat([y1, y2, y3], 1), m(x), 1e-12)
+        assert_close("positions by index == none", m(x, positions=torch.arange(11)), m(x), 1e-14)
+    reason = _triton_supports(m, torch.device("cuda"), torch.float32, None)
+    assert reason and "variant" in reason
+    with pytest.raises(ValueError, match="causal=True"):
+        layers.build("ttt_linear", dim=16, num_heads=1, variant="lm")
+    with pytest.raises(ValueError, match="variant"):
+        layers.build("ttt_linear", dim=16, num_heads=1, variant="chat")
+    with pytest.raises(ValueError, match="output_gate"):
+        layers.build("ttt_linear", dim=16, num_heads=1, output_gate=True)
+    with pytest.raises(ValueError, match="1D integer positions"):
+        m(x, positions=torch.zeros(11, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="token_weights"):
+        q, k, r, eta, lw, lb, *P = _scan_inputs("linear", T=8)
+        ops.ttt_scan(q, k, r, eta, lw, lb, ops.init_state(P, 2, q.dtype), kind="linear", causal=False,
+                     mini_batch_size=4, token_weights=torch.ones(4, dtype=torch.float64))
