@@ -317,3 +317,161 @@ def test_lm_variant_backends_and_state():
         q, k, r, eta, lw, lb, *P = _scan_inputs("linear", T=8)
         ops.ttt_scan(q, k, r, eta, lw, lb, ops.init_state(P, 2, q.dtype), kind="linear", causal=False,
                      mini_batch_size=4, token_weights=torch.ones(4, dtype=torch.float64))
+
+
+# ============================================================================ 3. ttt-video-dit state dicts
+from seqmix.backbones.dit import load_public_ttt, ttt_from_public, ttt_to_public  # noqa: E402
+from seqmix.ops.rope import rope_angles  # noqa: E402
+
+
+def _public_layer_dict(kind: str, D: int, H: int, K: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A state dict of the public TTT layer built by hand from its shapes (random, non-trivial values)."""
+    g = torch.Generator().manual_seed(seed)
+    rn = lambda *s, sc=0.3: sc * torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    Fd = K if kind == "linear" else 4 * K
+    sd = {}
+    for n in ("wq", "wk", "wv"):
+        sd[f"{n}.weight"], sd[f"{n}.bias"] = rn(H * K, D), rn(H * K, sc=0.1)
+    sd["wo.weight"], sd["wo.bias"] = rn(D, H * K), rn(D, sc=0.1)
+    sd["learnable_ttt_lr_weight"], sd["learnable_ttt_lr_bias"] = rn(H, 1, D), rn(H, 1)
+    sd["ttt_norm_weight"], sd["ttt_norm_bias"] = 1 + rn(H, K, sc=0.1), rn(H, K, sc=0.1)
+    sd["post_norm.weight"], sd["post_norm.bias"] = 1 + rn(H * K, sc=0.1), rn(H * K, sc=0.1)
+    sd["W1"], sd["b1"] = rn(H, K, Fd), rn(H, 1, Fd, sc=0.1)
+    if kind == "mlp":
+        sd["W2"], sd["b2"] = rn(H, Fd, K), rn(H, 1, K, sc=0.1)
+    return sd
+
+
+def _public_ttt_forward(sd, x, *, kind, H, K, N, base_lr, vpos, n_text=0, chunks=None):
+    """The public TTT layer's forward, re-derived from its formulas with its own tensors (public names and shapes):
+    Q/K L2-normalised, 3D RoPE on the video tokens by storage index (text unrotated), target
+    ``LN_t(V - K) + K`` (unbiased std, eps on the std), ``eta = base_lr sigmoid(x . w + b) / K / N``, optional
+    interleave by ``chunks`` ([(text slice, video slice)] in storage order), non-causal scan, ``Q + LN(Z)``,
+    post-norm, output projection, undo the interleave. The inner scan is seqmix's naive twin (tested apart)."""
+    B, T, D = x.shape
+    lin = lambda n: x @ sd[f"{n}.weight"].T + sd[f"{n}.bias"]  # noqa: E731
+    XQ, XK, XV = (lin(n).view(B, T, H, K) for n in ("wq", "wk", "wv"))
+    XQ, XK = F.normalize(XQ, dim=-1), F.normalize(XK, dim=-1)
+    ang = rope_angles(vpos, K)  # [T_v, K/2] fp64 (the split t/h/w = K/4, 3K/8, 3K/8 as the public table)
+    cis = torch.polar(torch.ones_like(ang), ang)
+
+    def rot(t):
+        c = torch.view_as_complex(t[:, n_text:].reshape(B, T - n_text, H, K // 2, 2).contiguous())
+        return torch.cat([t[:, :n_text], torch.view_as_real(c * cis[None, :, None]).flatten(-2)], 1)
+
+    XQ, XK = rot(XQ), rot(XK)
+    d = XV - XK
+    tgt = (d - d.mean(-1, keepdim=True)) / (d.std(-1, keepdim=True) + 1e-8) * sd["ttt_norm_weight"] \
+        + sd["ttt_norm_bias"] + XK
+    lr = torch.einsum("btc,hdc->bhtd", x, sd["learnable_ttt_lr_weight"]) + sd["learnable_ttt_lr_bias"].reshape(1, H, 1, 1)
+    eta = (base_lr * torch.sigmoid(lr) / K)[..., 0]  # [B, H, T]; the scan divides by N
+    order = list(range(T)) if chunks is None else sum((list(range(*a)) + list(range(*b)) for a, b in chunks), [])
+    tr = lambda t: t[:, order].transpose(1, 2)  # noqa: E731
+    P = [sd["W1"], sd["b1"]] + ([sd["W2"], sd["b2"]] if kind == "mlp" else [])
+    q, k = tr(XQ), tr(XK)
+    z, _ = ops.ttt_scan_naive(q, k, tr(tgt) - k, eta[:, :, order], sd["ttt_norm_weight"], sd["ttt_norm_bias"],
+                              ops.init_state(P, B, x.dtype), kind=kind, causal=False, mini_batch_size=N)
+    y = q + ops.head_layer_norm(z, sd["ttt_norm_weight"], sd["ttt_norm_bias"], 1e-8)
+    y = F.layer_norm(y.transpose(1, 2).reshape(B, T, H * K), (H * K,), sd["post_norm.weight"], sd["post_norm.bias"],
+                     1e-6)
+    y = y @ sd["wo.weight"].T + sd["wo.bias"]
+    out = torch.empty_like(y)
+    out[:, order] = y
+    return out
+
+
+@pytest.mark.parametrize("name,kind", [("ttt_linear", "linear"), ("ttt_mlp", "mlp")])
+def test_public_state_dict_round_trip_and_output(name, kind):
+    D, H, K, N = 32, 2, 16, 4
+    torch.manual_seed(0)
+    ours = layers.build(name, dim=D, num_heads=H, mini_batch_size=N).double()
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    pub = ttt_to_public(ours.state_dict())
+    assert pub["learnable_ttt_lr_weight"].shape == (H, 1, D) and pub["learnable_ttt_lr_bias"].shape == (H, 1)
+    back = ttt_from_public(pub)
+    assert back.keys() == ours.state_dict().keys()
+    assert all(torch.equal(back[k], v) for k, v in ours.state_dict().items())
+    # A public-layout dict built by hand loads and reproduces the public forward (12 tokens: 3 frames of 2 x 2).
+    sd = _public_layer_dict(kind, D, H, K)
+    layer = layers.build(name, dim=D, num_heads=H, mini_batch_size=N).double()
+    load_public_ttt(layer, sd)
+    vpos = _grid_positions(3, 2, 2)
+    x = torch.randn(2, 12, D, dtype=torch.float64)
+    want = _public_ttt_forward(sd, x, kind=kind, H=H, K=K, N=N, base_lr=layer.base_lr, vpos=vpos)
+    assert_close("public weights: ours vs public forward", layer(x, positions=vpos), want, 1e-12)
+
+
+def test_public_state_dict_strict_errors():
+    layer = layers.build("ttt_linear", dim=32, num_heads=2, mini_batch_size=4).double()
+    sd = _public_layer_dict("linear", 32, 2, 16)
+    with pytest.raises(ValueError, match=r"missing \['W1'\]"):
+        load_public_ttt(layer, {k: v for k, v in sd.items() if k != "W1"})
+    with pytest.raises(ValueError, match=r"unexpected \['W2'\]"):
+        load_public_ttt(layer, {**sd, "W2": torch.zeros(2, 16, 16)})
+    with pytest.raises(ValueError, match=r"shape mismatch \['b1: checkpoint \(2, 16\)"):
+        load_public_ttt(layer, {**sd, "b1": torch.zeros(2, 16)})
+    with pytest.raises(ValueError, match=r"\[H, 1, D\]"):
+        load_public_ttt(layer, {**sd, "learnable_ttt_lr_weight": torch.zeros(2, 32)})
+    lm = layers.build("ttt_linear", dim=32, num_heads=2, causal=True, variant="lm")
+    with pytest.raises(ValueError, match="variant"):
+        load_public_ttt(lm, sd)
+    with pytest.raises(ValueError, match="no counterpart"):
+        ttt_to_public(lm.state_dict())
+
+
+def test_public_dit_checkpoint_loads_into_segmented_dit():
+    """A public DiT state dict (its TTT layers and gates, plus keys of its own CogVideoX weights that are ignored)
+    loads into SegmentedDiT; the global layer then equals the public sequence-modelling step re-derived: gated TTT
+    over the interleaved sequence, then over the reversed one (text chunks in reverse order, video flipped, in
+    storage order, RoPE table by index), un-reversed and gated."""
+    from tests.test_dit import tiny_model  # noqa: PLC0415
+
+    lay = VideoLayout(num_segments=2, text_len=2, latent_height=4, latent_width=4, window_frames=3)  # T = 24
+    model = tiny_model(num_layers=2, mixer="ttt_linear", mixer_config=dict(mini_batch_size=4)).double()
+    D, H, K, N = model.config.inner_dim, 2, 16, 4
+    g = torch.Generator().manual_seed(9)
+    sd = {"dit.layers.0.seq_modeling_block.q.weight": torch.zeros(D, D)}  # not a TTT key: ignored
+    for i in range(2):
+        pre = f"dit.layers.{i}.seq_modeling_block."
+        sd.update({f"{pre}ssm.ttt.{k}": v for k, v in _public_layer_dict("linear", D, H, K, seed=i).items()})
+        for gate in ("forward_ssm_gating_text", "forward_ssm_gating_video", "backward_ssm_gating_text",
+                     "backward_ssm_gating_video"):
+            sd[f"{pre}{gate}.gating_alpha"] = torch.randn(D, generator=g, dtype=torch.float64)
+    loaded = model.load_public_ttt(sd)
+    assert len(loaded) == sum(1 for k in model.state_dict() if model.is_global_key(k))
+    gl = model.transformer_blocks[1].global_layer
+    assert torch.equal(gl.gate_bwd_video.alpha, sd["dit.layers.1.seq_modeling_block.backward_ssm_gating_video.gating_alpha"])
+
+    plan = model._plan(lay, torch.device("cpu"))
+    txt = torch.randn(2, lay.text_tokens, D, dtype=torch.float64)
+    vid = torch.randn(2, lay.video_tokens, D, dtype=torch.float64)
+    out_vid, out_txt = gl(vid, txt, plan)
+
+    pub = {k[len("dit.layers.1.seq_modeling_block.ssm.ttt."):]: v for k, v in sd.items()
+           if k.startswith("dit.layers.1.seq_modeling_block.ssm.ttt.")}
+    alpha = lambda n: torch.tanh(sd[f"dit.layers.1.seq_modeling_block.{n}.gating_alpha"])  # noqa: E731
+    n_text, S, L, Nf = lay.text_tokens, lay.num_segments, lay.text_len, lay.tokens_per_frame
+    first = lay.window_frames * Nf
+    rest = (lay.video_tokens - first) // (S - 1)
+    vb = [0, first] + [first + rest * j for j in range(1, S)]
+    chunks = [((j * L, (j + 1) * L), (n_text + vb[j], n_text + vb[j + 1])) for j in range(S)]
+    vpos = _grid_positions(lay.num_frames, *lay.grid)
+    ssm = lambda e: _public_ttt_forward(pub, e, kind="linear", H=H, K=K, N=N, base_lr=1.0, vpos=vpos,  # noqa: E731
+                                        n_text=n_text, chunks=chunks)
+
+    def gate(res, out, t, v):
+        return res + torch.cat([alpha(t) * out[:, :n_text], alpha(v) * out[:, n_text:]], 1)
+
+    def rev(e):  # reverse the order of the text chunks, flip the video (an involution)
+        t = e[:, :n_text].view(2, S, L, D).flip(1).reshape(2, n_text, D)
+        return torch.cat([t, e[:, n_text:].flip(1)], 1)
+
+    emb = torch.cat([txt, vid], 1)
+    emb = gate(emb, ssm(emb), "forward_ssm_gating_text", "forward_ssm_gating_video")
+    emb = gate(emb, rev(ssm(rev(emb))), "backward_ssm_gating_text", "backward_ssm_gating_video")
+    assert_close("DiT global layer vs public step", torch.cat([out_txt, out_vid], 1), emb, 1e-12)
+
+    with pytest.raises(ValueError, match="absent"):
+        model.load_public_ttt({k: v for k, v in sd.items() if not k.startswith("dit.layers.1.")})
