@@ -475,3 +475,41 @@ def test_public_dit_checkpoint_loads_into_segmented_dit():
 
     with pytest.raises(ValueError, match="absent"):
         model.load_public_ttt({k: v for k, v in sd.items() if not k.startswith("dit.layers.1.")})
+
+
+# ============================================================================ 4. text in the reversed pass
+@pytest.mark.parametrize("segments", [1, 2, 4])
+def test_reversed_order_reads_each_text_before_its_own_window(segments):
+    """The reason the text chunks are reordered, not kept in place: in both read orders of the global layer, every
+    text chunk is followed (up to the next text chunk) only by frames of its own attention window (in the reversed
+    order: all of them but the one shared with the later window, read just before); keeping the chunks in their
+    slots would break it."""
+    lay = VideoLayout(num_segments=segments, text_len=2, latent_height=2, latent_width=2, window_frames=3)
+    S, L, N = lay.num_segments, lay.text_len, lay.tokens_per_frame
+    labels = [("t", i) for i in range(S) for _ in range(L)] + [("v", f) for f in range(lay.num_frames) for _ in range(N)]
+    inter = lay.index().interleave
+    fwd = [labels[j] for j in inter.tolist()]
+    bwd = [labels[j] for j in inter[lay.index().reverse].tolist()]
+    in_place = []  # text chunk i stays in slot i, only the video is flipped
+    video_rev = iter([lab for lab in fwd if lab[0] == "v"][::-1])
+    for lab in fwd:
+        in_place.append(lab if lab[0] == "t" else next(video_rev))
+
+    def frames_after_text(order):
+        out, cur = {}, None
+        for kind, val in order:
+            if kind == "t":
+                cur = val
+                out.setdefault(cur, set())
+            else:
+                out[cur].add(val)
+        return out
+
+    for order in (fwd, bwd):
+        for seg, frames in frames_after_text(order).items():
+            assert frames <= set(range(*lay.window(seg))), (seg, frames)
+    for seg, frames in frames_after_text(bwd).items():  # its window, less the frame shared with the later window
+        start, stop = lay.window(seg)
+        assert frames == set(range(start, stop if seg == segments - 1 else stop - 1)), (seg, frames)
+    if segments > 1:
+        assert any(not frames <= set(range(*lay.window(seg))) for seg, frames in frames_after_text(in_place).items())

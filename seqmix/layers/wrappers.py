@@ -38,7 +38,9 @@ class Bidirectional(Mixer):
 
     ``y = Z + tanh(b) * rev(M(rev(Z)))`` with ``Z = x + tanh(a) * M(x)``; both directions share ``M``.
     Note the output includes the residual ``x`` (as the paper's gate does). ``reverse`` may be replaced by a
-    layout-aware involution (the DiT reverses the order of text chunks but not the tokens inside them).
+    layout-aware involution: the default flips every token (the wrapper knows no text); the DiT's global layer
+    flips the video and reverses the order of the per-segment text chunks, keeping the tokens inside a chunk in
+    order, as the public ttt-video-dit code (why: :mod:`seqmix.backbones.layout`).
 
     Positions in the reversed pass (``reverse_positions``):
 
