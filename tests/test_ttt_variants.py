@@ -513,3 +513,17 @@ def test_reversed_order_reads_each_text_before_its_own_window(segments):
         assert frames == set(range(start, stop if seg == segments - 1 else stop - 1)), (seg, frames)
     if segments > 1:
         assert any(not frames <= set(range(*lay.window(seg))) for seg, frames in frames_after_text(in_place).items())
+
+
+def test_lm_variant_in_the_lm_backbone_carries_state():
+    """MixerLM with the LM variant (output gate, the backbone's short convolution): chunked == one pass."""
+    from seqmix.backbones.lm import LMConfig, MixerLM  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    m = MixerLM(LMConfig(vocab_size=11, dim=32, mixer="ttt_linear", short_conv=4, max_len=0,
+                         mixer_config=dict(variant="lm", mini_batch_size=4, output_gate=True))).double().eval()
+    t = torch.randint(0, 11, (2, 13))
+    with torch.no_grad():
+        y1, st = m(t[:, :5], return_state=True)
+        y2, _ = m(t[:, 5:], state=st, offset=5, return_state=True)
+        assert_close("chunked == one pass", torch.cat([y1, y2], 1), m(t), 1e-12)
