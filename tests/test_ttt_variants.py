@@ -527,3 +527,18 @@ def test_lm_variant_in_the_lm_backbone_carries_state():
         y1, st = m(t[:, :5], return_state=True)
         y2, _ = m(t[:, 5:], state=st, offset=5, return_state=True)
         assert_close("chunked == one pass", torch.cat([y1, y2], 1), m(t), 1e-12)
+
+
+def test_kernel_scans_decline_token_weights():
+    """Same signature on every backend: the kernel scans accept token_weights and refuse them with a reason."""
+    from seqmix.kernels.ttt_tp import ttt_scan_tp  # noqa: PLC0415
+    from seqmix.kernels.ttt_triton import ttt_scan_triton  # noqa: PLC0415
+
+    q, k, r, eta, lw, lb, *P = (t.detach().float() for t in _scan_inputs("linear", T=8))
+    tw = torch.ones(4)
+    with pytest.raises(ValueError, match="1/\\(i\\+1\\)"):
+        ttt_scan_triton(q, k, r, eta, lw, lb, ops.init_state(P, 2, q.dtype), kind="linear", causal=True,
+                        mini_batch_size=4, token_weights=tw)
+    with pytest.raises(ValueError, match="non-causal"):
+        ttt_scan_tp(q, k, r, eta, lw, lb, ops.init_state(P, 2, q.dtype), kind="mlp", causal=True,
+                    mini_batch_size=4, token_weights=tw)
