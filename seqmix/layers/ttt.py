@@ -24,8 +24,9 @@ Variants (``variant``):
   learnable token-index weights ``w_i = max(1/(i+1) + d_i, 0)`` (``d``: ``token_weight_offset [N]``, init 0) in
   the step sizes ``E[i, j] = w_i eta_j``; inner LN eps 1e-6; optional output gate
   ``GELU_tanh(x W_g) * post_norm(.)`` before the output projection (``output_gate``, ``H K D`` more parameters).
-  The short convolution of that code sits before the layer in its block: :class:`seqmix.backbones.lm.LMConfig`'s
-  ``short_conv``.
+  That code's short convolutions are not part of this layer: its block-level one (``pre_conv``: RMSNorm, causal
+  depthwise convolution, residual) corresponds to :class:`seqmix.backbones.lm.LMConfig`'s ``short_conv``
+  (without the RMSNorm); its shared-Q/K form with one convolution each for Q and K (``share_qk``) is not provided.
 """
 
 from __future__ import annotations
