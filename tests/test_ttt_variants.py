@@ -200,7 +200,23 @@ def _public_lm_forward(m, x):
     B, L, D = x.shape
     H, K, N, c = m.num_heads, m.head_dim, m.config.mini_batch_size, m.config
     split = lambda t: t.view(B, L, H, K).transpose(1, 2)  # noqa: E731
-    XQ, XK, XV = split(x @ m.wq.weight.T), split(x @ m.wk.weight.T), split(x @ m.wv.weight.T)
+    if m.conv_q is None:
+        XQ, XK = split(x @ m.wq.weight.T), split(x @ m.wk.weight.T)
+    else:  # share_qk: one projection, then a causal depthwise convolution (with bias) each for Q and K
+        xq = x @ m.wq.weight.T  # [B, L, H K]
+        taps = m.conv_q.weight.shape[-1]
+
+        def conv(cv):
+            out = cv.bias.expand(B, L, -1).clone()
+            for t in range(L):
+                for i in range(taps):
+                    src = t - (taps - 1) + i
+                    if src >= 0:
+                        out[:, t] = out[:, t] + cv.weight[:, 0, i] * xq[:, src]
+            return out
+
+        XQ, XK = split(conv(m.conv_q)), split(conv(m.conv_k))
+    XV = split(x @ m.wv.weight.T)
     pos = (torch.arange(L) % N).double()
     inv = 1.0 / (c.rope_theta ** (torch.arange(0, K, 2, dtype=torch.float64) / K))
     emb = torch.cat([pos[:, None] * inv, pos[:, None] * inv], -1)
@@ -258,13 +274,11 @@ def _public_lm_forward(m, x):
 
 @pytest.mark.parametrize("name", ["ttt_linear", "ttt_mlp"])
 @pytest.mark.parametrize("T", [16, 13], ids=lambda t: f"T{t}")
-@pytest.mark.parametrize("gate", [False, True], ids=["nogate", "gate"])
-def test_lm_variant_matches_public_formulas(name, T, gate):
+@pytest.mark.parametrize("gate,qk_conv", [(False, 0), (True, 4)], ids=["plain", "gate-qkconv"])
+def test_lm_variant_matches_public_formulas(name, T, gate, qk_conv):
     torch.manual_seed(0)
     m = layers.build(name, dim=32, num_heads=2, mini_batch_size=8, causal=True, variant="lm",
-                     output_gate=gate, mlp_expansion=4).double() if name == "ttt_mlp" else \
-        layers.build(name, dim=32, num_heads=2, mini_batch_size=8, causal=True, variant="lm",
-                     output_gate=gate).double()
+                     output_gate=gate, qk_conv=qk_conv).double()
     with torch.no_grad():  # non-trivial learnable parts: token-index offsets (one clamps), LN affine, lr bias
         m.token_weight_offset.copy_(0.2 * torch.randn(8, dtype=torch.float64))
         m.token_weight_offset[3] = -1.0
@@ -272,6 +286,7 @@ def test_lm_variant_matches_public_formulas(name, T, gate):
         m.ttt_norm_bias.add_(0.1 * torch.randn_like(m.ttt_norm_bias))
         m.lr_bias.add_(0.5)
     assert m.wq.bias is None and m.wo.bias is None and m.ln_eps == 1e-6
+    assert (m.wk is None) == bool(qk_conv)
     x = torch.randn(2, T, 32, dtype=torch.float64, requires_grad=True)
     y = m(x)
     y0 = _public_lm_forward(m, x)
@@ -285,7 +300,7 @@ def test_lm_variant_backends_and_state():
     """torch vs naive backend (outputs, all parameter gradients), chunked calls == one pass, the Triton kernels
     decline the variant with a reason, bad configs and positions."""
     torch.manual_seed(1)
-    kw = dict(dim=32, num_heads=2, mini_batch_size=4, causal=True, variant="lm", output_gate=True)
+    kw = dict(dim=32, num_heads=2, mini_batch_size=4, causal=True, variant="lm", output_gate=True, qk_conv=3)
     m = layers.build("ttt_mlp", **kw, mlp_expansion=2).double()
     ref = layers.build("ttt_mlp", **kw, mlp_expansion=2, backend="naive").double()
     with torch.no_grad():
@@ -311,6 +326,15 @@ def test_lm_variant_backends_and_state():
         layers.build("ttt_linear", dim=16, num_heads=1, variant="chat")
     with pytest.raises(ValueError, match="output_gate"):
         layers.build("ttt_linear", dim=16, num_heads=1, output_gate=True)
+    with pytest.raises(ValueError, match="qk_conv"):
+        layers.build("ttt_linear", dim=16, num_heads=1, qk_conv=4)
+    with pytest.raises(ValueError, match="qk_conv"):
+        layers.build("ttt_linear", dim=16, num_heads=1, causal=True, variant="lm", qk_conv=1)
+    with torch.no_grad():
+        _, st = m(x[:, :5], return_state=True)
+    other = layers.build("ttt_mlp", **{**kw, "qk_conv": 0}, mlp_expansion=2).double()
+    with pytest.raises(ValueError, match="qk_conv history"):
+        other(x, state=st)
     with pytest.raises(ValueError, match="1D integer positions"):
         m(x, positions=torch.zeros(11, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="token_weights"):

@@ -24,9 +24,11 @@ Variants (``variant``):
   learnable token-index weights ``w_i = max(1/(i+1) + d_i, 0)`` (``d``: ``token_weight_offset [N]``, init 0) in
   the step sizes ``E[i, j] = w_i eta_j``; inner LN eps 1e-6; optional output gate
   ``GELU_tanh(x W_g) * post_norm(.)`` before the output projection (``output_gate``, ``H K D`` more parameters).
-  That code's short convolutions are not part of this layer: its block-level one (``pre_conv``: RMSNorm, causal
-  depthwise convolution, residual) corresponds to :class:`seqmix.backbones.lm.LMConfig`'s ``short_conv``
-  (without the RMSNorm); its shared-Q/K form with one convolution each for Q and K (``share_qk``) is not provided.
+  Optional short convolutions (``qk_conv`` taps): one shared Q/K projection followed by a causal depthwise
+  convolution (with bias) each for Q and K (the code's ``share_qk``; ``wk`` is then absent, ``conv_q`` /
+  ``conv_k`` added, ``2 H K (taps + 1) - H K D`` parameters more). The code's block-level convolution
+  (``pre_conv``: RMSNorm, causal depthwise convolution, residual) corresponds to
+  :class:`seqmix.backbones.lm.LMConfig`'s ``short_conv`` (without the RMSNorm).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class TTTState(NamedTuple):
     pending_r: torch.Tensor
     pending_eta: torch.Tensor
     layer: str = ""  # registry name of the producing layer (set by Mixer.forward; see seqmix.layers.base)
+    qk_conv: torch.Tensor | None = None  # [B, taps - 1, H K] last shared Q/K projections (variant "lm", qk_conv)
 
 
 @dataclass(kw_only=True)
@@ -78,6 +81,8 @@ class TTTConfig(MixerConfig):
             ``causal=True``); see the module docstring.
         output_gate: ``"lm"`` only: multiply the post-normed read-out by ``GELU_tanh(x W_g)`` (the code's
             ``use_gate``).
+        qk_conv: ``"lm"`` only: taps of the causal depthwise convolutions on a shared Q/K projection (the code's
+            ``share_qk``, 4 taps there); 0 = separate Q and K projections, no convolution.
         causal: causal (language) form with token-position weighting inside a mini-batch, or the non-causal
             (video) form where every token of a mini-batch is read out with the weights at its end.
         mini_batch_size: tokens per inner gradient step (paper text: 64; public training configs: 64 for
@@ -98,6 +103,7 @@ class TTTConfig(MixerConfig):
 
     variant: str = "video"
     output_gate: bool = False
+    qk_conv: int = 0
     causal: bool = False
     mini_batch_size: int = 64
     head_dim: int | None = None
@@ -182,13 +188,19 @@ class _TTTBase(Mixer):
             raise ValueError("variant='lm' is the causal language-model layer: it needs causal=True")
         if c.output_gate and c.variant != "lm":
             raise ValueError("output_gate belongs to variant='lm' (the language-model code's use_gate)")
+        if not isinstance(c.qk_conv, int) or c.qk_conv < 0 or c.qk_conv == 1 or (c.qk_conv and c.variant != "lm"):
+            raise ValueError(f"qk_conv must be 0 (off) or >= 2 taps, with variant='lm'; got {c.qk_conv!r} "
+                             f"(variant={c.variant!r})")
         self.head_dim = K
         self.base_lr = self.default_base_lr if c.base_lr is None else float(c.base_lr)
         self.ln_eps = c.ln_eps if c.ln_eps is not None else (1e-6 if c.variant == "lm" else 1e-8)
         H, HK = num_heads, num_heads * K
         bias = c.variant == "video"  # the language-model code's projections have no bias
         self.wq = nn.Linear(dim, HK, bias=bias)
-        self.wk = nn.Linear(dim, HK, bias=bias)
+        # qk_conv: K shares Q's projection and each gets its own causal depthwise convolution (share_qk)
+        self.wk = None if c.qk_conv else nn.Linear(dim, HK, bias=bias)
+        self.conv_q = nn.Conv1d(HK, HK, c.qk_conv, groups=HK) if c.qk_conv else None
+        self.conv_k = nn.Conv1d(HK, HK, c.qk_conv, groups=HK) if c.qk_conv else None
         self.wv = nn.Linear(dim, HK, bias=bias)
         self.wo = nn.Linear(HK, dim, bias=bias)
         if c.variant == "lm":
@@ -217,6 +229,9 @@ class _TTTBase(Mixer):
                 nn.init.zeros_(lin.bias)
         if self.config.variant == "lm":
             nn.init.zeros_(self.token_weight_offset)
+        for conv in (self.conv_q, self.conv_k):
+            if conv is not None:
+                conv.reset_parameters()
         nn.init.normal_(self.lr_weight, std=0.02)
         nn.init.zeros_(self.lr_bias)
         nn.init.ones_(self.ttt_norm_weight)
@@ -274,16 +289,30 @@ class _TTTBase(Mixer):
         return torch.clamp_min(base.to(self.token_weight_offset.dtype) + self.token_weight_offset, 0.0)
 
     # ------------------------------------------------------------------------------------------------ forward
-    def _project(self, x: torch.Tensor, positions: torch.Tensor | None):
+    def _project(self, x: torch.Tensor, positions: torch.Tensor | None, conv_hist: torch.Tensor | None = None):
         """x [B, T, D] -> q, k, r [B, H, T, K] and eta [B, H, T], in fp32 (fp64 for fp64 inputs).
 
         Variant ``"lm"``: ``positions`` are the tokens' positions inside their mini-batch (see ``_forward``)."""
+        q, k, v, _ = self._projections(x, conv_hist)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self._prepare(x, q, k, v, positions, acc_dtype(x))
+
+    def _projections(self, x: torch.Tensor, conv_hist: torch.Tensor | None):
+        """x [B, T, D] -> q, k, v [B, T, H, K] (autocast applies) and, with ``qk_conv``, the last ``taps - 1``
+        shared projections ``[B, taps - 1, H K]`` to carry (``conv_hist``: the previous call's, None = zeros)."""
         B, T, _ = x.shape
         H, K = self.num_heads, self.head_dim
-        acc = acc_dtype(x)
-        q, k, v = (proj(x).view(B, T, H, K) for proj in (self.wq, self.wk, self.wv))  # autocast applies here
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return self._prepare(x, q, k, v, positions, acc)
+        if self.conv_q is None:
+            q, k, v = (proj(x).view(B, T, H, K) for proj in (self.wq, self.wk, self.wv))
+            return q, k, v, None
+        xq, v = self.wq(x), self.wv(x).view(B, T, H, K)
+        taps = self.conv_q.kernel_size[0]
+        if conv_hist is None:
+            conv_hist = xq.new_zeros(B, taps - 1, H * K)
+        xin = torch.cat([conv_hist.to(xq.dtype), xq], dim=1).transpose(1, 2)  # [B, H K, taps - 1 + T]
+        q, k = (F.conv1d(xin, cv.weight, cv.bias, groups=H * K).transpose(1, 2).reshape(B, T, H, K)
+                for cv in (self.conv_q, self.conv_k))
+        return q, k, v, xin[:, :, xin.shape[2] - (taps - 1):].transpose(1, 2)
 
     def _prepare(self, x, q, k, v, positions, acc):
         B, T, H, K = q.shape
@@ -316,11 +345,15 @@ class _TTTBase(Mixer):
         B, T, _ = x.shape
         scan = self.select_backend(x.device).fn
         acc = acc_dtype(x)
+        if state is not None:  # validate before any of it is used
+            self._check_state(state, B, x.device, acc)
         extra = {}
         if c.variant == "lm":
             positions = self._lm_positions(x, positions, state)
             extra["token_weights"] = self.token_weights().to(acc)
-        q, k, r, eta = self._project(x, positions)
+        q, k, v, conv = self._projections(x, None if state is None else state.qk_conv)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            q, k, r, eta = self._prepare(x, q, k, v, positions, acc)
         # Inner state, gradients and LN statistics in fp32 (fp64 for fp64 inputs) even under bf16 autocast.
         with torch.autocast(device_type=x.device.type, enabled=False):
             ln_w, ln_b = self.ttt_norm_weight.to(acc), self.ttt_norm_bias.to(acc)
@@ -352,7 +385,7 @@ class _TTTBase(Mixer):
                 raise ValueError(f"{self.name}: return_state needs causal=True (the non-causal form has no carry)")
             n_keep = k_all.shape[2] % c.mini_batch_size
             tail = slice(k_all.shape[2] - n_keep, k_all.shape[2])
-            new_state = TTTState(boundary, k_all[:, :, tail], r_all[:, :, tail], eta_all[:, :, tail])
+            new_state = TTTState(boundary, k_all[:, :, tail], r_all[:, :, tail], eta_all[:, :, tail], qk_conv=conv)
         return y, new_state
 
     def _lm_positions(self, x: torch.Tensor, positions: torch.Tensor | None, state) -> torch.Tensor:
@@ -374,6 +407,11 @@ class _TTTBase(Mixer):
         expect = [(B, *p.shape) for p in self.inner_params().values()]
         if [tuple(t.shape) for t in w] != expect:
             raise ValueError(f"{self.name}: carried state shapes {[tuple(t.shape) for t in w]} != expected {expect}")
+        conv_expect = None if self.conv_q is None else (B, self.conv_q.kernel_size[0] - 1, self.conv_q.in_channels)
+        conv_got = None if state.qk_conv is None else tuple(state.qk_conv.shape)
+        if conv_got != conv_expect:
+            raise ValueError(f"{self.name}: carried qk_conv history {conv_got} != expected {conv_expect} (the state "
+                             "comes from a layer with other qk_conv settings)")
         return tuple(t.to(device=device, dtype=acc) for t in w)
 
 
