@@ -333,6 +333,7 @@ def test_lm_variant_backends_and_state():
     with torch.no_grad():
         _, st = m(x[:, :5], return_state=True)
     other = layers.build("ttt_mlp", **{**kw, "qk_conv": 0}, mlp_expansion=2).double()
+    assert m.state_size() == other.state_size() + 2 * 32  # + (taps - 1) x H K of carried projections
     with pytest.raises(ValueError, match="qk_conv history"):
         other(x, state=st)
     with pytest.raises(ValueError, match="1D integer positions"):

@@ -249,7 +249,9 @@ class _TTTBase(Mixer):
         return {n: getattr(self, n) for n in names}
 
     def state_size(self, seq_len: int | None = None) -> int:
-        return sum(p.numel() for p in self.inner_params().values())
+        inner = sum(p.numel() for p in self.inner_params().values())
+        # + the carried history of the shared Q/K projection (qk_conv)
+        return inner + (0 if self.conv_q is None else (self.conv_q.kernel_size[0] - 1) * self.conv_q.in_channels)
 
     def core_cost(self, n: int, ctx: int, batch: int, elem: int) -> Cost:
         """Per head and mini-batch of ``s`` tokens :func:`~seqmix.layers.cost.ttt_minibatch_flops` in the form the
