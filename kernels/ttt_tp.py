@@ -199,9 +199,12 @@ def _validate(q, k, r, eta, ln_w, ln_b, state, kind, causal, mini_batch_size, du
 
 
 def ttt_scan_tp(q, k, r, eta, ln_w, ln_b, state, *, kind, causal, mini_batch_size, eps=1e-8, checkpoint_group=0,
-                dual=None):
+                dual=None, token_weights=None):
     """TTT-MLP scan on the tensor-parallel Hopper kernel; same signature and return value as
-    :func:`seqmix.ops.ttt.ttt_scan` (``z`` in ``q``'s dtype, fp32 state). Validates before building anything."""
+    :func:`seqmix.ops.ttt.ttt_scan` (``z`` in ``q``'s dtype, fp32 state). Validates before building anything;
+    ``token_weights`` (causal form only) are not supported by this non-causal kernel."""
+    if token_weights is not None:
+        raise ValueError("the tensor-parallel kernel is non-causal: token_weights are not supported")
     _validate(q, k, r, eta, ln_w, ln_b, state, kind, causal, mini_batch_size, dual)
     n_mb = -(-q.shape[2] // mini_batch_size)
     G = int(checkpoint_group) if checkpoint_group and checkpoint_group > 0 else default_checkpoint_group(n_mb)

@@ -969,6 +969,7 @@ def ttt_scan_triton(
     eps: float = 1e-8,
     checkpoint_group: int = 0,
     dual: bool | None = None,
+    token_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """TTT scan on the fused Triton kernels; same signature and return value as :func:`seqmix.ops.ttt.ttt_scan`.
 
@@ -981,11 +982,16 @@ def ttt_scan_triton(
         checkpoint_group: mini-batches between saved states for the backward; ``<= 0`` picks ~sqrt(#mini-batches).
         dual: accepted for signature parity. The causal form always uses the dual read-out (``dual=False`` raises
             as in ``ttt_scan``); the non-causal form reads out with the updated state, which the dual form equals.
+        token_weights: accepted for signature parity; the kernels compute the ``1/(i+1)`` token weighting only,
+            so anything else raises (the layer's variant ``"lm"`` never selects this backend).
 
     Returns:
         ``z [B, H, T, K]`` in ``q``'s dtype and the fp32 state after the last complete mini-batch.
     """
     check_scan_inputs(q, k, r, eta, state, kind, mini_batch_size)
+    if token_weights is not None:
+        raise ValueError("the TTT Triton kernels compute the 1/(i+1) token weighting only; token_weights need the "
+                         "'torch' or 'naive' scan (seqmix.ops.ttt)")
     if causal and dual is False:
         raise ValueError("the causal form needs the dual read-out (dual=True or None): primal read-out is per mini-batch")
     B, H, T, K = q.shape

@@ -327,7 +327,10 @@ def test_global_layer_order_and_gates():
     assert_close("global layer vs explicit orders", torch.cat([out_txt, out_vid], 1), y, 1e-6)
     pos = lay.global_positions()
     assert torch.equal(gl.mixer.seen[0], pos)
-    assert torch.equal(gl.mixer.seen[1], pos[lay.index().reverse])
+    assert torch.equal(gl.mixer.seen[1], pos)  # default "mirrored": the reversed read order gets the table by index
+    own = GlobalLayer(_Cumsum(D), D, gate_init=0.3, use_positions=True, reverse_positions="own")
+    own(vid, txt, plan)
+    assert torch.equal(own.mixer.seen[1], pos[lay.index().reverse])  # "own": every token keeps its position
 
 
 # ==================================================================================================== locality

@@ -26,6 +26,15 @@ Token orders (``N`` tokens per latent frame, ``L`` text tokens per segment slot,
   order before interleaving): in the reversed sequence the text of the last segment is followed by its own 12
   frames reversed plus the shared frame of the previous segment.
 
+  Why the text chunks are reordered rather than kept in place: the paper states the backward pass for the
+  sequence reversed in time and gives no separate rule for text tokens; the public ttt-video-dit code reverses
+  the order of the text chunks (``_reverse_text_chunks``) together with the video. That keeps the property the
+  interleaved order exists for: in both directions every segment's text is read immediately before frames of its
+  own attention window (in the reversed sequence: all of window ``i``'s frames but the one it shares with the
+  later window, read just before). Keeping the text chunks in their slots while flipping the video would put
+  ``text_i`` before the video of segment ``S - 1 - i``; flipping everything would read each text after its video.
+  So the public behaviour is the only one here (tests check the property and the public construction).
+
 Sizes (CogVideoX-5B: 60 x 90 latents, patch 2 -> 30 x 45 = 1350 tokens per frame):
 
     duration  segments  latent frames  video tokens

@@ -14,6 +14,21 @@ Parameters (dim D, H heads, head dim K, inner width F): ``4 (D H K + H K)`` proj
 ``H (D + 1)`` lr gate, ``2 H K`` inner LN, ``2 H K`` post-norm, plus the initial inner model:
 ``H (K F + F)`` (linear, F = K) or ``H (K F + F + F K + K)`` (MLP). At the paper's D = 3072, H = 48, K = 64:
 TTT-MLP ~ 39.4M parameters per layer.
+
+Variants (``variant``):
+
+* ``"video"`` (default): the layer above, as the public ttt-video-dit code. Its causal form (``causal=True``) adds
+  the language code's ``1/(i+1)`` token weighting to it, a hybrid that matches neither public code exactly.
+* ``"lm"``: the causal layer of the TTT language-model code (ttt-lm-pytorch): Q/K/V/O without bias and without
+  L2 normalisation of Q/K; 1D RoPE on the position modulo the mini-batch size; raw target ``r = v - k``;
+  learnable token-index weights ``w_i = max(1/(i+1) + d_i, 0)`` (``d``: ``token_weight_offset [N]``, init 0) in
+  the step sizes ``E[i, j] = w_i eta_j``; inner LN eps 1e-6; optional output gate
+  ``GELU_tanh(x W_g) * post_norm(.)`` before the output projection (``output_gate``, ``H K D`` more parameters).
+  Optional short convolutions (``qk_conv`` taps): one shared Q/K projection followed by a causal depthwise
+  convolution (with bias) each for Q and K (the code's ``share_qk``; ``wk`` is then absent, ``conv_q`` /
+  ``conv_k`` added, ``2 H K (taps + 1) - H K D`` parameters more). The code's block-level convolution
+  (``pre_conv``: RMSNorm, causal depthwise convolution, residual) corresponds to
+  :class:`seqmix.backbones.lm.LMConfig`'s ``short_conv`` (without the RMSNorm).
 """
 
 from __future__ import annotations
@@ -54,6 +69,7 @@ class TTTState(NamedTuple):
     pending_r: torch.Tensor
     pending_eta: torch.Tensor
     layer: str = ""  # registry name of the producing layer (set by Mixer.forward; see seqmix.layers.base)
+    qk_conv: torch.Tensor | None = None  # [B, taps - 1, H K] last shared Q/K projections (variant "lm", qk_conv)
 
 
 @dataclass(kw_only=True)
@@ -61,13 +77,20 @@ class TTTConfig(MixerConfig):
     """Settings shared by TTT-Linear and TTT-MLP.
 
     Attributes:
+        variant: ``"video"`` (ttt-video-dit's layer; default) or ``"lm"`` (ttt-lm-pytorch's causal layer; needs
+            ``causal=True``); see the module docstring.
+        output_gate: ``"lm"`` only: multiply the post-normed read-out by ``GELU_tanh(x W_g)`` (the code's
+            ``use_gate``).
+        qk_conv: ``"lm"`` only: taps of the causal depthwise convolutions on a shared Q/K projection (the code's
+            ``share_qk``, 4 taps there); 0 = separate Q and K projections, no convolution.
         causal: causal (language) form with token-position weighting inside a mini-batch, or the non-causal
             (video) form where every token of a mini-batch is read out with the weights at its end.
         mini_batch_size: tokens per inner gradient step (paper text: 64; public training configs: 64 for
             TTT-MLP, 16 for TTT-Linear). Sequence lengths need not be a multiple of it.
         head_dim: per-head width K; default ``dim // num_heads``.
         base_lr: base inner learning rate (paper: 1.0 TTT-Linear, 0.1 TTT-MLP); ``None`` = the paper's value.
-        ln_eps: eps of the inner per-head LayerNorm (and of the target's std).
+        ln_eps: eps of the inner per-head LayerNorm (and of the target's std); ``None`` = the variant's value
+            (1e-8 video, 1e-6 lm).
         post_norm_eps: eps of the post-LayerNorm over all heads.
         rope_theta: RoPE base used when ``positions`` are passed to ``forward``.
         scan_checkpoint_group: if > 0, recompute the scan in backward in groups of this many mini-batches
@@ -78,17 +101,23 @@ class TTTConfig(MixerConfig):
             GPU; non-causal, K = 64, mini-batch 64; elsewhere it degrades to the next backend with one warning).
     """
 
+    variant: str = "video"
+    output_gate: bool = False
+    qk_conv: int = 0
     causal: bool = False
     mini_batch_size: int = 64
     head_dim: int | None = None
     base_lr: float | None = None
-    ln_eps: float = 1e-8
+    ln_eps: float | None = None
     post_norm_eps: float = 1e-6
     rope_theta: float = 1e4
     scan_checkpoint_group: int = 0
 
 
 def _triton_supports(layer: "_TTTBase", device: torch.device, dtype: torch.dtype, shapes) -> str | None:
+    if layer.config.variant != "video":
+        return (f"the TTT Triton kernels implement variant='video' (1/(i+1) token weighting); variant="
+                f"{layer.config.variant!r} has learnable token-index weights: use backend 'torch'")
     reason = triton_device_reason(layer, "triton", device, dtype, "the TTT Triton kernels")
     if reason:
         return reason
@@ -110,6 +139,8 @@ def _ttt_scan_triton(*args, **kwargs):
 def _tp_supports(layer: "_TTTBase", device: torch.device, dtype: torch.dtype, shapes) -> str | None:
     if layer.config.backend != "tp":
         return "the tensor-parallel kernel is opt-in (backend='tp') until validated on a GPU"
+    if layer.config.variant != "video":
+        return f"the tensor-parallel kernel implements variant='video' only, got {layer.config.variant!r}"
     from seqmix.kernels.ttt_tp import check_supported
 
     # The layer hands the scan fp32 inputs (see _project), whatever the parameter dtype.
@@ -155,13 +186,31 @@ class _TTTBase(Mixer):
             raise ValueError(f"mini_batch_size must be a positive int, got {c.mini_batch_size!r}")
         if c.scan_checkpoint_group < 0:
             raise ValueError(f"scan_checkpoint_group must be >= 0, got {c.scan_checkpoint_group}")
+        if c.variant not in ("video", "lm"):
+            raise ValueError(f"variant must be 'video' or 'lm', got {c.variant!r}")
+        if c.variant == "lm" and not c.causal:
+            raise ValueError("variant='lm' is the causal language-model layer: it needs causal=True")
+        if c.output_gate and c.variant != "lm":
+            raise ValueError("output_gate belongs to variant='lm' (the language-model code's use_gate)")
+        if not isinstance(c.qk_conv, int) or c.qk_conv < 0 or c.qk_conv == 1 or (c.qk_conv and c.variant != "lm"):
+            raise ValueError(f"qk_conv must be 0 (off) or >= 2 taps, with variant='lm'; got {c.qk_conv!r} "
+                             f"(variant={c.variant!r})")
         self.head_dim = K
         self.base_lr = self.default_base_lr if c.base_lr is None else float(c.base_lr)
+        self.ln_eps = c.ln_eps if c.ln_eps is not None else (1e-6 if c.variant == "lm" else 1e-8)
         H, HK = num_heads, num_heads * K
-        self.wq = nn.Linear(dim, HK)
-        self.wk = nn.Linear(dim, HK)
-        self.wv = nn.Linear(dim, HK)
-        self.wo = nn.Linear(HK, dim)
+        bias = c.variant == "video"  # the language-model code's projections have no bias
+        self.wq = nn.Linear(dim, HK, bias=bias)
+        # qk_conv: K shares Q's projection and each gets its own causal depthwise convolution (share_qk)
+        self.wk = None if c.qk_conv else nn.Linear(dim, HK, bias=bias)
+        self.conv_q = nn.Conv1d(HK, HK, c.qk_conv, groups=HK) if c.qk_conv else None
+        self.conv_k = nn.Conv1d(HK, HK, c.qk_conv, groups=HK) if c.qk_conv else None
+        self.wv = nn.Linear(dim, HK, bias=bias)
+        self.wo = nn.Linear(HK, dim, bias=bias)
+        if c.variant == "lm":
+            # learnable offsets d_i of the token-index weights max(1/(i+1) + d_i, 0)
+            self.token_weight_offset = nn.Parameter(torch.empty(c.mini_batch_size))
+        self.gate_proj = nn.Linear(dim, HK, bias=False) if c.output_gate else None
         # Per-head inner learning-rate gate, computed from the layer input x.
         self.lr_weight = nn.Parameter(torch.empty(H, dim))
         self.lr_bias = nn.Parameter(torch.empty(H))
@@ -176,9 +225,17 @@ class _TTTBase(Mixer):
         raise TypeError("subclass must define the inner model")
 
     def reset_parameters(self) -> None:
-        for lin in (self.wq, self.wk, self.wv, self.wo):
+        for lin in (self.wq, self.wk, self.wv, self.wo, self.gate_proj):
+            if lin is None:
+                continue
             nn.init.normal_(lin.weight, std=0.02)
-            nn.init.zeros_(lin.bias)
+            if lin.bias is not None:
+                nn.init.zeros_(lin.bias)
+        if self.config.variant == "lm":
+            nn.init.zeros_(self.token_weight_offset)
+        for conv in (self.conv_q, self.conv_k):
+            if conv is not None:
+                conv.reset_parameters()
         nn.init.normal_(self.lr_weight, std=0.02)
         nn.init.zeros_(self.lr_bias)
         nn.init.ones_(self.ttt_norm_weight)
@@ -196,7 +253,9 @@ class _TTTBase(Mixer):
         return {n: getattr(self, n) for n in names}
 
     def state_size(self, seq_len: int | None = None) -> int:
-        return sum(p.numel() for p in self.inner_params().values())
+        inner = sum(p.numel() for p in self.inner_params().values())
+        # + the carried history of the shared Q/K projection (qk_conv)
+        return inner + (0 if self.conv_q is None else (self.conv_q.kernel_size[0] - 1) * self.conv_q.in_channels)
 
     def core_cost(self, n: int, ctx: int, batch: int, elem: int) -> Cost:
         """Per head and mini-batch of ``s`` tokens :func:`~seqmix.layers.cost.ttt_minibatch_flops` in the form the
@@ -223,24 +282,55 @@ class _TTTBase(Mixer):
     def extra_repr(self) -> str:
         c = self.config
         return (
-            f"{super().extra_repr()}, head_dim={self.head_dim}, mini_batch_size={c.mini_batch_size}, "
-            f"base_lr={self.base_lr}"
+            f"{super().extra_repr()}, variant={c.variant}, head_dim={self.head_dim}, "
+            f"mini_batch_size={c.mini_batch_size}, base_lr={self.base_lr}"
         )
 
+    def token_weights(self) -> torch.Tensor | None:
+        """``[N]`` token-index weights ``max(1/(i+1) + d_i, 0)`` of variant ``"lm"`` (None: the video variant)."""
+        if self.config.variant != "lm":
+            return None
+        N = self.config.mini_batch_size
+        base = 1.0 / torch.arange(1, N + 1, device=self.token_weight_offset.device, dtype=torch.float64)
+        return torch.clamp_min(base.to(self.token_weight_offset.dtype) + self.token_weight_offset, 0.0)
+
     # ------------------------------------------------------------------------------------------------ forward
-    def _project(self, x: torch.Tensor, positions: torch.Tensor | None):
-        """x [B, T, D] -> q, k, r [B, H, T, K] and eta [B, H, T], in fp32 (fp64 for fp64 inputs)."""
+    def _project(self, x: torch.Tensor, positions: torch.Tensor | None, conv_hist: torch.Tensor | None = None):
+        """x [B, T, D] -> q, k, r [B, H, T, K] and eta [B, H, T], in fp32 (fp64 for fp64 inputs).
+
+        Variant ``"lm"``: ``positions`` are the tokens' positions inside their mini-batch (see ``_forward``)."""
+        q, k, v, _ = self._projections(x, conv_hist)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self._prepare(x, q, k, v, positions, acc_dtype(x))
+
+    def _projections(self, x: torch.Tensor, conv_hist: torch.Tensor | None):
+        """x [B, T, D] -> q, k, v [B, T, H, K] (autocast applies) and, with ``qk_conv``, the last ``taps - 1``
+        shared projections ``[B, taps - 1, H K]`` to carry (``conv_hist``: the previous call's, None = zeros)."""
         B, T, _ = x.shape
         H, K = self.num_heads, self.head_dim
-        acc = acc_dtype(x)
-        q, k, v = (proj(x).view(B, T, H, K) for proj in (self.wq, self.wk, self.wv))  # autocast applies here
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return self._prepare(x, q, k, v, positions, acc)
+        if self.conv_q is None:
+            q, k, v = (proj(x).view(B, T, H, K) for proj in (self.wq, self.wk, self.wv))
+            return q, k, v, None
+        xq, v = self.wq(x), self.wv(x).view(B, T, H, K)
+        taps = self.conv_q.kernel_size[0]
+        if conv_hist is None:
+            conv_hist = xq.new_zeros(B, taps - 1, H * K)
+        xin = torch.cat([conv_hist.to(xq.dtype), xq], dim=1).transpose(1, 2)  # [B, H K, taps - 1 + T]
+        q, k = (F.conv1d(xin, cv.weight, cv.bias, groups=H * K).transpose(1, 2).reshape(B, T, H, K)
+                for cv in (self.conv_q, self.conv_k))
+        return q, k, v, xin[:, :, xin.shape[2] - (taps - 1):].transpose(1, 2)
 
     def _prepare(self, x, q, k, v, positions, acc):
         B, T, H, K = q.shape
-        q, k, v = F.normalize(q.to(acc), dim=-1), F.normalize(k.to(acc), dim=-1), v.to(acc)
-        if positions is not None:
+        lm = self.config.variant == "lm"
+        if lm:  # no L2 normalisation of Q/K in the language-model code
+            q, k, v = q.to(acc), k.to(acc), v.to(acc)
+        else:
+            q, k, v = F.normalize(q.to(acc), dim=-1), F.normalize(k.to(acc), dim=-1), v.to(acc)
+        if lm:  # 1D positions [T] / [B, T] (checked by _lm_positions); [..., T, 1] keeps T = 3 from reading as 3D
+            ang = rope_angles(positions[..., None], K, self.config.rope_theta).squeeze(-2)
+            q, k = apply_rope(q, ang), apply_rope(k, ang)
+        elif positions is not None:
             if positions.shape[-2 if positions.shape[-1] == 3 and positions.dim() >= 2 else -1] != T:
                 raise ValueError(f"{self.name}: positions {tuple(positions.shape)} do not match T={T}")
             ang = rope_angles(positions.to(x.device), K, self.config.rope_theta)
@@ -248,8 +338,10 @@ class _TTTBase(Mixer):
         gate = torch.einsum("btd,hd->bth", x.to(acc), self.lr_weight.to(acc)) + self.lr_bias.to(acc)
         eta = (self.base_lr / K) * torch.sigmoid(gate)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        if lm:  # raw reconstruction target
+            return q, k, v - k, eta.transpose(1, 2)
         r = ttt_ops.reconstruction_target(v, k, self.ttt_norm_weight.to(acc), self.ttt_norm_bias.to(acc),
-                                          self.config.ln_eps)
+                                          self.ln_eps)
         return q, k, r, eta.transpose(1, 2)
 
     def _forward(self, x, *, layout, positions, state, return_state):
@@ -259,7 +351,15 @@ class _TTTBase(Mixer):
         B, T, _ = x.shape
         scan = self.select_backend(x.device).fn
         acc = acc_dtype(x)
-        q, k, r, eta = self._project(x, positions)
+        if state is not None:  # validate before any of it is used
+            self._check_state(state, B, x.device, acc)
+        extra = {}
+        if c.variant == "lm":
+            positions = self._lm_positions(x, positions, state)
+            extra["token_weights"] = self.token_weights().to(acc)
+        q, k, v, conv = self._projections(x, None if state is None else state.qk_conv)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            q, k, r, eta = self._prepare(x, q, k, v, positions, acc)
         # Inner state, gradients and LN statistics in fp32 (fp64 for fp64 inputs) even under bf16 autocast.
         with torch.autocast(device_type=x.device.type, enabled=False):
             ln_w, ln_b = self.ttt_norm_weight.to(acc), self.ttt_norm_bias.to(acc)
@@ -275,13 +375,15 @@ class _TTTBase(Mixer):
                 n_pend, q_all, k_all, r_all, eta_all = 0, q, k, r, eta
             z, boundary = scan(
                 q_all, k_all, r_all, eta_all, ln_w, ln_b, weights,
-                kind=self.kind, causal=c.causal, mini_batch_size=c.mini_batch_size, eps=c.ln_eps,
-                checkpoint_group=c.scan_checkpoint_group,
+                kind=self.kind, causal=c.causal, mini_batch_size=c.mini_batch_size, eps=self.ln_eps,
+                checkpoint_group=c.scan_checkpoint_group, **extra,
             )
             z = z[:, :, n_pend:]
-            y = q + ttt_ops.head_layer_norm(z, ln_w, ln_b, c.ln_eps)  # [B, H, T, K]
+            y = q + ttt_ops.head_layer_norm(z, ln_w, ln_b, self.ln_eps)  # [B, H, T, K]
             # explicit width, not -1: a batch of 0 has no elements to infer it from
             y = self.post_norm(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim).to(self.post_norm.weight.dtype))
+        if self.gate_proj is not None:  # the language-model code's output gate (its use_gate)
+            y = F.gelu(self.gate_proj(x), approximate="tanh") * y
         y = self.wo(y)
         new_state = None
         if return_state:
@@ -289,8 +391,20 @@ class _TTTBase(Mixer):
                 raise ValueError(f"{self.name}: return_state needs causal=True (the non-causal form has no carry)")
             n_keep = k_all.shape[2] % c.mini_batch_size
             tail = slice(k_all.shape[2] - n_keep, k_all.shape[2])
-            new_state = TTTState(boundary, k_all[:, :, tail], r_all[:, :, tail], eta_all[:, :, tail])
+            new_state = TTTState(boundary, k_all[:, :, tail], r_all[:, :, tail], eta_all[:, :, tail], qk_conv=conv)
         return y, new_state
+
+    def _lm_positions(self, x: torch.Tensor, positions: torch.Tensor | None, state) -> torch.Tensor:
+        """Variant ``"lm"``: 1D RoPE positions modulo the mini-batch size, ``[T]`` or ``[B, T]``: the given positions,
+        or by token index continuing after a carried state's pending tokens."""
+        N, T = self.config.mini_batch_size, x.shape[1]
+        if positions is None:
+            n_pend = 0 if state is None else state.pending_k.shape[2]
+            return (n_pend + torch.arange(T, device=x.device)) % N
+        if positions.is_floating_point() or positions.shape[-1] != T or positions.dim() not in (1, 2):
+            raise ValueError(f"{self.name}: variant='lm' takes 1D integer positions [T] or [B, T] with T={T}, got "
+                             f"{positions.dtype} {tuple(positions.shape)}")
+        return positions.to(x.device) % N
 
     def _check_state(self, state, B: int, device: torch.device, acc: torch.dtype) -> tuple[torch.Tensor, ...]:
         if not isinstance(state, TTTState):
@@ -299,6 +413,11 @@ class _TTTBase(Mixer):
         expect = [(B, *p.shape) for p in self.inner_params().values()]
         if [tuple(t.shape) for t in w] != expect:
             raise ValueError(f"{self.name}: carried state shapes {[tuple(t.shape) for t in w]} != expected {expect}")
+        conv_expect = None if self.conv_q is None else (B, self.conv_q.kernel_size[0] - 1, self.conv_q.in_channels)
+        conv_got = None if state.qk_conv is None else tuple(state.qk_conv.shape)
+        if conv_got != conv_expect:
+            raise ValueError(f"{self.name}: carried qk_conv history {conv_got} != expected {conv_expect} (the state "
+                             "comes from a layer with other qk_conv settings)")
         return tuple(t.to(device=device, dtype=acc) for t in w)
 
 

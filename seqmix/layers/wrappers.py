@@ -39,7 +39,19 @@ class Bidirectional(Mixer):
 
     ``y = Z + tanh(b) * rev(M(rev(Z)))`` with ``Z = x + tanh(a) * M(x)``; both directions share ``M``.
     Note the output includes the residual ``x`` (as the paper's gate does). ``reverse`` may be replaced by a
-    layout-aware involution (the DiT reverses the order of text chunks but not the tokens inside them).
+    layout-aware involution: the default flips every token (the wrapper knows no text); the DiT's global layer
+    flips the video and reverses the order of the per-segment text chunks, keeping the tokens inside a chunk in
+    order, as the public ttt-video-dit code (why: :mod:`seqmix.backbones.layout`).
+
+    Positions in the reversed pass (``reverse_positions``):
+
+    * ``"mirrored"`` (default): the reversed sequence is read as a sequence in its own right, positions given by
+      index over it, so the token at index ``i`` of ``rev(x)`` gets the position the forward pass gives index ``i``
+      (the caller's ``positions`` unchanged). This is what the public ttt-video-dit code does (it flips the tokens,
+      then applies its RoPE table by index), so checkpoints trained with it reproduce, and both directions see
+      positions increase along their read order, as an index-positioned recurrence (Mamba, a short conv) does.
+    * ``"own"``: every token keeps its own position (``reverse(positions)``), so a token's rotated Q/K are the same
+      in both passes but the reversed scan sees positions decrease.
 
     Gate groups: with ``groups=("text", "video")`` every direction has one gate vector per group (parameters
     ``gate_fwd_text``, ...), applied to consecutive token groups; :meth:`gated_passes` takes the groups as separate
@@ -52,6 +64,7 @@ class Bidirectional(Mixer):
 
     name = "bidirectional"
     Config = MixerConfig
+    REVERSE_POSITIONS = ("mirrored", "own")
 
     def __init__(
         self,
@@ -61,9 +74,12 @@ class Bidirectional(Mixer):
         reverse: Callable[[torch.Tensor], torch.Tensor] = _flip_tokens,
         groups: Sequence[str] = (),
         inner_name: str = "inner",
+        reverse_positions: str = "mirrored",
     ):
         if not isinstance(inner, Mixer):
             raise TypeError(f"Bidirectional wraps a seqmix Mixer, got {type(inner).__name__}")
+        if reverse_positions not in self.REVERSE_POSITIONS:
+            raise ValueError(f"reverse_positions must be one of {self.REVERSE_POSITIONS}, got {reverse_positions!r}")
         super().__init__(inner.dim, inner.num_heads, MixerConfig())
         self._inner_name = inner_name  # the submodule's name in state dicts (the DiT keeps "mixer")
         self.add_module(inner_name, inner)
@@ -72,6 +88,7 @@ class Bidirectional(Mixer):
             for suffix in self._suffixes():
                 setattr(self, f"gate_{direction}{suffix}", TanhGate(inner.dim, alpha_init))
         self.reverse = reverse
+        self.reverse_positions = reverse_positions
         self.backends = inner.backends
 
     @property
@@ -103,8 +120,11 @@ class Bidirectional(Mixer):
         return self.inner.backend_supports(backend, device, dtype, shapes)
 
     def _reverse_positions(self, positions: torch.Tensor) -> torch.Tensor:
-        # Every token keeps its own position when the sequence is reversed. Unbatched positions are [T] or
-        # [T, 3]; batched ones [B, T] or [B, T, 3]; `reverse` acts on the token axis 1.
+        """Positions of the reversed pass's tokens in its read order (see the class docstring)."""
+        if self.reverse_positions == "mirrored":  # by index over the reversed sequence: the same table
+            return positions
+        # "own": every token keeps its position. Unbatched positions are [T] or [T, 3]; batched ones [B, T] or
+        # [B, T, 3]; `reverse` acts on the token axis 1.
         unbatched = positions.dim() == 1 or (positions.dim() == 2 and positions.shape[-1] == 3)
         if unbatched:
             return self.reverse(positions.unsqueeze(0)).squeeze(0)

@@ -10,8 +10,10 @@ Token ``j`` contributes with step size ``E[i, j]`` to the weights that read out 
 
 * non-causal (video) form: ``E[i, j] = eta_j / N`` for every ``i, j`` in the mini-batch (every token of a
   mini-batch is read out with the weights at its end);
-* causal (language) form: ``E[i, j] = eta_j / (i + 1)`` for ``j <= i`` and 0 otherwise (token-position
-  weighting of ttt-lm-pytorch); the state after the mini-batch uses the last row ``eta_j / N`` in both forms.
+* causal (language) form: ``E[i, j] = w_i eta_j`` for ``j <= i`` and 0 otherwise, with token-index weights
+  ``w_i = 1 / (i + 1)`` by default, or given (``token_weights``: the language-model variant's learnable
+  ``max(1 / (i + 1) + d_i, 0)`` of ttt-lm-pytorch); the state after the mini-batch uses the last row,
+  ``w_{N-1} eta_j`` (``eta_j / N`` by default, as in the non-causal form).
 
 ``N`` is the number of tokens actually in the mini-batch, so a ragged last mini-batch takes the mean over its
 own tokens. The scans return the raw read-out ``z_i = f_{W_i}(q_i)``; the layer adds ``q + LN(z)``.
@@ -118,9 +120,17 @@ def init_state(params: tuple[torch.Tensor, ...], batch: int, dtype: torch.dtype)
     return tuple(p.to(dtype).unsqueeze(0).expand(batch, *p.shape) for p in params)
 
 
-def step_weights(eta: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """eta: [B, H, N] -> (E [B, H, N, N] read-out step sizes, last [B, H, N] state-update step sizes)."""
+def step_weights(
+    eta: torch.Tensor, causal: bool, token_weights: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """eta: [B, H, N] -> (E [B, H, N, N] read-out step sizes, last [B, H, N] state-update step sizes).
+
+    ``token_weights`` ([>= N], causal form only): per-position weights ``w_i`` of row ``i`` (default ``1/(i+1)``).
+    """
     N = eta.shape[-1]
+    if causal and token_weights is not None:
+        w = token_weights[:N].to(eta.dtype)
+        return torch.tril(w[:, None] * eta[..., None, :]), w[N - 1] * eta
     last = eta / N
     if causal:
         pos = 1.0 / torch.arange(1, N + 1, device=eta.device, dtype=eta.dtype)  # token-position weighting
@@ -142,12 +152,13 @@ def _mb_step(
     eps: float,
     causal: bool,
     dual: bool,
+    token_weights: torch.Tensor | None = None,
 ) -> tuple[State, torch.Tensor]:
     """One mini-batch: inner gradient at the current state, read-out for the queries, updated state.
 
     q, k, r: [B, H, N, K]; eta: [B, H, N]. Returns (new state, z [B, H, N, K]).
     """
-    E, last = step_weights(eta, causal)
+    E, last = step_weights(eta, causal, token_weights)
     lw = last.unsqueeze(-1)  # [B, H, N, 1]
     if kind == "linear":
         W1, b1 = state
@@ -181,7 +192,13 @@ def _mb_step(
     return (W1n, b1n, W2n, b2n), zq
 
 
-def check_scan_inputs(q, k, r, eta, state, kind, mini_batch_size):
+def check_scan_inputs(q, k, r, eta, state, kind, mini_batch_size, causal=True, token_weights=None):
+    if token_weights is not None:
+        if not causal:
+            raise ValueError("token_weights weight the rows of the causal form; the non-causal form has none")
+        if token_weights.shape != (mini_batch_size,):
+            raise ValueError(f"token_weights must be [mini_batch_size] = [{mini_batch_size}], "
+                             f"got {tuple(token_weights.shape)}")
     if kind not in ("linear", "mlp"):
         raise ValueError(f"kind must be 'linear' or 'mlp', got {kind!r}")
     if not (q.shape == k.shape == r.shape) or q.dim() != 4:
@@ -209,6 +226,7 @@ def ttt_scan(
     eps: float = 1e-8,
     checkpoint_group: int = 0,
     dual: bool | None = None,
+    token_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, State]:
     """Efficient TTT scan (dual form for the causal read-out), batched over B and H.
 
@@ -222,12 +240,14 @@ def ttt_scan(
             (activation memory O(T / group) states instead of O(T) intermediates).
         dual: read out with the dual form (default: only in the causal form, where it avoids per-token weights;
             in the non-causal form the updated state is needed anyway, so reading out with it is cheaper).
+        token_weights: causal form only, ``[mini_batch_size]`` weights ``w_i >= 0`` of the rows of the step-size
+            matrix (default ``1 / (i + 1)``); the language-model variant's learnable token-index weights.
 
     Returns:
         ``z [B, H, T, K]`` (raw inner-model read-out) and the state after the last *complete* mini-batch
         (tokens past ``T // N * N`` are a pending partial mini-batch; a causal caller re-feeds them).
     """
-    check_scan_inputs(q, k, r, eta, state, kind, mini_batch_size)
+    check_scan_inputs(q, k, r, eta, state, kind, mini_batch_size, causal, token_weights)
     dual = causal if dual is None else dual
     if causal and not dual:
         raise ValueError("the causal form needs the dual read-out (dual=True or None): primal read-out is per mini-batch")
@@ -240,10 +260,12 @@ def ttt_scan(
     args = (ln_w, ln_b, eps, causal, dual)
 
     def run_group(n: int, *flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # token_weights travel as a trailing input (when given) so that checkpointing differentiates them too
+        tw = flat[-1] if token_weights is not None else None
         st, mbs = tuple(flat[: len(state)]), flat[len(state):]
         zs = []
         for i in range(n):
-            st, z = _mb_step(kind, st, *mbs[4 * i : 4 * i + 4], *args)
+            st, z = _mb_step(kind, st, *mbs[4 * i : 4 * i + 4], *args, tw)
             zs.append(z)
         return (torch.cat(zs, dim=2), *st)
 
@@ -252,7 +274,7 @@ def ttt_scan(
     outs: list[torch.Tensor] = []
     for g0 in range(0, n_full, group):
         g1 = min(g0 + group, n_full)
-        flat = [t for c in chunks[g0:g1] for t in c]
+        flat = [t for c in chunks[g0:g1] for t in c] + ([token_weights] if token_weights is not None else [])
         if use_ckpt:
             z, *st = checkpoint(run_group, g1 - g0, *state, *flat, use_reentrant=False)
         else:
@@ -261,7 +283,7 @@ def ttt_scan(
         outs.append(z)
     boundary_state = tuple(state)
     if T > n_full * N:
-        _, z = _mb_step(kind, state, *chunks[n_full], *args)
+        _, z = _mb_step(kind, state, *chunks[n_full], *args, token_weights)
         outs.append(z)
     return torch.cat(outs, dim=2), boundary_state
 
@@ -281,6 +303,7 @@ def ttt_scan_naive(
     eps: float = 1e-8,
     checkpoint_group: int = 0,
     dual: bool | None = None,
+    token_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, State]:
     """Reference twin of :func:`ttt_scan`: primal form, inner gradients by autograd, a loop per mini-batch
     (and per token in the causal form, where every token gets its own materialised weights).
@@ -288,9 +311,11 @@ def ttt_scan_naive(
     Same signature and return value as :func:`ttt_scan` (``checkpoint_group`` and ``dual`` are ignored).
     Slow; for tests and small inputs.
     """
-    check_scan_inputs(q, k, r, eta, state, kind, mini_batch_size)
+    check_scan_inputs(q, k, r, eta, state, kind, mini_batch_size, causal, token_weights)
     B, H, T, K = q.shape
     N = mini_batch_size
+    if token_weights is None:  # the default token-position weighting 1 / (i + 1)
+        token_weights = 1.0 / torch.arange(1, N + 1, device=q.device, dtype=q.dtype)
 
     def f(params: State, x: torch.Tensor) -> torch.Tensor:
         if kind == "linear":
@@ -307,7 +332,7 @@ def ttt_scan_naive(
     grad_outside = torch.is_grad_enabled()
     if torch.is_inference_mode_enabled():  # inference tensors cannot enter an autograd graph: use normal copies
         with torch.inference_mode(False):
-            q, k, r, eta, ln_w, ln_b = (t.clone() for t in (q, k, r, eta, ln_w, ln_b))
+            q, k, r, eta, ln_w, ln_b, token_weights = (t.clone() for t in (q, k, r, eta, ln_w, ln_b, token_weights))
             state = tuple(t.clone() for t in state)
     with torch.inference_mode(False), torch.enable_grad():
         # Outside grad mode the state may still say requires_grad (a view of a parameter taken under no_grad) but
@@ -325,12 +350,11 @@ def ttt_scan_naive(
 
             if causal:
                 zs = []
-                for i in range(n):
-                    w_i = torch.zeros_like(ei)
-                    w_i[..., : i + 1] = ei[..., : i + 1] / (i + 1)
+                for i in range(n):  # token i: its own weights after the steps of tokens 0..i, each times w_i
+                    w_i = torch.cat([ei[..., : i + 1] * token_weights[i].to(ei.dtype), torch.zeros_like(ei[..., i + 1:])], -1)
                     zs.append(f(step(w_i), qi[:, :, i : i + 1]))
                 z = torch.cat(zs, dim=2)
-                new = step(ei / n)
+                new = step(ei * token_weights[n - 1].to(ei.dtype))
             else:
                 new = step(ei / n)
                 z = f(new, qi)

@@ -57,6 +57,9 @@ class DiTConfig:
         mixer_positions: pass the global 3D RoPE positions to the mixer; None = automatic (mixers whose class declares
             ``takes_positions``, i.e. TTT and attention, get them; position-free recurrences do not).
         gate_init: initial value of the four tanh-gate vectors per block (paper: 0.1).
+        mixer_reverse_positions: positions of the global layer's reversed pass: ``"mirrored"`` (default; by index
+            over the reversed sequence, as the public ttt-video-dit code) or ``"own"`` (every token keeps its
+            position); see :class:`seqmix.layers.Bidirectional`.
         rope_theta: RoPE base of the attention and of the global positions (CogVideoX: 1e4).
         gradient_checkpointing: recompute every block in backward (torch.utils.checkpoint, non-reentrant) in training.
     """
@@ -95,6 +98,7 @@ class DiTConfig:
     mixer_num_heads: int | None = None
     mixer_positions: bool | None = None
     gate_init: float = 0.1
+    mixer_reverse_positions: str = "mirrored"
     rope_theta: float = 1e4
     gradient_checkpointing: bool = False
 
@@ -106,6 +110,9 @@ class DiTConfig:
                 raise ValueError(f"DiTConfig.{name} must be a positive int, got {v!r}")
         if self.out_channels is None:
             self.out_channels = self.in_channels
+        if self.mixer_reverse_positions not in ("mirrored", "own"):
+            raise ValueError(f"DiTConfig.mixer_reverse_positions must be 'mirrored' or 'own', "
+                             f"got {self.mixer_reverse_positions!r}")
         if not self.use_rotary_positional_embeddings or self.use_learned_positional_embeddings:
             raise ValueError(
                 "SegmentedDiT needs use_rotary_positional_embeddings=True and use_learned_positional_embeddings=False "

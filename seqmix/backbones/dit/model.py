@@ -105,7 +105,7 @@ class SegmentedDiT(nn.Module):
         c = self.config
         heads = c.mixer_num_heads or c.num_attention_heads
         mixer = mixers.build(c.mixer, dim=c.inner_dim, num_heads=heads, **self._mixer_cfg())
-        return GlobalLayer(mixer, c.inner_dim, c.gate_init, self.mixer_positions)
+        return GlobalLayer(mixer, c.inner_dim, c.gate_init, self.mixer_positions, c.mixer_reverse_positions)
 
     @staticmethod
     def is_global_key(name: str) -> bool:
@@ -276,3 +276,10 @@ class SegmentedDiT(nn.Module):
             The model; ``model.load_report`` is a :class:`LoadReport` with the freshly initialised keys.
         """
         return load_cogvideox(cls, path, mixer, strict=strict, dtype=dtype, device=device, **cfg)
+
+    def load_public_ttt(self, state_dict, **kw) -> list[str]:
+        """Load the TTT layers and gates of a public ttt-video-dit checkpoint (a flat state dict with its names)
+        into this model's global layers; see :func:`seqmix.backbones.dit.public_ttt.load_public_dit_ttt`."""
+        from .public_ttt import load_public_dit_ttt
+
+        return load_public_dit_ttt(self, state_dict, **kw)
