@@ -206,13 +206,14 @@ def test_causal_aligned_chunks_carry_state():
 
 
 def test_benchmarks_time_lact_with_large_chunks():
-    """bench dit aligns LaCT's chunks to the segments (as the t2v recipe); the GPU layers preset (the kit's layers
-    stage) updates once per CogVideoX latent frame (1350 tokens)."""
+    """bench dit aligns LaCT's chunks to the segments under every size preset (as the t2v recipe, through the class's
+    ``dit_config``); the GPU layers preset (the kit's layers stage) updates once per CogVideoX latent frame (1350
+    tokens, the class's ``bench_paper_config``)."""
     from seqmix.bench.dit import DiTBenchConfig
+    from seqmix.bench.driver import mixer_bench_config
     from seqmix.bench.layers import LayerBenchConfig
 
     for cfg in (DiTBenchConfig(), DiTBenchConfig.gpu(), DiTBenchConfig.quick_config()):
-        over = cfg.mixer_config("lact")
-        assert over["chunk_align"] == "segment" and over["chunk_size"] == cfg.text_len + 12 * cfg.tokens_per_frame
-    assert DiTBenchConfig.gpu().mixer_config("lact")["chunk_size"] == 226 + 12 * 1350
-    assert LayerBenchConfig.gpu().layer_configs["lact"] == {"chunk_size": 1350}
+        assert cfg.mixer_config("lact")["chunk_align"] == "segment"
+    gpu = LayerBenchConfig.gpu()
+    assert mixer_bench_config("lact", gpu.layer_sizes, gpu.layer_configs) == {"chunk_size": 1350}
