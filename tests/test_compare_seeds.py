@@ -3,6 +3,7 @@ known inputs, the knob grid, and the quick comparisons with two seeds."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -107,8 +108,8 @@ def test_mqar_two_seeds_quick(tmp_path):
     doc = json.loads((tmp_path / "results.json").read_text())
     assert len(doc["runs"]) == 4 and (tmp_path / "curves.png").is_file()
     assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 4
-    # the same sweep again resumes from runs.jsonl: nothing is trained, the records are the first call's
-    again = run_mqar_sweep(sweep, progress=False)
+    # the same sweep again with resume: nothing is trained, the records are the first call's
+    again = run_mqar_sweep(dataclasses.replace(sweep, resume=True), progress=False)
     assert [r["train_seconds"] for r in again["records"]] == [r["train_seconds"] for r in res["records"]]
     assert again["best"][0]["val_acc"] == best["val_acc"]
 

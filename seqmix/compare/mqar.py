@@ -49,7 +49,8 @@ class MQARSweep:
         num_train: training examples (None: the recipe's).
         seq_len, num_kv_pairs: the task (None: the recipe's).
         curve_points: learning-curve evaluations after step 0 (0: no curve), on ``curve_batches`` validation batches.
-        resume: reuse the finished runs of an interrupted call with the same ``out`` (its ``runs.jsonl``).
+        resume: reuse the finished runs of an interrupted call with the same ``out`` (its ``runs.jsonl``, matched by
+            their recipe arguments, steps and curve settings; not by the code, so only for the same checkout).
         jobs: runs trained at once in separate processes, each with ``cpu_count // jobs`` threads. 0 = auto: one
             per CPU core when no GPU is visible (small models use two single-threaded processes better than one
             two-threaded one: ~1.3x the throughput on a 2-core CPU), else 1.
@@ -68,7 +69,7 @@ class MQARSweep:
     num_kv_pairs: int | None = None
     curve_points: int = 8
     curve_batches: int = 4
-    resume: bool = True
+    resume: bool = False
     jobs: int = 0
     out: str = "runs/compare-mqar"
 
@@ -282,7 +283,7 @@ def run_mqar_sweep(sweep: MQARSweep, progress: bool = True) -> dict:
     out = Path(sweep.out)
     out.mkdir(parents=True, exist_ok=True)
     # Every finished run is appended at once, so an interrupted sweep keeps what it trained; the same command again
-    # (resume=True) trains only the runs missing there (same arguments, steps and curve settings).
+    # with resume=True trains only the runs missing there (same arguments, steps and curve settings).
     partial = out / "runs.jsonl"
     kept = _finished(partial, runs, sweep) if sweep.resume else []
     if kept:

@@ -7,10 +7,10 @@ set -euo pipefail
 OUT=${OUT:-benchmarks/results/compare-mqar-cpu}
 SEQMIX=${SEQMIX:-.venv/bin/seqmix}
 
-$SEQMIX compare mqar --preset cpu --out "$OUT"
-$SEQMIX compare mqar --preset cpu --layers '[ttt_linear, ttt_mlp]' --lrs '[3e-3]' \
+$SEQMIX compare mqar --preset cpu --resume --out "$OUT"
+$SEQMIX compare mqar --preset cpu --resume --layers '[ttt_linear, ttt_mlp]' --lrs '[3e-3]' \
   --knobs '{ttt_linear: {base_lr: [0.1, 1.0, 10.0]}, ttt_mlp: {base_lr: [0.1, 1.0, 10.0]}}' \
   --out "$OUT/ttt-scans/base-lr"
-$SEQMIX compare mqar --preset cpu --layers '[ttt_linear, ttt_mlp]' --lrs '[3e-3]' \
+$SEQMIX compare mqar --preset cpu --resume --layers '[ttt_linear, ttt_mlp]' --lrs '[3e-3]' \
   --knobs '{ttt_linear: {mini_batch_size: [8, 32]}, ttt_mlp: {mini_batch_size: [8, 32]}}' \
   --out "$OUT/ttt-scans/mini-batch"
