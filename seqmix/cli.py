@@ -31,7 +31,7 @@ recipes (Lightning CLI; `seqmix fit --help` lists every option):
   predict             run a model's predict step
 """
 # Boolean options that may be given bare (``--quick``) as well as with a value (``--quick true``).
-_BARE_FLAGS = ("--quick", "--preview")
+_BARE_FLAGS = ("--quick", "--preview", "--resume")
 # The Lightning CLI lives in seqmix.lightning_cli (seqmix.compare builds runs with it); these names were
 # importable from here and still are.
 _LIGHTNING_NAMES = ("RecipeError", "SeqmixCLI", "run_lightning")
@@ -84,6 +84,7 @@ def compare_mqar(
     seeds: int | list[int] | None = None,
     knobs: str | None = None,
     preset: str | None = None,
+    resume: bool = False,
     jobs: int = 0,
     out: str = "runs/compare-mqar",
     quick: bool = False,
@@ -104,6 +105,8 @@ def compare_mqar(
             '{ttt_linear: {base_lr: [0.1, 1.0]}}' (default: the recipes' settings).
         preset: a named grid: "zoology" (widths 64/128/256, 2 layers, lrs logspace(-3, -1.5, 4), 2 seeds; for
             GPUs) or "cpu" (the committed CPU sweep); the other flags override it.
+        resume: reuse the finished runs of an interrupted sweep into the same `out` (its runs.jsonl); only for the
+            same code.
         jobs: runs trained at once in separate processes (0 = one per CPU core without a GPU, else 1).
         out: output directory.
         quick: a smoke run (two layers, one width, one lr, a few steps).
@@ -123,6 +126,7 @@ def compare_mqar(
         sweep.seeds = seeds
     if knobs is not None:
         sweep.knobs = knobs
+    sweep.resume = resume
     if quick:
         sweep = sweep.quick()
     result = run_mqar_sweep(sweep)

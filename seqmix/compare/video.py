@@ -15,7 +15,7 @@ from pathlib import Path
 from seqmix.compare.common import _check_layers, _default_jobs, _fit_recipe, _map_runs, base_recipe, layer_args, \
     token_mixers
 from seqmix.compare.curves import LearningCurve, plot_curves, video_recall
-from seqmix.compare.seeds import aggregate, interval_note, parse_seeds, seed_args, summary_of
+from seqmix.compare.seeds import aggregate, interval_note, parse_seeds, ranking, seed_args, summary_of
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,10 @@ def _video_markdown(rows: list[dict], cmp: VideoComparison, command: str) -> str
             f"| {r['name']} | {r['mixer'] or 'none (local attention)'} | {r['params']:,} | {r['state_size']:,} | "
             f"{r['train_seconds']:.0f} | {cell('val/loss', '{:.4f}')} | {segs} | {cell('val/consistency', '{:.3f}')} | "
             f"{cell('val/psnr', '{:.2f}')} | {cell('val/ssim', '{:.3f}')} |")
+    if n >= 2 and all("val/consistency" in r["summary"] for r in rows):
+        stmts = ranking(rows, "val/consistency", lambda r: r["name"])
+        lines += ["", "Appearance recall, pairs whose intervals separate (no statement where they overlap): "
+                  + ("; ".join(stmts) if stmts else "none") + "."]
     return "\n".join(lines)
 
 

@@ -1,0 +1,140 @@
+"""Seeds, learning curves and sweep knobs of the comparisons (seqmix.compare): aggregation of per-seed records on
+known inputs, the knob grid, and the quick comparisons with two seeds."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+
+from seqmix.compare.curves import curve_band
+from seqmix.compare.knobs import knob_args, knob_grid, parse_knobs
+from seqmix.compare.seeds import aggregate, interval_note, parse_seeds, ranking, seed_args, summary_of
+
+
+def _rec(layer, lr, seed, acc, knobs=None):
+    return {"layer": layer, "lr": lr, "knobs": knobs or {}, "seed": seed, "acc": acc}
+
+
+def test_aggregate_groups_by_everything_but_the_seed():
+    recs = [_rec("a", 1e-3, 1, 0.6), _rec("a", 1e-3, 0, 0.4), _rec("b", 1e-3, 0, 0.9), _rec("b", 1e-3, 1, 0.7),
+            _rec("b", 1e-3, 2, 0.8), _rec("a", 1e-2, 0, 0.1), _rec("a", 1e-3, 0, 0.5, {"base_lr": 1.0})]
+    rows = aggregate(recs, ("layer", "lr", "knobs"), {"acc": lambda r: r["acc"]})
+    by = {(r["layer"], r["lr"], json.dumps(r["knobs"])): r for r in rows}
+    assert len(rows) == 4
+    a = by[("a", 1e-3, "{}")]
+    assert a["seeds"] == [0, 1] and a["values"]["acc"] == [0.4, 0.6]  # in seed order
+    assert a["summary"]["acc"] == {"mean": 0.5, "low": 0.4, "high": 0.6, "n": 2, "interval": "minmax"}
+    b = summary_of(by[("b", 1e-3, "{}")], "acc")
+    # mean 0.8, sd 0.1, t_{0.975,2} = 4.302653: half width 4.302653 * 0.1 / sqrt(3)
+    half = 4.302653 * 0.1 / math.sqrt(3)
+    assert b.interval == "t95" and b.n == 3
+    assert b.mean == pytest.approx(0.8) and b.low == pytest.approx(0.8 - half) and b.high == pytest.approx(0.8 + half)
+    single = summary_of(by[("a", 1e-2, "{}")], "acc")
+    assert (single.n, single.low, single.high, single.interval) == (1, 0.1, 0.1, "single")
+    assert by[("a", 1e-3, json.dumps({"base_lr": 1.0}))]["n_seeds"] == 1
+    with pytest.raises(ValueError, match="repeated seeds"):
+        aggregate([_rec("a", 1, 0, 0.1), _rec("a", 1, 0, 0.2)], ("layer", "lr"), {"acc": lambda r: r["acc"]})
+
+
+def test_ranking_states_only_separated_pairs():
+    recs = [_rec("hi", 1, 0, 0.9), _rec("hi", 1, 1, 0.95), _rec("mid", 1, 0, 0.5), _rec("mid", 1, 1, 0.92),
+            _rec("lo", 1, 0, 0.1), _rec("lo", 1, 1, 0.2)]
+    rows = aggregate(recs, ("layer",), {"acc": lambda r: r["acc"]})
+    stmts = ranking(rows, "acc", lambda r: r["layer"])
+    assert sorted(stmts) == ["hi > lo", "mid > lo"]  # hi and mid overlap: no statement
+    assert ranking(rows, "acc", lambda r: r["layer"], higher_is_better=False) == ["lo > hi", "lo > mid"]
+    one = aggregate([_rec("x", 1, 0, 1.0), _rec("y", 1, 0, 0.0)], ("layer",), {"acc": lambda r: r["acc"]})
+    assert ranking(one, "acc", lambda r: r["layer"]) == []  # one seed: never a ranking
+
+
+def test_parse_seeds_and_seed_args():
+    assert parse_seeds(3) == [0, 1, 2] and parse_seeds([4, 7]) == [4, 7]
+    for bad in (0, [], [1, 1], [-1], True):
+        with pytest.raises(ValueError, match="seeds"):
+            parse_seeds(bad)
+    assert seed_args(5) == ["--seed_everything=5", "--data.init_args.seed=5"]
+    assert seed_args(5, model_seed=True)[-1] == "--model.init_args.seed=5"
+    assert "min, max" in interval_note(2) and "95%" in interval_note(3) and "no interval" in interval_note(1)
+
+
+def test_curve_band_mean_and_interval_per_step():
+    band = curve_band([{"steps": [0, 5, 10], "values": [0.0, 0.4, 0.8]},
+                       {"steps": [0, 5, 10], "values": [0.2, 0.6, 1.0]}])
+    assert band["steps"] == [0, 5, 10]
+    assert band["mean"] == pytest.approx([0.1, 0.5, 0.9])
+    assert band["low"] == pytest.approx([0.0, 0.4, 0.8]) and band["high"] == pytest.approx([0.2, 0.6, 1.0])
+
+
+def test_knob_grid_and_arguments():
+    from seqmix import layers as L
+
+    assert L.mixer_class("full_attn").sweep_knobs == {}  # none unless declared
+    assert knob_grid("full_attn", "declared") == [{}]
+    grid = knob_grid("ttt_linear", "declared")
+    assert len(grid) == 4 and {"base_lr": 0.1, "mini_batch_size": 32} in grid
+    assert knob_grid("ttt_mlp", None) == [{}]
+    assert knob_grid("ttt_mlp", "{ttt_mlp: {base_lr: [0.1, 1.0]}}") == [{"base_lr": 0.1}, {"base_lr": 1.0}]
+    assert knob_grid("mamba2", {"ttt_mlp": {"base_lr": [1.0]}}) == [{}]  # layers not named keep their recipe
+    with pytest.raises(ValueError, match="unknown knob"):
+        knob_grid("mamba2", {"mamba2": {"window": [8]}})
+    with pytest.raises(ValueError, match="knobs must be"):
+        parse_knobs("[1, 2]")
+    # the recipe's mixer config (recipes/mqar/ttt_linear.yaml: mini_batch_size 16) is kept, the knob added
+    (arg,) = knob_args("mqar", "ttt_linear", {"base_lr": 0.1})
+    assert json.loads(arg.split("=", 1)[1]) == {"mini_batch_size": 16, "base_lr": 0.1}
+    assert knob_args("mqar", "ttt_linear", {}) == []
+
+
+def test_mqar_two_seeds_quick(tmp_path):
+    from seqmix.compare import MQARSweep, run_mqar_sweep
+
+    sweep = MQARSweep(layers=["swa"], widths=[16], lrs=[1e-3], seeds=2, max_steps=2, num_train=64, curve_points=1,
+                      curve_batches=16, knobs={"swa": {"window": [4, 8]}}, jobs=1, out=str(tmp_path))
+    res = run_mqar_sweep(sweep, progress=False)
+    assert len(res["records"]) == 4 and sorted({r["seed"] for r in res["records"]}) == [0, 1]
+    (best,) = res["best"]
+    assert best["n_seeds"] == 2 and best["summary"]["val_acc"]["interval"] == "minmax"
+    assert best["val_acc"] == pytest.approx(sum(best["values"]["val_acc"]) / 2)  # best = highest mean over seeds
+    assert best["val_acc"] == max(p["val_acc"] for p in res["points"])
+    for r in res["records"]:
+        # curve: steps 0 and 2; its last point is the final model on the whole validation set (16 batches of 32)
+        assert r["curve"]["steps"] == [0, 2]
+        assert r["curve"]["values"][-1] == pytest.approx(r["val_acc"], abs=1e-6)
+    md = (tmp_path / "results.md").read_text()
+    assert "mean [min, max] over 2 seeds" in md and "best knobs" in md and "window=" in md
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert len(doc["runs"]) == 4 and (tmp_path / "curves.png").is_file()
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 4
+    # the same sweep again with resume: nothing is trained, the records are the first call's
+    again = run_mqar_sweep(dataclasses.replace(sweep, resume=True), progress=False)
+    assert [r["train_seconds"] for r in again["records"]] == [r["train_seconds"] for r in res["records"]]
+    assert again["best"][0]["val_acc"] == best["val_acc"]
+
+
+def test_mqar_presets():
+    from seqmix.compare import MQARSweep
+
+    z = MQARSweep.preset("zoology")
+    assert z.widths == [64, 128, 256] and z.num_layers == 2
+    assert z.lrs == pytest.approx([10 ** x for x in (-3, -2.5, -2, -1.5)])
+    cpu = MQARSweep.preset("cpu", layers=["swa"])
+    assert len(cpu.lrs) >= 3 and len(parse_seeds(cpu.seeds)) >= 2 and cpu.layers == ["swa"]
+    with pytest.raises(ValueError, match="valid: zoology, cpu"):
+        MQARSweep.preset("nope")
+
+
+def test_video_two_seeds_quick(tmp_path):
+    from seqmix.compare import VideoComparison, run_video_comparison
+
+    res = run_video_comparison(VideoComparison(layers=["none"], max_steps=1, num_train=8, samples=0, seeds=2,
+                                               curve_points=1, curve_batches=1, jobs=1, out=str(tmp_path)),
+                               progress=False)
+    (row,) = res["rows"]
+    assert row["seeds"] == [0, 1] and len(row["values"]["val/loss"]) == 2 and len(row["curves"]) == 2
+    assert row["metrics"]["val/loss"] == pytest.approx(sum(row["values"]["val/loss"]) / 2)
+    assert all(0.0 <= v <= 1.0 for c in row["curves"] for v in c["values"])
+    assert "mean [min, max] over 2 seeds" in (tmp_path / "results.md").read_text()
+    assert [r["seed"] for r in res["runs"]] == [0, 1]
