@@ -317,6 +317,7 @@ def compare_worldmodel(
     sample_steps: int | None = None,
     jobs: int = 0,
     out: str = "runs/compare-worldmodel",
+    data: str | None = None,
     quick: bool = False,
 ) -> None:
     """Train the world models (recipes/worldmodel/*.yaml: recipes/base/worldmodel.yaml + each model's mixers) with
@@ -330,11 +331,12 @@ def compare_worldmodel(
         sample_steps: DDIM steps per generated chunk (default 10).
         jobs: runs trained at once in separate processes (0 = one per CPU core without a GPU, else 1).
         out: output directory.
+        data: where the trajectories are written once (default: OUT/data).
         quick: a smoke run (two models, one seed, two steps, tiny trajectories).
     """
     from seqmix.compare_worldmodel import WorldModelComparison, run_worldmodel_comparison
 
-    cmp = WorldModelComparison(out=out, jobs=jobs, seeds=seeds)
+    cmp = WorldModelComparison(out=out, jobs=jobs, seeds=seeds, data=data)
     if models:
         cmp.models = models
     if max_steps:

@@ -77,7 +77,8 @@ class WorldModelComparison:
         gifs: rollouts written as GIFs per model (first seed).
         data_overrides: extra CLI arguments for the data (e.g. ``--data.init_args.generate.explore_frames=8``).
         jobs: runs trained at once in separate processes (0 = one per CPU core without a GPU, else 1).
-        out: output directory (the trajectories go to ``out/data``).
+        out: output directory.
+        data: where the trajectories are written once and read by every run (default ``out/data``).
     """
 
     models: list[str] = field(default_factory=recipe_models)
@@ -90,6 +91,7 @@ class WorldModelComparison:
     data_overrides: list[str] = field(default_factory=list)
     jobs: int = 0
     out: str = "runs/compare-worldmodel"
+    data: str | None = None
 
     def num_jobs(self) -> int:
         return self.jobs or _default_jobs()
@@ -118,7 +120,7 @@ class WorldModelComparison:
 
     def data_args(self) -> list[str]:
         n = [f"--data.init_args.num_trajectories={self.num_trajectories}"] if self.num_trajectories else []
-        return [f"--data.init_args.path={Path(self.out) / 'data'}", *n,
+        return [f"--data.init_args.path={self.data or Path(self.out) / 'data'}", *n,
                 f"--data.init_args.val_trajectories={self.eval_trajectories}", *self.data_overrides]
 
 
