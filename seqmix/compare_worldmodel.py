@@ -283,7 +283,9 @@ def _plot(summary: dict, path: Path, k: int) -> Path | None:
 def run_worldmodel_comparison(cmp: WorldModelComparison, progress: bool = True) -> dict:
     """Train and score every model x seed; write results.{md,json,png} and GIFs to ``cmp.out``."""
     cmp.validate()
-    command = " ".join(shlex.quote(a) for a in sys.argv)
+    # the command as typed: the installed entry point by its name, not its path
+    argv = ["seqmix", *sys.argv[1:]] if Path(sys.argv[0]).name == "seqmix" else sys.argv
+    command = " ".join(shlex.quote(a) for a in argv)
     out = Path(cmp.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
