@@ -133,6 +133,33 @@ def _prepare_data(cmp: WorldModelComparison) -> dict:
     return cli.datamodule.maze_spec()
 
 
+def _references(cmp: WorldModelComparison, k: int) -> dict:
+    """Retrieval scores of model-free predictions on the held-out return paths: the mean training frame (of up to 64
+    training trajectories) and the last context frame repeated; a model that recalls nothing reaches about these."""
+    import torch
+
+    from seqmix.data.maze_shards import MazeClips
+    from seqmix.tasks.worldmodel_eval import frame_scores
+
+    d = MazeClips(cmp.data or Path(cmp.out) / "data")
+    n, E = d.num_trajectories, d.explore_frames
+    n_train = n - cmp.eval_trajectories
+    mean = torch.stack([d[i]["frames"] for i in range(max(0, n_train - 64), n_train)]).mean((0, 1))
+    val = [d[i] for i in range(n_train, n)]
+    truth = torch.stack([v["frames"][E:] for v in val]).flatten(0, 1)
+    dist = torch.stack([v["distance"][E:] for v in val]).flatten()
+    preds = {"mean training frame": mean.expand_as(truth),
+             "last context frame": torch.stack([v["frames"][E - 1][None].expand_as(v["frames"][E:]) for v in val]
+                                               ).flatten(0, 1)}
+    out = {}
+    for name, pred in preds.items():
+        s = frame_scores(pred, truth)
+        far = dist > k
+        out[name] = {"psnr": float(s["psnr"].mean()), "psnr_far": float(s["psnr"][far].mean()) if far.any() else None,
+                     "ssim": float(s["ssim"].mean())}
+    return out
+
+
 def _window(config) -> int | None:
     """The frame-local attention window k of a model (None without one)."""
     ks = [cfg.get("window_frames") for layer in config.mixers for n, cfg in layer if n == "frame_local_attn"]
@@ -273,7 +300,7 @@ def _plot(summary: dict, path: Path, k: int) -> Path | None:
     ax.set_ylabel("retrieval PSNR (dB)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("Retrieval PSNR against distance (return path generated from the exploration)")
+    ax.set_title("Retrieval PSNR against distance to the last sighting")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -304,11 +331,14 @@ def run_worldmodel_comparison(cmp: WorldModelComparison, progress: bool = True) 
     records.sort(key=lambda r: (order[r["model"]], r["seed"]))
     k = next((r["window"] for r in records if r["window"]), 1)
     summary = _summary(records, cmp.models, k)
-    md = _markdown(summary, records, cmp, command, k)
+    refs = _references(cmp, k)
+    md = _markdown(summary, records, cmp, command, k) + "\n\nModel-free references on the same return paths: " + \
+        "; ".join(f"{n}: PSNR {r['psnr']:.2f} dB (far {r['psnr_far'] or float('nan'):.2f}), SSIM {r['ssim']:.3f}"
+                  for n, r in refs.items()) + "."
     wall = time.perf_counter() - t0
     doc = {"schema": "seqmix.compare.worldmodel/v1", "command": command,
            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "wall_seconds": wall, "window": k,
-           "comparison": dataclasses.asdict(cmp), "summary": summary, "runs": records}
+           "references": refs, "comparison": dataclasses.asdict(cmp), "summary": summary, "runs": records}
     (out / "results.json").write_text(json.dumps(doc, indent=1, default=str))
     (out / "results.md").write_text(md + "\n")
     png = _plot(summary, out / "results.png", k)

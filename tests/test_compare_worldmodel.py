@@ -12,6 +12,7 @@ def test_quick_comparison_writes_table_plot_gifs(tmp_path):
     res = run_worldmodel_comparison(cmp, progress=False)
     doc = json.loads((tmp_path / "cmp/results.json").read_text())
     assert set(doc["summary"]) == {"causal_window", "causal_transformer"} and doc["window"] == 4
+    assert set(doc["references"]) == {"mean training frame", "last context frame"}
     assert len(doc["runs"]) == 2 and all(len(r["psnr"]) == 2 * 4 for r in doc["runs"])
     assert "| causal_window |" in res["markdown"] and (tmp_path / "cmp/results.md").is_file()
     assert res["paths"]["png"] is None or res["paths"]["png"].is_file()
