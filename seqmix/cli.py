@@ -3,6 +3,7 @@
     seqmix fit|validate|test|predict --config RECIPE.yaml [--key value ...]   Lightning CLI over a recipe
     seqmix compare video [--quick] [--layers [..]] [--max_steps N]             t2v baselines, equal budgets (main job)
     seqmix compare mqar [--quick] [--widths [..]] [--lrs [..]] [--jobs N]     MQAR accuracy vs state size
+    seqmix compare worldmodel [--quick] [--models [..]] [--seeds S]           world-model retrieval vs distance
     seqmix bench layers [--quick] [--lengths [..]] [--layers [..]]             layer speed / memory vs T
     seqmix bench rollout [--quick] [--frames N] [--models [..]]               world-model per-frame rollout cost
     seqmix prepare storyboards|videos ...                                      write latent shard datasets
@@ -250,6 +251,47 @@ def compare_video(
     print(f"\nwrote {', '.join(str(p) for p in result['paths'].values() if p)}")
 
 
+def compare_worldmodel(
+    models: list[str] | None = None,
+    seeds: int = 1,
+    max_steps: int | None = None,
+    sample_steps: int | None = None,
+    jobs: int = 0,
+    out: str = "runs/compare-worldmodel",
+    data: str | None = None,
+    quick: bool = False,
+) -> None:
+    """Train the world models (recipes/worldmodel/*.yaml: recipes/base/worldmodel.yaml + each model's mixers) with
+    equal budgets on the same procedural maze trajectories; generate each held-out return path from its exploration
+    and write retrieval PSNR / SSIM against the distance to the last sighting (results.md/json/png, rollout GIFs).
+
+    Args:
+        models: model recipe names (default: every recipe in recipes/worldmodel/).
+        seeds: seeds per model (mean and interval over seeds in the table).
+        max_steps: optimizer steps per run (default 200).
+        sample_steps: DDIM steps per generated chunk (default 10).
+        jobs: runs trained at once in separate processes (0 = one per CPU core without a GPU, else 1).
+        out: output directory.
+        data: where the trajectories are written once (default: OUT/data).
+        quick: a smoke run (two models, one seed, two steps, tiny trajectories).
+    """
+    from seqmix.compare_worldmodel import WorldModelComparison, run_worldmodel_comparison
+
+    cmp = WorldModelComparison(out=out, jobs=jobs, seeds=seeds, data=data)
+    if models:
+        cmp.models = models
+    if max_steps:
+        cmp.max_steps = max_steps
+    if sample_steps:
+        cmp.sample_steps = sample_steps
+    if quick:
+        cmp = cmp.quick()
+    result = run_worldmodel_comparison(cmp)
+    print(result["markdown"])
+    print(f"\nwall time {result['wall_seconds']:.0f} s; wrote "
+          f"{', '.join(str(p) for p in result['paths'].values() if p)}")
+
+
 def _expand_bare_flags(argv: list[str]) -> list[str]:
     out = []
     for i, a in enumerate(argv):
@@ -291,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
          "bench": {"_help": "Benchmarks: layer speed and memory vs length, DiT efficiency, TTT kernels.",
                    **BENCH_COMMANDS},
          "compare": {"_help": "Equal-budget comparisons of the baselines: text-to-video (main job) or MQAR recall.",
-                     "mqar": compare_mqar, "video": compare_video},
+                     "mqar": compare_mqar, "video": compare_video, "worldmodel": compare_worldmodel},
          "prepare": {"_help": "Write datasets: latent shards from storyboards or real videos, world-model mazes.",
                      "storyboards": prepare_storyboards, "videos": prepare_videos, "mazes": prepare_mazes}},
         args=_expand_bare_flags(args), version=seqmix.__version__, description=_DESCRIPTION,

@@ -2,5 +2,7 @@
 
 from .lm import LMTask, MQARData
 from .video import LatentVideoData, StoryboardVideoData, VideoDiffusionTask
+from .worldmodel import MazeData, WorldModelTask
 
-__all__ = ["LMTask", "LatentVideoData", "MQARData", "StoryboardVideoData", "VideoDiffusionTask"]
+__all__ = ["LMTask", "LatentVideoData", "MQARData", "MazeData", "StoryboardVideoData", "VideoDiffusionTask",
+           "WorldModelTask"]

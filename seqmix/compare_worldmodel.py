@@ -1,0 +1,346 @@
+"""World-model comparison (``seqmix compare worldmodel``): the models of Po et al. 2025 (arXiv 2505.20171) trained
+with equal budgets on the same maze trajectories, then scored on retrieval (:mod:`seqmix.tasks.worldmodel_eval`):
+the exploration of each held-out trajectory is the context, the return path is generated from its actions, and
+every generated frame's PSNR / SSIM is binned by the distance in frames to the last time that place was seen.
+
+Every run is a model recipe (``recipes/worldmodel/<model>.yaml``: ``recipes/base/worldmodel.yaml`` with only the
+model's mixers changed, :func:`model_overrides`) trained through the same LightningCLI path as ``seqmix fit``
+with only the budget, the seed and the data directory overridden; ``S`` seeds per model (model init, noise draws
+and data order; the trajectories are the same for all). Output: ``results.md`` (table: mean and interval over seeds
+per metric, :func:`seqmix.utils.stats.summarize`), ``results.json`` (every run, every frame's scores), ``results.png``
+(PSNR against distance, one line per model, error bars, the frame-local attention window marked) and rollout GIFs
+(generated beside ground truth).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from seqmix.compare import _default_jobs, _fit_recipe, _flat, _map_runs, recipe_dir
+from seqmix.utils.stats import summarize
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["WorldModelComparison", "run_worldmodel_comparison", "model_overrides", "recipe_models", "MODEL_KEYS"]
+
+#: Keys (dotted) a model recipe may change relative to ``recipes/base/worldmodel.yaml``.
+MODEL_KEYS = ("model.init_args.model.mixers", "trainer.default_root_dir")
+#: Metrics of the table, each summarised over seeds.
+METRICS = ("psnr", "psnr_near", "psnr_far", "ssim", "ssim_far", "val_loss_return")
+
+
+def _base() -> Path:
+    return recipe_dir() / "base" / "worldmodel.yaml"
+
+
+def model_overrides(recipe: str | Path) -> dict:
+    """What a model recipe changes relative to the world-model base recipe, as ``{dotted key: value}``; anything
+    but :data:`MODEL_KEYS` raises (the base recipe is the one place that sets what every model shares)."""
+    import yaml
+
+    base = _flat(yaml.safe_load(_base().read_text()))
+    doc = _flat(yaml.safe_load(Path(recipe).read_text()))
+    missing = sorted(set(base) - set(doc))
+    diff = {k: v for k, v in doc.items() if k not in base or base[k] != v}
+    extra = sorted(set(diff) - set(MODEL_KEYS))
+    if missing or extra:
+        raise ValueError(f"{recipe}: a world-model recipe must be {_base()} with only {', '.join(MODEL_KEYS)} "
+                         f"changed; differs in {extra}, lacks {missing}")
+    return diff
+
+
+def recipe_models() -> list[str]:
+    """The models with a recipe in ``recipes/worldmodel/`` (``ours`` first)."""
+    names = sorted(p.stem for p in (recipe_dir() / "worldmodel").glob("*.yaml"))
+    return sorted(names, key=lambda n: n != "ours")
+
+
+@dataclass(kw_only=True)
+class WorldModelComparison:
+    """World models trained with the same data, steps and batch, then scored on retrieval.
+
+    Attributes:
+        models: model recipe names (``recipes/worldmodel/<name>.yaml``; default: every one there).
+        seeds: seeds per model (model init, noise draws, data order); intervals need >= 2.
+        max_steps: optimizer steps per run (the equal budget).
+        num_trajectories: trajectories written (None: the base recipe's); the last ``eval_trajectories`` are
+            held out and scored.
+        eval_trajectories: held-out trajectories (validation loss and retrieval).
+        sample_steps: DDIM steps per generated chunk in retrieval.
+        gifs: rollouts written as GIFs per model (first seed).
+        data_overrides: extra CLI arguments for the data (e.g. ``--data.init_args.generate.explore_frames=8``).
+        jobs: runs trained at once in separate processes (0 = one per CPU core without a GPU, else 1).
+        out: output directory.
+        data: where the trajectories are written once and read by every run (default ``out/data``).
+    """
+
+    models: list[str] = field(default_factory=recipe_models)
+    seeds: int = 1
+    max_steps: int = 200
+    num_trajectories: int | None = None
+    eval_trajectories: int = 8
+    sample_steps: int = 10
+    gifs: int = 2
+    data_overrides: list[str] = field(default_factory=list)
+    jobs: int = 0
+    out: str = "runs/compare-worldmodel"
+    data: str | None = None
+
+    def num_jobs(self) -> int:
+        return self.jobs or _default_jobs()
+
+    def quick(self) -> "WorldModelComparison":
+        """A smoke-sized copy: two models, one seed, 2 steps on tiny trajectories (8 + 4 frames)."""
+        return dataclasses.replace(
+            self, models=self.models[:2], seeds=1, max_steps=2, num_trajectories=6, eval_trajectories=2,
+            sample_steps=2, gifs=1, jobs=1, data_overrides=["--data.init_args.generate.explore_frames=8",
+                                                            "--data.init_args.generate.return_frames=4",
+                                                            "--data.init_args.batch_size=2"])
+
+    def validate(self) -> None:
+        have = recipe_models()
+        bad = [m for m in self.models if m not in have]
+        if not self.models or bad:
+            raise ValueError(f"unknown model(s) {bad or self.models}; valid (recipes/worldmodel/*.yaml): "
+                             f"{', '.join(have)}")
+        for m in self.models:
+            model_overrides(recipe_dir() / "worldmodel" / f"{m}.yaml")
+        for name in ("seeds", "max_steps", "eval_trajectories", "sample_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.jobs < 0 or self.gifs < 0:
+            raise ValueError(f"jobs and gifs must be >= 0, got {self.jobs}, {self.gifs}")
+
+    def data_args(self) -> list[str]:
+        n = [f"--data.init_args.num_trajectories={self.num_trajectories}"] if self.num_trajectories else []
+        return [f"--data.init_args.path={self.data or Path(self.out) / 'data'}", *n,
+                f"--data.init_args.val_trajectories={self.eval_trajectories}", *self.data_overrides]
+
+
+def _prepare_data(cmp: WorldModelComparison) -> dict:
+    """Write the trajectories once (before runs start in parallel) through the recipe's data module."""
+    from seqmix.cli import run_lightning
+
+    cli = run_lightning(["--config", str(_base()), *cmp.data_args(), "--trainer.logger=false"], run=False)
+    cli.datamodule.prepare_data()
+    return cli.datamodule.maze_spec()
+
+
+def _references(cmp: WorldModelComparison, k: int) -> dict:
+    """Retrieval scores of model-free predictions on the held-out return paths: the mean training frame (of up to 64
+    training trajectories) and the last context frame repeated; a model that recalls nothing reaches about these."""
+    import torch
+
+    from seqmix.data.maze_shards import MazeClips
+    from seqmix.tasks.worldmodel_eval import frame_scores
+
+    d = MazeClips(cmp.data or Path(cmp.out) / "data")
+    n, E = d.num_trajectories, d.explore_frames
+    n_train = n - cmp.eval_trajectories
+    mean = torch.stack([d[i]["frames"] for i in range(max(0, n_train - 64), n_train)]).mean((0, 1))
+    val = [d[i] for i in range(n_train, n)]
+    truth = torch.stack([v["frames"][E:] for v in val]).flatten(0, 1)
+    dist = torch.stack([v["distance"][E:] for v in val]).flatten()
+    preds = {"mean training frame": mean.expand_as(truth),
+             "last context frame": torch.stack([v["frames"][E - 1][None].expand_as(v["frames"][E:]) for v in val]
+                                               ).flatten(0, 1)}
+    out = {}
+    for name, pred in preds.items():
+        s = frame_scores(pred, truth)
+        far = dist > k
+        out[name] = {"psnr": float(s["psnr"].mean()), "psnr_far": float(s["psnr"][far].mean()) if far.any() else None,
+                     "ssim": float(s["ssim"].mean())}
+    return out
+
+
+def _window(config) -> int | None:
+    """The frame-local attention window k of a model (None without one)."""
+    ks = [cfg.get("window_frames") for layer in config.mixers for n, cfg in layer if n == "frame_local_attn"]
+    return max(ks) if ks else None
+
+
+def _run(name: str, seed: int, cmp: WorldModelComparison) -> dict:
+    """Train one model with one seed, score it on retrieval; returns its record."""
+    import torch
+
+    from seqmix.tasks.worldmodel_eval import retrieval, write_rollout_gif
+
+    args = ["--config", str(recipe_dir() / "worldmodel" / f"{name}.yaml")]
+    over = [f"--seed_everything={seed}", f"--model.init_args.seed={seed}", f"--data.init_args.seed={seed}",
+            *cmp.data_args(), "--trainer.val_check_interval=null", "--trainer.check_val_every_n_epoch=1000000"]
+    cli, train_s, metrics = _fit_recipe(args, over, cmp.max_steps)
+    task, dm = cli.model, cli.datamodule
+    items = [dm._val[i] for i in range(len(dm._val))]
+    frames = torch.stack([it["frames"] for it in items])
+    actions = torch.stack([it["actions"] for it in items])
+    distance = torch.stack([it["distance"] for it in items])
+    E = dm.maze_spec()["explore_frames"]
+    res = retrieval(task.model, frames, actions, distance, E, num_steps=cmp.sample_steps, seed=seed)
+    gifs = []
+    if seed == 0:
+        for i in range(min(cmp.gifs, len(items))):
+            p = Path(cmp.out) / "gifs" / f"{name}-trajectory{items[i]['index']}.gif"
+            gifs.append(str(write_rollout_gif(res.generated[i], frames[i, E:], p)))
+    c = task.model.config
+    return {"model": name, "seed": seed, "args": args + over, "mixers": c.mixer_names(), "window": _window(c),
+            "params": task.model.num_params(), "steps": int(cli.trainer.global_step), "train_seconds": train_s,
+            "threads": torch.get_num_threads(), "metrics": metrics, "explore_frames": E,
+            "return_frames": frames.shape[1] - E, "psnr": res.psnr, "ssim": res.ssim, "lpips": res.lpips,
+            "distance": res.distance, "seconds_per_frame": res.seconds_per_frame / len(items),
+            "state_bytes_per_sequence": [b // len(items) for b in res.state_bytes], "gifs": gifs}
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _per_seed(r: dict, k: int) -> dict:
+    """One run's scalar metrics: PSNR / SSIM over every return frame, within (d <= k) and beyond (d > k) the
+    frame-local window of ``k`` frames."""
+    near = [i for i, d in enumerate(r["distance"]) if 0 < d <= k]
+    far = [i for i, d in enumerate(r["distance"]) if d > k]
+    return {"psnr": _mean(r["psnr"]), "psnr_near": _mean([r["psnr"][i] for i in near]),
+            "psnr_far": _mean([r["psnr"][i] for i in far]), "ssim": _mean(r["ssim"]),
+            "ssim_far": _mean([r["ssim"][i] for i in far]),
+            "val_loss_return": r["metrics"].get("val/loss_return", float("nan"))}
+
+
+def _summary(records: list[dict], models: list[str], k: int) -> dict:
+    import math
+
+    from seqmix.tasks.worldmodel_eval import bin_by_distance
+
+    out = {}
+    for m in models:
+        rs = [r for r in records if r["model"] == m]
+        per = [_per_seed(r, k) for r in rs]
+        s = {key: summarize([p[key] for p in per]).as_dict() for key in METRICS
+             if all(math.isfinite(p[key]) for p in per)}
+        bins: dict[tuple, list[float]] = {}
+        for r in rs:
+            for b in bin_by_distance(r["psnr"], r["distance"], k):
+                bins.setdefault((b["lo"], b["hi"], b["n"]), []).append(b["mean"])
+        s["psnr_by_distance"] = [{"lo": lo, "hi": hi, "n": n, **summarize(v).as_dict()}
+                                 for (lo, hi, n), v in sorted(bins.items())]
+        s["seconds_per_frame"] = _mean([r["seconds_per_frame"] for r in rs])
+        s["state_bytes"] = rs[0]["state_bytes_per_sequence"]
+        s["params"], s["train_seconds"] = rs[0]["params"], _mean([r["train_seconds"] for r in rs])
+        s["window"] = rs[0]["window"]
+        out[m] = s
+    return out
+
+
+def _fmt(s: dict | None, fmt: str = "{:.2f}") -> str:
+    if not s:
+        return "-"
+    from seqmix.utils.stats import SeedSummary
+
+    return SeedSummary(**{k: s[k] for k in ("mean", "low", "high", "n", "interval")}).format(fmt)
+
+
+def _markdown(summary: dict, records: list[dict], cmp: WorldModelComparison, command: str, k: int) -> str:
+    r0 = records[0]
+    n_int = {1: "one seed: no interval", 2: "2 seeds: [min, max]"}.get(cmp.seeds, f"{cmp.seeds} seeds: 95% t interval")
+    lines = [
+        "# World-model comparison: retrieval on procedural mazes (CPU scale)", "",
+        f"Command: `{command}`  ",
+        f"Every model: {cmp.max_steps} steps on the same trajectories ({r0['explore_frames']} exploration frames, then "
+        f"{r0['return_frames']} frames walking them back), diffusion forcing + long-context training; retrieval on "
+        f"{cmp.eval_trajectories} held-out trajectories: the exploration is the clean context, the return path is "
+        f"generated from its actions ({cmp.sample_steps} DDIM steps per chunk) and scored against ground truth. "
+        f"near / far: frames whose place was last seen <= / > k = {k} frames earlier (the frame-local attention "
+        f"window). Values: mean [interval] over seeds ({n_int}). train s: wall seconds per run "
+        f"({r0['threads']} CPU thread(s)); ms/frame: rollout time per generated frame and sequence; state: carried "
+        "state per sequence after the rollout.", "",
+        "| model | mixers | params | train s | val loss (return) | PSNR | PSNR near | PSNR far | SSIM | SSIM far | "
+        "ms/frame | state KiB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m, s in summary.items():
+        lines.append(
+            f"| {m} | {'+'.join(next(r['mixers'] for r in records if r['model'] == m))} | {s['params']:,} | "
+            f"{s['train_seconds']:.0f} | {_fmt(s.get('val_loss_return'), '{:.4f}')} | {_fmt(s.get('psnr'))} | "
+            f"{_fmt(s.get('psnr_near'))} | {_fmt(s.get('psnr_far'))} | {_fmt(s.get('ssim'), '{:.3f}')} | "
+            f"{_fmt(s.get('ssim_far'), '{:.3f}')} | {1000 * s['seconds_per_frame']:.1f} | "
+            f"{s['state_bytes'][1] / 1024:.1f} |")
+    lines += ["", "PSNR (dB) by distance to the last sighting (frames):", "",
+              "| model | " + " | ".join(f"({b['lo']}, {b['hi']}]" for b in next(iter(summary.values()))["psnr_by_distance"])
+              + " |", "|---|" + "---:|" * len(next(iter(summary.values()))["psnr_by_distance"])]
+    for m, s in summary.items():
+        lines.append(f"| {m} | " + " | ".join(_fmt(b) for b in s["psnr_by_distance"]) + " |")
+    return "\n".join(lines)
+
+
+def _plot(summary: dict, path: Path, k: int) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: skipping %s", path)
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.3))
+    for m, s in summary.items():
+        bins = s["psnr_by_distance"]
+        x = [(b["lo"] + b["hi"]) / 2 for b in bins]
+        y = [b["mean"] for b in bins]
+        err = [[b["mean"] - b["low"] for b in bins], [b["high"] - b["mean"] for b in bins]]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=m, lw=2.2 if m == "ours" else 1.2)
+    ax.axvline(k, color="k", ls="--", lw=1)
+    ax.text(k, ax.get_ylim()[1], f" frame-local window k={k}", va="top", fontsize=8)
+    ax.set_xlabel("frames since the place was last seen (bin centre)")
+    ax.set_ylabel("retrieval PSNR (dB)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Retrieval PSNR against distance to the last sighting")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run_worldmodel_comparison(cmp: WorldModelComparison, progress: bool = True) -> dict:
+    """Train and score every model x seed; write results.{md,json,png} and GIFs to ``cmp.out``."""
+    cmp.validate()
+    # the command as typed: the installed entry point by its name, not its path
+    argv = ["seqmix", *sys.argv[1:]] if Path(sys.argv[0]).name == "seqmix" else sys.argv
+    command = " ".join(shlex.quote(a) for a in argv)
+    out = Path(cmp.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    _prepare_data(cmp)
+    records: list[dict] = []
+
+    def done(rec: dict) -> None:
+        records.append(rec)
+        logger.info("%s seed %d: retrieval PSNR %.2f dB", rec["model"], rec["seed"], _mean(rec["psnr"]))
+
+    # slowest first (the SSM scans on CPU), so parallel processes finish close together
+    slow = {"mamba2_fla": 0, "ours": 1, "mamba2": 2, "blockwise_ttt": 3}
+    runs = sorted([(m, s, cmp) for m in cmp.models for s in range(cmp.seeds)], key=lambda r: (slow.get(r[0], 9), r[1]))
+    _map_runs(_run, runs, cmp.num_jobs(), lambda r: f"{r[0]} seed {r[1]}", "worldmodel", progress, done)
+    order = {m: i for i, m in enumerate(cmp.models)}
+    records.sort(key=lambda r: (order[r["model"]], r["seed"]))
+    k = next((r["window"] for r in records if r["window"]), 1)
+    summary = _summary(records, cmp.models, k)
+    refs = _references(cmp, k)
+    md = _markdown(summary, records, cmp, command, k) + "\n\nModel-free references on the same return paths: " + \
+        "; ".join(f"{n}: PSNR {r['psnr']:.2f} dB (far {r['psnr_far'] or float('nan'):.2f}), SSIM {r['ssim']:.3f}"
+                  for n, r in refs.items()) + "."
+    wall = time.perf_counter() - t0
+    doc = {"schema": "seqmix.compare.worldmodel/v1", "command": command,
+           "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "wall_seconds": wall, "window": k,
+           "references": refs, "comparison": dataclasses.asdict(cmp), "summary": summary, "runs": records}
+    (out / "results.json").write_text(json.dumps(doc, indent=1, default=str))
+    (out / "results.md").write_text(md + "\n")
+    png = _plot(summary, out / "results.png", k)
+    return {"markdown": md, "records": records, "summary": summary, "wall_seconds": wall,
+            "paths": {"json": out / "results.json", "md": out / "results.md", "png": png}}
