@@ -275,7 +275,7 @@ def compare_worldmodel(
         data: where the trajectories are written once (default: OUT/data).
         quick: a smoke run (two models, one seed, two steps, tiny trajectories).
     """
-    from seqmix.compare_worldmodel import WorldModelComparison, run_worldmodel_comparison
+    from seqmix.compare.worldmodel import WorldModelComparison, run_worldmodel_comparison
 
     cmp = WorldModelComparison(out=out, jobs=jobs, seeds=seeds, data=data)
     if models:

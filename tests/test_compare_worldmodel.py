@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from seqmix.compare_worldmodel import WorldModelComparison, model_overrides, recipe_models, run_worldmodel_comparison
+from seqmix.compare.worldmodel import WorldModelComparison, model_overrides, recipe_models, run_worldmodel_comparison
 
 
 def test_quick_comparison_writes_table_plot_gifs(tmp_path):

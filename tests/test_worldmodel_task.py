@@ -112,7 +112,7 @@ def test_recipe_fast_dev_run(model, data_dir, tmp_path):
 
 
 def test_model_recipes_are_the_base_plus_mixers():
-    from seqmix.compare_worldmodel import model_overrides
+    from seqmix.compare.worldmodel import model_overrides
 
     for m in MODELS:
         assert set(model_overrides(ROOT / f"recipes/worldmodel/{m}.yaml")) <= {

@@ -10,7 +10,8 @@ anyone can re-run one by one (the command of each is stored with its record).
 
 Modules: :mod:`~seqmix.compare.common` (recipes, layer arguments, parallel workers), :mod:`~seqmix.compare.seeds`
 (seeds and their aggregation into rows with intervals), :mod:`~seqmix.compare.curves` (learning curves),
-:mod:`~seqmix.compare.knobs` (per-layer sweep knobs), :mod:`~seqmix.compare.mqar`, :mod:`~seqmix.compare.video`.
+:mod:`~seqmix.compare.knobs` (per-layer sweep knobs), :mod:`~seqmix.compare.mqar`, :mod:`~seqmix.compare.video`,
+:mod:`~seqmix.compare.worldmodel` (retrieval on mazes).
 """
 
 from seqmix.compare.common import _LAYER_KEYS, base_recipe, layer_args, recipe_dir, recipe_overrides, token_mixers

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqmix.compare import _default_jobs, _fit_recipe, _flat, _map_runs, recipe_dir
+from seqmix.compare.common import _default_jobs, _fit_recipe, _flat, _map_runs, recipe_dir
 from seqmix.utils.stats import summarize
 
 logger = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class WorldModelComparison:
 
 def _prepare_data(cmp: WorldModelComparison) -> dict:
     """Write the trajectories once (before runs start in parallel) through the recipe's data module."""
-    from seqmix.cli import run_lightning
+    from seqmix.lightning_cli import run_lightning
 
     cli = run_lightning(["--config", str(_base()), *cmp.data_args(), "--trainer.logger=false"], run=False)
     cli.datamodule.prepare_data()
