@@ -1,0 +1,234 @@
+"""Scale-out (seqmix.parallel): FSDP2, tensor parallel and FSDP2 x TP on 2 and 4 CPU processes (gloo) give the
+losses and gradients of one process for a small DiT with each kind of global layer; a distributed checkpoint saved
+at 2 processes resumes at 4; bad layouts fail before any process starts.
+
+Each spawn runs many checks (process start-up dominates on a small machine). Every rank also computes the
+one-process reference itself (same seed, whole global batch), so nothing crosses process boundaries but the plan's
+own collectives. fp64, so the tolerance (1e-4 relative) only has to absorb reduction order.
+"""
+
+from __future__ import annotations
+
+import copy
+import socket
+
+import pytest
+import torch
+
+from seqmix.backbones.dit import DiTConfig, SegmentedDiT
+from seqmix.backbones.layout import VideoLayout
+from seqmix.parallel import check_layout, check_model
+from seqmix.parallel.checks import meta_model
+from seqmix.utils.testing import assert_close
+
+# D = 4 heads x 16: divisible by tp = 2 and 4.
+TINY = dict(num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=4, text_embed_dim=16,
+            time_embed_dim=16, num_layers=2, patch_size=2)
+MIXERS = {"ttt_mlp": {"mini_batch_size": 8, "mlp_expansion": 2}, "gated_deltanet": {"head_dim": 16, "expand_v": 1.0},
+          "mamba2": {"d_state": 8, "expand": 2, "chunk_size": 8}, "full_attn": {}, "swa": {"window": 24}}
+LAYOUT = dict(text_len=2, latent_height=4, latent_width=4, patch_size=2)
+FRAMES = 25  # two 3 s segments sharing one frame: T = 2 x 2 + 25 x 4 = 104 tokens
+BATCH, STEPS, TOL = 4, 3, 1e-4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _model(mixer: str, seed: int = 0) -> SegmentedDiT:
+    torch.manual_seed(seed)
+    m = SegmentedDiT(DiTConfig(**TINY, mixer=mixer, mixer_config=MIXERS[mixer])).double()
+    with torch.no_grad():  # non-trivial gates and norms, so every path carries gradient
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m
+
+
+def _batch(step: int):
+    lay = VideoLayout.from_num_frames(FRAMES, **LAYOUT)
+    g = torch.Generator().manual_seed(100 + step)
+    x = torch.randn(BATCH, lay.num_frames, 4, 4, 4, generator=g, dtype=torch.float64)
+    t = torch.randint(0, 1000, (BATCH,), generator=g).double()
+    text = torch.randn(BATCH, lay.text_tokens, 16, generator=g, dtype=torch.float64)
+    target = torch.randn(BATCH, lay.num_frames, 4, 4, 4, generator=g, dtype=torch.float64)
+    return lay, x, t, text, target
+
+
+def _loss(model, step: int, part: slice = slice(None)) -> torch.Tensor:
+    lay, x, t, text, target = _batch(step)
+    out = model(x[part], t[part], text[part], lay)
+    return ((out - target[part]) ** 2).mean()
+
+
+def _full(t):
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def _optim(model):
+    return torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01, foreach=False)
+
+
+def _train(model, opt, steps, part=slice(None), group=None, dp: int = 1, start: int = 0):
+    """``steps`` optimiser steps; returns the losses (averaged over the data-parallel ranks)."""
+    import torch.distributed as dist
+
+    losses = []
+    for s in range(start, start + steps):
+        opt.zero_grad(set_to_none=True)
+        loss = _loss(model, s, part)
+        loss.backward()
+        avg = loss.detach().clone()
+        if dp > 1:
+            dist.all_reduce(avg, group=group)
+            avg /= dp
+        losses.append(avg.item())
+        if s < start + steps - 1:
+            opt.step()
+    return losses  # gradients of the last step are left in place (not applied)
+
+
+def _compare(tag, ref, par, ref_losses, par_losses):
+    for i, (a, b) in enumerate(zip(par_losses, ref_losses)):
+        assert abs(a - b) <= TOL * abs(b), f"{tag}: loss of step {i} {a!r} != one process {b!r}"
+    ref_p = dict(ref.named_parameters())
+    n = 0
+    for name, p in par.named_parameters():
+        assert name in ref_p, f"{tag}: parameter {name} has no counterpart"
+        assert_close(f"{tag}: {name}", _full(p.detach()), ref_p[name].detach(), TOL)
+        if ref_p[name].grad is not None and ref_p[name].grad.abs().sum() > 0:
+            assert p.grad is not None, f"{tag}: {name} got no gradient"
+            assert_close(f"{tag}: grad {name}", _full(p.grad), ref_p[name].grad, TOL)
+            n += 1
+    assert n > 0
+
+
+def _job(mixer: str, dp: int, tp: int):
+    """One process's part of (dp x tp) training vs the one-process reference; raises on a mismatch."""
+    from seqmix.parallel.plan import make_mesh, parallelize
+
+    ref = _model(mixer)
+    par = copy.deepcopy(ref)
+    ref_losses = _train(ref, _optim(ref), STEPS)
+    mesh = make_mesh(dp, tp)
+    rep = parallelize(par, mesh, activation_checkpointing=True)
+    if tp > 1:
+        assert len(rep.head_sharded) == TINY["num_layers"] * (1 if mixer == "mamba2" else 2), rep
+    rank, per = mesh["data_parallel"].get_local_rank(), BATCH // dp
+    par_losses = _train(par, _optim(par), STEPS, slice(rank * per, (rank + 1) * per), mesh["data_parallel"].get_group(), dp)
+    _compare(f"{mixer} dp={dp} tp={tp}", ref, par, ref_losses, par_losses)
+
+
+def _state(model, opt):
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    return {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+
+
+def _ckpt_save(path: str):
+    """Train 2 steps on FSDP2 (all ranks) and save a distributed checkpoint."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    from seqmix.parallel.plan import make_mesh, parallelize
+
+    world = dist.get_world_size()
+    par = _model("ttt_mlp")
+    mesh = make_mesh(world, 1)
+    parallelize(par, mesh)
+    opt = _optim(par)
+    rank, per = mesh["data_parallel"].get_local_rank(), BATCH // world
+    _train(par, opt, 3, slice(rank * per, (rank + 1) * per), mesh["data_parallel"].get_group(), world)
+    opt.step()  # _train leaves the last step's gradients unapplied: 3 steps taken in all
+    dcp.save(_state(par, opt), checkpoint_id=path)
+
+
+def _ckpt_resume(path: str, dp: int, tp: int):
+    """Load the checkpoint into a (dp x tp) model built from another seed; the next steps equal one process's."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    from seqmix.parallel.plan import make_mesh, parallelize
+
+    ref = _model("ttt_mlp")
+    ref_opt = _optim(ref)
+    _train(ref, ref_opt, 3)
+    ref_opt.step()
+    ref_losses = _train(ref, ref_opt, 2, start=3)
+    par = _model("ttt_mlp", seed=1)
+    mesh = make_mesh(dp, tp)
+    parallelize(par, mesh)
+    opt = _optim(par)
+    state = _state(par, opt)
+    dcp.load(state, checkpoint_id=path)
+    set_model_state_dict(par, state["model"])
+    set_optimizer_state_dict(par, opt, state["optim"])
+    rank, per = mesh["data_parallel"].get_local_rank(), BATCH // dp
+    losses = _train(par, opt, 2, slice(rank * per, (rank + 1) * per), mesh["data_parallel"].get_group(), dp, start=3)
+    _compare(f"resume at dp={dp} tp={tp}", ref, par, ref_losses, losses)
+
+
+def _worker(rank: int, world: int, port: int, jobs: list):
+    import datetime
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=300))
+    try:
+        for kind, *args in jobs:  # an error on any rank ends the spawn with that rank's traceback
+            {"job": _job, "save": _ckpt_save, "resume": _ckpt_resume}[kind](*args)
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(world: int, jobs: list) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_worker, args=(world, _free_port(), jobs), nprocs=world)
+
+
+@pytest.mark.slow
+def test_two_processes_fsdp_tp_and_checkpoint_save_then_four_processes_resume(tmp_path):
+    """2 processes: FSDP2 only and TP only for every global layer, then a checkpoint; 4 processes: TP only and
+    FSDP2 x TP (2 x 2) for every global layer, FSDP2 only, and the 2-process checkpoint resumed at 2 x 2."""
+    jobs2 = [("job", m, 2, 1) for m in ("ttt_mlp", "gated_deltanet")] + [("job", m, 1, 2) for m in MIXERS]
+    jobs2.append(("save", str(tmp_path / "ckpt")))
+    _spawn(2, jobs2)
+    jobs4 = [("job", m, 2, 2) for m in MIXERS] + [("job", m, 1, 4) for m in ("ttt_mlp", "gated_deltanet", "full_attn")]
+    jobs4 += [("job", "mamba2", 4, 1), ("resume", str(tmp_path / "ckpt"), 2, 2)]
+    _spawn(4, jobs4)
+
+
+# ------------------------------------------------------------------------------------- checks before processes
+def test_layout_checks_say_what_is_allowed():
+    assert check_layout("fsdp+tp", 8, 4).data_parallel == 2
+    assert check_layout("tp", 4).tensor_parallel == 4
+    assert check_layout("fsdp", 8).data_parallel == 8
+    with pytest.raises(ValueError, match="unknown parallel strategy 'zero3'; valid: ddp, fsdp, tp, fsdp"):
+        check_layout("zero3", 8)
+    with pytest.raises(ValueError, match="world size 6 is not divisible by tp=4; allowed tp: 2, 3, 6"):
+        check_layout("fsdp+tp", 6, 4)
+    with pytest.raises(ValueError, match="no tensor parallelism"):
+        check_layout("fsdp", 8, 2)
+    with pytest.raises(ValueError, match="must equal the world size"):
+        check_layout("tp", 8, 4)
+    with pytest.raises(ValueError, match="positive int"):
+        check_layout("fsdp", 0)
+
+
+def test_heads_not_divisible_by_tp_fail_on_a_meta_model():
+    m = meta_model(lambda: SegmentedDiT(DiTConfig(**{**TINY, "num_attention_heads": 6}, mixer="ttt_mlp")))
+    assert next(m.parameters()).device.type == "meta"
+    check_model(m, 3)
+    with pytest.raises(ValueError, match=r"attn1 \(WindowAttention\): heads=6 is not divisible by the "
+                                         r"tensor-parallel size 4; allowed tp: 1, 2, 3, 6"):
+        check_model(m, 4)
+    m = meta_model(lambda: SegmentedDiT(DiTConfig(**TINY, mixer="gated_deltanet", mixer_num_heads=2,
+                                                  mixer_config={"head_dim": 32})))
+    with pytest.raises(ValueError, match=r"global_layer.mixer \(GatedDeltaNet\): num_heads=2"):
+        check_model(m, 4)
