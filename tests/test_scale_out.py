@@ -127,6 +127,40 @@ def _job(mixer: str, dp: int, tp: int):
     _compare(f"{mixer} dp={dp} tp={tp}", ref, par, ref_losses, par_losses)
 
 
+def _wm_job(dp: int, tp: int):
+    """The world-model backbone (block-wise SSM, run whole, + frame-local attention, split by heads)."""
+    from seqmix.backbones.wm_config import WorldModelConfig
+    from seqmix.backbones.worldmodel import WorldModel
+    from seqmix.parallel.plan import make_mesh, parallelize
+
+    torch.manual_seed(0)
+    ref = WorldModel(WorldModelConfig.preset("tiny", mixers="ours", heads=2)).double()
+    par = copy.deepcopy(ref)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(BATCH, 4, 4, 2, 2, generator=g, dtype=torch.float64)
+    lv = torch.randint(0, 1000, (BATCH, 4), generator=g)
+    target = torch.randn(x.shape, generator=g, dtype=torch.float64)
+
+    def step(model, part):
+        model.zero_grad(set_to_none=True)
+        loss = ((model(x[part], lv[part]) - target[part]) ** 2).mean()
+        loss.backward()
+        return loss.detach()
+
+    ref_loss = step(ref, slice(None))
+    mesh = make_mesh(dp, tp)
+    rep = parallelize(par, mesh, activation_checkpointing=True)
+    assert tp == 1 or (len(rep.head_sharded), len(rep.replicated)) == (2, 2), rep
+    rank, per = mesh["data_parallel"].get_local_rank(), BATCH // dp
+    loss = step(par, slice(rank * per, (rank + 1) * per))
+    if dp > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(loss, group=mesh["data_parallel"].get_group())
+        loss /= dp
+    _compare(f"world model dp={dp} tp={tp}", ref, par, [ref_loss.item()], [loss.item()])
+
+
 def _state(model, opt):
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
@@ -186,7 +220,7 @@ def _worker(rank: int, world: int, port: int, jobs: list):
                             timeout=datetime.timedelta(seconds=300))
     try:
         for kind, *args in jobs:  # an error on any rank ends the spawn with that rank's traceback
-            {"job": _job, "save": _ckpt_save, "resume": _ckpt_resume}[kind](*args)
+            {"job": _job, "wm": _wm_job, "save": _ckpt_save, "resume": _ckpt_resume}[kind](*args)
     finally:
         dist.destroy_process_group()
 
@@ -199,10 +233,11 @@ def _spawn(world: int, jobs: list) -> None:
 
 @pytest.mark.slow
 def test_two_processes_fsdp_tp_and_checkpoint_save_then_four_processes_resume(tmp_path):
-    """2 processes: FSDP2 only (TTT-MLP, Gated DeltaNet) and TP only for every global layer, then a checkpoint;
+    """2 processes: FSDP2 only (TTT-MLP, Gated DeltaNet) and TP only for every global layer, the world-model
+    backbone under TP and FSDP2, then a checkpoint;
     4 processes: FSDP2 x TP (2 x 2) for every global layer, TP x 4, and the 2-process checkpoint resumed at 2 x 2."""
     jobs2 = [("job", m, 2, 1) for m in ("ttt_mlp", "gated_deltanet")] + [("job", m, 1, 2) for m in MIXERS]
-    jobs2.append(("save", str(tmp_path / "ckpt")))
+    jobs2 += [("wm", 1, 2), ("wm", 2, 1), ("save", str(tmp_path / "ckpt"))]
     _spawn(2, jobs2)
     jobs4 = [("job", m, 2, 2) for m in MIXERS] + [("job", "ttt_mlp", 1, 4), ("resume", str(tmp_path / "ckpt"), 2, 2)]
     _spawn(4, jobs4)

@@ -261,6 +261,12 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
         or None (default): it is not split, every tensor-parallel rank runs it whole on the same input."""
         return None
 
+    def head_shard_inner(self) -> nn.Module | None:
+        """A wrapper that calls an inner layer through that layer's ``forward`` returns it here (its own spec None):
+        the inner layer is then split by its own spec. Default None: nothing inside is split (a layer that uses
+        an inner layer's parts directly must keep the default)."""
+        return None
+
     @property
     def causal(self) -> bool:
         """Whether output t depends only on inputs <= t."""

@@ -72,14 +72,25 @@ def blocks_of(model: nn.Module) -> list[nn.Module]:
 
 
 def shardable(model: nn.Module) -> list[tuple[str, nn.Module, HeadShardSpec | None]]:
-    """``(path, module, spec)`` of every module that declares ``head_shard_spec`` and contains no other such module
-    (a wrapper is skipped for the mixer inside it); ``spec`` None: the module runs whole under TP."""
-    found = [(n, m) for n, m in model.named_modules() if callable(getattr(m, "head_shard_spec", None))]
-    out = []
-    for n, m in found:
-        inner = any(o is not m and o_n.startswith(f"{n}.") for o_n, o in found) if n else len(found) > 1
-        if not inner:
-            out.append((n, m, m.head_shard_spec()))
+    """``(path, module, spec)`` of the outermost modules that declare ``head_shard_spec``; a wrapper whose spec is
+    None but that names an inner layer (``head_shard_inner``, e.g. the bidirectional wrapper) is replaced by that
+    layer. ``spec`` None: the module runs whole on every tensor-parallel rank."""
+    out: list[tuple[str, nn.Module, HeadShardSpec | None]] = []
+
+    def visit(path: str, m: nn.Module) -> None:
+        if callable(getattr(m, "head_shard_spec", None)):
+            spec = m.head_shard_spec()
+            inner = m.head_shard_inner() if spec is None and callable(getattr(m, "head_shard_inner", None)) else None
+            if inner is None:
+                out.append((path, m, spec))
+                return
+            name = next(n for n, c in m.named_children() if c is inner)
+            visit(f"{path}.{name}" if path else name, inner)
+            return
+        for n, c in m.named_children():
+            visit(f"{path}.{n}" if path else n, c)
+
+    visit("", model)
     return out
 
 

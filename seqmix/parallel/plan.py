@@ -180,12 +180,15 @@ def parallelize(model: nn.Module, mesh: DeviceMesh, *, fsdp: bool | None = None,
                 shard_heads(module, spec, tp_mesh)
                 sharded.append(path)
         for block in blocks:
-            mlp = getattr(block, "ff", None) or block.mlp
+            mlp = block.ff if hasattr(block, "ff") else block.mlp
             parallelize_module(mlp, tp_mesh, _mlp_plan(mlp))
         if whole:
             logger.info("tensor parallel x%d: %d module(s) without a head split run whole on every rank: %s", tp,
                         len(whole), ", ".join(sorted({type(model.get_submodule(p)).__name__ for p in whole})))
     if activation_checkpointing is not None:
+        if not hasattr(model, "gradient_checkpointing"):
+            raise ValueError(f"{type(model).__name__} has no per-block activation checkpointing "
+                             "(gradient_checkpointing); pass activation_checkpointing=None")
         model.gradient_checkpointing = bool(activation_checkpointing)
     use_fsdp = dp > 1 if fsdp is None else fsdp
     units = 0
