@@ -325,3 +325,42 @@ def test_heads_not_divisible_by_tp_fail_on_a_meta_model():
                                                   mixer_config={"head_dim": 32})))
     with pytest.raises(ValueError, match=r"global_layer.mixer \(GatedDeltaNet\): num_heads=2"):
         check_model(m, 4)
+
+
+# ---------------------------------------------------------------------------------------------- seqmix plan
+def test_plan_estimate_for_the_paper_stages_on_a_meta_model():
+    from seqmix.parallel.estimate import estimate, markdown, parse_bytes
+
+    p = estimate("dit", gpus=256, strategy="fsdp+tp", tp=8, gpu_memory="80GB")
+    assert 7.2e9 < p.num_params < 7.25e9 and (p.data_parallel, p.tensor_parallel) == (32, 8)
+    assert [r.seconds for r in p.rows] == [3, 9, 18, 30, 63]
+    assert p.rows[-1].tokens == 341_550 + 21 * 226
+    for a, b in zip(p.rows, p.rows[1:]):  # longer videos: more activation memory, longer steps
+        assert b.activations > a.activations and b.step_s > a.step_s
+    assert p.rows[0].grads > p.rows[1].grads  # 3 s trains everything, later stages attention + global layers
+    fsdp = estimate("dit", gpus=64, strategy="fsdp", durations=[3])
+    ddp = estimate("dit", gpus=64, strategy="ddp", durations=[3])
+    assert fsdp.rows[0].optimizer * 60 < ddp.rows[0].optimizer  # sharded 64 ways vs one full copy
+    with pytest.raises(ValueError, match="global batch 64 is not divisible by the 256 data-parallel ranks"):
+        estimate("dit", gpus=256, strategy="fsdp")
+    assert "| 63 s | 346,296 |" in markdown(p) and "all stages:" in markdown(p)
+    assert parse_bytes("80GB") == 80e9 and parse_bytes("1GiB") == 2**30
+    wm = estimate("worldmodel", gpus=8, strategy="fsdp+tp", tp=4, durations=[3])
+    assert wm.rows[0].tokens == 3 * 4 * 64 and wm.rows[0].fits
+    with pytest.raises(ValueError, match="is not divisible by the tensor-parallel size 32"):
+        estimate("dit", gpus=64, strategy="fsdp+tp", tp=32)
+    with pytest.raises(ValueError, match="cannot read a memory size from 'lots'"):
+        parse_bytes("lots")
+
+
+def test_plan_cli_prints_the_table_and_rejects_bad_layouts(capsys):
+    from seqmix.cli import main
+
+    main(["plan", "dit", "--duration", "63", "--gpus", "256", "--gpu-memory", "80GB", "--strategy", "fsdp+tp",
+          "--tp", "8"])
+    out = capsys.readouterr().out
+    assert "32 data-parallel x 8 tensor-parallel" in out and "| 63 s |" in out
+    with pytest.raises(SystemExit) as e:
+        main(["plan", "dit", "--gpus", "6", "--strategy", "fsdp+tp", "--tp", "4"])
+    assert e.value.code == 2
+    assert "world size 6 is not divisible by tp=4" in capsys.readouterr().err

@@ -25,6 +25,7 @@ figure against a measured step); they are meant for choosing a layout, not for r
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 
 from torch import nn
@@ -121,12 +122,14 @@ def _passes(model: nn.Module) -> tuple[int, int]:
     return total // nb, split // nb
 
 
-def _dit(mixer: str, mixer_config: dict):
+@functools.lru_cache(maxsize=4)  # read-only use; building the 7.2B model on meta still takes seconds
+def _dit(mixer: str, mixer_config: tuple):
     from seqmix.backbones.dit import DiTConfig, SegmentedDiT
 
-    return meta_model(lambda: SegmentedDiT(DiTConfig(mixer=mixer, mixer_config=mixer_config, gradient_checkpointing=True)))
+    return meta_model(lambda: SegmentedDiT(DiTConfig(mixer=mixer, mixer_config=dict(mixer_config), gradient_checkpointing=True)))
 
 
+@functools.lru_cache(maxsize=4)
 def _worldmodel(mixers: str):
     from seqmix.backbones.wm_config import WorldModelConfig
     from seqmix.backbones.worldmodel import WorldModel
@@ -161,7 +164,7 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
     P, dp = layout.tensor_parallel, layout.data_parallel
     mem = parse_bytes(gpu_memory)
     if model == "dit":
-        m = _dit(mixer, mixer_config or {})
+        m = _dit(mixer, tuple(sorted((mixer_config or {}).items())))
     elif model == "worldmodel":
         m = _worldmodel(mixer if mixer != "ttt_mlp" else "ours")
     else:
