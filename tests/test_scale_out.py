@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from seqmix import layers
 from seqmix.backbones.dit import DiTConfig, SegmentedDiT
 from seqmix.backbones.layout import VideoLayout
 from seqmix.parallel import check_layout, check_model
@@ -123,7 +124,8 @@ def _job(mixer: str, dp: int, tp: int):
     if tp > 1:
         assert len(rep.head_sharded) == TINY["num_layers"] * (1 if mixer == "mamba2" else 2), rep
     rank, per = mesh["data_parallel"].get_local_rank(), BATCH // dp
-    par_losses = _train(par, _optim(par), STEPS, slice(rank * per, (rank + 1) * per), mesh["data_parallel"].get_group(), dp)
+    part = slice(rank * per, (rank + 1) * per)
+    par_losses = _train(par, _optim(par), STEPS, part, mesh["data_parallel"].get_group(), dp)
     _compare(f"{mixer} dp={dp} tp={tp}", ref, par, ref_losses, par_losses)
 
 
@@ -268,7 +270,8 @@ def test_lightning_model_parallel_strategy_runs_the_plan_on_cpu(tmp_path):
     processes calls configure_model -> parallelize, feeds both ranks the same examples and clips the mixed
     DTensor / tensor gradients; its losses equal one process's."""
     one = _lightning_losses(tmp_path, "one", ["--trainer.devices=1"])
-    tp = _lightning_losses(tmp_path, "tp", ["--trainer.devices=2", "--trainer.strategy=seqmix.parallel.lightning.ModelParallel",
+    tp = _lightning_losses(tmp_path, "tp", ["--trainer.devices=2",
+                                            "--trainer.strategy=seqmix.parallel.lightning.ModelParallel",
                                             "--trainer.strategy.tensor_parallel_size=2"])
     assert len(one) == 3 and len(tp) == 3
     for a, b in zip(tp, one):
@@ -364,3 +367,53 @@ def test_plan_cli_prints_the_table_and_rejects_bad_layouts(capsys):
         main(["plan", "dit", "--gpus", "6", "--strategy", "fsdp+tp", "--tp", "4"])
     assert e.value.code == 2
     assert "world size 6 is not divisible by tp=4" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (measures a training step's peak memory)")
+def test_plan_memory_estimate_matches_a_measured_step_on_gpu():
+    """The GPU kit's check of `seqmix plan`: a 2-block DiT at the paper's width (TTT-MLP, 3 s stage: everything
+    trains, bf16 autocast, per-block checkpointing) - one AdamW step's peak memory against the estimate."""
+    from seqmix.parallel.estimate import estimate
+
+    over = {"num_layers": 2}
+    est = estimate("dit", gpus=1, strategy="ddp", batch=1, durations=[3], dit_overrides=over).rows[0]
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    model = SegmentedDiT(DiTConfig(mixer="ttt_mlp", gradient_checkpointing=True, **over)).to(dev).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    lay = VideoLayout.paper(3)
+    x = torch.randn(1, lay.num_frames, 16, lay.latent_height, lay.latent_width, device=dev)
+    text = torch.randn(1, lay.text_tokens, 4096, device=dev)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model(x, torch.tensor([500.0], device=dev), text, lay)
+    out.float().square().mean().backward()
+    opt.step()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - (x.numel() + text.numel()) * 4
+    msg = (f"measured peak {peak / 1e9:.2f} GB vs estimated {est.total / 1e9:.2f} GB (params {est.params / 1e9:.2f}, "
+           f"grads {est.grads / 1e9:.2f}, AdamW {est.optimizer / 1e9:.2f}, activations {est.activations / 1e9:.2f})")
+    assert 0.5 <= peak / est.total <= 1.5, msg
+
+
+@pytest.mark.parametrize("name", sorted(layers.available()))
+def test_every_declared_head_split_names_real_head_major_parameters(name):
+    """A mixer's head_shard_spec (declared on its class) resolves: parameters exist, their split dimension and
+    the head attributes count whole heads; wrappers name an inner layer only when it has a spec of its own."""
+    cls = layers.mixer_class(name)
+    layer = layers.build(name, dim=32, num_heads=2, **cls.small_config)
+    spec = layer.head_shard_spec()
+    inner = layer.head_shard_inner()
+    if spec is None:
+        assert inner is None or inner.head_shard_spec() is not None
+        return
+    for pname, dim in spec.head_params.items():
+        assert layer.get_parameter(pname).shape[dim] % layer.num_heads == 0, pname
+    for pname in spec.head_local:
+        layer.get_parameter(pname)
+    for mname in (*spec.rowwise, *spec.gather_inputs):
+        layer.get_submodule(mname)
+    for a in spec.head_attrs:
+        assert getattr(layer, a) % layer.num_heads == 0, a

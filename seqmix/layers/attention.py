@@ -200,7 +200,8 @@ class _Attention(Mixer):
     def head_shard_spec(self) -> HeadShardSpec:
         """Heads are independent: Q/K/V split by heads (q/k norms per head, replicated), ``wo`` row parallel."""
         heads = {f"{n}.{p}": 0 for n in ("wq", "wk", "wv") for p in ("weight", "bias")}
-        local = tuple(f"{n}.{p}" for n in ("q_norm", "k_norm") if getattr(self, n) is not None for p in ("weight", "bias"))
+        local = tuple(f"{n}.{p}" for n in ("q_norm", "k_norm") if getattr(self, n) is not None
+                      for p in ("weight", "bias"))
         return HeadShardSpec(head_params=heads, head_local=local, rowwise=("wo",))
 
     def _kv_elements(self, tokens: int) -> int:

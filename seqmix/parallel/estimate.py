@@ -38,7 +38,8 @@ __all__ = ["PAPER_STAGES", "PlanRow", "estimate", "markdown", "parse_bytes"]
 #: global layers and attention Q/K/V/O (recipes/t2v/paper/stages/*.yaml).
 PAPER_STAGES = ((3, 5000, "all"), (9, 5000, "attention+global"), (18, 1000, "attention+global"),
                 (30, 500, "attention+global"), (63, 250, "attention+global"))
-_GROUPS = {"all": ("pretrained", "attention_qkvo", "global_layer"), "attention+global": ("attention_qkvo", "global_layer")}
+_GROUPS = {"all": ("pretrained", "attention_qkvo", "global_layer"),
+           "attention+global": ("attention_qkvo", "global_layer")}
 _GB = 1e9
 
 
@@ -123,10 +124,11 @@ def _passes(model: nn.Module) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=4)  # read-only use; building the 7.2B model on meta still takes seconds
-def _dit(mixer: str, mixer_config: tuple):
+def _dit(mixer: str, mixer_config: tuple, overrides: tuple = ()):
     from seqmix.backbones.dit import DiTConfig, SegmentedDiT
 
-    return meta_model(lambda: SegmentedDiT(DiTConfig(mixer=mixer, mixer_config=dict(mixer_config), gradient_checkpointing=True)))
+    return meta_model(lambda: SegmentedDiT(DiTConfig(mixer=mixer, mixer_config=dict(mixer_config),
+                                                     gradient_checkpointing=True, **dict(overrides))))
 
 
 @functools.lru_cache(maxsize=4)
@@ -141,7 +143,7 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
              gpu_memory: float | str = "80GB", durations: list[int] | None = None, batch: int = 64,
              mixer: str = "ttt_mlp", mixer_config: dict | None = None, activation_checkpointing: bool = True,
              tflops: float = 790.0, mfu: float = 0.4, nvlink_gbs: float = 450.0, network_gbs: float = 50.0,
-             latent_fps: int = 4) -> Plan:
+             latent_fps: int = 4, dit_overrides: dict | None = None) -> Plan:
     """Estimate per-GPU memory and step time for each duration (default: the paper's five stages).
 
     Args:
@@ -156,6 +158,7 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
         tflops, mfu: peak bf16 rate per GPU (TFLOP/s; 790 is the measured dense bf16 rate of this project's H100 /
             H200) and the assumed fraction reached.
         nvlink_gbs, network_gbs: per-GPU bandwidth of the TP links (inside a node) and of the FSDP links (GB/s).
+        dit_overrides: other DiTConfig fields (e.g. ``num_layers`` for a shallow model measured on one GPU).
     """
     from seqmix.backbones.layout import VideoLayout
     from seqmix.bench.costs import dit_cost, layer_cost
@@ -164,7 +167,7 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
     P, dp = layout.tensor_parallel, layout.data_parallel
     mem = parse_bytes(gpu_memory)
     if model == "dit":
-        m = _dit(mixer, tuple(sorted((mixer_config or {}).items())))
+        m = _dit(mixer, tuple(sorted((mixer_config or {}).items())), tuple(sorted((dit_overrides or {}).items())))
     elif model == "worldmodel":
         m = _worldmodel(mixer if mixer != "ttt_mlp" else "ours")
     else:

@@ -1,5 +1,6 @@
 """The parallel plan: FSDP2 over data-parallel ranks x DTensor tensor parallelism by heads, for the segmented DiT
-(:class:`~seqmix.backbones.dit.SegmentedDiT`) and the world-model backbone (:class:`~seqmix.backbones.worldmodel.WorldModel`).
+(:class:`~seqmix.backbones.dit.SegmentedDiT`) and the world-model backbone
+(:class:`~seqmix.backbones.worldmodel.WorldModel`).
 
 Tensor parallel (Megatron's split, written with DTensor): every block's window attention and global-layer mixer
 run ``H / P`` heads per rank on the full (replicated) input; Q/K/V (and the mixer's per-head parameters) are split
