@@ -280,7 +280,9 @@ class VideoDiffusionTask(pl.LightningModule):
             for sub, wd in ((decay, h.weight_decay), (no_decay, 0.0)):
                 if sub:
                     groups.append({"params": sub, "lr": lrs[g], "weight_decay": wd, "name": g})
-        opt = torch.optim.AdamW(groups, betas=tuple(h.betas))
+        # model parallel: parameters are DTensors of two meshes and plain tensors, which foreach kernels cannot mix
+        kw = {"foreach": False} if self.device_mesh is not None else {}
+        opt = torch.optim.AdamW(groups, betas=tuple(h.betas), **kw)
         total = max(1, int(self.trainer.estimated_stepping_batches))
 
         def make(name: str):
