@@ -7,7 +7,8 @@ each stage, from the task's parameter groups) and FLOPs (the analytic costs, :fu
 each mixer's ``cost``). Memory, per GPU, in the layout :func:`seqmix.parallel.plan.parallelize` builds:
 
 * parameters: fp32, split by TP where the plan splits them, then sharded over the data-parallel ranks (fsdp*),
-  plus two gathered bf16 blocks (FSDP2 gathers one block and prefetches the next); ddp keeps a full copy;
+  plus two gathered fp32 blocks (FSDP2 gathers one block and prefetches the next; the plan keeps the parameters'
+  dtype, autocast computes in bf16); ddp keeps a full copy;
 * gradients: fp32 of the trainable parameters, split / sharded as the parameters;
 * optimizer: AdamW's two fp32 moments of the trainable parameters, split / sharded as the parameters;
 * activations (bf16, per example): with activation checkpointing, every block's input (``T D``; tensor parallel
@@ -18,7 +19,7 @@ each mixer's ``cost``). Memory, per GPU, in the layout :func:`seqmix.parallel.pl
 
 Step time: analytic FLOPs (forward + backward = 3 forwards, + 1 forward recomputed under checkpointing) of
 ``batch / data-parallel`` examples per rank, split by P, at ``mfu`` of the peak bf16 rate, plus collectives at the
-given link speeds (FSDP: all-gather bf16 parameters twice, reduce-scatter fp32 gradients; TP: two all-reduces of
+given link speeds (FSDP: all-gather fp32 parameters twice, reduce-scatter fp32 gradients; TP: two all-reduces of
 ``T D`` per token-mixing pass and MLP, forward and backward). These are ESTIMATES (the GPU kit checks the memory
 figure against a measured step); they are meant for choosing a layout, not for reporting speed.
 """
@@ -208,7 +209,7 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
                          if "mixers" not in n and p.dim() == 2)
         tr_all = sum(p.numel() for n, p in m.named_parameters() if n in train_names)
         tr_split = sum(p.numel() for n, p in m.named_parameters() if n in train_names and id(p) in split)
-        params = 4 * per_gpu(n_all, n_split) + (2 * 2 * n_block / P if fsdp else 0)
+        params = 4 * per_gpu(n_all, n_split) + (2 * 4 * n_block / P if fsdp else 0)
         grads = 4 * per_gpu(tr_all, tr_split)
         optim = 8 * per_gpu(tr_all, tr_split)
         R, S = 4 + 4 * passes, 8 + 12 * split_passes
@@ -221,7 +222,7 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
         compute = per_example * (batch // dp) / (tflops * 1e12 * mfu)
         comm = 0.0
         if fsdp and dp > 1:
-            comm += (2 * 2 * n_all / P + 4 * tr_all / P) * (dp - 1) / dp / (network_gbs * _GB)
+            comm += (2 * 4 * n_all / P + 4 * tr_all / P) * (dp - 1) / dp / (network_gbs * _GB)
         if P > 1:
             ar = 2 * (P - 1) / P * T * D * 2 / (nvlink_gbs * _GB)  # one ring all-reduce of T D bf16
             comm += ar * 2 * (passes + 1) * nb * (batch // dp) * (3 if activation_checkpointing else 2) / 2
