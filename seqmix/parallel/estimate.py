@@ -235,6 +235,7 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
 def markdown(plan: Plan) -> str:
     """The estimate as a Markdown table (GB = 1e9 bytes)."""
     g = lambda b: f"{b / _GB:.1f}"  # noqa: E731
+    t = lambda x: f"{x:.1f}" if x >= 1 else f"{x:.2g}"  # noqa: E731
     head = (f"{plan.model}: {plan.num_params / 1e9:.2f}B parameters ({plan.tp_split_params / 1e9:.2f}B split by TP); "
             f"{plan.strategy} on {plan.gpus} GPUs = {plan.data_parallel} data-parallel x {plan.tensor_parallel} "
             f"tensor-parallel; {plan.gpu_memory / _GB:.0f} GB per GPU; global batch {plan.batch}\n\n")
@@ -245,7 +246,7 @@ def markdown(plan: Plan) -> str:
         stage_h = "" if r.stage_h is None else f"{r.stage_h:.1f}"
         lines.append(f"| {r.seconds} s | {r.tokens:,} | {r.trainable} | {g(r.params)} | {g(r.grads)} | "
                      f"{g(r.optimizer)} | {g(r.activations)} | {g(r.total)} | {'yes' if r.fits else 'NO'} | "
-                     f"{r.step_s:.1f} ({r.compute_s:.1f} + {r.comm_s:.1f}) | {stage_h} |")
+                     f"{t(r.step_s)} ({t(r.compute_s)} + {t(r.comm_s)}) | {stage_h} |")
     hours = [r.stage_h for r in plan.rows if r.stage_h is not None]
     tail = f"\n\nall stages: {sum(hours):.1f} h" if len(hours) == len(PAPER_STAGES) else ""
     return head + "\n".join(lines) + tail
