@@ -292,6 +292,37 @@ def compare_worldmodel(
           f"{', '.join(str(p) for p in result['paths'].values() if p)}")
 
 
+def plan(model: str, duration: int | None = None, gpus: int = 8, gpu_memory: str = "80GB", strategy: str = "fsdp+tp",
+         tp: int | None = None, mixer: str = "ttt_mlp", batch: int = 64, mfu: float = 0.4) -> None:
+    """Per-GPU parameter, gradient, optimizer and activation memory and step time of a training layout, for the
+    paper's five stages (seqmix.parallel.estimate); bad layouts fail here, before any process starts.
+
+    Args:
+        model: dit (CogVideoX-5B + the global layer) or worldmodel (its paper preset).
+        duration: one stage (seconds: 3, 9, 18, 30, 63); default all five.
+        gpus: GPUs in all. gpu_memory: memory per GPU (80GB). strategy: ddp, fsdp, tp or fsdp+tp.
+        tp: tensor-parallel size (fsdp+tp; tp defaults to all GPUs). mixer: the DiT's global layer
+            (the world model's mixer stack). batch: global batch. mfu: assumed fraction of the bf16 peak.
+    """
+    from seqmix.parallel.estimate import estimate, markdown
+
+    try:
+        p = estimate(model, gpus=gpus, strategy=strategy, tp=tp, gpu_memory=gpu_memory, batch=batch,
+                     durations=[duration] if duration else None, mixer=mixer, mfu=mfu)
+    except ValueError as e:  # a bad layout is the user's input, not a bug: one line, argparse's exit status
+        print(f"seqmix plan: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(markdown(p))
+
+
+def _plan_dashes(argv: list[str]) -> list[str]:
+    # `seqmix plan ... --gpu-memory 80GB`: the documented spelling of the plan options takes dashes
+    if not argv or argv[0] != "plan":
+        return argv
+    return [a.split("=", 1)[0].replace("-", "_").replace("__", "--", 1) + a[len(a.split("=", 1)[0]):]
+            if a.startswith("--") else a for a in argv]
+
+
 def _expand_bare_flags(argv: list[str]) -> list[str]:
     out = []
     for i, a in enumerate(argv):
@@ -329,14 +360,14 @@ def main(argv: list[str] | None = None) -> None:
     class Formatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):  # keeps the command table's lines
         pass
 
-    CLI({"layers": list_layers,
+    CLI({"layers": list_layers, "plan": plan,
          "bench": {"_help": "Benchmarks: layer speed and memory vs length, DiT efficiency, TTT kernels.",
                    **BENCH_COMMANDS},
          "compare": {"_help": "Equal-budget comparisons of the baselines: text-to-video (main job) or MQAR recall.",
                      "mqar": compare_mqar, "video": compare_video, "worldmodel": compare_worldmodel},
          "prepare": {"_help": "Write datasets: latent shards from storyboards or real videos, world-model mazes.",
                      "storyboards": prepare_storyboards, "videos": prepare_videos, "mazes": prepare_mazes}},
-        args=_expand_bare_flags(args), version=seqmix.__version__, description=_DESCRIPTION,
+        args=_expand_bare_flags(_plan_dashes(args)), version=seqmix.__version__, description=_DESCRIPTION,
         formatter_class=Formatter, prog="seqmix")
 
 

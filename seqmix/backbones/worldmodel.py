@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from seqmix import layers as L
 
@@ -176,6 +177,7 @@ class WorldModel(nn.Module):
         # 3. output head: adaLN (shift, scale) + linear to p x p x C per token
         self.norm_out = FrameAdaLN(E, D, c.norm_eps, outputs=2)
         self.proj_out = nn.Linear(D, p * p * c.channels)
+        self.gradient_checkpointing = False  # recompute each layer in backward (set by seqmix.parallel's plan)
 
     # ------------------------------------------------------------------------------------------------ info
     @property
@@ -281,8 +283,13 @@ class WorldModel(nn.Module):
         pos = self._positions(f0, Fr, latents.device)
         # 3. layers
         new_states = []
+        ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
-            x, st = layer(x, e, pos, None if states is None else states[i], return_state)
+            st = None if states is None else states[i]
+            if ckpt:
+                x, st = checkpoint(layer, x, e, pos, st, return_state, use_reentrant=False)
+            else:
+                x, st = layer(x, e, pos, st, return_state)
             new_states.append(st)
         # 4. head and unpatchify
         h, _ = self.norm_out(x, e)

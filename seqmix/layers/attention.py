@@ -48,6 +48,7 @@ from seqmix.ops.rope import apply_rope, rope_angles
 
 from .base import Backend, Mixer, MixerConfig, register
 from .cost import Cost, attention_pairs
+from .sharding import HeadShardSpec
 
 logger = logging.getLogger(__name__)
 
@@ -195,6 +196,13 @@ class _Attention(Mixer):
         for norm in (self.q_norm, self.k_norm):
             if norm is not None:
                 norm.reset_parameters()
+
+    def head_shard_spec(self) -> HeadShardSpec:
+        """Heads are independent: Q/K/V split by heads (q/k norms per head, replicated), ``wo`` row parallel."""
+        heads = {f"{n}.{p}": 0 for n in ("wq", "wk", "wv") for p in ("weight", "bias")}
+        local = tuple(f"{n}.{p}" for n in ("q_norm", "k_norm") if getattr(self, n) is not None
+                      for p in ("weight", "bias"))
+        return HeadShardSpec(head_params=heads, head_local=local, rowwise=("wo",))
 
     def _kv_elements(self, tokens: int) -> int:
         return 2 * self.num_heads * self.head_dim * tokens

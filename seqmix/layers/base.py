@@ -33,6 +33,7 @@ from torch import nn
 from seqmix.utils.triton_compat import triton_interpreter
 
 from .cost import Cost, projections_cost
+from .sharding import HeadShardSpec
 
 logger = logging.getLogger(__name__)
 
@@ -277,6 +278,17 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
                 )
             raise ValueError(f"{self.name} has no causal form; causal={causal} is not available "
                              f"(valid: {', '.join(map(str, self.causal_modes))})")
+
+    def head_shard_spec(self) -> HeadShardSpec | None:
+        """How this layer splits over tensor-parallel ranks by heads (:class:`~seqmix.layers.sharding.HeadShardSpec`),
+        or None (default): it is not split, every tensor-parallel rank runs it whole on the same input."""
+        return None
+
+    def head_shard_inner(self) -> nn.Module | None:
+        """A wrapper that calls an inner layer through that layer's ``forward`` returns it here (its own spec None):
+        the inner layer is then split by its own spec. Default None: nothing inside is split (a layer that uses
+        an inner layer's parts directly must keep the default)."""
+        return None
 
     @property
     def causal(self) -> bool:

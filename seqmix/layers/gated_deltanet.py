@@ -47,6 +47,7 @@ from seqmix.utils.triton_compat import patch_triton_interpreter
 
 from .base import Backend, Mixer, MixerConfig, register, triton_device_reason
 from .cost import FP32_BYTES, Cost
+from .sharding import HeadShardSpec
 
 logger = logging.getLogger(__name__)
 
@@ -273,6 +274,22 @@ class GatedDeltaNet(Mixer):
         rec = self.num_v_heads * self.head_k_dim * self.head_v_dim
         conv = (self.config.conv_size - 1) * self._conv_channels if self.config.use_short_conv else 0
         return rec + conv
+
+    def head_shard_spec(self) -> HeadShardSpec:
+        """Heads are independent: the projections, per-head decay / step parameters and the depthwise short convs
+        (head-major channels) split by heads; the per-head output norm is replicated; ``o_proj`` row parallel.
+        Grouped value heads split with their key head (``num_v_heads`` is a multiple of ``num_heads``)."""
+        heads = {f"{n}.weight": 0 for n in ("q_proj", "k_proj", "v_proj", "a_proj", "b_proj")}
+        heads.update({"A_log": 0, "dt_bias": 0})
+        if self.config.use_gate:
+            heads["g_proj.weight"] = 0
+        if self.config.use_short_conv:
+            for n in ("q_conv1d", "k_conv1d", "v_conv1d"):
+                heads[f"{n}.weight"] = 0
+                if self.config.conv_bias:
+                    heads[f"{n}.bias"] = 0
+        return HeadShardSpec(head_params=heads, head_local=("o_norm.weight",), rowwise=("o_proj",),
+                             head_attrs=("num_heads", "num_v_heads", "key_dim", "value_dim"))
 
     @property
     def _conv_channels(self) -> int:

@@ -219,6 +219,11 @@ class Mamba2(Mixer):
         self.norm = GatedRMSNorm(d_inner, group_size=d_inner // c.ngroups, eps=c.norm_eps)
         self.out_proj = nn.Linear(d_inner, dim, bias=c.bias)
 
+    def head_shard_spec(self) -> None:
+        """Not split by tensor parallelism: the one fused input projection ``[z | x B C | dt]`` is not head-major as a
+        whole and the gated norm spans a group of heads; every tensor-parallel rank runs the layer whole."""
+        return None
+
     @staticmethod
     def _validate(c: "Mamba2.Config") -> None:
         for name in ("d_state", "d_conv", "headdim", "ngroups", "chunk_size"):

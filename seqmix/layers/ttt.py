@@ -47,6 +47,7 @@ from seqmix.ops.rope import apply_rope, rope_angles
 
 from .base import Backend, Mixer, MixerConfig, register, triton_device_reason
 from .cost import FP32_BYTES, Cost, ttt_minibatch_flops
+from .sharding import HeadShardSpec
 
 logger = logging.getLogger(__name__)
 
@@ -246,6 +247,14 @@ class _TTTBase(Mixer):
                 nn.init.normal_(p, std=0.02)
             else:
                 nn.init.zeros_(p)
+
+    def head_shard_spec(self) -> HeadShardSpec:
+        """Heads are independent up to the post-norm over all ``H K`` features: Q/K/V, the learning-rate gate, the
+        inner-loss LN and the inner model split by heads; the post-norm's input is gathered, so it and ``wo`` run
+        replicated."""
+        heads = {f"{n}.{p}": 0 for n in ("wq", "wk", "wv") for p in ("weight", "bias")}
+        heads.update({n: 0 for n in ("lr_weight", "lr_bias", "ttt_norm_weight", "ttt_norm_bias", *self.inner_params())})
+        return HeadShardSpec(head_params=heads, gather_inputs=("post_norm",))
 
     def inner_params(self) -> dict[str, nn.Parameter]:
         """The learnable initial inner model, ``{"W1": [H, K, F], "b1": [H, 1, F], ...}``."""

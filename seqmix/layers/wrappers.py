@@ -99,6 +99,10 @@ class Bidirectional(Mixer):
         except KeyError:  # during __init__, before it is registered
             raise AttributeError("inner") from None
 
+    def head_shard_inner(self) -> Mixer:
+        # both passes call the inner mixer's forward: tensor parallel splits it by its own spec
+        return self.inner
+
     def _suffixes(self) -> list[str]:
         return [f"_{g}" for g in self.groups] or [""]
 

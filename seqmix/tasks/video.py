@@ -157,6 +157,23 @@ class VideoDiffusionTask(pl.LightningModule):
         self._storyboard = spec.get("storyboard")
         logger.info("video layout: %s", self.layout.describe())
 
+    def configure_model(self) -> None:
+        """Under a model-parallel strategy (:class:`seqmix.parallel.lightning.ModelParallel`) shard the DiT with
+        the strategy's mesh: FSDP2 x tensor parallel by heads, activation checkpointing per block as configured."""
+        if self.device_mesh is None:
+            return
+        from seqmix.parallel.plan import parallelize
+
+        parallelize(self.dit, self.device_mesh, activation_checkpointing=self.dit.config.gradient_checkpointing)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # FSDP2 x TP gradients mix DTensors of two meshes and plain tensors, which torch's clip cannot norm at once
+        if self.device_mesh is None or not gradient_clip_val or gradient_clip_algorithm not in (None, "norm"):
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        from seqmix.parallel.plan import clip_grad_norm_
+
+        clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], gradient_clip_val)
+
     # ------------------------------------------------------------------------------------------------ steps
     def _draw(self, batch: dict, step: int, train: bool):
         """Per-example timesteps, noise and text-drop decisions from (seed, step, index)."""
@@ -263,7 +280,9 @@ class VideoDiffusionTask(pl.LightningModule):
             for sub, wd in ((decay, h.weight_decay), (no_decay, 0.0)):
                 if sub:
                     groups.append({"params": sub, "lr": lrs[g], "weight_decay": wd, "name": g})
-        opt = torch.optim.AdamW(groups, betas=tuple(h.betas))
+        # model parallel: parameters are DTensors of two meshes and plain tensors, which foreach kernels cannot mix
+        kw = {"foreach": False} if self.device_mesh is not None else {}
+        opt = torch.optim.AdamW(groups, betas=tuple(h.betas), **kw)
         total = max(1, int(self.trainer.estimated_stepping_batches))
 
         def make(name: str):
@@ -312,7 +331,11 @@ class _VideoData(pl.LightningDataModule):
 
     def _rank(self) -> tuple[int, int]:
         t = self.trainer
-        return (t.global_rank, t.world_size) if t is not None else (0, 1)
+        if t is None:
+            return 0, 1
+        # data-parallel rank: tensor-parallel ranks of one group must read the same examples
+        kw = getattr(t.strategy, "distributed_sampler_kwargs", None)
+        return (kw["rank"], kw["num_replicas"]) if kw else (t.global_rank, t.world_size)
 
     def train_dataloader(self):
         return ResumableLoader(self._train, self.batch_size, seed=self.seed, shuffle=True, progress_fn=self._progress,

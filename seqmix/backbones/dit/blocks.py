@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqmix.layers.sharding import HeadShardSpec
 from seqmix.layers.spans import TokenSpans
 from seqmix.ops.rope import apply_rope
 
@@ -151,6 +152,13 @@ class WindowAttention(nn.Module):
         self.norm_q = nn.LayerNorm(head_dim, eps=1e-6)
         self.norm_k = nn.LayerNorm(head_dim, eps=1e-6)
         self.to_out = nn.ModuleList([nn.Linear(inner, dim), nn.Dropout(0.0)])
+
+    def head_shard_spec(self) -> HeadShardSpec:
+        """Tensor parallel by heads: Q/K/V split head-major, per-head q/k norms replicated, ``to_out`` row parallel."""
+        heads = {f"{n}.{p}": 0 for n in ("to_q", "to_k", "to_v") for p in ("weight", "bias")
+                 if getattr(self, n)._parameters.get(p) is not None}
+        local = tuple(f"{n}.{p}" for n in ("norm_q", "norm_k") for p in ("weight", "bias"))
+        return HeadShardSpec(head_params=heads, head_local=local, rowwise=("to_out.0",), head_attrs=("heads",))
 
     def forward(self, vid: torch.Tensor, txt: torch.Tensor, plan: _Plan) -> tuple[torch.Tensor, torch.Tensor]:
         """``vid [B, F N, D], txt [B, S L, D] -> (vid_out, txt_out)`` of the same shapes."""

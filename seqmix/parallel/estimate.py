@@ -1,0 +1,252 @@
+"""Per-GPU memory and step-time estimate of a training layout (``seqmix plan``): the paper's five stages of the
+7.2B DiT (or the world-model backbone) under ddp / fsdp / tp / fsdp+tp, before renting a single GPU.
+
+Counts come from the model itself, instantiated on the meta device (no memory): parameters (which ones tensor
+parallel splits, from the same :func:`~seqmix.parallel.checks.shardable` walk the plan uses; which ones train at
+each stage, from the task's parameter groups) and FLOPs (the analytic costs, :func:`seqmix.bench.costs.dit_cost`,
+each mixer's ``cost``). Memory, per GPU, in the layout :func:`seqmix.parallel.plan.parallelize` builds:
+
+* parameters: fp32, split by TP where the plan splits them, then sharded over the data-parallel ranks (fsdp*),
+  plus two gathered fp32 blocks (FSDP2 gathers one block and prefetches the next; the plan keeps the parameters'
+  dtype, autocast computes in bf16); ddp keeps a full copy;
+* gradients: fp32 of the trainable parameters, split / sharded as the parameters;
+* optimizer: AdamW's two fp32 moments of the trainable parameters, split / sharded as the parameters;
+* activations (bf16, per example): with activation checkpointing, every block's input (``T D``; tensor parallel
+  does not split activations: the plan has no sequence parallelism) plus the working set of one block recomputed
+  in backward, ``T D (R + S / P)`` with R = 4 + 4 per token-mixing pass (norm outputs, mixer outputs, gated
+  residuals, replicated) and S = 8 (MLP hidden) + 12 per pass that TP splits (Q/K/V, their fp32 copies inside the
+  mixer, outputs), doubled for the gradients of that working set. Without checkpointing every block's working set.
+
+Step time: analytic FLOPs (forward + backward = 3 forwards, + 1 forward recomputed under checkpointing) of
+``batch / data-parallel`` examples per rank, split by P, at ``mfu`` of the peak bf16 rate, plus collectives at the
+given link speeds (FSDP: all-gather fp32 parameters twice, reduce-scatter fp32 gradients; TP: two all-reduces of
+``T D`` per token-mixing pass and MLP, forward and backward). These are ESTIMATES (the GPU kit checks the memory
+figure against a measured step); they are meant for choosing a layout, not for reporting speed.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass, field
+
+from torch import nn
+
+from .checks import blocks_of, check_layout, check_model, meta_model, shardable
+
+__all__ = ["PAPER_STAGES", "PlanRow", "estimate", "markdown", "parse_bytes"]
+
+#: The paper's stages: (seconds, steps, trainable parameter groups); 3 s trains everything, later stages the
+#: global layers and attention Q/K/V/O (recipes/t2v/paper/stages/*.yaml).
+PAPER_STAGES = ((3, 5000, "all"), (9, 5000, "attention+global"), (18, 1000, "attention+global"),
+                (30, 500, "attention+global"), (63, 250, "attention+global"))
+_GROUPS = {"all": ("pretrained", "attention_qkvo", "global_layer"),
+           "attention+global": ("attention_qkvo", "global_layer")}
+_GB = 1e9
+
+
+def parse_bytes(s: str | int | float) -> float:
+    """``"80GB"`` / ``"80GiB"`` / ``"141 GB"`` / a number of bytes -> bytes."""
+    if isinstance(s, (int, float)):
+        return float(s)
+    t = s.strip().upper().replace(" ", "")
+    for suffix, mult in (("GIB", 2**30), ("GB", 1e9), ("MIB", 2**20), ("MB", 1e6), ("TB", 1e12)):
+        if t.endswith(suffix):
+            return float(t[: -len(suffix)]) * mult
+    try:
+        return float(t)
+    except ValueError:
+        raise ValueError(f"cannot read a memory size from {s!r}; write e.g. 80GB or 141GiB") from None
+
+
+@dataclass
+class PlanRow:
+    """One stage (duration) of the estimate; memory in bytes per GPU, times in seconds."""
+
+    seconds: int
+    tokens: int
+    trainable: str
+    params: float
+    grads: float
+    optimizer: float
+    activations: float
+    total: float
+    fits: bool
+    step_s: float
+    compute_s: float
+    comm_s: float
+    steps: int | None = None
+    stage_h: float | None = None
+
+
+@dataclass
+class Plan:
+    model: str
+    strategy: str
+    gpus: int
+    data_parallel: int
+    tensor_parallel: int
+    gpu_memory: float
+    batch: int
+    num_params: int
+    tp_split_params: int
+    rows: list[PlanRow] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _split_params(model: nn.Module) -> set[int]:
+    """ids of the parameters the TP plan splits: the head-split parameters and row-parallel weights of every
+    declared spec, and the MLPs' weights (+ the first bias)."""
+    out: set[int] = set()
+    for _, m, spec in shardable(model):
+        if spec is None:
+            continue
+        out |= {id(m.get_parameter(name)) for name in spec.head_params}
+        out |= {id(m.get_submodule(name).weight) for name in spec.rowwise}
+    for block in blocks_of(model):
+        mlp = block.ff if hasattr(block, "ff") else block.mlp
+        lins = [m for m in mlp.modules() if isinstance(m, nn.Linear)]
+        out |= {id(m.weight) for m in lins}
+        if lins[0].bias is not None:
+            out.add(id(lins[0].bias))
+    return out
+
+
+def _passes(model: nn.Module) -> tuple[int, int]:
+    """Token-mixing passes per block: (all, split by TP) - the DiT's window attention + two global passes."""
+    total = split = 0
+    for path, _, spec in shardable(model):
+        k = 2 if ".global_layer." in f".{path}." else 1  # the bidirectional wrapper runs its mixer twice
+        total += k
+        split += k if spec is not None else 0
+    nb = len(blocks_of(model))
+    return total // nb, split // nb
+
+
+@functools.lru_cache(maxsize=4)  # read-only use; building the 7.2B model on meta still takes seconds
+def _dit(mixer: str, mixer_config: tuple, overrides: tuple = ()):
+    from seqmix.backbones.dit import DiTConfig, SegmentedDiT
+
+    return meta_model(lambda: SegmentedDiT(DiTConfig(mixer=mixer, mixer_config=dict(mixer_config),
+                                                     gradient_checkpointing=True, **dict(overrides))))
+
+
+@functools.lru_cache(maxsize=4)
+def _worldmodel(mixers: str):
+    from seqmix.backbones.wm_config import WorldModelConfig
+    from seqmix.backbones.worldmodel import WorldModel
+
+    return meta_model(lambda: WorldModel(WorldModelConfig.preset("paper", mixers=mixers)))
+
+
+def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: int | None = None,
+             gpu_memory: float | str = "80GB", durations: list[int] | None = None, batch: int = 64,
+             mixer: str = "ttt_mlp", mixer_config: dict | None = None, activation_checkpointing: bool = True,
+             tflops: float = 790.0, mfu: float = 0.4, nvlink_gbs: float = 450.0, network_gbs: float = 50.0,
+             latent_fps: int = 4, dit_overrides: dict | None = None) -> Plan:
+    """Estimate per-GPU memory and step time for each duration (default: the paper's five stages).
+
+    Args:
+        model: ``dit`` (CogVideoX-5B + ``mixer``, 7.2B with TTT-MLP) or ``worldmodel`` (its ``paper`` preset with
+            the ``mixer`` stack name, default ``ours``).
+        gpus, strategy, tp: the layout (checked as :func:`seqmix.parallel.checks.check_layout`, and the model's
+            head counts against ``tp``).
+        gpu_memory: memory per GPU (``"80GB"``).
+        durations: seconds of video per example (DiT: paper layouts, 3/9/18/30/63; world model: ``latent_fps``
+            latent frames per second of 64 tokens each).
+        batch: global batch (examples per optimizer step; paper: 64) - split over the data-parallel ranks.
+        tflops, mfu: peak bf16 rate per GPU (TFLOP/s; 790 is the measured dense bf16 rate of this project's H100 /
+            H200) and the assumed fraction reached.
+        nvlink_gbs, network_gbs: per-GPU bandwidth of the TP links (inside a node) and of the FSDP links (GB/s).
+        dit_overrides: other DiTConfig fields (e.g. ``num_layers`` for a shallow model measured on one GPU).
+    """
+    from seqmix.backbones.layout import VideoLayout
+    from seqmix.bench.costs import dit_cost, layer_cost
+
+    layout = check_layout(strategy, gpus, tp)
+    P, dp = layout.tensor_parallel, layout.data_parallel
+    mem = parse_bytes(gpu_memory)
+    if model == "dit":
+        m = _dit(mixer, tuple(sorted((mixer_config or {}).items())), tuple(sorted((dit_overrides or {}).items())))
+    elif model == "worldmodel":
+        m = _worldmodel(mixer if mixer != "ttt_mlp" else "ours")
+    else:
+        raise ValueError(f"unknown model {model!r}; valid: dit, worldmodel")
+    check_model(m, P)
+    if batch % dp:
+        raise ValueError(f"global batch {batch} is not divisible by the {dp} data-parallel ranks")
+    n_all = sum(p.numel() for p in m.parameters())
+    split = _split_params(m) if P > 1 else set()
+    n_split = sum(p.numel() for p in m.parameters() if id(p) in split)
+    blocks = blocks_of(m)
+    n_block = sum(p.numel() for p in blocks[0].parameters())
+    passes, split_passes = _passes(m)
+    fsdp = strategy in ("fsdp", "fsdp+tp")
+    shard = dp if fsdp else 1
+
+    def per_gpu(numel_all: int, numel_split: int) -> float:
+        return (numel_all - numel_split + numel_split / P) / shard
+
+    plan = Plan(model, strategy, gpus, dp, P, mem, batch, n_all, n_split)
+    stages = {s: (steps, tr) for s, steps, tr in PAPER_STAGES}
+    for sec in durations or [s for s, _, _ in PAPER_STAGES]:
+        if model == "dit":
+            lay = VideoLayout.paper(sec) if sec in VideoLayout.PAPER_DURATIONS else None
+            if lay is None:
+                raise ValueError(f"no paper layout for {sec} s; valid: {sorted(VideoLayout.PAPER_DURATIONS)}")
+            T, D = lay.total_tokens, m.config.inner_dim
+            steps, trainable = stages[sec]
+            groups = m.param_groups()
+            train_names = {n for g in _GROUPS[trainable] for n in groups[g]}
+            flops = dit_cost(m, lay, "fwd").flops
+        else:
+            frames = sec * latent_fps
+            T, D = frames * m.config.tokens_per_frame, m.config.dim
+            steps, trainable, train_names = None, "all", {n for n, _ in m.named_parameters()}
+            flops = sum(layer_cost(mx, T, 0, 1).flops for b in blocks for mx in b.mixers)
+            flops += sum(2.0 * p.numel() * T for b in blocks for n, p in b.named_parameters()
+                         if "mixers" not in n and p.dim() == 2)
+        tr_all = sum(p.numel() for n, p in m.named_parameters() if n in train_names)
+        tr_split = sum(p.numel() for n, p in m.named_parameters() if n in train_names and id(p) in split)
+        params = 4 * per_gpu(n_all, n_split) + (2 * 4 * n_block / P if fsdp else 0)
+        grads = 4 * per_gpu(tr_all, tr_split)
+        optim = 8 * per_gpu(tr_all, tr_split)
+        R, S = 4 + 4 * passes, 8 + 12 * split_passes
+        work = T * D * 2 * (R + (S + 12 * (passes - split_passes)) / P) * 2
+        nb = len(blocks)
+        acts = (nb * T * D * 2 + work) if activation_checkpointing else nb * work / 2
+        total = params + grads + optim + acts
+        # time: forward + backward (3x) + recompute (1x) per example; examples per rank = batch / dp
+        per_example = flops * (4.0 if activation_checkpointing else 3.0) / P
+        compute = per_example * (batch // dp) / (tflops * 1e12 * mfu)
+        comm = 0.0
+        if fsdp and dp > 1:
+            comm += (2 * 4 * n_all / P + 4 * tr_all / P) * (dp - 1) / dp / (network_gbs * _GB)
+        if P > 1:
+            ar = 2 * (P - 1) / P * T * D * 2 / (nvlink_gbs * _GB)  # one ring all-reduce of T D bf16
+            comm += ar * 2 * (passes + 1) * nb * (batch // dp) * (3 if activation_checkpointing else 2) / 2
+        step = compute + comm
+        plan.rows.append(PlanRow(sec, T, trainable, params, grads, optim, acts, total, total <= mem, step, compute,
+                                 comm, steps, None if steps is None else steps * step / 3600))
+    return plan
+
+
+def markdown(plan: Plan) -> str:
+    """The estimate as a Markdown table (GB = 1e9 bytes)."""
+    g = lambda b: f"{b / _GB:.1f}"  # noqa: E731
+    t = lambda x: f"{x:.1f}" if x >= 1 else f"{x:.2g}"  # noqa: E731
+    head = (f"{plan.model}: {plan.num_params / 1e9:.2f}B parameters ({plan.tp_split_params / 1e9:.2f}B split by TP); "
+            f"{plan.strategy} on {plan.gpus} GPUs = {plan.data_parallel} data-parallel x {plan.tensor_parallel} "
+            f"tensor-parallel; {plan.gpu_memory / _GB:.0f} GB per GPU; global batch {plan.batch}\n\n")
+    lines = ["| stage | tokens | trains | params GB | grads GB | AdamW GB | activations GB | total GB | fits | "
+             "step s (compute + comm) | stage h |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+    for r in plan.rows:
+        stage_h = "" if r.stage_h is None else f"{r.stage_h:.1f}"
+        lines.append(f"| {r.seconds} s | {r.tokens:,} | {r.trainable} | {g(r.params)} | {g(r.grads)} | "
+                     f"{g(r.optimizer)} | {g(r.activations)} | {g(r.total)} | {'yes' if r.fits else 'NO'} | "
+                     f"{t(r.step_s)} ({t(r.compute_s)} + {t(r.comm_s)}) | {stage_h} |")
+    hours = [r.stage_h for r in plan.rows if r.stage_h is not None]
+    tail = f"\n\nall stages: {sum(hours):.1f} h" if len(hours) == len(PAPER_STAGES) else ""
+    return head + "\n".join(lines) + tail

@@ -1,0 +1,231 @@
+"""The parallel plan: FSDP2 over data-parallel ranks x DTensor tensor parallelism by heads, for the segmented DiT
+(:class:`~seqmix.backbones.dit.SegmentedDiT`) and the world-model backbone
+(:class:`~seqmix.backbones.worldmodel.WorldModel`).
+
+Tensor parallel (Megatron's split, written with DTensor): every block's window attention and global-layer mixer
+run ``H / P`` heads per rank on the full (replicated) input; Q/K/V (and the mixer's per-head parameters) are split
+head-major, the output projection is row parallel (partial products summed over the ranks), the MLP is column /
+row parallel. Gates, adaLN linears, embeddings and norms stay replicated. What splits in a mixer is declared on its
+class (:meth:`seqmix.layers.Mixer.head_shard_spec`); a mixer without a spec (Mamba2: one fused input projection)
+runs whole on every rank. FSDP2 (``fully_shard``) then shards every block and the rest over the data-parallel
+ranks; activation checkpointing recomputes each block in backward.
+
+:func:`parallelize` is what ``LightningModule.configure_model`` calls with the strategy's device mesh
+(:class:`~seqmix.parallel.lightning.ModelParallel`); it works the same on a mesh built by hand (tests, scripts).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput, RowwiseParallel,
+                                               parallelize_module)
+
+from seqmix.layers.sharding import HeadShardSpec
+
+from .checks import DP, TP, blocks_of, shardable
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ParallelReport", "make_mesh", "parallelize", "shard_heads"]
+
+
+@dataclass
+class ParallelReport:
+    """What :func:`parallelize` did: sizes, head-sharded modules and modules left whole under TP (by path)."""
+
+    data_parallel: int
+    tensor_parallel: int
+    head_sharded: list[str]
+    replicated: list[str]
+    fsdp_units: int
+    activation_checkpointing: bool
+
+
+def make_mesh(data_parallel: int, tensor_parallel: int, device_type: str = "cpu") -> DeviceMesh:
+    """A ``(data_parallel, tensor_parallel)`` mesh with Lightning's dimension names (needs an initialised group)."""
+    return init_device_mesh(device_type, (data_parallel, tensor_parallel), mesh_dim_names=(DP, TP))
+
+
+class _SumGrad(torch.autograd.Function):
+    """Identity forward; backward sums the gradient over the group (Megatron's ``f``): for a replicated tensor
+    that each rank uses with only its own heads."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        g = g.contiguous().clone()
+        dist.all_reduce(g, group=ctx.group)
+        return g, None
+
+
+def _owner(module: nn.Module, name: str) -> tuple[nn.Module, str]:
+    path, _, leaf = name.rpartition(".")
+    owner = module.get_submodule(path) if path else module
+    if leaf not in owner._parameters or owner._parameters[leaf] is None:
+        raise ValueError(f"{type(module).__name__}.head_shard_spec names {name!r}, which is not a parameter")
+    return owner, leaf
+
+
+def shard_heads(module: nn.Module, spec: HeadShardSpec, tp_mesh: DeviceMesh) -> None:
+    """Split ``module`` over the ranks of ``tp_mesh`` by heads as ``spec`` describes (see :class:`HeadShardSpec`).
+
+    The head-split parameters become ``Shard(dim)`` DTensors (checkpoints keep their full shapes); during
+    ``module``'s forward they are swapped for their local slices, and the module's floating-point positional
+    inputs pass through :class:`_SumGrad`, so that input gradients from the ranks' heads add up.
+    """
+    P = tp_mesh.size()
+    group = tp_mesh.get_group()
+    for a in spec.head_attrs:
+        v = getattr(module, a)
+        if v % P:
+            raise ValueError(f"{type(module).__name__}.{a}={v} is not divisible by the tensor-parallel size {P}")
+    sharded = []
+    for name, dim in spec.head_params.items():
+        owner, leaf = _owner(module, name)
+        p = owner._parameters[leaf]
+        if p.shape[dim] % P:
+            raise ValueError(f"{type(module).__name__}.{name} {tuple(p.shape)}: dim {dim} not divisible by {P}")
+        new = nn.Parameter(distribute_tensor(p.data, tp_mesh, [Shard(dim)]), requires_grad=p.requires_grad)
+        new.__dict__.update(p.__dict__)  # markers such as _no_weight_decay
+        owner._parameters[leaf] = new
+        sharded.append((owner, leaf))
+    local = [_owner(module, name) for name in spec.head_local]
+    for a in spec.head_attrs:
+        setattr(module, a, getattr(module, a) // P)
+    for name in spec.rowwise:
+        parallelize_module(module.get_submodule(name), tp_mesh, RowwiseParallel())
+    for name in spec.gather_inputs:
+        parallelize_module(module.get_submodule(name), tp_mesh, PrepareModuleInput(
+            input_layouts=(Shard(-1),), desired_input_layouts=(Replicate(),), use_local_output=True))
+    stack: list[list] = []
+
+    def pre(mod, args, kwargs):
+        saved = []
+        for owner, leaf in sharded:
+            p = owner._parameters[leaf]
+            saved.append((owner, leaf, p))
+            owner._parameters[leaf] = p.to_local()
+        for owner, leaf in local:
+            p = owner._parameters[leaf]
+            saved.append((owner, leaf, p))
+            owner._parameters[leaf] = _SumGrad.apply(p, group)
+        stack.append(saved)
+        args = tuple(_SumGrad.apply(a, group) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                     for a in args)
+        return args, kwargs
+
+    def post(mod, args, out):
+        for owner, leaf, p in stack.pop():
+            owner._parameters[leaf] = p
+
+    module.register_forward_pre_hook(pre, with_kwargs=True)
+    module.register_forward_hook(post, always_call=True)
+    module._seqmix_head_sharded = P
+
+
+def _mlp_plan(mlp: nn.Module) -> dict[str, object]:
+    # FeedForward (net.0.proj, net.2) or a plain Sequential(Linear, GELU, Linear)
+    if hasattr(mlp, "net"):
+        return {"net.0.proj": ColwiseParallel(), "net.2": RowwiseParallel()}
+    return {"0": ColwiseParallel(), "2": RowwiseParallel()}
+
+
+def _split_mesh(mesh: DeviceMesh) -> tuple[DeviceMesh | None, DeviceMesh | None]:
+    names = mesh.mesh_dim_names or ()
+    if mesh.ndim == 2 and set(names) == {DP, TP}:
+        return mesh[DP], mesh[TP]
+    if mesh.ndim == 1:
+        return mesh, None
+    raise ValueError(f"expected a 1-D data-parallel mesh or a 2-D mesh named {(DP, TP)}, got dims {names}")
+
+
+def parallelize(model: nn.Module, mesh: DeviceMesh, *, fsdp: bool | None = None,
+                activation_checkpointing: bool | None = None, reshard_after_forward: bool = True) -> ParallelReport:
+    """Apply the plan to ``model`` (a SegmentedDiT or WorldModel) in place, on every rank with the same seed.
+
+    Args:
+        mesh: a 2-D ``(data_parallel, tensor_parallel)`` mesh (Lightning's ModelParallelStrategy mesh,
+            :func:`make_mesh`) or a 1-D data-parallel mesh.
+        fsdp: shard with FSDP2 over the data-parallel dimension; default: when it has more than one rank.
+        activation_checkpointing: recompute every block in backward; default: the model config's
+            ``gradient_checkpointing``.
+        reshard_after_forward: FSDP2's option (free the gathered block weights after its forward).
+
+    Returns:
+        A :class:`ParallelReport`.
+    """
+    if getattr(model, "_seqmix_parallel", None) is not None:
+        return model._seqmix_parallel  # configure_model may run more than once (fit, then test)
+    dp_mesh, tp_mesh = _split_mesh(mesh)
+    dp = dp_mesh.size() if dp_mesh is not None else 1
+    tp = tp_mesh.size() if tp_mesh is not None else 1
+    blocks = blocks_of(model)
+    sharded, whole = [], []
+    if tp > 1:
+        for path, module, spec in shardable(model):
+            if spec is None:
+                whole.append(path)
+            else:
+                shard_heads(module, spec, tp_mesh)
+                sharded.append(path)
+        for block in blocks:
+            mlp = block.ff if hasattr(block, "ff") else block.mlp
+            parallelize_module(mlp, tp_mesh, _mlp_plan(mlp))
+        if whole:
+            logger.info("tensor parallel x%d: %d module(s) without a head split run whole on every rank: %s", tp,
+                        len(whole), ", ".join(sorted({type(model.get_submodule(p)).__name__ for p in whole})))
+    if activation_checkpointing is not None:
+        if not hasattr(model, "gradient_checkpointing"):
+            raise ValueError(f"{type(model).__name__} has no per-block activation checkpointing "
+                             "(gradient_checkpointing); pass activation_checkpointing=None")
+        model.gradient_checkpointing = bool(activation_checkpointing)
+    use_fsdp = dp > 1 if fsdp is None else fsdp
+    units = 0
+    if use_fsdp:
+        for block in blocks:
+            fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
+        fully_shard(model, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
+        units = len(blocks) + 1
+    report = ParallelReport(dp, tp, sharded, whole, units, bool(getattr(model, "gradient_checkpointing", False)))
+    model._seqmix_parallel = report
+    logger.info("parallel plan: %s", report)
+    return report
+
+
+@torch.no_grad()
+def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` for a model whose gradients mix DTensors of several meshes / placements
+    (FSDP2 x TP) and plain tensors (replicated): the norm of each group is taken where it lives, then combined.
+    Returns the total norm (a plain scalar tensor, equal on every rank)."""
+    from torch.nn.utils import get_total_norm
+
+    groups: dict[object, list[torch.Tensor]] = {}
+    for p in parameters:
+        if p.grad is not None:
+            g = p.grad
+            key = (g.device_mesh, tuple(g.placements)) if isinstance(g, DTensor) else None
+            groups.setdefault(key, []).append(g)
+    if not groups:
+        return torch.tensor(0.0)
+    norms = []
+    for grads in groups.values():
+        n = get_total_norm(grads, norm_type, foreach=False)
+        norms.append(n.full_tensor() if isinstance(n, DTensor) else n)
+    total = torch.linalg.vector_norm(torch.stack([n.float() for n in norms]), norm_type)
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for grads in groups.values():
+        for g in grads:
+            g.mul_(coef.item())
+    return total

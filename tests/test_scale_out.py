@@ -1,0 +1,419 @@
+"""Scale-out (seqmix.parallel): FSDP2, tensor parallel and FSDP2 x TP on 2 and 4 CPU processes (gloo) give the
+losses and gradients of one process for a small DiT with each kind of global layer; a distributed checkpoint saved
+at 2 processes resumes at 4; bad layouts fail before any process starts.
+
+Each spawn runs many checks (process start-up dominates on a small machine). Every rank also computes the
+one-process reference itself (same seed, whole global batch), so nothing crosses process boundaries but the plan's
+own collectives. fp64, so the tolerance (1e-4 relative) only has to absorb reduction order.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from seqmix import layers
+from seqmix.backbones.dit import DiTConfig, SegmentedDiT
+from seqmix.backbones.layout import VideoLayout
+from seqmix.parallel import check_layout, check_model
+from seqmix.parallel.checks import meta_model
+from seqmix.utils.testing import assert_close
+
+# D = 4 heads x 16: divisible by tp = 2 and 4.
+TINY = dict(num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=4, text_embed_dim=16,
+            time_embed_dim=16, num_layers=2, patch_size=2)
+MIXERS = {"ttt_mlp": {"mini_batch_size": 8, "mlp_expansion": 2}, "gated_deltanet": {"head_dim": 16, "expand_v": 1.0},
+          "mamba2": {"d_state": 8, "expand": 2, "chunk_size": 8}, "full_attn": {}, "swa": {"window": 24}}
+LAYOUT = dict(text_len=2, latent_height=2, latent_width=4, patch_size=2)
+FRAMES = 25  # two 3 s segments sharing one frame: T = 2 x 2 + 25 x 2 = 54 tokens
+BATCH, STEPS, TOL = 4, 2, 1e-4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _model(mixer: str, seed: int = 0) -> SegmentedDiT:
+    torch.manual_seed(seed)
+    m = SegmentedDiT(DiTConfig(**TINY, mixer=mixer, mixer_config=MIXERS[mixer])).double()
+    with torch.no_grad():  # non-trivial gates and norms, so every path carries gradient
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m
+
+
+def _batch(step: int):
+    lay = VideoLayout.from_num_frames(FRAMES, **LAYOUT)
+    g = torch.Generator().manual_seed(100 + step)
+    x = torch.randn(BATCH, lay.num_frames, 4, 2, 4, generator=g, dtype=torch.float64)
+    t = torch.randint(0, 1000, (BATCH,), generator=g).double()
+    text = torch.randn(BATCH, lay.text_tokens, 16, generator=g, dtype=torch.float64)
+    target = torch.randn(BATCH, lay.num_frames, 4, 2, 4, generator=g, dtype=torch.float64)
+    return lay, x, t, text, target
+
+
+def _loss(model, step: int, part: slice = slice(None)) -> torch.Tensor:
+    lay, x, t, text, target = _batch(step)
+    out = model(x[part], t[part], text[part], lay)
+    return ((out - target[part]) ** 2).mean()
+
+
+def _full(t):
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def _optim(model):
+    return torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01, foreach=False)
+
+
+def _train(model, opt, steps, part=slice(None), group=None, dp: int = 1, start: int = 0):
+    """``steps`` optimiser steps; returns the losses (averaged over the data-parallel ranks)."""
+    import torch.distributed as dist
+
+    losses = []
+    for s in range(start, start + steps):
+        opt.zero_grad(set_to_none=True)
+        loss = _loss(model, s, part)
+        loss.backward()
+        avg = loss.detach().clone()
+        if dp > 1:
+            dist.all_reduce(avg, group=group)
+            avg /= dp
+        losses.append(avg.item())
+        if s < start + steps - 1:
+            opt.step()
+    return losses  # gradients of the last step are left in place (not applied)
+
+
+def _compare(tag, ref, par, ref_losses, par_losses):
+    for i, (a, b) in enumerate(zip(par_losses, ref_losses)):
+        assert abs(a - b) <= TOL * abs(b), f"{tag}: loss of step {i} {a!r} != one process {b!r}"
+    ref_p = dict(ref.named_parameters())
+    n = 0
+    for name, p in par.named_parameters():
+        assert name in ref_p, f"{tag}: parameter {name} has no counterpart"
+        assert_close(f"{tag}: {name}", _full(p.detach()), ref_p[name].detach(), TOL)
+        if ref_p[name].grad is not None and ref_p[name].grad.abs().sum() > 0:
+            assert p.grad is not None, f"{tag}: {name} got no gradient"
+            assert_close(f"{tag}: grad {name}", _full(p.grad), ref_p[name].grad, TOL)
+            n += 1
+    assert n > 0
+
+
+def _job(mixer: str, dp: int, tp: int):
+    """One process's part of (dp x tp) training vs the one-process reference; raises on a mismatch."""
+    from seqmix.parallel.plan import make_mesh, parallelize
+
+    ref = _model(mixer)
+    par = copy.deepcopy(ref)
+    ref_losses = _train(ref, _optim(ref), STEPS)
+    mesh = make_mesh(dp, tp)
+    rep = parallelize(par, mesh, activation_checkpointing=True)
+    if tp > 1:
+        assert len(rep.head_sharded) == TINY["num_layers"] * (1 if mixer == "mamba2" else 2), rep
+    rank, per = mesh["data_parallel"].get_local_rank(), BATCH // dp
+    part = slice(rank * per, (rank + 1) * per)
+    par_losses = _train(par, _optim(par), STEPS, part, mesh["data_parallel"].get_group(), dp)
+    _compare(f"{mixer} dp={dp} tp={tp}", ref, par, ref_losses, par_losses)
+
+
+def _wm_job(dp: int, tp: int):
+    """The world-model backbone (block-wise SSM, run whole, + frame-local attention, split by heads)."""
+    from seqmix.backbones.wm_config import WorldModelConfig
+    from seqmix.backbones.worldmodel import WorldModel
+    from seqmix.parallel.plan import make_mesh, parallelize
+
+    torch.manual_seed(0)
+    ref = WorldModel(WorldModelConfig.preset("tiny", mixers="ours", heads=2)).double()
+    par = copy.deepcopy(ref)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(BATCH, 4, 4, 2, 2, generator=g, dtype=torch.float64)
+    lv = torch.randint(0, 1000, (BATCH, 4), generator=g)
+    target = torch.randn(x.shape, generator=g, dtype=torch.float64)
+
+    def step(model, part):
+        model.zero_grad(set_to_none=True)
+        loss = ((model(x[part], lv[part]) - target[part]) ** 2).mean()
+        loss.backward()
+        return loss.detach()
+
+    ref_loss = step(ref, slice(None))
+    mesh = make_mesh(dp, tp)
+    rep = parallelize(par, mesh, activation_checkpointing=True)
+    assert tp == 1 or (len(rep.head_sharded), len(rep.replicated)) == (2, 2), rep
+    rank, per = mesh["data_parallel"].get_local_rank(), BATCH // dp
+    loss = step(par, slice(rank * per, (rank + 1) * per))
+    if dp > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(loss, group=mesh["data_parallel"].get_group())
+        loss /= dp
+    _compare(f"world model dp={dp} tp={tp}", ref, par, [ref_loss.item()], [loss.item()])
+
+
+def _state(model, opt):
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    return {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+
+
+def _ckpt_save(path: str):
+    """Train 2 steps on FSDP2 (all ranks) and save a distributed checkpoint."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    from seqmix.parallel.plan import make_mesh, parallelize
+
+    world = dist.get_world_size()
+    par = _model("ttt_mlp")
+    mesh = make_mesh(world, 1)
+    parallelize(par, mesh)
+    opt = _optim(par)
+    rank, per = mesh["data_parallel"].get_local_rank(), BATCH // world
+    _train(par, opt, 3, slice(rank * per, (rank + 1) * per), mesh["data_parallel"].get_group(), world)
+    opt.step()  # _train leaves the last step's gradients unapplied: 3 steps taken in all
+    dcp.save(_state(par, opt), checkpoint_id=path)
+
+
+def _ckpt_resume(path: str, dp: int, tp: int):
+    """Load the checkpoint into a (dp x tp) model built from another seed; the next steps equal one process's."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    from seqmix.parallel.plan import make_mesh, parallelize
+
+    ref = _model("ttt_mlp")
+    ref_opt = _optim(ref)
+    _train(ref, ref_opt, 3)
+    ref_opt.step()
+    ref_losses = _train(ref, ref_opt, 2, start=3)
+    par = _model("ttt_mlp", seed=1)
+    mesh = make_mesh(dp, tp)
+    parallelize(par, mesh)
+    opt = _optim(par)
+    state = _state(par, opt)
+    dcp.load(state, checkpoint_id=path)
+    set_model_state_dict(par, state["model"])
+    set_optimizer_state_dict(par, opt, state["optim"])
+    rank, per = mesh["data_parallel"].get_local_rank(), BATCH // dp
+    losses = _train(par, opt, 2, slice(rank * per, (rank + 1) * per), mesh["data_parallel"].get_group(), dp, start=3)
+    _compare(f"resume at dp={dp} tp={tp}", ref, par, ref_losses, losses)
+
+
+def _worker(rank: int, world: int, port: int, jobs: list):
+    import datetime
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=300))
+    try:
+        for kind, *args in jobs:  # an error on any rank ends the spawn with that rank's traceback
+            {"job": _job, "wm": _wm_job, "save": _ckpt_save, "resume": _ckpt_resume}[kind](*args)
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(world: int, jobs: list) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_worker, args=(world, _free_port(), jobs), nprocs=world)
+
+
+@pytest.mark.slow
+def test_two_processes_fsdp_tp_and_checkpoint_save_then_four_processes_resume(tmp_path):
+    """2 processes: FSDP2 only (TTT-MLP, Gated DeltaNet) and TP only for every global layer, the world-model
+    backbone under TP and FSDP2, then a checkpoint;
+    4 processes: FSDP2 x TP (2 x 2) for every global layer, TP x 4, and the 2-process checkpoint resumed at 2 x 2."""
+    jobs2 = [("job", m, 2, 1) for m in ("ttt_mlp", "gated_deltanet")] + [("job", m, 1, 2) for m in MIXERS]
+    jobs2 += [("wm", 1, 2), ("wm", 2, 1), ("save", str(tmp_path / "ckpt"))]
+    _spawn(2, jobs2)
+    jobs4 = [("job", m, 2, 2) for m in MIXERS] + [("job", "ttt_mlp", 1, 4), ("resume", str(tmp_path / "ckpt"), 2, 2)]
+    _spawn(4, jobs4)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _lightning_losses(tmp_path, name: str, extra: list[str]) -> list[float]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("TRITON_INTERPRET", None)
+    subprocess.run([sys.executable, "-m", "seqmix.cli", "fit", "--config", str(ROOT / "recipes/t2v/ttt_linear.yaml"),
+                    "--data.init_args.num_train=16", "--data.init_args.batch_size=2", "--trainer.max_steps=3",
+                    "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false",
+                    "--trainer.enable_model_summary=false", "--trainer.enable_checkpointing=false",
+                    "--trainer.accelerator=cpu", "--trainer.deterministic=true", "--trainer.log_every_n_steps=1",
+                    "--trainer.logger=CSVLogger", f"--trainer.logger.save_dir={tmp_path / name}",
+                    f"--trainer.default_root_dir={tmp_path / name}", *extra],
+                   check=True, env=env, capture_output=True, timeout=600)
+    (metrics,) = (tmp_path / name).rglob("metrics.csv")
+    rows = list(csv.DictReader(metrics.open()))
+    return [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+
+
+@pytest.mark.slow
+def test_lightning_model_parallel_strategy_runs_the_plan_on_cpu(tmp_path):
+    """The recipe path: Lightning's ModelParallelStrategy (seqmix's ModelParallel) with 2 tensor-parallel CPU
+    processes calls configure_model -> parallelize, feeds both ranks the same examples and clips the mixed
+    DTensor / tensor gradients; its losses equal one process's."""
+    one = _lightning_losses(tmp_path, "one", ["--trainer.devices=1"])
+    tp = _lightning_losses(tmp_path, "tp", ["--trainer.devices=2",
+                                            "--trainer.strategy=seqmix.parallel.lightning.ModelParallel",
+                                            "--trainer.strategy.tensor_parallel_size=2"])
+    assert len(one) == 3 and len(tp) == 3
+    for a, b in zip(tp, one):
+        assert abs(a - b) <= 1e-4 * abs(b), (tp, one)
+
+
+def test_model_parallel_strategy_checks_before_launch():
+    from seqmix.parallel.lightning import ModelParallel
+
+    with pytest.raises(ValueError, match="tensor_parallel_size must be 'auto' or a positive int"):
+        ModelParallel(tensor_parallel_size=0)
+    import lightning.pytorch as pl
+
+    from seqmix.tasks import StoryboardVideoData, VideoDiffusionTask
+
+    trainer = pl.Trainer(accelerator="cpu", devices=4, strategy=ModelParallel(tensor_parallel_size=4), logger=False,
+                         max_steps=1, enable_checkpointing=False, enable_progress_bar=False)
+    inner = trainer.strategy.launcher.inner
+
+    def never(*a, **kw):
+        raise AssertionError("processes were launched before the check")
+
+    inner.launch = never
+    task = VideoDiffusionTask(DiTConfig(**{**TINY, "num_attention_heads": 2}, mixer="ttt_linear"))
+    with pytest.raises(ValueError, match=r"heads=2 is not divisible by the tensor-parallel size 4; allowed tp: 1, 2"):
+        trainer.fit(task, datamodule=StoryboardVideoData(channels=4, num_train=4, num_val=1, batch_size=1))
+
+
+# ------------------------------------------------------------------------------------- checks before processes
+def test_layout_checks_say_what_is_allowed():
+    assert check_layout("fsdp+tp", 8, 4).data_parallel == 2
+    assert check_layout("tp", 4).tensor_parallel == 4
+    assert check_layout("fsdp", 8).data_parallel == 8
+    with pytest.raises(ValueError, match="unknown parallel strategy 'zero3'; valid: ddp, fsdp, tp, fsdp"):
+        check_layout("zero3", 8)
+    with pytest.raises(ValueError, match="world size 6 is not divisible by tp=4; allowed tp: 2, 3, 6"):
+        check_layout("fsdp+tp", 6, 4)
+    with pytest.raises(ValueError, match="no tensor parallelism"):
+        check_layout("fsdp", 8, 2)
+    with pytest.raises(ValueError, match="must equal the world size"):
+        check_layout("tp", 8, 4)
+    with pytest.raises(ValueError, match="positive int"):
+        check_layout("fsdp", 0)
+
+
+def test_heads_not_divisible_by_tp_fail_on_a_meta_model():
+    m = meta_model(lambda: SegmentedDiT(DiTConfig(**{**TINY, "num_attention_heads": 6}, mixer="ttt_mlp")))
+    assert next(m.parameters()).device.type == "meta"
+    check_model(m, 3)
+    with pytest.raises(ValueError, match=r"attn1 \(WindowAttention\): heads=6 is not divisible by the "
+                                         r"tensor-parallel size 4; allowed tp: 1, 2, 3, 6"):
+        check_model(m, 4)
+    m = meta_model(lambda: SegmentedDiT(DiTConfig(**TINY, mixer="gated_deltanet", mixer_num_heads=2,
+                                                  mixer_config={"head_dim": 32})))
+    with pytest.raises(ValueError, match=r"global_layer.mixer \(GatedDeltaNet\): num_heads=2"):
+        check_model(m, 4)
+
+
+# ---------------------------------------------------------------------------------------------- seqmix plan
+def test_plan_estimate_for_the_paper_stages_on_a_meta_model():
+    from seqmix.parallel.estimate import estimate, markdown, parse_bytes
+
+    p = estimate("dit", gpus=256, strategy="fsdp+tp", tp=8, gpu_memory="80GB")
+    assert 7.2e9 < p.num_params < 7.25e9 and (p.data_parallel, p.tensor_parallel) == (32, 8)
+    assert [r.seconds for r in p.rows] == [3, 9, 18, 30, 63]
+    assert p.rows[-1].tokens == 341_550 + 21 * 226
+    for a, b in zip(p.rows, p.rows[1:]):  # longer videos: more activation memory, longer steps
+        assert b.activations > a.activations and b.step_s > a.step_s
+    assert p.rows[0].grads > p.rows[1].grads  # 3 s trains everything, later stages attention + global layers
+    fsdp = estimate("dit", gpus=64, strategy="fsdp", durations=[3])
+    ddp = estimate("dit", gpus=64, strategy="ddp", durations=[3])
+    assert fsdp.rows[0].optimizer * 60 < ddp.rows[0].optimizer  # sharded 64 ways vs one full copy
+    with pytest.raises(ValueError, match="global batch 64 is not divisible by the 256 data-parallel ranks"):
+        estimate("dit", gpus=256, strategy="fsdp")
+    assert "| 63 s | 346,296 |" in markdown(p) and "all stages:" in markdown(p)
+    assert parse_bytes("80GB") == 80e9 and parse_bytes("1GiB") == 2**30
+    wm = estimate("worldmodel", gpus=8, strategy="fsdp+tp", tp=4, durations=[3])
+    assert wm.rows[0].tokens == 3 * 4 * 64 and wm.rows[0].fits
+    with pytest.raises(ValueError, match="is not divisible by the tensor-parallel size 32"):
+        estimate("dit", gpus=64, strategy="fsdp+tp", tp=32)
+    with pytest.raises(ValueError, match="cannot read a memory size from 'lots'"):
+        parse_bytes("lots")
+
+
+def test_plan_cli_prints_the_table_and_rejects_bad_layouts(capsys):
+    from seqmix.cli import main
+
+    main(["plan", "dit", "--duration", "63", "--gpus", "256", "--gpu-memory", "80GB", "--strategy", "fsdp+tp",
+          "--tp", "8"])
+    out = capsys.readouterr().out
+    assert "32 data-parallel x 8 tensor-parallel" in out and "| 63 s |" in out
+    with pytest.raises(SystemExit) as e:
+        main(["plan", "dit", "--gpus", "6", "--strategy", "fsdp+tp", "--tp", "4"])
+    assert e.value.code == 2
+    assert "world size 6 is not divisible by tp=4" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (measures a training step's peak memory)")
+def test_plan_memory_estimate_matches_a_measured_step_on_gpu():
+    """The GPU kit's check of `seqmix plan`: a 2-block DiT at the paper's width (TTT-MLP, 3 s stage: everything
+    trains, bf16 autocast, per-block checkpointing) - one AdamW step's peak memory against the estimate."""
+    from seqmix.parallel.estimate import estimate
+
+    over = {"num_layers": 2}
+    est = estimate("dit", gpus=1, strategy="ddp", batch=1, durations=[3], dit_overrides=over).rows[0]
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    model = SegmentedDiT(DiTConfig(mixer="ttt_mlp", gradient_checkpointing=True, **over)).to(dev).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    lay = VideoLayout.paper(3)
+    x = torch.randn(1, lay.num_frames, 16, lay.latent_height, lay.latent_width, device=dev)
+    text = torch.randn(1, lay.text_tokens, 4096, device=dev)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model(x, torch.tensor([500.0], device=dev), text, lay)
+    out.float().square().mean().backward()
+    opt.step()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - (x.numel() + text.numel()) * 4
+    msg = (f"measured peak {peak / 1e9:.2f} GB vs estimated {est.total / 1e9:.2f} GB (params {est.params / 1e9:.2f}, "
+           f"grads {est.grads / 1e9:.2f}, AdamW {est.optimizer / 1e9:.2f}, activations {est.activations / 1e9:.2f})")
+    assert 0.5 <= peak / est.total <= 1.5, msg
+
+
+@pytest.mark.parametrize("name", sorted(layers.available()))
+def test_every_declared_head_split_names_real_head_major_parameters(name):
+    """A mixer's head_shard_spec (declared on its class) resolves: parameters exist, their split dimension and
+    the head attributes count whole heads; wrappers name an inner layer only when it has a spec of its own."""
+    cls = layers.mixer_class(name)
+    layer = layers.build(name, dim=32, num_heads=2, **cls.small_config)
+    spec = layer.head_shard_spec()
+    inner = layer.head_shard_inner()
+    if spec is None:
+        assert inner is None or inner.head_shard_spec() is not None
+        return
+    for pname, dim in spec.head_params.items():
+        assert layer.get_parameter(pname).shape[dim] % layer.num_heads == 0, pname
+    for pname in spec.head_local:
+        layer.get_parameter(pname)
+    for mname in (*spec.rowwise, *spec.gather_inputs):
+        layer.get_submodule(mname)
+    for a in spec.head_attrs:
+        assert getattr(layer, a) % layer.num_heads == 0, a
