@@ -123,8 +123,8 @@ class _Block(nn.Module):
             m, state = self.mixer(h, state=state, return_state=True, **kw)
             if self.conv is not None:
                 state = (conv_state, state)
-        else:
-            m = self.mixer(h, **kw)
+        else:  # a carried state is still used when the caller does not want the new one back
+            m = self.mixer(h, state=state, **kw)
         x = x + self.drop(m)
         if self.mlp is not None:
             x = x + self.drop(self.mlp(self.norm2(x)))
@@ -188,6 +188,6 @@ class MixerLM(nn.Module):
                 x, st = blk(x, state=st, return_state=True, positions=positions)
                 new_states.append(st)
             else:
-                x = blk(x, positions=positions)
+                x = blk(x, state=st, positions=positions)
         logits = self.norm(x) @ self.embed.weight.T  # tied head
         return (logits, new_states) if return_state else logits
