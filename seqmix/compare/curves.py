@@ -17,6 +17,7 @@ from typing import Callable
 import lightning as pl
 import torch
 
+from seqmix.compare.common import pyplot, save_figure
 from seqmix.utils.stats import summarize
 
 logger = logging.getLogger(__name__)
@@ -121,13 +122,8 @@ def curve_band(curves: list[dict]) -> dict:
 def plot_curves(groups: dict[str, list[dict]], path: Path, ylabel: str, title: str,
                 chance: float | None = None) -> Path | None:
     """One line per name (mean over its seeds' curves) with a shaded interval; ``groups`` = ``{name: [curve]}``."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed: skipping %s", path)
+    plt = pyplot(path)
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for name, curves in groups.items():
@@ -145,7 +141,4 @@ def plot_curves(groups: dict[str, list[dict]], path: Path, ylabel: str, title: s
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

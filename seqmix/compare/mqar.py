@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seqmix.compare.common import _check_layers, _default_jobs, _fit_recipe, _map_runs, base_recipe, layer_args, \
-    token_mixers
+    pyplot, save_figure, token_mixers
 from seqmix.compare.curves import LearningCurve, mqar_accuracy, plot_curves
 from seqmix.compare.knobs import knob_args, knob_grid, parse_knobs
 from seqmix.compare.seeds import aggregate, interval_note, parse_seeds, ranking, seed_args, summary_of
@@ -222,13 +222,8 @@ def _grid_of(layer: str, knobs) -> dict:
 
 
 def _plot(best: list[dict], path: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed: skipping %s", path)
+    plt = pyplot(path)
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for mixer in sorted({r["mixer"] for r in best}):
@@ -246,10 +241,7 @@ def _plot(best: list[dict], path: Path) -> Path | None:
     n = best[0]["n_seeds"] if best else 1
     ax.set_title("MQAR accuracy vs state size (best setting per point" + (f", {interval_note(n)})" if n > 1 else ")"),
                  fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _finished(path: Path, runs: list[tuple], sweep: MQARSweep) -> list[dict]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seqmix.compare.common import _check_layers, _default_jobs, _fit_recipe, _map_runs, base_recipe, layer_args, \
-    token_mixers
+    pyplot, save_figure, token_mixers
 from seqmix.compare.curves import LearningCurve, plot_curves, video_recall
 from seqmix.compare.seeds import aggregate, interval_note, parse_seeds, ranking, seed_args, summary_of
 
@@ -111,13 +111,8 @@ def _chance(rows: list[dict]) -> str:
 
 
 def _video_plot(rows: list[dict], path: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed: skipping %s", path)
+    plt = pyplot(path)
+    if plt is None:
         return None
     names = [r["name"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -145,10 +140,7 @@ def _video_plot(rows: list[dict], path: Path) -> Path | None:
         ax.tick_params(axis="x", labelrotation=30)
         ax.grid(True, alpha=0.3)
     fig.suptitle("Global layers vs local attention on procedural storyboards")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def run_video_comparison(cmp: VideoComparison, progress: bool = True) -> dict:

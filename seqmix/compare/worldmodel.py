@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqmix.compare.common import _default_jobs, _fit_recipe, _flat, _map_runs, recipe_dir
+from seqmix.compare.common import _default_jobs, _fit_recipe, _flat, _map_runs, pyplot, recipe_dir, save_figure
 from seqmix.utils.stats import summarize
 
 logger = logging.getLogger(__name__)
@@ -279,13 +279,8 @@ def _markdown(summary: dict, records: list[dict], cmp: WorldModelComparison, com
 
 
 def _plot(summary: dict, path: Path, k: int) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed: skipping %s", path)
+    plt = pyplot(path)
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.3))
     for m, s in summary.items():
@@ -301,10 +296,7 @@ def _plot(summary: dict, path: Path, k: int) -> Path | None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("Retrieval PSNR against distance to the last sighting")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def run_worldmodel_comparison(cmp: WorldModelComparison, progress: bool = True) -> dict:
