@@ -6,7 +6,7 @@
 # Run from anywhere; it works in the repository root. If `.gpu-wheels/` exists (an offline wheelhouse made by
 # `make gpu-wheels`), its wheels are installed into a temporary target directory (no index, no dependencies) that
 # goes first on PYTHONPATH; the checkout itself is imported from the repository root (no installation needed).
-# Then `python -m seqmix.bench.gpu_check_cli` runs the stages of seqmix/bench/gpu_kit.py (STAGES), each under its own
+# Then `python -m seqmix.bench.cli` runs the stages of seqmix/bench/gpu_kit.py (STAGES), each under its own
 # time budget, writes kit.json, summary.md, log.txt and one <stage>.json per stage under --out (default
 # runs/gpu-check; a relative path is taken from the repository root) and prints the summary table last. `--dry-run`
 # runs on CPU: wheelhouse check, every stage's command resolved and its CPU smoke variant run (tests/test_gpu_kit.py
@@ -43,6 +43,6 @@ fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$ROOT"
 
 set +e
-"$PY" -m seqmix.bench.gpu_check_cli --wheelhouse "$WHEELS" --command "$COMMAND" "$@"
+"$PY" -m seqmix.bench.cli --wheelhouse "$WHEELS" --command "$COMMAND" "$@"
 rc=$?
 exit $rc

@@ -215,6 +215,7 @@ def compare_video(
     max_steps: int | None = None,
     samples: int | None = None,
     seeds: int | list[int] | None = None,
+    resume: bool = False,
     jobs: int = 0,
     out: str = "runs/compare-video",
     quick: bool = False,
@@ -229,6 +230,8 @@ def compare_video(
         samples: sampled videos per recipe written as GIFs (default 1; first seed only).
         seeds: seeds per layer, a count S (seeds 0..S-1) or a list (default 1, the `make run` budget: no interval);
             the table shows mean and 95% interval (min-max for 2 seeds).
+        resume: reuse the finished runs of an earlier call into the same `out` (its runs.jsonl) and train only the
+            missing ones, e.g. a layer whose recipe changed; only for the same code.
         jobs: recipes trained at once in separate processes (0 = one per CPU core without a GPU, else 1).
         out: output directory.
         quick: a smoke run (two layers, two steps).
@@ -244,6 +247,7 @@ def compare_video(
         cmp.samples = samples
     if seeds is not None:
         cmp.seeds = seeds
+    cmp.resume = resume
     if quick:
         cmp = cmp.quick()
     result = run_video_comparison(cmp)

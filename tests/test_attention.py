@@ -424,3 +424,63 @@ def test_bad_layer_inputs():
     _, st = full(x, return_state=True)
     with pytest.raises(ValueError, match="inconsistent"):
         full(x, state=KVCache(st.k[:, :, 1:], st.v[:, :, 1:], st.pos))  # full attention keeps every token
+
+
+# ------------------------------------------------------------------------------------- block_align (local_attn)
+def _spans(frames, segments):
+    from seqmix.layers.spans import TokenSpans
+
+    return TokenSpans(tuple(frames), tuple(segments))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("unit", ["frame", "segment"])
+def test_block_align_is_full_attention_inside_each_span(unit, causal):
+    """Aligned blocks: each span of the layout is attended on its own, as a full_attn layer with the same weights
+    would on that span alone (positions included), in fp64; ragged spans (13 / 12 frames, text slots)."""
+    spans = _spans((0, 7, 11, 16, 20, 29, 33), (0, 11, 20, 33))
+    layer = layers.build("local_attn", dim=DIM, num_heads=HEADS, block_align=unit, causal=causal).double()
+    full = layers.build("full_attn", dim=DIM, num_heads=HEADS, causal=causal).double()
+    full.load_state_dict(layer.state_dict())
+    x = _x(T=33, dtype=torch.float64).requires_grad_()
+    pos = torch.arange(33) * 3
+    y = layer(x, layout=spans, positions=pos)
+    b = spans.bounds(unit)
+    want = torch.cat([full(x[:, s:e], positions=pos[s:e]) for s, e in zip(b, b[1:])], dim=1)
+    assert_close(f"block_align={unit}", y, want, 1e-12)
+    g, g_want = (torch.autograd.grad(t.square().sum(), x)[0] for t in (y, want))
+    assert_close(f"block_align={unit}: grad x", g, g_want, 1e-12)
+
+
+def test_block_align_on_uniform_spans_equals_token_blocks():
+    """Spans of ``w`` tokens each are the token blocks of ``window=w``: both forms agree (naive and sdpa)."""
+    spans = _spans(range(0, 37, 6), range(0, 37, 12))
+    x = _x(T=36, dtype=torch.float64)
+    for backend in ("sdpa", "naive"):
+        aligned = layers.build("local_attn", dim=DIM, num_heads=HEADS, block_align="segment", backend=backend).double()
+        blocks = layers.build("local_attn", dim=DIM, num_heads=HEADS, window=12, backend=backend).double()
+        blocks.load_state_dict(aligned.state_dict())
+        assert_close(f"{backend}: segments of 12 = window 12", aligned(x, layout=spans), blocks(x), 1e-12)
+
+
+def test_block_align_errors_and_layout_use():
+    spans = _spans((0, 4, 8), (0, 8))
+    with pytest.raises(ValueError, match="block_align must be one of tokens, frame, segment"):
+        layers.build("local_attn", dim=DIM, num_heads=HEADS, block_align="frames")
+    aligned = layers.build("local_attn", dim=DIM, num_heads=HEADS, block_align="segment", causal=True)
+    with pytest.raises(ValueError, match="pass layout=TokenSpans"):
+        aligned(_x(T=8, dtype=torch.float32))
+    with pytest.raises(ValueError, match="the layout spans 8 tokens, the input has 9"):
+        aligned(_x(T=9, dtype=torch.float32), layout=spans)
+    with pytest.raises(ValueError, match="carried state"):
+        aligned(_x(T=8, dtype=torch.float32), layout=spans, return_state=True)
+    with pytest.raises(TypeError, match="TokenSpans"):
+        aligned(_x(T=8, dtype=torch.float32), layout=(0, 8))
+    # token blocks ignore a layout (the DiT passes one to every local_attn); other attention kinds refuse it
+    tokens = layers.build("local_attn", dim=DIM, num_heads=HEADS, window=4)
+    x = _x(T=8, dtype=torch.float32)
+    assert torch.equal(tokens(x, layout=spans), tokens(x))
+    with pytest.raises(TypeError, match="takes no layout"):
+        layers.build("swa", dim=DIM, num_heads=HEADS, window=4)(x, layout=spans)
+    assert "block_align=segment" in repr(aligned)
+

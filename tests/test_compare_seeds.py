@@ -138,3 +138,14 @@ def test_video_two_seeds_quick(tmp_path):
     assert all(0.0 <= v <= 1.0 for c in row["curves"] for v in c["values"])
     assert "mean [min, max] over 2 seeds" in (tmp_path / "results.md").read_text()
     assert [r["seed"] for r in res["runs"]] == [0, 1]
+    # resume: the logged runs are kept; another seed and a changed budget train anew
+    log = tmp_path / "runs.jsonl"
+    assert len(log.read_text().splitlines()) == 2
+    more = VideoComparison(layers=["none"], max_steps=1, num_train=8, samples=0, seeds=3, curve_points=1,
+                           curve_batches=1, jobs=1, resume=True, out=str(tmp_path))
+    again = run_video_comparison(more, progress=False)
+    assert [r["train_seconds"] for r in again["runs"][:2]] == [r["train_seconds"] for r in res["runs"]]
+    assert [r["seed"] for r in again["runs"]] == [0, 1, 2] and len(log.read_text().splitlines()) == 3
+    other = run_video_comparison(dataclasses.replace(more, num_train=16, seeds=1), progress=False)
+    assert other["runs"][0]["train_seconds"] != res["runs"][0]["train_seconds"]
+    assert other["runs"][0]["num_train"] == 16 and len(log.read_text().splitlines()) == 1

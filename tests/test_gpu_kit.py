@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 import seqmix
-from seqmix.bench import gpu_check, gpu_check_cli, gpu_kit
+from seqmix.bench import gpu_check, gpu_kit
+from seqmix.bench.cli import gpu_check_main
 from seqmix.bench.core import SeriesBudget
 from seqmix.bench.layers import LayerBenchConfig, _backend_plan
 
@@ -161,10 +162,10 @@ def test_second_try_of_one_stage_keeps_the_others(tmp_path, monkeypatch, capsys)
              gpu_kit.Stage("two", 30, ("-c", "import sys; sys.exit(3)"), (), document=None))
     monkeypatch.setattr(gpu_kit, "STAGES", quick)
     args = ["--dry-run", "--out", str(tmp_path), "--wheelhouse", str(tmp_path / "none")]
-    assert gpu_check_cli.main(args) == 1
+    assert gpu_check_main(args) == 1
     assert [s["status"] for s in json.loads((tmp_path / "kit.json").read_text())["stages"]] == ["ok", "failed"]
     monkeypatch.setattr(gpu_kit, "STAGES", (quick[0], gpu_kit.Stage("two", 30, ("-c", "pass"), (), document=None)))
-    assert gpu_check_cli.main(args + ["--stages", "two"]) == 0
+    assert gpu_check_main(args + ["--stages", "two"]) == 0
     kit = json.loads((tmp_path / "kit.json").read_text())
     assert [(s["name"], s["status"], bool(s.get("previous"))) for s in kit["stages"]] == [
         ("one", "ok", True), ("two", "ok", False)]

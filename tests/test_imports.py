@@ -129,7 +129,7 @@ def test_cycle_finder_finds_a_cycle():
 
 
 # The command-line layer: the only modules that print (library code logs).
-CLI_MODULES = {"seqmix.cli", "seqmix.bench.cli", "seqmix.bench.gpu_check_cli",
+CLI_MODULES = {"seqmix.cli", "seqmix.bench.cli",
                "seqmix.kernels.ttt_tp_check"}  # the tensor-parallel kernel's check command (a GPU kit stage)
 
 

@@ -1,5 +1,6 @@
 """LaCT in the segmented DiT: fast-weight chunks aligned to latent frames or to the 3 s segments (13 latent frames for
-the first segment, 12 for the others), in the interleaved order and in the reversed pass."""
+the first segment, 12 for the others), in the interleaved order and in the reversed pass; block-local attention
+with blocks aligned the same way."""
 
 from __future__ import annotations
 
@@ -104,11 +105,13 @@ def test_layout_reaches_only_mixers_that_take_it():
     model.transformer_blocks[0].global_layer(vid, txt, plan)  # TTT rejects a layout: it got none
 
 
-def _perturbed(unit: str, pass_: str, frame: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _perturbed(unit: str, pass_: str, frame: int, mixer: str = "lact") -> tuple[torch.Tensor, torch.Tensor]:
     """Max change of each latent frame's and each text slot's output of one gated pass (the other's gate at 0) of a
-    LaCT global layer with chunks aligned to ``unit`` when the tokens of latent ``frame`` change."""
+    LaCT global layer with chunks aligned to ``unit`` (``mixer="local_attn"``: blocks) when the tokens of latent
+    ``frame`` change."""
     torch.manual_seed(0)
-    model = SegmentedDiT(DiTConfig(**TINY, mixer="lact", mixer_config={"chunk_align": unit, "muon": False}))
+    config = {"chunk_align": unit, "muon": False} if mixer == "lact" else {"block_align": unit}
+    model = SegmentedDiT(DiTConfig(**TINY, mixer=mixer, mixer_config=config))
     gl = model.transformer_blocks[0].global_layer.double()
     with torch.no_grad():
         for name, p in gl.named_parameters():
@@ -145,6 +148,19 @@ def test_lact_chunks_follow_segments_in_both_passes():
     assert float(dv[24:].max()) == 0.0 and bool((dv[:24] > 0).all()) and dt[2] == 0 and dt[1] > 0
     dv, dt = _perturbed("segment", "bwd", 24)
     assert bool((dv > 0).all()) and dt[2] > 0
+
+
+def test_local_attn_blocks_follow_segments_in_both_passes():
+    """Segment-aligned block-local attention: a change inside a segment reaches only that segment's tokens (its text
+    slot included), in both passes; unlike LaCT's carried fast weights, nothing reaches later segments."""
+    dv, dt = _perturbed("segment", "fwd", 20, mixer="local_attn")  # segment 1 = text 1 + frames 13..24
+    assert float(dv[:13].max()) == 0.0 and bool((dv[13:25] > 0).all()) and float(dv[25:].max()) == 0.0
+    assert dt[0] == 0 and dt[1] > 0 and dt[2] == 0
+    dv, dt = _perturbed("segment", "bwd", 23, mixer="local_attn")  # reversed: window 1 = frames 12..23, text 1
+    assert float(dv[24:].max()) == 0.0 and bool((dv[12:24] > 0).all()) and float(dv[:12].max()) == 0.0
+    assert dt[1] > 0 and dt[0] == 0 and dt[2] == 0
+    dv, dt = _perturbed("frame", "fwd", 14, mixer="local_attn")  # frame blocks: only frame 14 itself
+    assert float(dv[:14].max()) == 0.0 and dv[14] > 0 and float(dv[15:].max()) == 0.0 and float(dt.max()) == 0.0
 
 
 @pytest.mark.parametrize("unit", ["frame", "segment"])

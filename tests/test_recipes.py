@@ -30,8 +30,10 @@ def test_layer_args_take_the_documented_overrides():
     assert "--model.init_args.model.mixer=swa" in args and '--model.init_args.model.mixer_config={"window": 8}' in args
     assert "--model.init_args.model.num_heads=1" in args
     # a layer without its own recipe gets the base + its name and default config
-    assert layer_args("t2v", "local_attn")[2:] == ["--model.init_args.model.mixer_config={}",
-                                                   "--model.init_args.model.mixer=local_attn"]
+    assert layer_args("t2v", "full_attn")[2:] == ["--model.init_args.model.mixer_config={}",
+                                                  "--model.init_args.model.mixer=full_attn"]
+    # block-local attention's t2v run follows the segments (its token window would cover the whole CPU video)
+    assert '--model.init_args.model.mixer_config={"block_align": "segment"}' in layer_args("t2v", "local_attn")
     # no layer: the base recipe's `mixer: null` stands, and the run builds a DiT without a global layer
     assert not any("model.mixer=" in a for a in layer_args("t2v", None))
     from seqmix.lightning_cli import run_lightning

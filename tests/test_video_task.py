@@ -71,7 +71,7 @@ def test_stage_layout_mismatch_names_the_data(tmp_path):
         for _ in range(4):
             w.add(torch.randn(20, 4, 8, 8), torch.randn(8, 32))
     with pytest.raises(ValueError, match="20 latent frames do not fit"):
-        _fit(["--config", str(ROOT / "recipes/t2v/local_attn.yaml"), "--trainer.max_steps=1",
+        _fit(["--config", str(ROOT / "recipes/t2v/none.yaml"), "--trainer.max_steps=1",
               "--data=seqmix.tasks.LatentVideoData", f"--data.init_args.path={tmp_path / 'ds'}",
               "--data.init_args.val_examples=1"], tmp_path)
 

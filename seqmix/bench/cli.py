@@ -1,4 +1,5 @@
-"""``seqmix bench ...`` subcommands (registered in :data:`BENCH_COMMANDS`). The CLI layer prints results.
+"""``seqmix bench ...`` subcommands (registered in :data:`BENCH_COMMANDS`) and the GPU kit's command line
+(:func:`gpu_check_main`, ``python -m seqmix.bench.cli``). The CLI layer prints results.
 
 Each command's options are the fields of its suite's config class (a :class:`~seqmix.bench.driver.BenchConfig`
 subclass, or :class:`~seqmix.bench.rollout.RolloutBenchConfig`): flag names, types and help (the class docstring's
@@ -25,7 +26,7 @@ from seqmix.bench.rollout import RolloutBenchConfig
 from seqmix.bench.ttt_kernels import TTTKernelBenchConfig
 
 __all__ = ["BENCH_COMMANDS", "bench_layers", "bench_dit", "bench_ttt_kernels", "bench_rollout", "config_command",
-           "preset_config"]
+           "gpu_check_main", "preset_config"]
 
 _P = inspect.Parameter
 
@@ -257,3 +258,48 @@ def _cuda_available() -> bool:
 
 
 BENCH_COMMANDS = {"layers": bench_layers, "dit": bench_dit, "ttt-kernels": bench_ttt_kernels, "rollout": bench_rollout}
+
+
+def gpu_check_main(argv: list[str] | None = None) -> int:
+    """The GPU kit's command line (``scripts/gpu_check.sh`` calls it after installing the wheelhouse): run the
+    stages of :mod:`seqmix.bench.gpu_kit` with :func:`seqmix.bench.gpu_check.run_check`, printing progress lines,
+    then the summary table last. Returns the exit status (0: every stage passed, 1: one failed, 2: no GPU).
+
+        python -m seqmix.bench.cli [--out DIR] [--stages a,b] [--dry-run] [--wheelhouse DIR] [--command STR]
+                                   [--budget-scale X]
+    """
+    import argparse
+    import shlex
+    from pathlib import Path
+
+    from seqmix.bench import gpu_kit
+    from seqmix.bench.gpu_check import NoCudaDevice, run_check, summary_table
+
+    ap = argparse.ArgumentParser(prog="gpu_check", description="Run the GPU kit's stages (seqmix.bench.gpu_kit).")
+    ap.add_argument("--out", default="runs/gpu-check", help="output directory (default runs/gpu-check)")
+    ap.add_argument("--stages", default=",".join(s.name for s in gpu_kit.STAGES),
+                    help=f"comma-separated subset of: {', '.join(s.name for s in gpu_kit.STAGES)}")
+    ap.add_argument("--dry-run", action="store_true", help="CPU: check and smoke-run every stage")
+    ap.add_argument("--wheelhouse", default=None, help="wheelhouse directory to check (default .gpu-wheels)")
+    ap.add_argument("--command", default=None, help="the command line as typed (recorded)")
+    ap.add_argument("--budget-scale", type=float, default=1.0, help="multiply every stage budget (e.g. 2 for a rerun)")
+    args = ap.parse_args(argv)
+    stages = gpu_kit.stage_by_name([s for s in args.stages.split(",") if s])
+    out = Path(args.out)
+    command = args.command or shlex.join([sys.executable, "-m", "seqmix.bench.cli",
+                                          *(sys.argv[1:] if argv is None else argv)])
+    try:
+        kit = run_check(stages, out, dry_run=args.dry_run, command=command, budget_scale=args.budget_scale,
+                        wheelhouse=Path(args.wheelhouse) if args.wheelhouse else None,
+                        progress=lambda line: print(line, flush=True))
+    except NoCudaDevice as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"\nwrote {out}/: {', '.join(sorted(p.name for p in out.iterdir()))} (log: {out / 'log.txt'})\n")
+    print(summary_table(kit))
+    return 0 if kit["ok"] else 1
+
+
+
+if __name__ == "__main__":  # python -m seqmix.bench.cli: the GPU kit (`seqmix bench ...` is seqmix.cli's)
+    sys.exit(gpu_check_main())

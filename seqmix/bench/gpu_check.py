@@ -1,7 +1,7 @@
 """Run the GPU kit's stages (:func:`run_check`; its command line, which ``scripts/gpu_check.sh`` calls after
-installing the wheelhouse, is :mod:`seqmix.bench.gpu_check_cli`):
+installing the wheelhouse, is :mod:`seqmix.bench.cli`):
 
-    python -m seqmix.bench.gpu_check_cli [--out DIR] [--stages a,b] [--dry-run] [--wheelhouse DIR] [--command STR]
+    python -m seqmix.bench.cli [--out DIR] [--stages a,b] [--dry-run] [--wheelhouse DIR] [--command STR]
 
 Each stage of :data:`seqmix.bench.gpu_kit.STAGES` runs as its own process group under its own wall-clock budget;
 its output goes to one combined log. ``--out`` receives at most ``len(STAGES) + 3`` files, one folder level:

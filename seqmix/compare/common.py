@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["base_recipe", "layer_args", "recipe_dir", "recipe_overrides", "token_mixers"]
+__all__ = ["RunLog", "base_recipe", "layer_args", "recipe_dir", "recipe_overrides", "token_mixers"]
 
 
 def recipe_dir() -> Path:
@@ -104,6 +104,52 @@ def _check_layers(names: list, allow_none: bool) -> None:
     bad = [n for n in names if not ((allow_none and n == "none") or n in L.available())]
     if bad:
         raise ValueError(f"unknown layer(s) {bad}; valid: {', '.join((['none'] if allow_none else []) + L.available())}")
+
+
+class RunLog:
+    """A comparison's ``runs.jsonl``: each finished run's record is appended as it completes, so an interrupted
+    comparison keeps what it trained, and the same command with ``resume`` trains only the runs missing there.
+
+    A logged record is one of this call's runs when its recipe arguments (``record["args"]``) are one of the wanted
+    argument lists and ``same(record)`` holds (steps, curve settings, ...). Not matched: the code, so resume only
+    with the same checkout (or one whose changes do not touch the kept runs)."""
+
+    def __init__(self, out: str | Path):
+        self.path = Path(out) / "runs.jsonl"
+
+    def start(self, wanted: list[list[str]], same, resume: bool) -> list[dict]:
+        """The logged records of ``wanted`` runs when ``resume`` (else none), each run at most once; the log is
+        rewritten to hold just them, and later runs are appended with :meth:`append`."""
+        kept = self._finished({json.dumps(a) for a in wanted}, same) if resume else []
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        return kept
+
+    def _finished(self, wanted: set[str], same) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        kept, seen = [], set()
+        for line in self.path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by the interruption
+                continue
+            key = json.dumps(rec.get("args"))
+            if key in wanted and key not in seen and same(rec):
+                kept.append(rec)
+                seen.add(key)
+        return kept
+
+    def append(self, rec: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(rec, default=str) + "\n")
+
+
+def curve_matches(rec: dict, curve_points: int) -> bool:
+    """Whether a logged run record has the learning curve ``curve_points`` asks for (none for 0)."""
+    if not curve_points:
+        return rec.get("curve") is None
+    return len((rec.get("curve") or {}).get("steps", [])) == curve_points + 1
 
 
 def _fit_recipe(recipe_args: list[str], overrides: list[str], max_steps: int | None, callbacks: tuple = ()):

@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqmix.compare.common import _check_layers, _default_jobs, _fit_recipe, _map_runs, base_recipe, layer_args, \
-    pyplot, save_figure, token_mixers
+from seqmix.compare.common import RunLog, _check_layers, _default_jobs, _fit_recipe, _map_runs, base_recipe, \
+    curve_matches, layer_args, pyplot, save_figure, token_mixers
 from seqmix.compare.curves import LearningCurve, mqar_accuracy, plot_curves
 from seqmix.compare.knobs import knob_args, knob_grid, parse_knobs
 from seqmix.compare.seeds import aggregate, interval_note, parse_seeds, ranking, seed_args, summary_of
@@ -244,27 +244,6 @@ def _plot(best: list[dict], path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
-def _finished(path: Path, runs: list[tuple], sweep: MQARSweep) -> list[dict]:
-    """Records in ``path`` (runs.jsonl of an earlier, interrupted call) that are runs of this sweep."""
-    if not path.is_file():
-        return []
-    wanted = {json.dumps(_run_args(*r)) for r in runs}
-    kept, seen = [], set()
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by the interruption
-            continue
-        key = json.dumps(rec.get("args"))
-        same = (key in wanted and key not in seen and (not sweep.max_steps or rec.get("steps") == sweep.max_steps)
-                and (len((rec.get("curve") or {}).get("steps", [])) == sweep.curve_points + 1 if sweep.curve_points
-                     else rec.get("curve") is None))
-        if same:
-            kept.append(rec)
-            seen.add(key)
-    return kept
-
-
 def run_mqar_sweep(sweep: MQARSweep, progress: bool = True) -> dict:
     """Run the sweep; write ``results.json``, ``results.md``, ``results.png`` (accuracy vs state size with intervals)
     and ``curves.png`` (learning curves of each layer's best setting at the largest width) to ``sweep.out``."""
@@ -276,19 +255,19 @@ def run_mqar_sweep(sweep: MQARSweep, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     # Every finished run is appended at once, so an interrupted sweep keeps what it trained; the same command again
     # with resume=True trains only the runs missing there (same arguments, steps and curve settings).
-    partial = out / "runs.jsonl"
-    kept = _finished(partial, runs, sweep) if sweep.resume else []
+    log = RunLog(out)
+    kept = log.start([_run_args(*r) for r in runs], lambda rec: (
+        (not sweep.max_steps or rec.get("steps") == sweep.max_steps) and curve_matches(rec, sweep.curve_points)),
+        sweep.resume)
     if kept:
-        logger.info("mqar: resuming, %d of %d runs already in %s", len(kept), len(runs), partial)
-        todo = {json.dumps(r["args"]) for r in kept}
-        runs = [r for r in runs if json.dumps(_run_args(*r)) not in todo]
-    partial.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        logger.info("mqar: resuming, %d of %d runs already in %s", len(kept), len(runs), log.path)
+        done_args = {json.dumps(r["args"]) for r in kept}
+        runs = [r for r in runs if json.dumps(_run_args(*r)) not in done_args]
     records.extend(kept)
 
     def done(rec: dict) -> None:
         records.append(rec)
-        with partial.open("a") as f:
-            f.write(json.dumps(rec) + "\n")
+        log.append(rec)
         logger.info("%s d=%d lr=%g %s seed %d: acc %.3f", rec["layer"], rec["width"], rec["lr"],
                     _knob_text(rec["knobs"]), rec["seed"], rec["val_acc"])
 

@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqmix.compare.common import _check_layers, _default_jobs, _fit_recipe, _map_runs, base_recipe, layer_args, \
-    pyplot, save_figure, token_mixers
+from seqmix.compare.common import RunLog, _check_layers, _default_jobs, _fit_recipe, _map_runs, base_recipe, \
+    curve_matches, layer_args, pyplot, save_figure, token_mixers
 from seqmix.compare.curves import LearningCurve, plot_curves, video_recall
 from seqmix.compare.seeds import aggregate, interval_note, parse_seeds, ranking, seed_args, summary_of
 
@@ -37,6 +37,9 @@ class VideoComparison:
             task's noise seed. Default 1 (``make run``'s budget); the table then says no interval was computed.
         curve_points: learning-curve evaluations of appearance recall after step 0 (0: none), on the first
             ``curve_batches`` validation batches.
+        resume: reuse the finished runs of an earlier call with the same ``out`` (its ``runs.jsonl``, matched by
+            recipe arguments, steps, training-set size, curve and sample settings; not by the code, so only for the
+            same checkout or one whose changes do not touch the kept runs). A layer whose recipe changed re-runs.
         jobs: recipes trained at once in separate processes (0 = one per CPU core without a GPU, else 1).
         out: output directory.
     """
@@ -49,6 +52,7 @@ class VideoComparison:
     seeds: int | list[int] = 1
     curve_points: int = 10
     curve_batches: int = 2
+    resume: bool = False
     jobs: int = 0
     out: str = "runs/compare-video"
 
@@ -150,13 +154,28 @@ def run_video_comparison(cmp: VideoComparison, progress: bool = True) -> dict:
     out = Path(cmp.out)
     out.mkdir(parents=True, exist_ok=True)
     records = []
+    runs = [(layer, seed, cmp) for layer in cmp.layers for seed in parse_seeds(cmp.seeds)]
+    log = RunLog(out)
+    first = parse_seeds(cmp.seeds)[0]
+
+    def same(rec: dict) -> bool:
+        sampled = bool(rec.get("samples")) if cmp.samples and rec.get("seed") == first else True
+        return (rec.get("steps") == cmp.max_steps and rec.get("num_train") == cmp.num_train and sampled
+                and curve_matches(rec, cmp.curve_points))
+
+    kept = log.start([_video_args(*r[:2]) for r in runs], same, cmp.resume)
+    if kept:
+        logger.info("t2v: resuming, %d of %d runs already in %s", len(kept), len(runs), log.path)
+        done_args = {json.dumps(r["args"]) for r in kept}
+        runs = [r for r in runs if json.dumps(_video_args(*r[:2])) not in done_args]
+    records.extend(kept)
 
     def done(rec: dict) -> None:
         records.append(rec)
+        log.append(rec)
         logger.info("%s seed %d: val loss %.4f, consistency %.3f", rec["name"], rec["seed"], rec["metrics"]["val/loss"],
                     rec["metrics"].get("val/consistency", float("nan")))
 
-    runs = [(layer, seed, cmp) for layer in cmp.layers for seed in parse_seeds(cmp.seeds)]
     _map_runs(_video_run, runs, cmp.num_jobs(), lambda r: f"{r[0]} s{r[1]}", "t2v", progress, done)
     order = {n: i for i, n in enumerate(cmp.layers)}
     records.sort(key=lambda r: (order[r["name"]], r["seed"]))
@@ -197,19 +216,24 @@ def video_rows(records: list[dict]) -> list[dict]:
     return rows
 
 
+def _video_args(name: str, seed: int) -> list[str]:
+    """The recipe arguments of one run (stored with its record; a resumed comparison matches finished runs by them)."""
+    return layer_args("t2v", None if name == "none" else name) + seed_args(seed, model_seed=True)
+
+
 def _video_run(name: str, seed: int, cmp: VideoComparison) -> dict:
     """Train one global layer (``"none"``: local attention only) with the comparison's budget and ``seed``, evaluate
     it, sample it (first seed only); returns its record."""
     import torch
 
-    run_args = layer_args("t2v", None if name == "none" else name) + seed_args(seed, model_seed=True)
+    run_args = _video_args(name, seed)
     curve = LearningCurve(video_recall, cmp.curve_points, cmp.curve_batches) if cmp.curve_points else None
     cli, train_s, metrics = _fit_recipe(
         run_args, [f"--data.init_args.num_train={cmp.num_train}", "--trainer.val_check_interval=null",
                  "--trainer.check_val_every_n_epoch=1000000"], cmp.max_steps, callbacks=(curve,) if curve else ())
     task = cli.model
     row = {"name": name, "seed": seed, "args": run_args, "mixer": task.dit.config.mixer,
-           "steps": int(cli.trainer.global_step), "curve": curve.curve if curve else None,
+           "steps": int(cli.trainer.global_step), "num_train": cmp.num_train, "curve": curve.curve if curve else None,
            "train_seconds": train_s, "threads": torch.get_num_threads(), "metrics": metrics,
            "params": sum(p.numel() for p in task.parameters()),
            "state_size": task.dit.state_size(seq_len=task.layout.total_tokens),

@@ -49,6 +49,7 @@ from seqmix.ops.rope import apply_rope, rope_angles
 from .base import Backend, Mixer, MixerConfig, register
 from .cost import Cost, attention_pairs
 from .sharding import HeadShardSpec
+from .spans import TokenSpans
 
 logger = logging.getLogger(__name__)
 
@@ -238,12 +239,18 @@ class _Attention(Mixer):
             )
         return rope_angles(positions.to(device), self.head_dim, self.config.rope_theta)
 
-    def _forward(self, x, *, layout, positions, state, return_state):
+    def _span_bounds(self, layout, T: int, stateful: bool) -> tuple[int, ...] | None:
+        """Boundaries of the spans attention stays inside when they come from ``layout`` (None: the kind's own
+        visibility rule). Only ``local_attn`` with ``block_align`` other than ``"tokens"`` takes them."""
         if layout is not None:
             raise TypeError(
                 f"{self.name}: takes no layout (windows are in tokens of the sequence as given); "
                 f"got {type(layout).__name__}, expected None"
             )
+        return None
+
+    def _forward(self, x, *, layout, positions, state, return_state):
+        bounds = self._span_bounds(layout, x.shape[1], state is not None or return_state)
         if return_state and not self.causal:
             raise ValueError(f"{self.name}: return_state needs causal=True (a KV cache is only defined causally)")
         B, T, _ = x.shape
@@ -272,9 +279,13 @@ class _Attention(Mixer):
         backend = self.select_backend(q.device, q.dtype, {"head_dim": K, "cached": state is not None})
         self.last_backend = backend.name
         extra = {"block_size": self.config.block_size} if backend.name == "sdpa" and self.kind == "swa" else {}
-        o = backend.fn(
-            q, k, v, kind=self.kind, window=self.window, causal=self.causal, k_start=k_start, **extra
-        )  # [B, H, T, K]
+        if bounds is None:
+            o = backend.fn(
+                q, k, v, kind=self.kind, window=self.window, causal=self.causal, k_start=k_start, **extra
+            )  # [B, H, T, K]
+        else:  # full attention inside each span of the layout (a handful of spans: one call each)
+            o = torch.cat([backend.fn(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], kind="full", window=None,
+                                      causal=self.causal, k_start=0) for s, e in zip(bounds, bounds[1:])], dim=2)
 
         # 4. output projection
         y = self.wo(o.transpose(1, 2).reshape(B, T, H * K))
@@ -393,14 +404,21 @@ class LocalAttention(_Attention):
     ~18k tokens: 13 latent frames x 1350 + text). Sequence lengths need not be a multiple of the block.
     State (causal): the tokens of the current unfinished block (and the absolute position, so that blocks align
     across calls); ``state_size(seq_len) = 2 H K min(seq_len, window)`` (the most the cache holds).
+
+    ``block_align="frame"`` / ``"segment"``: the blocks are the frames / segments of the sequence, read from the
+    :class:`~seqmix.layers.spans.TokenSpans` a backbone passes as ``layout`` (the DiT does; its segments are 13 or
+    12 frames plus a text slot, not a fixed token count), so the layer stays segment-local at any video scale.
+    Such calls take the whole sequence (no carried state) and ``window`` is unused.
     """
 
     kind = "local"
     state_knob = "window"
+    takes_layout = True
     small_config = {"window": 16}
     bench_config = {"window": 2048}  # scaled to the CPU benchmark's lengths, as SWA's
     bench_quick_config = {"window": 64}
     kernel_test_config = {"window": 32}
+    dit_config = {"block_align": "segment"}  # the paper's segment-local attention at any DiT scale
 
     @dataclass(kw_only=True)
     class Config(AttentionConfig):
@@ -409,9 +427,39 @@ class LocalAttention(_Attention):
         Attributes:
             window: block size w in tokens, 1 <= w <= 2**20. Default 18048, one 3 s segment of the paper's
                 video DiT (its 3 s training context).
+            block_align: ``"tokens"`` (blocks of ``window`` tokens), ``"frame"`` or ``"segment"`` (the layout's
+                frames / segments; every call then needs ``layout=TokenSpans(...)`` and the whole sequence).
         """
 
         window: int = 18048
+        block_align: str = "tokens"
+
+    def __init__(self, dim: int, num_heads: int, config: "LocalAttention.Config"):
+        if config.block_align not in ("tokens",) + TokenSpans.UNITS:
+            raise ValueError(f"local_attn: block_align must be one of tokens, {', '.join(TokenSpans.UNITS)}; "
+                             f"got {config.block_align!r}")
+        super().__init__(dim, num_heads, config)
+
+    def _span_bounds(self, layout, T: int, stateful: bool) -> tuple[int, ...] | None:
+        align = self.config.block_align
+        if layout is not None and not isinstance(layout, TokenSpans):
+            raise TypeError(f"{self.name}: layout must be a seqmix.layers.spans.TokenSpans (frame / segment "
+                            f"boundaries) or None, got {type(layout).__name__}")
+        if align == "tokens":
+            return None  # blocks of `window` tokens; the layout is not needed
+        if layout is None:
+            raise ValueError(f"{self.name}: block_align={align!r} takes its blocks from the layout's {align}s; pass "
+                             "layout=TokenSpans(...) (the DiT does), or use block_align='tokens' with a window")
+        if layout.total != T:
+            raise ValueError(f"{self.name}: the layout spans {layout.total} tokens, the input has {T}")
+        if stateful:
+            raise ValueError(f"{self.name}: block_align={align!r} attends inside the layout's spans of one whole "
+                             "call; carried state (state / return_state) needs block_align='tokens'")
+        return layout.bounds(align)
+
+    def extra_repr(self) -> str:
+        align = self.config.block_align
+        return super().extra_repr() if align == "tokens" else f"{super().extra_repr()}, block_align={align}"
 
     def state_size(self, seq_len: int | None = None) -> int:
         n = self.window if seq_len is None else min(_check_seq_len(self.name, seq_len), self.window)
