@@ -209,3 +209,43 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+
+
+@pytest.mark.slow
+def test_two_process_gloo_equals_one_process(tmp_path):
+    """Same global batch (1 x 4 vs 2 x 2, gloo DDP) -> the same weights after 3 steps (up to reduction order): the
+    per-example draws, the data order and the loss normalisation (loss frames counted over both processes; the
+    clean prefixes make the counts differ) do not depend on the number of processes."""
+    data = tmp_path / "data"
+    common = ["--config", str(ROOT / "recipes/worldmodel/causal_window.yaml"), f"--data.init_args.path={data}",
+              *[a for a in TINY_DATA if "batch_size" not in a and "num_trajectories" not in a],
+              "--data.init_args.num_trajectories=14", "--model.init_args.long_context_prob=1.0",
+              "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.logger=false",
+              "--trainer.limit_val_batches=0", "--trainer.max_steps=3", "--trainer.accelerator=cpu",
+              "--trainer.callbacks+=ModelCheckpoint"]
+    out = {}
+    for n in (1, 2):
+        d = tmp_path / f"p{n}"
+        subprocess.run([*SEQMIX, "fit", *common, f"--data.init_args.batch_size={4 // n}", f"--trainer.devices={n}",
+                        f"--trainer.strategy={'ddp' if n > 1 else 'auto'}", f"--trainer.default_root_dir={d}",
+                        f"--trainer.callbacks.dirpath={d}/ck", "--trainer.callbacks.filename=last"],
+                       check=True, env=_env(), capture_output=True, timeout=600)
+        out[n] = torch.load(d / "ck" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    assert out[1].keys() == out[2].keys()
+    for k in out[1]:
+        torch.testing.assert_close(out[2][k], out[1][k], rtol=1e-4, atol=1e-5, msg=f"{k} differs between 1 and 2 processes")
+
+
+def test_loss_count_override_weighs_every_frame_the_same():
+    """Two processes' losses, each divided by the mean count, average to the loss over the whole batch."""
+    g = torch.Generator().manual_seed(0)
+    v_hat, v = torch.randn(4, 6, 3, generator=g), torch.randn(4, 6, 3, generator=g)
+    mask = torch.zeros(4, 6, dtype=torch.bool)
+    mask[0, 1:], mask[1, 5:], mask[2, 3:], mask[3, 4:] = True, True, True, True  # 5 + 1 | 3 + 2 loss frames
+    whole = masked_v_loss(v_hat, v, mask)
+    mean_count = mask.sum() / 2
+    parts = [masked_v_loss(v_hat[s], v[s], mask[s], mean_count) for s in (slice(0, 2), slice(2, 4))]
+    torch.testing.assert_close((parts[0] + parts[1]) / 2, whole)
+    # the local count would not: 6 and 5 frames weigh differently
+    local = [masked_v_loss(v_hat[s], v[s], mask[s]) for s in (slice(0, 2), slice(2, 4))]
+    assert not torch.isclose((local[0] + local[1]) / 2, whole)

@@ -59,11 +59,17 @@ def draw_training_noise(frames_shape: tuple[int, ...], num_timesteps: int, g: to
     return t, noise, mask
 
 
-def masked_v_loss(v_hat: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error of ``v_hat`` vs ``v`` (``[B, F, ...]``) over the frames where ``mask [B, F]`` is True."""
+def masked_v_loss(v_hat: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                  count: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Mean squared error of ``v_hat`` vs ``v`` (``[B, F, ...]``) over the frames where ``mask [B, F]`` is True.
+
+    ``count``: what the summed error is divided by (default ``mask.sum()``, at least 1). Data-parallel training
+    passes the mean count over the processes, so that the processes' averaged gradients are those of the loss over
+    the global batch (every loss frame weighs the same, however the frames fall on the processes)."""
     err = (v_hat.float() - v.float()).pow(2).flatten(2).mean(-1)  # [B, F]
     m = mask.to(err.dtype)
-    return (err * m).sum() / m.sum().clamp_min(1.0)
+    denom = m.sum() if count is None else torch.as_tensor(count, dtype=err.dtype, device=err.device)
+    return (err * m).sum() / denom.clamp_min(1.0)
 
 
 class WorldModelTask(pl.LightningModule):
@@ -143,9 +149,19 @@ class WorldModelTask(pl.LightningModule):
         x0, actions = batch["frames"], batch["actions"]
         t, noise, mask = self._draw(batch, self.global_step, self.hparams.long_context_prob)
         x_in, v = self.noised_inputs(x0, noise, t, mask)
-        loss = masked_v_loss(self.model(x_in, t, actions), v, mask)
+        loss = masked_v_loss(self.model(x_in, t, actions), v, mask, self._mean_loss_frames(mask))
         self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0], sync_dist=True)
         return loss
+
+    def _mean_loss_frames(self, mask: torch.Tensor) -> torch.Tensor | None:
+        """Loss frames per process, averaged over the data-parallel processes (None in one process). The count
+        differs between processes (each clip's clean prefix carries no loss); dividing by the local count would
+        weigh a process's frames by how few it has once DDP averages the gradients."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return None
+        total = trainer.strategy.reduce(mask.sum().to(torch.float32), reduce_op="sum")
+        return total / trainer.world_size
 
     def validation_step(self, batch, batch_idx):
         from torchmetrics.functional.image import peak_signal_noise_ratio
