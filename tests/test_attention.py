@@ -484,3 +484,21 @@ def test_block_align_errors_and_layout_use():
         layers.build("swa", dim=DIM, num_heads=HEADS, window=4)(x, layout=spans)
     assert "block_align=segment" in repr(aligned)
 
+
+
+def test_block_align_cost_counts_the_spans_pairs():
+    """Cost of aligned blocks: the (query, key) pairs inside each span of the layout (without it, blocks of window)."""
+    from seqmix.layers.cost import attention_pairs
+
+    spans = _spans((0, 7, 11, 16, 20, 29, 33), (0, 11, 20, 33))
+    layer = layers.build("local_attn", dim=DIM, num_heads=HEADS, block_align="segment")
+    H, K = HEADS, DIM // HEADS
+    assert layer.core_cost(33, 0, 1, 4, layout=spans).flops == 4 * H * K * (11 ** 2 + 9 ** 2 + 13 ** 2)
+    causal = layers.build("local_attn", dim=DIM, num_heads=HEADS, block_align="frame", causal=True)
+    sizes = (7, 4, 5, 4, 9, 4)
+    assert causal.core_cost(33, 0, 1, 4, layout=spans).flops == 4 * H * K * sum(s * (s + 1) // 2 for s in sizes)
+    # the whole layer's cost passes the layout on; mixers that do not take one ignore it
+    assert layer.cost(33, layout=spans).flops - layer.cost(33).flops == pytest.approx(
+        4 * H * K * (11 ** 2 + 9 ** 2 + 13 ** 2 - attention_pairs("local", 18048, False, 33)))
+    swa = layers.build("swa", dim=DIM, num_heads=HEADS, window=4)
+    assert swa.cost(33, layout=spans).flops == swa.cost(33).flops

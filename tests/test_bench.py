@@ -134,6 +134,31 @@ def test_ttt_cost_counts_the_dual_form_and_refed_tokens():
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+def test_aligned_lact_cost_counts_one_update_per_span():
+    """LaCT with chunks aligned to the layout: one update (Newton-Schulz included) per span when the layout is given,
+    ceil(n / chunk_size) without it; in the DiT's cost the global layer gets the layout's spans."""
+    from seqmix.backbones.dit import DiTConfig, SegmentedDiT
+    from seqmix.backbones.layout import VideoLayout
+    from seqmix.layers.spans import TokenSpans
+
+    spans = TokenSpans((0, 40, 80, 120), (0, 120))
+    frame = L.build("lact", dim=32, num_heads=2, chunk_align="frame", chunk_size=100)
+    seg = L.build("lact", dim=32, num_heads=2, chunk_align="segment", chunk_size=100)
+    # 3 updates vs 1: the difference is two updates' cost
+    per_update = (frame.core_cost(120, 0, 1, 4, layout=spans).flops - seg.core_cost(120, 0, 1, 4, layout=spans).flops) / 2
+    assert per_update > 0
+    assert frame.core_cost(120, 0, 1, 4).flops == frame.core_cost(120, 0, 1, 4, layout=TokenSpans(
+        (0, 60, 120), (0, 120))).flops  # no layout: ceil(120 / 100) = 2 updates, as two spans
+    assert frame.cost(120, layout=spans).flops - seg.cost(120, layout=spans).flops == pytest.approx(2 * per_update)
+    lay = VideoLayout.paper(9, text_len=2, latent_height=2, latent_width=4)
+    tiny = dict(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, text_embed_dim=8,
+                time_embed_dim=8, num_layers=1, patch_size=2)
+    by_frame, by_segment = (SegmentedDiT(DiTConfig(**tiny, mixer="lact", mixer_config={"chunk_align": u}))
+                            for u in ("frame", "segment"))
+    d = costs.dit_cost(by_frame, lay).flops - costs.dit_cost(by_segment, lay).flops
+    assert d == pytest.approx(2 * (lay.num_frames - lay.num_segments) * per_update)  # 2 passes, 37 vs 3 updates each
+
+
 def test_fit_exponent():
     Ts = [256, 512, 1024, 2048]
     assert fit_exponent(Ts, [3e-6 * t**2 for t in Ts]) == pytest.approx(2.0)

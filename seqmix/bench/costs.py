@@ -23,10 +23,10 @@ from seqmix.layers.cost import Cost, attention_pairs, projections_cost
 __all__ = ["Cost", "layer_cost", "mode_cost", "attention_pairs", "dit_cost"]
 
 
-def layer_cost(layer, n: int, ctx: int = 0, batch: int = 1) -> Cost:
+def layer_cost(layer, n: int, ctx: int = 0, batch: int = 1, layout=None) -> Cost:
     """Cost of one call of mixer ``layer`` on ``n`` new tokens per sequence after ``ctx`` tokens of carried context
-    (:meth:`seqmix.layers.Mixer.cost`)."""
-    return layer.cost(n, ctx, batch)
+    (:meth:`seqmix.layers.Mixer.cost`; ``layout``: the call's token spans, for mixers that chunk by them)."""
+    return layer.cost(n, ctx, batch, layout=layout)
 
 
 def mode_cost(layer: nn.Module, mode: str, T: int, batch: int = 1, *, steps: int = 1, frame_tokens: int = 1) -> Cost:
@@ -61,7 +61,8 @@ def dit_cost(model: nn.Module, layout, mode: str = "fwd", batch: int = 1) -> Cos
         total = total + Cost(4.0 * attn.heads * attn.head_dim * pairs * batch,
                              elem * batch * attn.heads * attn.head_dim * 4 * layout.num_segments * W)
         if block.global_layer is not None:
-            total = total + layer_cost(block.global_layer.mixer, T, 0, batch).scale(2.0)
+            # both passes read spans with the same boundaries (VideoLayout.token_spans)
+            total = total + layer_cost(block.global_layer.mixer, T, 0, batch, layout.token_spans()).scale(2.0)
     if mode == "fwd+bwd":
         total = total.scale(3.0)
     elif mode != "fwd":

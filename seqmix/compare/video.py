@@ -169,6 +169,9 @@ def run_video_comparison(cmp: VideoComparison, progress: bool = True) -> dict:
         done_args = {json.dumps(r["args"]) for r in kept}
         runs = [r for r in runs if json.dumps(_video_args(*r[:2])) not in done_args]
     records.extend(kept)
+    # The runs without a global layer are the cheapest by construction: queued last, they fill the gap while the
+    # other processes finish their last runs (instead of one long run finishing alone).
+    runs.sort(key=lambda r: r[0] == "none")
 
     def done(rec: dict) -> None:
         records.append(rec)

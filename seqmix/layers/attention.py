@@ -208,12 +208,18 @@ class _Attention(Mixer):
     def _kv_elements(self, tokens: int) -> int:
         return 2 * self.num_heads * self.head_dim * tokens
 
-    def core_cost(self, n: int, ctx: int, batch: int, elem: int) -> Cost:
+    def core_cost(self, n: int, ctx: int, batch: int, elem: int, layout: TokenSpans | None = None) -> Cost:
         """``4 H K`` per visible (query, key) pair (``Q K^T`` and ``P V``), pairs counted exactly from the visibility
-        rule (:func:`~seqmix.layers.cost.attention_pairs`); bytes: q, k, v of the new tokens read, o written, the
-        visible KV cache read."""
+        rule (:func:`~seqmix.layers.cost.attention_pairs`; spans of the layout for ``local_attn`` with
+        ``block_align``, estimated as blocks of ``window`` without it); bytes: q, k, v of the new tokens read, o
+        written, the visible KV cache read."""
         H, K = self.num_heads, self.head_dim
-        pairs = attention_pairs(self.kind, self.window, self.causal, n, ctx)
+        unit = getattr(self.config, "block_align", "tokens")
+        if unit != "tokens" and layout is not None:
+            b = layout.bounds(unit)
+            pairs = sum(attention_pairs("full", None, self.causal, e - s) for s, e in zip(b, b[1:]))
+        else:
+            pairs = attention_pairs(self.kind, self.window, self.causal, n, ctx)
         flops = 4.0 * H * K * pairs * batch
         if ctx:
             cached = {"full": ctx, "swa": min(ctx, (self.window or 1) - 1), "local": ctx % (self.window or 1)}[self.kind]

@@ -316,16 +316,19 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
     def core_cost(self, n: int, ctx: int, batch: int, elem: int) -> Cost:
         """Cost of the mixer core (what its projections feed) for ``n`` new tokens per sequence after ``ctx`` carried
         tokens, ``elem`` bytes per activation element. Families override it with their formula; the default counts
-        nothing (the layer's cost is then its projections and I/O only)."""
+        nothing (the layer's cost is then its projections and I/O only). Mixers that declare ``takes_layout`` also
+        take ``layout=`` (the call's :class:`~seqmix.layers.spans.TokenSpans` or None)."""
         return Cost(0.0, 0.0, f"{self.name}: projections only (no core formula declared)")
 
-    def cost(self, n: int, ctx: int = 0, batch: int = 1) -> Cost:
+    def cost(self, n: int, ctx: int = 0, batch: int = 1, layout=None) -> Cost:
         """Estimated FLOPs and bytes of one call on ``n`` new tokens per sequence after ``ctx`` tokens of carried
         context: :meth:`core_cost` + every ``nn.Linear`` / ``nn.Conv1d`` + the input read and output written + the
-        other parameters read once (see :mod:`seqmix.layers.cost`)."""
+        other parameters read once (see :mod:`seqmix.layers.cost`). ``layout``: the call's
+        :class:`~seqmix.layers.spans.TokenSpans`, passed on to the core cost of mixers that declare
+        ``takes_layout`` (their chunks / blocks may follow it) and ignored by the others."""
         p = next(self.parameters(), None)
         elem = p.element_size() if p is not None else torch.tensor([], dtype=torch.float32).element_size()
-        core = self.core_cost(n, ctx, batch, elem)
+        core = self.core_cost(n, ctx, batch, elem, **({"layout": layout} if self.takes_layout else {}))
         params = sum(q.numel() for q in self.parameters())
         io = Cost(0.0, float(elem * batch * n * self.dim * 2))  # layer input read, output written
         proj = projections_cost(self, n, batch, elem)

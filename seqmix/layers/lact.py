@@ -162,16 +162,20 @@ class LaCT(Mixer):
         n = 3 * self.num_heads * self.hidden * self.head_dim
         return 2 * n if self.config.momentum else n
 
-    def core_cost(self, n: int, ctx: int, batch: int, elem: int) -> Cost:
+    def core_cost(self, n: int, ctx: int, batch: int, elem: int, layout: TokenSpans | None = None) -> Cost:
         """Per head and token: ``4 K F`` (f(k)), ``8 K F`` (update), ``6 K F`` (read-out); per update, Newton-Schulz
         on the three weights (``4 m^2 M + 2 m^3`` per step, ``m, M`` the smaller and larger of K, F). A causal call
         after ``p`` pending tokens re-feeds them (as the layer does); only complete chunks update there. With
-        ``chunk_align`` the chunks come from the call's layout (all complete): updates are counted as ``ceil(n / C)``."""
+        ``chunk_align`` the chunks come from the call's layout (all complete, one update each); without the layout
+        updates are estimated as ``ceil(n / C)``."""
         c = self.config
         H, K, F_, C = self.num_heads, self.head_dim, self.hidden, c.chunk_size
         aligned = c.chunk_align != "tokens"  # whole chunks per call, none pending; every chunk updates
         m = (ctx % C if self.causal and not aligned else 0) + n  # tokens the scan runs over
-        updates = m // C if self.causal and not aligned else -(-m // C)
+        if aligned and layout is not None:
+            updates = len(layout.bounds(c.chunk_align)) - 1
+        else:
+            updates = m // C if self.causal and not aligned else -(-m // C)
         lo, hi = min(K, F_), max(K, F_)
         muon = 3 * c.muon_steps * (4.0 * lo * lo * hi + 2.0 * lo**3) if c.muon else 0.0
         flops = H * batch * (18.0 * K * F_ * m + updates * muon)

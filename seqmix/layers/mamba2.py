@@ -346,8 +346,9 @@ class Mamba2(Mixer):
             w, bias = self.conv1d.weight.squeeze(1).to(xt.dtype), self.conv1d.bias
             y = fn(xt.contiguous(), w, None if bias is None else bias.to(xt.dtype), activation="silu")
             return y.transpose(1, 2), tail
-        xp = torch.cat([prefix, xt], dim=-1)  # [B, E_c, K-1+T]: earlier inputs (or zeros), then this call's
-        return F.silu(_depthwise_conv(xp, self.conv1d.weight, self.conv1d.bias)).transpose(1, 2), tail
+        # [B, K-1+T, E_c]: earlier inputs (or zeros), then this call's
+        xp = torch.cat([prefix.transpose(1, 2), xBC], dim=1)
+        return F.silu(_depthwise_conv(xp, self.conv1d.weight, self.conv1d.bias)), tail
 
     def _check_state(self, state, b: int, device: torch.device, acc: torch.dtype):
         if state is None:
@@ -366,16 +367,19 @@ class Mamba2(Mixer):
 
 
 def _depthwise_conv(xp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """Valid depthwise conv (cross-correlation, as ``F.conv1d(groups=E_c)``): xp [B, E_c, K-1+T] -> [B, E_c, T].
+    """Valid depthwise conv over time (cross-correlation, as ``F.conv1d(groups=E_c)``), time-major:
+    xp [B, K-1+T, E_c] -> [B, T, E_c]; weight [E_c, 1, K] (``nn.Conv1d``'s).
 
-    On CPU it is written as K shifted multiply-adds: PyTorch's CPU depthwise conv1d kernel is ~100x slower at these
-    shapes (and takes seconds per call in fp64 on a busy 2-core machine); on CUDA cuDNN's kernel is used.
+    On CPU it is written as K shifted multiply-adds in the projection's own [B, T, E_c] layout: PyTorch's CPU
+    depthwise conv1d kernel is ~100x slower at these shapes, and working on a transposed view makes every
+    elementwise op of the backward pass strided (~2x slower end to end); on CUDA cuDNN's kernel is used.
     """
     if xp.is_cuda:
-        return F.conv1d(xp, weight, bias, groups=weight.shape[0])
+        return F.conv1d(xp.transpose(1, 2), weight, bias, groups=weight.shape[0]).transpose(1, 2)
     K = weight.shape[-1]
-    T = xp.shape[-1] - (K - 1)
-    y = weight[:, 0, 0, None] * xp[..., :T]
+    T = xp.shape[1] - (K - 1)
+    w = weight[:, 0, :]  # [E_c, K]
+    y = w[:, 0] * xp[:, :T]
     for k in range(1, K):
-        y = y + weight[:, 0, k, None] * xp[..., k:k + T]
-    return y if bias is None else y + bias[:, None]
+        y = y + w[:, k] * xp[:, k:k + T]
+    return y if bias is None else y + bias
