@@ -117,13 +117,18 @@ class RunLog:
     def __init__(self, out: str | Path):
         self.path = Path(out) / "runs.jsonl"
 
-    def start(self, wanted: list[list[str]], same, resume: bool) -> list[dict]:
-        """The logged records of ``wanted`` runs when ``resume`` (else none), each run at most once; the log is
-        rewritten to hold just them, and later runs are appended with :meth:`append`."""
-        kept = self._finished({json.dumps(a) for a in wanted}, same) if resume else []
+    def start(self, runs: list[tuple], args_of, same, resume: bool) -> tuple[list[dict], list[tuple]]:
+        """``(kept records, runs still to train)``: with ``resume`` the logged records of ``runs`` (each run's
+        recipe arguments are ``args_of(*run)``; each run kept at most once), else none. The log is rewritten to
+        hold just the kept records; later runs are appended with :meth:`append`."""
+        keys = [json.dumps(args_of(*r)) for r in runs]
+        kept = self._finished(set(keys), same) if resume else []
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        return kept
+        if kept:
+            logger.info("resuming: %d of %d runs already in %s", len(kept), len(runs), self.path)
+        done = {json.dumps(r["args"]) for r in kept}
+        return kept, [r for r, k in zip(runs, keys) if k not in done]
 
     def _finished(self, wanted: set[str], same) -> list[dict]:
         if not self.path.is_file():

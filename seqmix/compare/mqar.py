@@ -256,13 +256,9 @@ def run_mqar_sweep(sweep: MQARSweep, progress: bool = True) -> dict:
     # Every finished run is appended at once, so an interrupted sweep keeps what it trained; the same command again
     # with resume=True trains only the runs missing there (same arguments, steps and curve settings).
     log = RunLog(out)
-    kept = log.start([_run_args(*r) for r in runs], lambda rec: (
+    kept, runs = log.start(runs, _run_args, lambda rec: (
         (not sweep.max_steps or rec.get("steps") == sweep.max_steps) and curve_matches(rec, sweep.curve_points)),
         sweep.resume)
-    if kept:
-        logger.info("mqar: resuming, %d of %d runs already in %s", len(kept), len(runs), log.path)
-        done_args = {json.dumps(r["args"]) for r in kept}
-        runs = [r for r in runs if json.dumps(_run_args(*r)) not in done_args]
     records.extend(kept)
 
     def done(rec: dict) -> None:

@@ -163,11 +163,7 @@ def run_video_comparison(cmp: VideoComparison, progress: bool = True) -> dict:
         return (rec.get("steps") == cmp.max_steps and rec.get("num_train") == cmp.num_train and sampled
                 and curve_matches(rec, cmp.curve_points))
 
-    kept = log.start([_video_args(*r[:2]) for r in runs], same, cmp.resume)
-    if kept:
-        logger.info("t2v: resuming, %d of %d runs already in %s", len(kept), len(runs), log.path)
-        done_args = {json.dumps(r["args"]) for r in kept}
-        runs = [r for r in runs if json.dumps(_video_args(*r[:2])) not in done_args]
+    kept, runs = log.start(runs, lambda name, seed, _: _video_args(name, seed), same, cmp.resume)
     records.extend(kept)
     # The runs without a global layer are the cheapest by construction: queued last, they fill the gap while the
     # other processes finish their last runs (instead of one long run finishing alone).
