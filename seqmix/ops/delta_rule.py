@@ -63,8 +63,10 @@ def _heads_first(q, k, v, g, beta, HV: int, acc: torch.dtype):
     H = q.shape[2]
     if HV != H:
         q, k = q.repeat_interleave(HV // H, dim=2), k.repeat_interleave(HV // H, dim=2)
-    q, k, v = (t.transpose(1, 2).to(acc) for t in (q, k, v))
-    g, beta = (t.transpose(1, 2).to(acc) for t in (g, beta))
+    # contiguous: the chunked form's elementwise products and their gradients run ~20% faster on CPU than on
+    # transposed views
+    q, k, v = (t.transpose(1, 2).to(acc).contiguous() for t in (q, k, v))
+    g, beta = (t.transpose(1, 2).to(acc).contiguous() for t in (g, beta))
     return q, k, v, g, beta
 
 
