@@ -198,6 +198,22 @@ def test_bad_configs_and_state():
         causal(torch.randn(1, 4, 32), positions=torch.arange(5))
 
 
+def test_rope_pairs_rotate_by_hand():
+    """RoPE rotates interleaved pairs: (x0, x1) -> (x0 cos - x1 sin, x0 sin + x1 cos), the same in fp32 / fp64 (one
+    complex product) and bf16 (real arithmetic), for inputs that are views at odd offsets and transposed."""
+    ang = torch.rand(5, 3, dtype=torch.float64) * 6
+    x = torch.randn(1 + 2 * 5 * 2 * 6, dtype=torch.float64)[1:].view(2, 5, 2, 6)  # odd storage offset
+    c, s = ang.cos()[None, :, None], ang.sin()[None, :, None]
+    want = torch.stack((x[..., 0::2] * c - x[..., 1::2] * s, x[..., 0::2] * s + x[..., 1::2] * c), -1).flatten(-2)
+    assert_close("rope fp64", apply_rope(x, ang), want, 1e-14)
+    assert_close("rope fp32", apply_rope(x.float(), ang).double(), want, 1e-6)
+    xt = x.transpose(1, 2).contiguous().transpose(1, 2)  # same values, [B, H, T, K] memory
+    assert not xt.is_contiguous()
+    assert_close("rope transposed input", apply_rope(xt, ang), want, 1e-14)
+    assert apply_rope(x.bfloat16(), ang).dtype == torch.bfloat16
+    assert_close("rope bf16", apply_rope(x.bfloat16(), ang).double(), want, 3e-2)
+
+
 def test_rope_3d_rotates_video_tokens_only():
     ang = rope_angles(torch.tensor([[-1, -1, -1], [0, 0, 0], [3, 1, 2]]), 64)
     assert ang.shape == (3, 32)
