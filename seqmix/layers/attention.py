@@ -49,7 +49,7 @@ from seqmix.ops.rope import apply_rope, rope_angles
 from .base import Backend, Mixer, MixerConfig, register
 from .cost import Cost, attention_pairs
 from .sharding import HeadShardSpec
-from .spans import TokenSpans
+from .spans import TokenSpans, aligned_bounds
 
 logger = logging.getLogger(__name__)
 
@@ -205,6 +205,10 @@ class _Attention(Mixer):
                       for p in ("weight", "bias"))
         return HeadShardSpec(head_params=heads, head_local=local, rowwise=("wo",))
 
+    def _pairs(self, n: int, ctx: int, layout: TokenSpans | None) -> int:
+        """Visible (query, key) pairs of a call (``local_attn`` counts them inside the layout's spans)."""
+        return attention_pairs(self.kind, self.window, self.causal, n, ctx)
+
     def _kv_elements(self, tokens: int) -> int:
         return 2 * self.num_heads * self.head_dim * tokens
 
@@ -214,12 +218,7 @@ class _Attention(Mixer):
         ``block_align``, estimated as blocks of ``window`` without it); bytes: q, k, v of the new tokens read, o
         written, the visible KV cache read."""
         H, K = self.num_heads, self.head_dim
-        unit = getattr(self.config, "block_align", "tokens")
-        if unit != "tokens" and layout is not None:
-            b = layout.bounds(unit)
-            pairs = sum(attention_pairs("full", None, self.causal, e - s) for s, e in zip(b, b[1:]))
-        else:
-            pairs = attention_pairs(self.kind, self.window, self.causal, n, ctx)
+        pairs = self._pairs(n, ctx, layout)
         flops = 4.0 * H * K * pairs * batch
         if ctx:
             cached = {"full": ctx, "swa": min(ctx, (self.window or 1) - 1), "local": ctx % (self.window or 1)}[self.kind]
@@ -448,20 +447,17 @@ class LocalAttention(_Attention):
 
     def _span_bounds(self, layout, T: int, stateful: bool) -> tuple[int, ...] | None:
         align = self.config.block_align
-        if layout is not None and not isinstance(layout, TokenSpans):
-            raise TypeError(f"{self.name}: layout must be a seqmix.layers.spans.TokenSpans (frame / segment "
-                            f"boundaries) or None, got {type(layout).__name__}")
-        if align == "tokens":
-            return None  # blocks of `window` tokens; the layout is not needed
-        if layout is None:
-            raise ValueError(f"{self.name}: block_align={align!r} takes its blocks from the layout's {align}s; pass "
-                             "layout=TokenSpans(...) (the DiT does), or use block_align='tokens' with a window")
-        if layout.total != T:
-            raise ValueError(f"{self.name}: the layout spans {layout.total} tokens, the input has {T}")
-        if stateful:
+        bounds = aligned_bounds(self.name, layout, align, T, knob="block_align", what="blocks", fallback="a window")
+        if bounds is not None and stateful:
             raise ValueError(f"{self.name}: block_align={align!r} attends inside the layout's spans of one whole "
                              "call; carried state (state / return_state) needs block_align='tokens'")
-        return layout.bounds(align)
+        return bounds
+
+    def _pairs(self, n: int, ctx: int, layout: TokenSpans | None) -> int:
+        if self.config.block_align == "tokens" or layout is None:
+            return super()._pairs(n, ctx, layout)
+        b = layout.bounds(self.config.block_align)
+        return sum(attention_pairs("full", None, self.causal, e - s) for s, e in zip(b, b[1:]))
 
     def extra_repr(self) -> str:
         align = self.config.block_align

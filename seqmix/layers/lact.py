@@ -42,7 +42,7 @@ from seqmix.ops import lact as lact_ops
 
 from .base import Backend, Mixer, MixerConfig, register
 from .cost import FP32_BYTES, Cost
-from .spans import TokenSpans
+from .spans import TokenSpans, aligned_bounds
 
 __all__ = ["LaCT", "LaCTState"]
 
@@ -214,18 +214,8 @@ class LaCT(Mixer):
 
     def _chunk_bounds(self, layout, T: int) -> tuple[int, ...] | None:
         """The chunk boundaries of a call on ``T`` tokens (None: chunks of ``chunk_size``)."""
-        align = self.config.chunk_align
-        if layout is not None and not isinstance(layout, TokenSpans):
-            raise TypeError(f"{self.name}: layout must be a seqmix.layers.spans.TokenSpans (frame / segment "
-                            f"boundaries) or None, got {type(layout).__name__}")
-        if align == "tokens":
-            return None  # the spans are not needed: chunks of chunk_size
-        if layout is None:
-            raise ValueError(f"{self.name}: chunk_align={align!r} takes its chunks from the layout's {align}s; pass "
-                             "layout=TokenSpans(...) (the DiT does), or use chunk_align='tokens' with a chunk_size")
-        if layout.total != T:
-            raise ValueError(f"{self.name}: the layout spans {layout.total} tokens, the input has {T}")
-        return layout.bounds(align)
+        return aligned_bounds(self.name, layout, self.config.chunk_align, T, knob="chunk_align", what="chunks",
+                              fallback="a chunk_size")
 
     def _forward(self, x, *, layout, positions, state, return_state):
         bounds = self._chunk_bounds(layout, x.shape[1])

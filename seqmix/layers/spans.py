@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
-__all__ = ["TokenSpans"]
+__all__ = ["TokenSpans", "aligned_bounds"]
 
 
 def _check_bounds(name: str, bounds: Sequence[int]) -> tuple[int, ...]:
@@ -66,3 +66,22 @@ class TokenSpans:
         """The spans of the token-reversed sequence (``x.flip(1)``): boundaries ``T - b`` in ascending order."""
         T = self.total
         return TokenSpans(tuple(T - b for b in reversed(self.frames)), tuple(T - b for b in reversed(self.segments)))
+
+
+def aligned_bounds(name: str, layout, unit: str, T: int, *, knob: str, what: str, fallback: str):
+    """The span boundaries a mixer aligned by ``knob=unit`` uses for a call on ``T`` tokens: None for ``"tokens"``
+    (fixed sizes; a layout is then accepted and ignored), else the ``unit`` spans of ``layout``, checked.
+
+    ``what`` names what the spans become (``"chunks"``, ``"blocks"``), ``fallback`` the fixed-size setting to use
+    without a layout (``"a chunk_size"``), both for the error messages."""
+    if layout is not None and not isinstance(layout, TokenSpans):
+        raise TypeError(f"{name}: layout must be a seqmix.layers.spans.TokenSpans (frame / segment boundaries) or "
+                        f"None, got {type(layout).__name__}")
+    if unit == "tokens":
+        return None
+    if layout is None:
+        raise ValueError(f"{name}: {knob}={unit!r} takes its {what} from the layout's {unit}s; pass "
+                         f"layout=TokenSpans(...) (the DiT does), or use {knob}='tokens' with {fallback}")
+    if layout.total != T:
+        raise ValueError(f"{name}: the layout spans {layout.total} tokens, the input has {T}")
+    return layout.bounds(unit)
