@@ -149,3 +149,13 @@ def test_video_two_seeds_quick(tmp_path):
     other = run_video_comparison(dataclasses.replace(more, num_train=16, seeds=1), progress=False)
     assert other["runs"][0]["train_seconds"] != res["runs"][0]["train_seconds"]
     assert other["runs"][0]["num_train"] == 16 and len(log.read_text().splitlines()) == 1
+
+
+def test_longest_first_queues_expensive_layers_first_and_none_last():
+    from seqmix.compare.common import longest_first
+
+    order = longest_first(["none", "ttt_linear", "mamba2", "swa", "gated_deltanet"])
+    assert order[0] == "mamba2" and order[-1] == "none"
+    assert sorted(order) == sorted(["none", "ttt_linear", "mamba2", "swa", "gated_deltanet"])
+    assert order.index("gated_deltanet") < order.index("swa")  # its chunked form moves ~2x the bytes
+    assert longest_first(["none", "none"]) == ["none", "none"]

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunLog", "base_recipe", "layer_args", "recipe_dir", "recipe_overrides", "token_mixers"]
+__all__ = ["RunLog", "base_recipe", "layer_args", "longest_first", "recipe_dir", "recipe_overrides", "token_mixers"]
 
 
 def recipe_dir() -> Path:
@@ -40,6 +40,28 @@ def token_mixers() -> list[str]:
     from seqmix import layers as L
 
     return [n for n in L.sequence_mixers() if L.mixer_class(n).mixes_tokens]
+
+
+def longest_first(names: list[str | None], dim: int = 32, num_heads: int = 2, tokens: int = 600) -> list[str | None]:
+    """``names`` (layers; None or ``"none"``: no global layer) ordered for a process pool, the most expensive
+    first, so that a pool does not end with one long run on one core while the others idle.
+
+    The estimate is the bytes the layer's cost model moves for ``tokens`` tokens at a small nominal width (CPU
+    training at comparison sizes is memory-bound; the ranking, not the value, is what matters). A layer the
+    estimate cannot build keeps its place after the estimated ones."""
+    from seqmix import layers as L
+
+    def estimate(name) -> float:
+        if name in (None, "none"):
+            return 0.0
+        try:
+            return float(L.build(name, dim=dim, num_heads=num_heads).cost(tokens, 0, 1).bytes)
+        except (TypeError, ValueError, KeyError) as e:  # an exotic layer: no estimate, no reordering of it
+            logger.debug("no cost estimate for %s (%s); queued in the given order", name, e)
+            return -1.0
+
+    cost = {n: estimate(n) for n in dict.fromkeys(names)}
+    return sorted(names, key=lambda n: -cost[n])
 
 
 #: Keys (dotted, under the recipe root) a per-layer recipe may change relative to its task's base recipe.

@@ -42,6 +42,7 @@ from torch import nn
 
 from seqmix.ops import acc_dtype
 from seqmix.ops import delta_rule as dr_ops
+from seqmix.ops.conv import causal_depthwise_conv1d
 from seqmix.ops import external
 from seqmix.utils.triton_compat import patch_triton_interpreter
 
@@ -377,12 +378,12 @@ class GatedDeltaNet(Mixer):
         if c.use_short_conv:
             W = c.conv_size
             w, bias = self._conv_weight()
-            prev = st.conv.to(acc) if st is not None else qkv.new_zeros(x.shape[0], W - 1, qkv.shape[-1])
-            xin = torch.cat([prev, qkv], dim=1)  # [B, W - 1 + T, C]: the cache is the left context
-            qkv = F.silu(F.conv1d(xin.transpose(1, 2), w.to(acc)[:, None], None if bias is None else bias.to(acc),
-                                  groups=w.shape[0]).transpose(1, 2))
-            if return_state:
-                conv_state = xin[:, xin.shape[1] - (W - 1):]
+            prev = st.conv.to(acc) if st is not None else None  # [B, W - 1, C] left context (None: zeros)
+            if return_state:  # the last W - 1 inputs, reaching into the carried context when T < W - 1
+                recent = torch.cat([prev if prev is not None else qkv.new_zeros(x.shape[0], W - 1, qkv.shape[-1]),
+                                    qkv[:, max(qkv.shape[1] - (W - 1), 0):]], dim=1)
+                conv_state = recent[:, recent.shape[1] - (W - 1):]
+            qkv = F.silu(causal_depthwise_conv1d(qkv, w, bias, prev))
         else:
             qkv = F.silu(qkv)
         q, k, v = self._split_heads(qkv)

@@ -42,6 +42,7 @@ from torch import nn
 
 from seqmix.ops import external
 from seqmix.ops import ssd as ssd_ops
+from seqmix.ops.conv import causal_depthwise_conv1d
 
 from .base import Backend, Mixer, MixerConfig, register, triton_device_reason
 from .cost import FP32_BYTES, Cost
@@ -346,9 +347,9 @@ class Mamba2(Mixer):
             w, bias = self.conv1d.weight.squeeze(1).to(xt.dtype), self.conv1d.bias
             y = fn(xt.contiguous(), w, None if bias is None else bias.to(xt.dtype), activation="silu")
             return y.transpose(1, 2), tail
-        # [B, K-1+T, E_c]: earlier inputs (or zeros), then this call's
-        xp = torch.cat([prefix.transpose(1, 2), xBC], dim=1)
-        return F.silu(_depthwise_conv(xp, self.conv1d.weight, self.conv1d.bias)), tail
+        # time-major, in the projection's own layout (a transposed view would make every elementwise op strided)
+        history = None if conv_state is None else prefix.transpose(1, 2)  # [B, K-1, E_c]
+        return F.silu(causal_depthwise_conv1d(xBC, self.conv1d.weight[:, 0], self.conv1d.bias, history)), tail
 
     def _check_state(self, state, b: int, device: torch.device, acc: torch.dtype):
         if state is None:
@@ -365,21 +366,3 @@ class Mamba2(Mixer):
             )
         return state.conv.to(device), state.ssm.to(device=device, dtype=acc)
 
-
-def _depthwise_conv(xp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """Valid depthwise conv over time (cross-correlation, as ``F.conv1d(groups=E_c)``), time-major:
-    xp [B, K-1+T, E_c] -> [B, T, E_c]; weight [E_c, 1, K] (``nn.Conv1d``'s).
-
-    On CPU it is written as K shifted multiply-adds in the projection's own [B, T, E_c] layout: PyTorch's CPU
-    depthwise conv1d kernel is ~100x slower at these shapes, and working on a transposed view makes every
-    elementwise op of the backward pass strided (~2x slower end to end); on CUDA cuDNN's kernel is used.
-    """
-    if xp.is_cuda:
-        return F.conv1d(xp.transpose(1, 2), weight, bias, groups=weight.shape[0]).transpose(1, 2)
-    K = weight.shape[-1]
-    T = xp.shape[1] - (K - 1)
-    w = weight[:, 0, :]  # [E_c, K]
-    y = w[:, 0] * xp[:, :T]
-    for k in range(1, K):
-        y = y + w[:, k] * xp[:, k:k + T]
-    return y if bias is None else y + bias
