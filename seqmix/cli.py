@@ -212,6 +212,7 @@ def prepare_videos(manifest: str, out: str, vae: str, text_encoder: str, height:
 
 def compare_video(
     layers: list[str] | None = None,
+    skip: list[str] | None = None,
     max_steps: int | None = None,
     samples: int | None = None,
     seeds: int | list[int] | None = None,
@@ -226,7 +227,9 @@ def compare_video(
 
     Args:
         layers: registry names or "none" (local attention only); default: "none" and every layer that mixes tokens.
-        max_steps: optimizer steps per recipe (default 500).
+        skip: layers left out of `layers` (`make run`: '[swa, local_attn]', the attention controls that score like
+            local attention only at this scale).
+        max_steps: optimizer steps per recipe (default 500; `make run`: 400).
         samples: sampled videos per recipe written as GIFs (default 1; first seed only).
         seeds: seeds per layer, a count S (seeds 0..S-1) or a list (default 1, the `make run` budget: no interval);
             the table shows mean and 95% interval (min-max for 2 seeds).
@@ -241,6 +244,8 @@ def compare_video(
     cmp = VideoComparison(out=out, jobs=jobs)
     if layers:
         cmp.layers = layers
+    if skip:
+        cmp.skip = skip
     if max_steps:
         cmp.max_steps = max_steps
     if samples is not None:

@@ -159,3 +159,15 @@ def test_longest_first_queues_expensive_layers_first_and_none_last():
     assert sorted(order) == sorted(["none", "ttt_linear", "mamba2", "swa", "gated_deltanet"])
     assert order.index("gated_deltanet") < order.index("swa")  # its chunked form moves ~2x the bytes
     assert longest_first(["none", "none"]) == ["none", "none"]
+
+
+def test_video_skip_leaves_layers_out_and_checks_names():
+    from seqmix.compare import VideoComparison
+
+    cmp = VideoComparison(layers=["none", "swa", "ttt_linear"], skip=["swa"])
+    assert cmp.run_layers() == ["none", "ttt_linear"]
+    cmp.validate()
+    with pytest.raises(ValueError, match="not among the layers"):
+        VideoComparison(layers=["none"], skip=["swa"]).validate()
+    with pytest.raises(ValueError, match="leaves no layer"):
+        VideoComparison(layers=["none"], skip=["none"]).validate()

@@ -29,6 +29,8 @@ class VideoComparison:
     Attributes:
         layers: global layers, registry names or ``"none"`` (local attention only); default: ``"none"`` and every
             registry layer that mixes tokens. Each run is :func:`layer_args` of ``"t2v"``.
+        skip: layers left out of ``layers`` (``make run`` leaves out the two attention controls that at this scale
+            score like local attention only, ``swa`` and ``local_attn``, to fit its time).
         max_steps: optimizer steps per recipe.
         num_train: training videos (the step budget decides how many are seen).
         samples: videos sampled (DDIM + guidance) per recipe and written as GIFs (0 = none).
@@ -45,6 +47,7 @@ class VideoComparison:
     """
 
     layers: list[str] = field(default_factory=lambda: ["none", *token_mixers()])
+    skip: list[str] = field(default_factory=list)
     max_steps: int = 500
     num_train: int = 4096
     samples: int = 1
@@ -59,12 +62,21 @@ class VideoComparison:
     def num_jobs(self) -> int:
         return self.jobs or _default_jobs()
 
+    def run_layers(self) -> list[str]:
+        """``layers`` without ``skip``, in order."""
+        return [n for n in self.layers if n not in self.skip]
+
     def quick(self) -> "VideoComparison":
-        return dataclasses.replace(self, layers=self.layers[:2], max_steps=2, num_train=16, samples=1, sample_steps=2,
+        return dataclasses.replace(self, layers=self.run_layers()[:2], skip=[], max_steps=2, num_train=16, samples=1, sample_steps=2,
                                    seeds=parse_seeds(self.seeds)[:1], curve_points=1, curve_batches=1, jobs=1)
 
     def validate(self) -> None:
         _check_layers(self.layers, allow_none=True)
+        unknown = [n for n in self.skip if n not in self.layers]
+        if unknown:
+            raise ValueError(f"skip names {unknown}, which are not among the layers {self.layers}")
+        if not self.run_layers():
+            raise ValueError(f"skip {self.skip} leaves no layer to run")
         if not base_recipe("t2v").is_file():
             raise FileNotFoundError(f"base recipe {base_recipe('t2v')} does not exist")
         if self.max_steps < 1:
@@ -88,7 +100,8 @@ def _video_markdown(rows: list[dict], cmp: VideoComparison, command: str) -> str
         "named only in segment 1, absent in segment 2, back in segment 3), evaluated on the same held-out videos at "
         f"fixed noise. consistency = appearance recall in returning segments (chance {_chance(rows)}). "
         f"Seeds {parse_seeds(cmp.seeds)}; cells: {interval_note(n)}. "
-        f"train s = mean wall seconds of one run ({rows[0].get('threads', '?') if rows else '?'} CPU thread(s) each).",
+        f"train s = mean wall seconds of one run ({rows[0].get('threads', '?') if rows else '?'} CPU thread(s) each)."
+        + (f" Left out (`--skip`): {', '.join(cmp.skip)}." if cmp.skip else ""),
         "",
         f"| run | global layer | params | state | train s | val loss | {seg_cols} | consistency | PSNR | SSIM |",
         "|---|---|---:|---:|---:|---:|" + "---:|" * S + "---:|---:|---:|",
@@ -154,7 +167,7 @@ def run_video_comparison(cmp: VideoComparison, progress: bool = True) -> dict:
     out = Path(cmp.out)
     out.mkdir(parents=True, exist_ok=True)
     records = []
-    runs = [(layer, seed, cmp) for layer in cmp.layers for seed in parse_seeds(cmp.seeds)]
+    runs = [(layer, seed, cmp) for layer in cmp.run_layers() for seed in parse_seeds(cmp.seeds)]
     log = RunLog(out)
     first = parse_seeds(cmp.seeds)[0]
 
@@ -177,7 +190,7 @@ def run_video_comparison(cmp: VideoComparison, progress: bool = True) -> dict:
                     rec["metrics"].get("val/consistency", float("nan")))
 
     _map_runs(_video_run, runs, cmp.num_jobs(), lambda r: f"{r[0]} s{r[1]}", "t2v", progress, done)
-    order = {n: i for i, n in enumerate(cmp.layers)}
+    order = {n: i for i, n in enumerate(cmp.run_layers())}
     records.sort(key=lambda r: (order[r["name"]], r["seed"]))
     rows = video_rows(records)
     md = _video_markdown(rows, cmp, command)
