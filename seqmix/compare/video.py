@@ -67,8 +67,9 @@ class VideoComparison:
         return [n for n in self.layers if n not in self.skip]
 
     def quick(self) -> "VideoComparison":
-        return dataclasses.replace(self, layers=self.run_layers()[:2], skip=[], max_steps=2, num_train=16, samples=1, sample_steps=2,
-                                   seeds=parse_seeds(self.seeds)[:1], curve_points=1, curve_batches=1, jobs=1)
+        return dataclasses.replace(self, layers=self.run_layers()[:2], skip=[], max_steps=2, num_train=16, samples=1,
+                                   sample_steps=2, seeds=parse_seeds(self.seeds)[:1], curve_points=1,
+                                   curve_batches=1, jobs=1)
 
     def validate(self) -> None:
         _check_layers(self.layers, allow_none=True)
@@ -179,7 +180,7 @@ def run_video_comparison(cmp: VideoComparison, progress: bool = True) -> dict:
     kept, runs = log.start(runs, lambda name, seed, _: _video_args(name, seed), same, cmp.resume)
     records.extend(kept)
     # Longest runs first, the cheapest (no global layer) last: they fill the gaps while the other processes finish
-    # (queued in the given order, one long run could end alone on one core: ~1 minute of a 13-minute make run).
+    # (queued in the given order, one long run can end alone on one core while the others idle).
     queue = {n: i for i, n in enumerate(longest_first(list(dict.fromkeys(r[0] for r in runs))))}
     runs.sort(key=lambda r: queue[r[0]])
 

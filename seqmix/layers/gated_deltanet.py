@@ -42,8 +42,8 @@ from torch import nn
 
 from seqmix.ops import acc_dtype
 from seqmix.ops import delta_rule as dr_ops
-from seqmix.ops.conv import causal_depthwise_conv1d
 from seqmix.ops import external
+from seqmix.ops.conv import causal_depthwise_conv1d
 from seqmix.utils.triton_compat import patch_triton_interpreter
 
 from .base import Backend, Mixer, MixerConfig, register, triton_device_reason
