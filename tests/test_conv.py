@@ -53,3 +53,14 @@ def test_bad_shapes():
         causal_depthwise_conv1d(torch.randn(1, 4, 3), torch.randn(2, 4))
     with pytest.raises(ValueError, match="history"):
         causal_depthwise_conv1d(torch.randn(1, 4, 3), torch.randn(3, 4), None, torch.randn(1, 2, 3))
+
+
+def test_conv_tail_reaches_into_history_for_short_calls():
+    from seqmix.ops.conv import conv_tail
+
+    x = torch.arange(2 * 1 * 3, dtype=torch.float64).reshape(2, 1, 3)  # T = 1 < K - 1 = 3
+    hist = -torch.arange(2 * 3 * 3, dtype=torch.float64).reshape(2, 3, 3)
+    torch.testing.assert_close(conv_tail(x, hist, 4), torch.cat([hist[:, 1:], x], dim=1), rtol=0, atol=0)
+    torch.testing.assert_close(conv_tail(x, None, 4)[:, :2], torch.zeros(2, 2, 3, dtype=torch.float64))
+    long = torch.randn(2, 9, 3, dtype=torch.float64)
+    torch.testing.assert_close(conv_tail(long, hist, 4), long[:, -3:], rtol=0, atol=0)

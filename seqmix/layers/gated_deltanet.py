@@ -43,7 +43,7 @@ from torch import nn
 from seqmix.ops import acc_dtype
 from seqmix.ops import delta_rule as dr_ops
 from seqmix.ops import external
-from seqmix.ops.conv import causal_depthwise_conv1d
+from seqmix.ops.conv import causal_depthwise_conv1d, conv_tail
 from seqmix.utils.triton_compat import patch_triton_interpreter
 
 from .base import Backend, Mixer, MixerConfig, register, triton_device_reason
@@ -379,10 +379,7 @@ class GatedDeltaNet(Mixer):
             W = c.conv_size
             w, bias = self._conv_weight()
             prev = st.conv.to(acc) if st is not None else None  # [B, W - 1, C] left context (None: zeros)
-            if return_state:  # the last W - 1 inputs, reaching into the carried context when T < W - 1
-                recent = torch.cat([prev if prev is not None else qkv.new_zeros(x.shape[0], W - 1, qkv.shape[-1]),
-                                    qkv[:, max(qkv.shape[1] - (W - 1), 0):]], dim=1)
-                conv_state = recent[:, recent.shape[1] - (W - 1):]
+            conv_state = conv_tail(qkv, prev, W) if return_state else None
             qkv = F.silu(causal_depthwise_conv1d(qkv, w, bias, prev))
         else:
             qkv = F.silu(qkv)

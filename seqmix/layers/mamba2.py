@@ -42,7 +42,7 @@ from torch import nn
 
 from seqmix.ops import external
 from seqmix.ops import ssd as ssd_ops
-from seqmix.ops.conv import causal_depthwise_conv1d
+from seqmix.ops.conv import causal_depthwise_conv1d, conv_tail
 
 from .base import Backend, Mixer, MixerConfig, register, triton_device_reason
 from .cost import FP32_BYTES, Cost
@@ -335,20 +335,16 @@ class Mamba2(Mixer):
 
     def _conv(self, xBC: torch.Tensor, conv_state: torch.Tensor | None, backend: str, return_state: bool):
         """xBC: [B, T, E_c] -> (SiLU(causal depthwise conv) [B, T, E_c], new conv tail [B, E_c, K-1] or None)."""
-        K = self.d_conv
-        xt = xBC.transpose(1, 2)  # [B, E_c, T]
-        prefix = xt.new_zeros(xt.shape[0], xt.shape[1], K - 1) if conv_state is None else conv_state.to(xt.dtype)
-        tail = None
-        if return_state:  # the last K-1 inputs, reaching back into the previous tail (or zeros) when T < K-1
-            recent = torch.cat([prefix, xt[..., max(xt.shape[-1] - (K - 1), 0):]], dim=-1)  # <= 2(K-1) columns
-            tail = recent[..., recent.shape[-1] - (K - 1):]
-        fn = external.causal_conv1d_fn() if conv_state is None and backend == "mamba_ssm" and xt.is_cuda else None
+        # mamba-ssm keeps the conv state channel-first; the conv runs time-major, in the projection's own layout
+        # (a transposed view would make every elementwise op strided)
+        history = None if conv_state is None else conv_state.to(xBC.dtype).transpose(1, 2)  # [B, K-1, E_c]
+        tail = conv_tail(xBC, history, self.d_conv).transpose(1, 2) if return_state else None  # [B, E_c, K-1]
+        fn = external.causal_conv1d_fn() if conv_state is None and backend == "mamba_ssm" and xBC.is_cuda else None
         if fn is not None:
-            w, bias = self.conv1d.weight.squeeze(1).to(xt.dtype), self.conv1d.bias
-            y = fn(xt.contiguous(), w, None if bias is None else bias.to(xt.dtype), activation="silu")
+            w, bias = self.conv1d.weight.squeeze(1).to(xBC.dtype), self.conv1d.bias
+            y = fn(xBC.transpose(1, 2).contiguous(), w, None if bias is None else bias.to(xBC.dtype),
+                   activation="silu")
             return y.transpose(1, 2), tail
-        # time-major, in the projection's own layout (a transposed view would make every elementwise op strided)
-        history = None if conv_state is None else prefix.transpose(1, 2)  # [B, K-1, E_c]
         return F.silu(causal_depthwise_conv1d(xBC, self.conv1d.weight[:, 0], self.conv1d.bias, history)), tail
 
     def _check_state(self, state, b: int, device: torch.device, acc: torch.dtype):

@@ -51,6 +51,15 @@ def causal_depthwise_conv1d(
     return _DepthwiseConvTime.apply(torch.cat([history.to(x.dtype), x], dim=1), w, b)[:, K - 1:]
 
 
+def conv_tail(x: torch.Tensor, history: torch.Tensor | None, K: int) -> torch.Tensor:
+    """The conv state after a call: the last ``K - 1`` inputs of ``[history; x]`` (reaching back into ``history``,
+    or zeros without one, when ``T < K - 1``). x: [B, T, C]; history: [B, K-1, C] or None -> [B, K-1, C]."""
+    if history is None:
+        history = x.new_zeros(x.shape[0], K - 1, x.shape[2])
+    recent = torch.cat([history.to(x.dtype), x[:, max(x.shape[1] - (K - 1), 0):]], dim=1)  # <= 2(K-1) rows
+    return recent[:, recent.shape[1] - (K - 1):]
+
+
 class _DepthwiseConvTime(torch.autograd.Function):
     """Zero-history causal depthwise conv, x [B, T, C] -> [B, T, C]: output t reads x[t - s] with weight[:, K-1-s]
     for shifts s = 0..K-1 (s <= t)."""
