@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 SEQMIX := .venv/bin/seqmix
 
-.PHONY: setup run test bench-layers gpu-wheels gpu-check-dry clean
+.PHONY: setup run test lock test-latest bench-layers gpu-wheels gpu-check-dry clean
 
 setup:
 	bash scripts/setup.sh
@@ -16,6 +16,16 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# Regenerate the locks (requirements/*.txt) from pyproject.toml's ranges, keeping pins that still fit
+# (UPGRADE=1 make lock: newest allowed versions). Commit the result; every install comes from it.
+lock:
+	bash scripts/lock.sh
+
+# Canary for upstream breakage: a throwaway venv with the NEWEST versions pyproject's ranges allow (not the lock),
+# then test collection and a fast subset. A failure here is a break users of an unlocked install will meet.
+test-latest:
+	bash scripts/test_latest.sh
 
 # Full CPU layer benchmark, committed under benchmarks/results/.
 bench-layers: setup

@@ -22,26 +22,32 @@ MAX_MIB=${GPU_WHEELS_MAX_MIB:-40}
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 
-# name==version: pure-Python or manylinux wheels taken from the index as they are.
-DOWNLOAD=(
-  fla-core==0.6.0
-  flash-linear-attention==0.6.0
-  jsonargparse==4.53.0
-  docstring-parser==0.18.0
-  typeshed-client==2.15.0
-)
-MAMBA=mamba-ssm==2.3.2.post1
-
+# The distributions carried, at the exact versions (with hashes) of requirements/gpu-py312.txt, the GPU lock.
+LOCK=requirements/gpu-py312.txt
+DOWNLOAD=(fla-core flash-linear-attention jsonargparse docstring-parser typeshed-client)
 rm -rf "$OUT.tmp"
 mkdir -p "$OUT.tmp"
-"$PY" -m pip download --quiet --no-deps --disable-pip-version-check --only-binary=:all: \
+"$PY" - "$LOCK" "$OUT.tmp/carried.txt" "${DOWNLOAD[@]}" <<'PYEOF'
+import re, sys
+lock, out, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+blocks = re.split(r"\n(?=[A-Za-z0-9])", open(lock).read())
+keep = [b.split("    #")[0].rstrip() for b in blocks if re.match(r"([A-Za-z0-9_.\-]+)==", b)
+        and re.match(r"([A-Za-z0-9_.\-]+)==", b).group(1).lower().replace("_", "-") in names]
+missing = set(names) - {re.match(r"([A-Za-z0-9_.\-]+)==", b).group(1).lower().replace("_", "-") for b in keep}
+if missing:
+    sys.exit(f"error: {sorted(missing)} not in {lock}: run make lock")
+open(out, "w").write("\n".join(keep) + "\n")
+PYEOF
+"$PY" -m pip download --quiet --no-deps --disable-pip-version-check --only-binary=:all: --require-hashes \
   --python-version 3.12 --implementation cp --abi cp312 \
   --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
-  --platform any -d "$OUT.tmp" "${DOWNLOAD[@]}"
+  --platform any -d "$OUT.tmp" -r "$OUT.tmp/carried.txt"
+rm "$OUT.tmp/carried.txt"
 
-# mamba-ssm ships only an sdist; build a pure-Python wheel (its Triton kernels; no CUDA extension).
+# mamba-ssm ships only an sdist (pinned with its hash in requirements/mamba-ssm.txt); build a pure-Python wheel
+# (its Triton kernels; no CUDA extension).
 MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE \
-  "$PY" -m pip wheel --quiet --no-deps --no-build-isolation -w "$OUT.tmp" "$MAMBA"
+  "$PY" -m pip wheel --quiet --no-deps --no-build-isolation --require-hashes -w "$OUT.tmp" -r requirements/mamba-ssm.txt
 
 # gpu_check.sh installs them with pip, or by unpacking where pip is missing: only pure-Python wheels qualify.
 for w in "$OUT.tmp"/*.whl; do

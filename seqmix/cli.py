@@ -20,6 +20,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from seqmix.utils.extras import missing_extra
+
 __all__ = ["main"]
 
 _LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -342,14 +344,39 @@ def _expand_bare_flags(argv: list[str]) -> list[str]:
     return out
 
 
+def _resolve_configs(args: list[str]) -> list[str]:
+    """``--config NAME`` of a Lightning subcommand: a file as given, else the built-in recipe of that name."""
+    from seqmix.utils.recipes import resolve_recipe
+
+    out = list(args)
+    for i, a in enumerate(out):
+        if a == "--config" and i + 1 < len(out):
+            out[i + 1] = resolve_recipe(out[i + 1])
+        elif a.startswith("--config="):
+            out[i] = "--config=" + resolve_recipe(a.split("=", 1)[1])
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
+    command = f"seqmix {args[0]}" if args and not args[0].startswith("-") else "seqmix"
+    try:
+        _main(args)
+    except ImportError as e:  # a missing optional extra: one line naming it, argparse's exit status
+        message = missing_extra(e, command)
+        if message is None:
+            raise
+        print(f"{command}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _main(args: list[str]) -> None:
     if args and args[0] in _LIGHTNING_SUBCOMMANDS:
         from seqmix.lightning_cli import RecipeError, run_lightning
         from seqmix.training import CheckpointCorruptError, NonFiniteLossError
 
         try:
-            run_lightning(args)
+            run_lightning(_resolve_configs(args))
         except RecipeError as e:  # as a misspelled key: one line, argparse's exit status
             print(f"seqmix {args[0]}: error: {e}", file=sys.stderr)
             raise SystemExit(2) from None

@@ -11,7 +11,7 @@ import logging
 import warnings
 
 import lightning.pytorch as pl
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from seqmix.layers import config_class
@@ -91,5 +91,8 @@ def run_lightning(args: list[str], run: bool = True) -> SeqmixCLI:
             subclass_mode_data=True,
             args=args,
             run=run,
+            # A programmatic build (seqmix compare) writes nothing of its own: its caller owns the output folder
+            # (the recipe's default_root_dir would put a config.yaml under ./runs of the working directory).
+            save_config_callback=SaveConfigCallback if run else None,
             save_config_kwargs={"overwrite": True},
         )

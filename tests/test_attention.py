@@ -502,3 +502,24 @@ def test_block_align_cost_counts_the_spans_pairs():
         4 * H * K * (11 ** 2 + 9 ** 2 + 13 ** 2 - attention_pairs("local", 18048, False, 33)))
     swa = layers.build("swa", dim=DIM, num_heads=HEADS, window=4)
     assert swa.cost(33, layout=spans).flops == swa.cost(33).flops
+
+
+@pytest.mark.slow
+def test_compiled_flex_does_not_recompile_per_length():
+    """Compiled FlexAttention (the CUDA default for windowed attention) compiles a bounded set of graphs over many
+    sequence lengths and offsets (chunked inference), instead of one per length until the recompile limit and then
+    eager T x T scores; every output equals SDPA. Run here with inductor's CPU backend (forward only)."""
+    from torch._dynamo.utils import counters
+
+    from seqmix.ops import attention as A
+
+    torch.manual_seed(0)
+    before = counters["stats"]["unique_graphs"]
+    for Tq, Tk in ((200, 200), (16, 300), (16, 316), (300, 300), (777, 777), (16, 500), (1000, 1000), (16, 1016)):
+        q = torch.randn(1, 2, Tq, 16)
+        k, v = torch.randn(1, 2, Tk, 16), torch.randn(1, 2, Tk, 16)
+        out = A.attention_flex(q, k, v, kind="swa", window=32, causal=True, compiled=True)
+        ref = A.attention_sdpa(q, k, v, kind="swa", window=32, causal=True)
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    graphs = counters["stats"]["unique_graphs"] - before
+    assert graphs <= 3, f"{graphs} graphs for 8 shapes: compiled flex recompiles per length"

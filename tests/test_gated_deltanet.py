@@ -127,6 +127,7 @@ def _tol(dev):
     return 1e-4 if dev == "cpu" else 5e-3
 
 
+@pytest.mark.gpu  # fla kernel: CUDA when present, else the interpreter; the GPU kit enrols it
 def test_fla_chunk_kernel_matches_torch_op(fla_device):
     """fla's chunk_gated_delta_rule (fwd + bwd, with initial / final state) vs our chunked op, T not a multiple
     of fla's chunk (64)."""
@@ -138,6 +139,7 @@ def test_fla_chunk_kernel_matches_torch_op(fla_device):
              _tol(fla_device))
 
 
+@pytest.mark.gpu
 def test_fla_fused_recurrent_kernel_matches_naive(fla_device):
     """fla's decode kernel (forward only: it has no backward) vs our naive loop, with a carried state."""
     from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule as fla_rec
@@ -165,6 +167,7 @@ def _pair(fla_device, **cfg):
                              output_gate_activation="sigmoid")],
     ids=["default", "gva_negeig_bias_sigmoid"],
 )
+@pytest.mark.gpu
 def test_layer_fla_matches_torch(fla_device, cfg):
     """Whole layer (fla's fused conv, chunk kernel with in-kernel gate / l2norm / sigmoid, gated norm) vs the
     torch backend: outputs, input gradient and every parameter gradient."""
@@ -183,6 +186,7 @@ def test_layer_fla_matches_torch(fla_device, cfg):
         assert_close(f"layer fla vs torch: grad {n}", res[0][2][n], gref, tol)
 
 
+@pytest.mark.gpu
 def test_state_carry_fla_and_across_backends(fla_device):
     """Chunked inference (incl. single tokens; fla's fused recurrent kernel) equals one full pass; states move
     between the fla and torch backends; gradients flow through a carried state on fla (chunk kernel)."""
@@ -237,6 +241,7 @@ def test_state_dict_matches_fla_layer(cfg):
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in peer.parameters())
 
 
+@pytest.mark.gpu
 def test_outputs_match_fla_layer(fla_device):
     """fla's own layer (its kernels; fused recurrent in eval / no-grad) vs ours on the torch backend after
     loading its weights: an oracle no one here wrote."""

@@ -63,10 +63,12 @@ def test_stages_resolve_and_fit_the_window():
 
 
 def test_wheel_list_matches_the_wheel_script():
+    """The kit's WHEELS are the distributions gpu_wheels.sh carries, at the GPU lock's versions."""
     text = (ROOT / "scripts" / "gpu_wheels.sh").read_text()
-    pins = dict(re.findall(r"^\s*([a-z][a-z0-9-]*)==([0-9][^\s)]*)", text, flags=re.M))
-    pins.update(re.findall(r"^MAMBA=([a-z-]+)==(\S+)", text, flags=re.M))
-    assert pins == gpu_kit.WHEELS
+    names = re.search(r"^DOWNLOAD=\(([^)]*)\)", text, flags=re.M).group(1).split()
+    lock = (ROOT / "requirements" / "gpu-py312.txt").read_text() + (ROOT / "requirements" / "mamba-ssm.txt").read_text()
+    locked = dict(re.findall(r"^([a-z][a-z0-9-]*)==(\S+)", lock, flags=re.M))
+    assert {n: locked[n] for n in [*names, "mamba-ssm"]} == gpu_kit.WHEELS
     files = [f"{d.replace('-', '_')}-{v}-py3-none-any.whl" for d, v in gpu_kit.WHEELS.items()]
     assert gpu_kit.wheelhouse_problems(files) == []
     assert gpu_kit.wheelhouse_problems(files[1:]) == [f"missing fla-core=={gpu_kit.WHEELS['fla-core']}"]

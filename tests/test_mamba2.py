@@ -22,7 +22,12 @@ from seqmix.utils.testing import assert_close
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 TRITON_OK = DEV == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
-needs_triton = pytest.mark.skipif(not TRITON_OK, reason="needs CUDA or TRITON_INTERPRET=1")
+_skip_without_triton = pytest.mark.skipif(not TRITON_OK, reason="needs CUDA or TRITON_INTERPRET=1")
+
+
+def needs_triton(test):
+    """A Triton kernel test: on CUDA when present, else under the interpreter; the GPU kit enrols it (-m gpu)."""
+    return pytest.mark.gpu(_skip_without_triton(test))
 needs_fla = pytest.mark.skipif(external.fla_unavailable() is not None, reason=str(external.fla_unavailable()))
 
 GRAD_NAMES = ["x", "dt", "A", "B", "C", "D", "h0"]

@@ -96,7 +96,7 @@ def _public_reverse_pass(lay: VideoLayout, txt: torch.Tensor, vid: torch.Tensor)
 @pytest.mark.parametrize("segments", [1, 3])
 def test_dit_reverse_pass_is_the_public_one(segments):
     """GlobalLayer's reversed pass reads the public code's reversed sequence with its positions (mirrored default)."""
-    from tests.test_dit import tiny_model  # noqa: PLC0415 - the tiny DiT of the DiT tests
+    from test_dit import tiny_model  # noqa: PLC0415 - the tiny DiT of the DiT tests
 
     lay = VideoLayout(num_segments=segments, text_len=2, latent_height=4, latent_width=4, window_frames=3)
     model = tiny_model(num_layers=1, mixer="ttt_linear", mixer_config=dict(mini_batch_size=4))
@@ -451,7 +451,7 @@ def test_public_dit_checkpoint_loads_into_segmented_dit():
     loads into SegmentedDiT; the global layer then equals the public sequence-modelling step re-derived: gated TTT
     over the interleaved sequence, then over the reversed one (text chunks in reverse order, video flipped, in
     storage order, RoPE table by index), un-reversed and gated."""
-    from tests.test_dit import tiny_model  # noqa: PLC0415
+    from test_dit import tiny_model  # noqa: PLC0415
 
     lay = VideoLayout(num_segments=2, text_len=2, latent_height=4, latent_width=4, window_frames=3)  # T = 24
     model = tiny_model(num_layers=2, mixer="ttt_linear", mixer_config=dict(mini_batch_size=4)).double()

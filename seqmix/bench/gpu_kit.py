@@ -84,7 +84,8 @@ TOLERANCES = {"float32": 1e-3, "bfloat16": 1e-2}
 
 # ------------------------------------------------------------------------------------------------ wheelhouse
 
-#: Distribution -> version the wheelhouse carries (``scripts/gpu_wheels.sh``): what a CUDA machine with torch,
+#: Distribution -> version the wheelhouse carries (``scripts/gpu_wheels.sh``, at the versions of the GPU lock
+#: ``requirements/gpu-py312.txt``; tests/test_gpu_kit.py holds the three together): what a CUDA machine with torch,
 #: triton, lightning, torchmetrics, einops, numpy, safetensors, transformers, PyYAML and pytest lacks. mamba-ssm is
 #: built locally with its CUDA extension skipped (seqmix calls only its Triton SSD kernels).
 WHEELS = {

@@ -17,17 +17,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from seqmix.utils.recipes import recipe_dir
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["RunLog", "base_recipe", "layer_args", "longest_first", "recipe_dir", "recipe_overrides", "token_mixers"]
-
-
-def recipe_dir() -> Path:
-    """``recipes/`` of the working directory if present, else the one next to the seqmix package."""
-    here = Path("recipes")
-    if here.is_dir():
-        return here
-    return Path(__file__).resolve().parents[2] / "recipes"
 
 
 def base_recipe(task: str) -> Path:

@@ -224,13 +224,20 @@ def attention_sdpa(q, k, v, *, kind: str, window: int | None = None, causal: boo
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
 
-    # Eager FlexAttention materialises the full score matrix; the compiled form is the fused kernel.
-    return torch.compile(flex_attention, dynamic=False)
+    # Eager FlexAttention materialises the full score matrix; the compiled form is the fused kernel. Dynamic shapes:
+    # one graph for every sequence length (after the one-block case), never the recompile limit's eager fallback.
+    return torch.compile(flex_attention, dynamic=True)
 
 
-def _mask_mod(kind: str, window: int | None, causal: bool, off: int, k_start: int):
-    """FlexAttention mask_mod over (query, key) indices; ``None`` when nothing is masked."""
+def _mask_mod(kind: str, window: int | None, causal: bool, off: int, k_start: int, device=None):
+    """FlexAttention mask_mod over (query, key) indices; ``None`` when nothing is masked.
+
+    The offsets are captured as 0-dim tensors, not ints: compiled flex guards on an int in a closure, so every new
+    offset (chunked inference, a cache that grows) would compile again, up to the recompile limit and then fall
+    back to eager T x T scores; tensors are graph inputs. The window stays an int (fixed per layer)."""
     w = window
+    off = torch.tensor(off, device=device)
+    k_start = torch.tensor(k_start, device=device)
     if kind == "full":
         if not causal:
             return None
@@ -266,7 +273,7 @@ def _mask_mod(kind: str, window: int | None, causal: bool, off: int, k_start: in
 def _block_mask(kind, window, causal, Tq, Tk, off, k_start_mod, device: str):
     from torch.nn.attention.flex_attention import create_block_mask
 
-    mm = _mask_mod(kind, window, causal, off, k_start_mod)
+    mm = _mask_mod(kind, window, causal, off, k_start_mod, device)
     if mm is None:
         return None
     dev = torch.device(device)
