@@ -16,8 +16,12 @@ grep -E '^(torch|triton)==' requirements/cpu-py311.in > "$pins"
 echo "test-latest: installing the newest allowed versions into $venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 \
   | { grep -v "neither a file nor a directory" || true; }
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade --upgrade-strategy eager \
-  -c "$pins" -e '.[all,dev]' 2>&1 | { grep -v "neither a file nor a directory" || true; }
+if ! "$venv/bin/python" -m pip install --disable-pip-version-check --upgrade --upgrade-strategy eager \
+    -c "$pins" -e '.[all,dev]' > "$venv/install.log" 2>&1; then
+  tail -40 "$venv/install.log"; echo "test-latest: install FAILED with the newest versions" >&2; exit 1
+fi
+# Build warnings are early notice of a coming break (e.g. a deprecated pyproject field): show them.
+grep -A3 "Warning:" "$venv/install.log" | grep -v "neither a file nor a directory" | head -20 || true
 "$venv/bin/python" -m pip freeze --exclude-editable > "$venv/freeze.txt"
 echo "test-latest: versions that differ from requirements/cpu-py311.txt:"
 "$venv/bin/python" - "$venv/freeze.txt" <<'PYEOF' || true

@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _main(args)
     except ImportError as e:  # a missing optional extra: one line naming it, argparse's exit status
-        message = missing_extra(e, command)
+        message = missing_extra(e)
         if message is None:
             raise
         print(f"{command}: error: {message}", file=sys.stderr)

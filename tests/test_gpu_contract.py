@@ -44,15 +44,21 @@ GRAD_FLOOR = 1e-2
 
 
 def _forms(name: str) -> list[str]:
-    """``default`` and, where the layer has a causal option and is not causal by default, ``causal`` as well."""
+    """``default`` and, where the layer has a causal option and is not causal by default, ``causal`` as well; TTT
+    also ``video_causal``: its causal default is the LM form, which the Triton kernels decline, and the causal
+    kernels implement the opt-in hybrid variant."""
     modes = layers.mixer_class(name).causal_modes
-    return ["default", "causal"] if modes[0] is False and True in modes else ["default"]
+    forms = ["default", "causal"] if modes[0] is False and True in modes else ["default"]
+    if "causal" in forms and "variant" in {f.name for f in dataclasses.fields(layers.config_class(name))}:
+        forms.append("video_causal")
+    return forms
 
 
 def _cases() -> list:
     plan = gpu_kit.contract_plan()
     cases = []
-    for form, dtype in (("default", "bfloat16"), ("default", "float32"), ("causal", "bfloat16"), ("causal", "float32")):
+    for form, dtype in (("default", "bfloat16"), ("default", "float32"), ("causal", "bfloat16"), ("causal", "float32"),
+                        ("video_causal", "bfloat16"), ("video_causal", "float32")):
         for name, backend in plan:
             if form in _forms(name):
                 cases.append(pytest.param(name, backend, dtype, form, id=f"{name}-{backend}-{dtype}-{form}"))
@@ -63,8 +69,10 @@ def _config(name: str, form: str) -> dict:
     # the class's kernel sizes over its small config (smaller than some kernels' tiles)
     cls = layers.mixer_class(name)
     cfg = {**cls.small_config, **cls.kernel_test_config}
-    if form == "causal":
+    if form in ("causal", "video_causal"):
         cfg["causal"] = True
+    if form == "video_causal":
+        cfg["variant"] = "video_causal"
     return cfg
 
 

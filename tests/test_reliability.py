@@ -141,3 +141,23 @@ def test_license_typed_marker_and_changelog_ship():
 def test_head_width_knob_names_exist():  # guards the knob list used above against renames
     fields = {f.name for n in NAMES for f in dataclasses.fields(layers.config_class(n))}
     assert set(_HEAD_WIDTH_KNOBS) <= fields
+
+
+@pytest.mark.parametrize("configured", [False, True], ids=["no-logging-setup", "basicConfig"])
+def test_library_warnings_reach_the_user_once(configured):
+    """A backend that falls back warns on stderr with default settings (no logging configured: seqmix's own
+    handler prints it) and exactly once when the application configured logging (propagation; no duplicate)."""
+    import subprocess
+    import sys
+
+    code = ("import logging, torch, seqmix\n"
+            + ("logging.basicConfig()\n" if configured else "")
+            + "for name, backend in (('ttt_mlp', 'triton'), ('mamba2', 'mamba_ssm')):\n"
+              "    layer = seqmix.build(name, dim=32, num_heads=2, backend=backend)\n"
+              "    for _ in range(2):\n"
+              "        layer(torch.randn(1, 8, 32))\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for what in ("backend 'triton' unavailable", "backend 'mamba_ssm' unavailable"):
+        assert r.stderr.count(what) == 1, r.stderr

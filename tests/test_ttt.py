@@ -109,16 +109,19 @@ def test_matches_fla_naive_ttt_linear(T):
 
 
 @pytest.mark.parametrize("name", ["ttt_linear", "ttt_mlp"])
-@pytest.mark.parametrize("causal", [False, True], ids=["noncausal", "causal"])
-def test_layer_torch_backend_matches_naive_backend(name, causal):
+@pytest.mark.parametrize("causal, variant", [(False, None), (True, "video_causal"), (True, None)],
+                         ids=["video", "video_causal", "lm"])
+def test_layer_torch_backend_matches_naive_backend(name, causal, variant):
     torch.manual_seed(0)
-    layer = layers.build(name, dim=32, num_heads=2, mini_batch_size=4, causal=causal).double()
-    ref = layers.build(name, dim=32, num_heads=2, mini_batch_size=4, causal=causal, backend="naive").double()
+    kw = dict(dim=32, num_heads=2, mini_batch_size=4, causal=causal, variant=variant)
+    layer = layers.build(name, **kw).double()
+    ref = layers.build(name, **kw, backend="naive").double()
     ref.load_state_dict(layer.state_dict())
     assert layer.backend == "torch" and ref.backend == "naive"
+    assert layer.variant == (variant or ("lm" if causal else "video"))
     x = torch.randn(2, 19, 32, dtype=torch.float64, requires_grad=True)
     pos = torch.stack(torch.meshgrid(torch.arange(19), torch.arange(1), torch.arange(1), indexing="ij"), -1)
-    pos = pos.reshape(19, 3)
+    pos = pos.reshape(19, 3) if layer.variant != "lm" else torch.arange(19)  # 3D (t, h, w) video, 1D text
     y = layer(x, positions=pos)
     y0 = ref(x, positions=pos)
     assert_close("layer output", y, y0, 1e-10)
@@ -226,3 +229,41 @@ def test_rope_3d_rotates_video_tokens_only():
     q, k = torch.randn(64, dtype=torch.float64), torch.randn(64, dtype=torch.float64)
     rot = lambda v, p: apply_rope(v.view(1, 1, 1, 64), rope_angles(torch.tensor([p]), 64)).flatten()
     assert rot(q, 5) @ rot(k, 2) == pytest.approx((rot(q, 13) @ rot(k, 10)).item(), rel=1e-10)
+
+
+@pytest.mark.parametrize("name", ["ttt_linear", "ttt_mlp"])
+def test_bf16_post_norm_gradients_are_at_the_rounding_floor(name):
+    """In bf16 the post-norm's weight / bias gradients are sums over B x T tokens. Accumulated in fp32 (the layer
+    runs the post-norm in fp32, as autocast does), their error is the rounding of each summand and of the result,
+    ~ sqrt(2/3) 2^-8 ~ 3e-3 at any length; a bf16 LayerNorm on CPU accumulated in bf16 (1.1e-2 here, growing with
+    B x T), over the GPU contract's 1e-2. The twin is the fp64 naive backend on the same (bf16-valued) weights."""
+    from seqmix import layers as L
+
+    torch.manual_seed(0)
+    cls = L.mixer_class(name)
+    cfg = {**cls.small_config, **cls.kernel_test_config}
+    layer = L.build(name, dim=128, num_heads=2, backend="torch", **cfg).to(torch.bfloat16)
+    twin = L.build(name, dim=128, num_heads=2, backend="naive", **cfg).double()
+    twin.load_state_dict({k: v.double() for k, v in layer.state_dict().items()})
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 77, 128, generator=gen).bfloat16()
+    g = torch.randn(2, 77, 128, generator=gen).bfloat16()
+    layer(x).backward(g)
+    twin(x.double()).backward(g.double())
+    for p in ("post_norm.weight", "post_norm.bias"):
+        got, ref = layer.get_parameter(p).grad.double(), twin.get_parameter(p).grad
+        assert ((got - ref).norm() / ref.norm()).item() < 5e-3, p
+
+
+def test_variant_follows_causal_and_the_hybrid_is_opt_in():
+    """No silent hybrid: the default form is the published one for ``causal`` (video non-causal, LM causal); the
+    video layer made causal must be asked for by name; a mismatched pair is one error naming the choices."""
+    assert layers.build("ttt_linear", dim=32, num_heads=2).variant == "video"
+    assert layers.build("ttt_mlp", dim=32, num_heads=2, causal=True).variant == "lm"
+    assert layers.build("ttt_mlp", dim=32, num_heads=2, causal=True, variant="video_causal").variant == "video_causal"
+    with pytest.raises(ValueError, match="'video_causal' opts into"):
+        layers.build("ttt_linear", dim=32, num_heads=2, causal=True, variant="video")
+    with pytest.raises(ValueError, match="needs causal=True"):
+        layers.build("ttt_linear", dim=32, num_heads=2, variant="lm")
+    with pytest.raises(ValueError, match="one of"):
+        layers.build("ttt_linear", dim=32, num_heads=2, variant="hybrid")

@@ -259,7 +259,8 @@ def test_bad_inputs_raise_clear_errors():
 @pytest.mark.parametrize("causal", [False, True], ids=["noncausal", "causal"])
 def test_layer_triton_backend_matches_torch(name, causal):
     torch.manual_seed(0)
-    kw = dict(dim=32, num_heads=2, mini_batch_size=4, causal=causal)
+    # the causal kernels implement the video layer made causal (opt-in variant 'video_causal')
+    kw = dict(dim=32, num_heads=2, mini_batch_size=4, causal=causal, variant="video_causal" if causal else None)
     ref = layers.build(name, **kw, backend="torch").to(DEV)
     lay = layers.build(name, **kw, backend="triton", scan_checkpoint_group=2).to(DEV)
     lay.load_state_dict(ref.state_dict())

@@ -567,3 +567,23 @@ def test_kernel_scans_decline_token_weights():
     with pytest.raises(ValueError, match="non-causal"):
         ttt_scan_tp(q, k, r, eta, lw, lb, ops.init_state(P, 2, q.dtype), kind="mlp", causal=True,
                     mini_batch_size=4, token_weights=tw)
+
+
+@pytest.mark.parametrize("name", ["ttt_linear", "ttt_mlp"])
+def test_mqar_recipe_builds_the_published_lm_form(name):
+    """The MQAR recipe's TTT mixer is the ttt-lm-pytorch layer (Zoology's TTT mixer is a copy): variant 'lm', and
+    its output equals the public formulas re-derived above on the same weights. (The video layer made causal
+    stayed at chance on this task; it is opt-in as variant 'video_causal'.) The default form of a causal TTT in
+    the LM backbone is the same, with or without the recipe's explicit variant."""
+    from seqmix.backbones.lm import LMConfig, MixerLM  # noqa: PLC0415
+    from seqmix.lightning_cli import run_lightning  # noqa: PLC0415
+    from seqmix.utils.recipes import builtin_recipe  # noqa: PLC0415
+
+    cli = run_lightning(["--config", str(builtin_recipe(f"mqar/{name}")), "--trainer.logger=false"], run=False)
+    mixers = [m for m in cli.model.modules() if isinstance(m, layers.mixer_class(name))]
+    assert mixers and all(m.variant == "lm" and m.causal for m in mixers)
+    m = mixers[0].double()
+    x = torch.randn(2, 37, m.dim, dtype=torch.float64)
+    assert_close("recipe's mixer vs public formulas", m(x), _public_lm_forward(m, x), 1e-12)
+    default = MixerLM(LMConfig(vocab_size=11, dim=32, mixer=name, mixer_config={"mini_batch_size": 16}))
+    assert all(b.mixer.variant == "lm" for b in default.blocks)

@@ -129,6 +129,6 @@ def pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        logger.warning("matplotlib is not installed: no plots (pip install 'seqmix[plot]')")
+        logger.warning("matplotlib is not installed: no plots (pip install 'seqmix[bench]')")
         return None
     return plt

@@ -15,15 +15,19 @@ Parameters (dim D, H heads, head dim K, inner width F): ``4 (D H K + H K)`` proj
 ``H (K F + F)`` (linear, F = K) or ``H (K F + F + F K + K)`` (MLP). At the paper's D = 3072, H = 48, K = 64:
 TTT-MLP ~ 39.4M parameters per layer.
 
-Variants (``variant``):
+Variants (``variant``), each the published form for its task; the default follows ``causal``:
 
-* ``"video"`` (default): the layer above, as the public ttt-video-dit code. Its causal form (``causal=True``) adds
-  the language code's ``1/(i+1)`` token weighting to it, a hybrid that matches neither public code exactly.
-* ``"lm"``: the causal layer of the TTT language-model code (ttt-lm-pytorch): Q/K/V/O without bias and without
-  L2 normalisation of Q/K; 1D RoPE on the position modulo the mini-batch size; raw target ``r = v - k``;
+* ``"video"`` (default when ``causal=False``): the layer above, as the public ttt-video-dit code (the DiT's form).
+* ``"lm"`` (default when ``causal=True``): the causal layer of the TTT language-model code (ttt-lm-pytorch; Zoology's
+  TTT mixer is a copy of it), the form of every language task (MQAR, the causal LM): Q/K/V/O without bias and
+  without L2 normalisation of Q/K; 1D RoPE on the position modulo the mini-batch size; raw target ``r = v - k``;
   learnable token-index weights ``w_i = max(1/(i+1) + d_i, 0)`` (``d``: ``token_weight_offset [N]``, init 0) in
   the step sizes ``E[i, j] = w_i eta_j``; inner LN eps 1e-6; optional output gate
   ``GELU_tanh(x W_g) * post_norm(.)`` before the output projection (``output_gate``, ``H K D`` more parameters).
+* ``"video_causal"`` (opt-in by name; seqmix only, no public reference): the video layer made causal with the
+  language code's fixed ``1/(i+1)`` token weighting. The causal Triton kernels implement it. With unit-norm Q and
+  K every context token enters its read-out with weight ~ ``eta (q.k_j + 1)``, so a matching key stands out by
+  at most ~2:1: it stays at chance on MQAR where ``"lm"`` reaches 0.99 (README, MQAR).
   Optional short convolutions (``qk_conv`` taps): one shared Q/K projection followed by a causal depthwise
   convolution (with bias) each for Q and K (the code's ``share_qk``; ``wk`` is then absent, ``conv_q`` /
   ``conv_k`` added, ``2 H K (taps + 1) - H K D`` parameters more). The code's block-level convolution
@@ -51,7 +55,14 @@ from .sharding import HeadShardSpec
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TTTConfig", "TTTLinear", "TTTMLP", "TTTState"]
+__all__ = ["TTTConfig", "TTTLinear", "TTTMLP", "TTTState", "VARIANTS"]
+
+#: variant -> what it is (its public reference)
+VARIANTS = {
+    "video": "the non-causal ttt-video-dit layer (the DiT's form)",
+    "lm": "the causal ttt-lm-pytorch layer (the form of language tasks)",
+    "video_causal": "the seqmix-only causal hybrid of the video layer (no public reference)",
+}
 
 
 
@@ -78,8 +89,9 @@ class TTTConfig(MixerConfig):
     """Settings shared by TTT-Linear and TTT-MLP.
 
     Attributes:
-        variant: ``"video"`` (ttt-video-dit's layer; default) or ``"lm"`` (ttt-lm-pytorch's causal layer; needs
-            ``causal=True``); see the module docstring.
+        variant: ``None`` (default): the published form for ``causal`` - ``"video"`` (ttt-video-dit's layer) when
+            non-causal, ``"lm"`` (ttt-lm-pytorch's causal layer) when causal; ``"video_causal"``: the seqmix-only
+            hybrid (opt-in); see the module docstring.
         output_gate: ``"lm"`` only: multiply the post-normed read-out by ``GELU_tanh(x W_g)`` (the code's
             ``use_gate``).
         qk_conv: ``"lm"`` only: taps of the causal depthwise convolutions on a shared Q/K projection (the code's
@@ -102,7 +114,7 @@ class TTTConfig(MixerConfig):
             GPU; non-causal, K = 64, mini-batch 64; elsewhere it degrades to the next backend with one warning).
     """
 
-    variant: str = "video"
+    variant: str | None = None
     output_gate: bool = False
     qk_conv: int = 0
     causal: bool = False
@@ -116,9 +128,9 @@ class TTTConfig(MixerConfig):
 
 
 def _triton_supports(layer: "_TTTBase", device: torch.device, dtype: torch.dtype, shapes) -> str | None:
-    if layer.config.variant != "video":
-        return (f"the TTT Triton kernels implement variant='video' (1/(i+1) token weighting); variant="
-                f"{layer.config.variant!r} has learnable token-index weights: use backend 'torch'")
+    if layer.variant == "lm":
+        return ("the TTT Triton kernels implement the video layer (non-causal, or 'video_causal' with fixed 1/(i+1) "
+                "token weighting); variant='lm' has learnable token-index weights: use backend 'torch'")
     reason = triton_device_reason(layer, "triton", device, dtype, "the TTT Triton kernels")
     if reason:
         return reason
@@ -140,8 +152,8 @@ def _ttt_scan_triton(*args, **kwargs):
 def _tp_supports(layer: "_TTTBase", device: torch.device, dtype: torch.dtype, shapes) -> str | None:
     if layer.config.backend != "tp":
         return "the tensor-parallel kernel is opt-in (backend='tp') until validated on a GPU"
-    if layer.config.variant != "video":
-        return f"the tensor-parallel kernel implements variant='video' only, got {layer.config.variant!r}"
+    if layer.variant != "video":
+        return f"the tensor-parallel kernel implements variant='video' only, got {layer.variant!r}"
     from seqmix.kernels.ttt_tp import check_supported
 
     # The layer hands the scan fp32 inputs (see _project), whatever the parameter dtype.
@@ -187,20 +199,27 @@ class _TTTBase(Mixer):
             raise ValueError(f"mini_batch_size must be a positive int, got {c.mini_batch_size!r}")
         if c.scan_checkpoint_group < 0:
             raise ValueError(f"scan_checkpoint_group must be >= 0, got {c.scan_checkpoint_group}")
-        if c.variant not in ("video", "lm"):
-            raise ValueError(f"variant must be 'video' or 'lm', got {c.variant!r}")
-        if c.variant == "lm" and not c.causal:
-            raise ValueError("variant='lm' is the causal language-model layer: it needs causal=True")
-        if c.output_gate and c.variant != "lm":
+        variant = c.variant if c.variant is not None else ("lm" if c.causal else "video")
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be None (the published form for causal) or one of {list(VARIANTS)}, "
+                             f"got {variant!r}")
+        if (variant == "video") == bool(c.causal):
+            raise ValueError(
+                f"variant={variant!r} is {VARIANTS[variant]}: it needs causal={variant != 'video'}"
+                + (" (for a causal layer: variant=None or 'lm', the ttt-lm-pytorch form; 'video_causal' opts into "
+                   "the seqmix-only hybrid)" if variant == "video" else ""))
+        if c.output_gate and variant != "lm":
             raise ValueError("output_gate belongs to variant='lm' (the language-model code's use_gate)")
-        if not isinstance(c.qk_conv, int) or c.qk_conv < 0 or c.qk_conv == 1 or (c.qk_conv and c.variant != "lm"):
+        if not isinstance(c.qk_conv, int) or c.qk_conv < 0 or c.qk_conv == 1 or (c.qk_conv and variant != "lm"):
             raise ValueError(f"qk_conv must be 0 (off) or >= 2 taps, with variant='lm'; got {c.qk_conv!r} "
-                             f"(variant={c.variant!r})")
+                             f"(variant={variant!r})")
+        #: the resolved form: "video", "lm" or "video_causal" (config.variant may be None)
+        self.variant = variant
         self.head_dim = K
         self.base_lr = self.default_base_lr if c.base_lr is None else float(c.base_lr)
-        self.ln_eps = c.ln_eps if c.ln_eps is not None else (1e-6 if c.variant == "lm" else 1e-8)
+        self.ln_eps = c.ln_eps if c.ln_eps is not None else (1e-6 if variant == "lm" else 1e-8)
         H, HK = num_heads, num_heads * K
-        bias = c.variant == "video"  # the language-model code's projections have no bias
+        bias = variant != "lm"  # the language-model code's projections have no bias
         self.wq = nn.Linear(dim, HK, bias=bias)
         # qk_conv: K shares Q's projection and each gets its own causal depthwise convolution (share_qk)
         self.wk = None if c.qk_conv else nn.Linear(dim, HK, bias=bias)
@@ -208,7 +227,7 @@ class _TTTBase(Mixer):
         self.conv_k = nn.Conv1d(HK, HK, c.qk_conv, groups=HK) if c.qk_conv else None
         self.wv = nn.Linear(dim, HK, bias=bias)
         self.wo = nn.Linear(HK, dim, bias=bias)
-        if c.variant == "lm":
+        if variant == "lm":
             # learnable offsets d_i of the token-index weights max(1/(i+1) + d_i, 0)
             self.token_weight_offset = nn.Parameter(torch.empty(c.mini_batch_size))
         self.gate_proj = nn.Linear(dim, HK, bias=False) if c.output_gate else None
@@ -232,7 +251,7 @@ class _TTTBase(Mixer):
             nn.init.normal_(lin.weight, std=0.02)
             if lin.bias is not None:
                 nn.init.zeros_(lin.bias)
-        if self.config.variant == "lm":
+        if self.variant == "lm":
             nn.init.zeros_(self.token_weight_offset)
         for conv in (self.conv_q, self.conv_k):
             if conv is not None:
@@ -291,13 +310,13 @@ class _TTTBase(Mixer):
     def extra_repr(self) -> str:
         c = self.config
         return (
-            f"{super().extra_repr()}, variant={c.variant}, head_dim={self.head_dim}, "
+            f"{super().extra_repr()}, variant={self.variant}, head_dim={self.head_dim}, "
             f"mini_batch_size={c.mini_batch_size}, base_lr={self.base_lr}"
         )
 
     def token_weights(self) -> torch.Tensor | None:
         """``[N]`` token-index weights ``max(1/(i+1) + d_i, 0)`` of variant ``"lm"`` (None: the video variant)."""
-        if self.config.variant != "lm":
+        if self.variant != "lm":
             return None
         N = self.config.mini_batch_size
         base = 1.0 / torch.arange(1, N + 1, device=self.token_weight_offset.device, dtype=torch.float64)
@@ -331,7 +350,7 @@ class _TTTBase(Mixer):
 
     def _prepare(self, x, q, k, v, positions, acc):
         B, T, H, K = q.shape
-        lm = self.config.variant == "lm"
+        lm = self.variant == "lm"
         if lm:  # no L2 normalisation of Q/K in the language-model code
             q, k, v = q.to(acc), k.to(acc), v.to(acc)
         else:
@@ -363,7 +382,7 @@ class _TTTBase(Mixer):
         if state is not None:  # validate before any of it is used
             self._check_state(state, B, x.device, acc)
         extra = {}
-        if c.variant == "lm":
+        if self.variant == "lm":
             positions = self._lm_positions(x, positions, state)
             extra["token_weights"] = self.token_weights().to(acc)
         q, k, v, conv = self._projections(x, None if state is None else state.qk_conv)
@@ -390,7 +409,14 @@ class _TTTBase(Mixer):
             z = z[:, :, n_pend:]
             y = q + ttt_ops.head_layer_norm(z, ln_w, ln_b, self.ln_eps)  # [B, H, T, K]
             # explicit width, not -1: a batch of 0 has no elements to infer it from
-            y = self.post_norm(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim).to(self.post_norm.weight.dtype))
+            y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)
+            # The post-norm runs in (at least) fp32, as under bf16 autocast: a bf16 LayerNorm on CPU accumulates its
+            # weight / bias gradients (sums over B x T tokens) in bf16, an error that grows with the token count
+            # (1.1% at 154 tokens, 2.8% at 1000); in fp32 what is left is the rounding of each summand and of the
+            # result to the parameter's dtype, sqrt(2 / 3) 2^-8 ~ 3e-3 whatever the length (tests/test_ttt.py).
+            norm_dtype = torch.promote_types(self.post_norm.weight.dtype, torch.float32)
+            y = F.layer_norm(y.to(norm_dtype), (y.shape[-1],), self.post_norm.weight.to(norm_dtype),
+                             self.post_norm.bias.to(norm_dtype), self.post_norm.eps).to(self.post_norm.weight.dtype)
         if self.gate_proj is not None:  # the language-model code's output gate (its use_gate)
             y = F.gelu(self.gate_proj(x), approximate="tanh") * y
         y = self.wo(y)

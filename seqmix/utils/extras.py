@@ -24,7 +24,7 @@ class MissingExtraError(ImportError):
     """An optional dependency is not installed; the message names the extra that brings it."""
 
 
-def missing_extra(error: BaseException, what: str = "this") -> str | None:
+def missing_extra(error: BaseException) -> str | None:
     """The one-line message for ``error`` if it is a missing optional dependency of seqmix, else None."""
     if isinstance(error, MissingExtraError):
         return str(error)
@@ -34,8 +34,7 @@ def missing_extra(error: BaseException, what: str = "this") -> str | None:
     extra = EXTRA_OF.get(root)
     if extra is None:
         return None
-    return (f"{what} needs the optional dependency {root!r}, which is not installed: "
-            f"pip install 'seqmix[{extra}]' (or 'seqmix[all]')")
+    return f"the optional dependency {root!r} is not installed: pip install 'seqmix[{extra}]' (or 'seqmix[all]')"
 
 
 def require(module: str, what: str) -> None:
@@ -45,4 +44,4 @@ def require(module: str, what: str) -> None:
     try:
         importlib.import_module(module)
     except ModuleNotFoundError as e:
-        raise MissingExtraError(missing_extra(e, what) or str(e)) from None
+        raise MissingExtraError(f"{what}: {missing_extra(e) or e}") from None

@@ -106,8 +106,8 @@ def load_public_ttt(layer: nn.Module, sd: Mapping[str, torch.Tensor]) -> None:
 
     if not isinstance(layer, (TTTLinear, TTTMLP)):
         raise TypeError(f"load_public_ttt loads into a seqmix TTTLinear / TTTMLP, got {type(layer).__name__}")
-    if layer.config.variant != "video":
-        raise ValueError(f"the public ttt-video-dit layer is variant='video'; this layer is {layer.config.variant!r}")
+    if layer.variant != "video":
+        raise ValueError(f"the public ttt-video-dit layer is variant='video'; this layer is {layer.variant!r}")
     _copy_checked(layer, ttt_from_public(sd), f"a public ttt-video-dit state dict into {layer.name}")
 
 
