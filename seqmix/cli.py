@@ -60,6 +60,12 @@ def list_layers(dim: int = 256, num_heads: int = 4, seq_len: int = 1024) -> None
 
     from seqmix import layers as L
 
+    bad = {k: v for k, v in (("dim", dim), ("num_heads", num_heads), ("seq_len", seq_len))
+           if not isinstance(v, int) or v < 1}
+    if bad:  # no layer could be built: say so once instead of a table of failures
+        print(f"seqmix layers: error: {', '.join(f'--{k} {v}' for k, v in bad.items())}: must be a positive int",
+              file=sys.stderr)
+        raise SystemExit(2)
     print(f"{'layer':16s} {'params':>10s} {'state/seq':>10s}  config defaults  (dim={dim}, heads={num_heads}, "
           f"state after {seq_len} tokens)")
     for name in L.available():
@@ -305,18 +311,21 @@ def compare_worldmodel(
 
 def plan(model: str, duration: int | None = None, gpus: int = 8, gpu_memory: str = "80GB", strategy: str = "fsdp+tp",
          tp: int | None = None, mixer: str = "ttt_mlp", batch: int = 64, mfu: float = 0.4) -> None:
-    """Per-GPU parameter, gradient, optimizer and activation memory and step time of a training layout, for the
-    paper's five stages (seqmix.parallel.estimate); bad layouts fail here, before any process starts.
+    """Per-GPU memory (parameters, gradients, optimizer, activations) and step time of a training layout for the
+    paper's five stages; bad layouts fail here, before any process starts.
 
     Args:
         model: dit (CogVideoX-5B + the global layer) or worldmodel (its paper preset).
         duration: one stage (seconds: 3, 9, 18, 30, 63); default all five.
         gpus: GPUs in all. gpu_memory: memory per GPU (80GB). strategy: ddp, fsdp, tp or fsdp+tp.
-        tp: tensor-parallel size (fsdp+tp; tp defaults to all GPUs). mixer: the DiT's global layer
-            (the world model's mixer stack). batch: global batch. mfu: assumed fraction of the bf16 peak.
+        tp: tensor-parallel size (tp and fsdp+tp; default: all GPUs of one 8-GPU node, at most `gpus`).
+        mixer: the DiT's global layer (the world model's mixer stack). batch: global batch.
+        mfu: assumed fraction of the bf16 peak.
     """
     from seqmix.parallel.estimate import estimate, markdown
 
+    if tp is None and "tp" in strategy.split("+"):
+        tp = min(gpus, 8) if gpus >= 1 else gpus  # the paper's layout: tensor parallel inside one node
     try:
         p = estimate(model, gpus=gpus, strategy=strategy, tp=tp, gpu_memory=gpu_memory, batch=batch,
                      durations=[duration] if duration else None, mixer=mixer, mfu=mfu)
@@ -373,14 +382,14 @@ def main(argv: list[str] | None = None) -> None:
 def _main(args: list[str]) -> None:
     if args and args[0] in _LIGHTNING_SUBCOMMANDS:
         from seqmix.lightning_cli import RecipeError, run_lightning
-        from seqmix.training import CheckpointCorruptError, NonFiniteLossError
+        from seqmix.training import CheckpointCorruptError, CheckpointFolderInUseError, NonFiniteLossError
 
         try:
             run_lightning(_resolve_configs(args))
         except RecipeError as e:  # as a misspelled key: one line, argparse's exit status
             print(f"seqmix {args[0]}: error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
-        except (CheckpointCorruptError, NonFiniteLossError) as e:  # a user-facing stop, not a bug: no traceback
+        except (CheckpointCorruptError, CheckpointFolderInUseError, NonFiniteLossError) as e:  # a user-facing stop
             print(f"seqmix {args[0]}: error: {e}", file=sys.stderr)
             raise SystemExit(1) from None
         return

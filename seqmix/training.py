@@ -15,8 +15,10 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +34,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "AtomicCheckpointIO",
     "CheckpointCorruptError",
+    "CheckpointFolderInUseError",
     "NonFiniteLossError",
     "ResumableLoader",
     "StopOnNonFiniteLoss",
@@ -51,13 +54,81 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss."""
 
 
+class CheckpointFolderInUseError(RuntimeError):
+    """Another live run writes checkpoints into the same folder."""
+
+
+_HOST = socket.gethostname()
+_LOCK_NAME = ".seqmix-run.lock"
+_OWNED: set[Path] = set()  # checkpoint folders this process holds the lock of
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def _owner_alive(host: str, pid: int) -> bool:
+    """Whether a lock or temporary of (host, pid) may still be in use (another host's: assumed so)."""
+    return host != _HOST or _pid_alive(pid)
+
+
+def claim_checkpoint_folder(folder: Path) -> None:
+    """Make this process the owner of checkpoint folder ``folder`` (``.seqmix-run.lock``: host, pid), once.
+
+    A folder owned by another live process raises :class:`CheckpointFolderInUseError` naming the owner; the lock of a
+    dead process (a run that was killed) is taken over. The lock goes when this process exits."""
+    folder = Path(folder).resolve()
+    if folder in _OWNED:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / _LOCK_NAME
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                host, pid = lock.read_text().split()[:2]
+                pid = int(pid)
+            except (OSError, ValueError):  # being written, or garbage: look again
+                host, pid = _HOST, -1
+            if pid == os.getpid() and host == _HOST:
+                break
+            if pid > 0 and _owner_alive(host, pid):
+                raise CheckpointFolderInUseError(
+                    f"checkpoint folder {folder} is in use by another run (pid {pid} on {host}, {lock}); give this "
+                    f"run its own folder (--trainer.default_root_dir or the checkpoint callback's dirpath)") from None
+            logger.info("taking over %s from a run that is no longer alive (pid %s on %s)", lock, pid, host)
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{_HOST} {os.getpid()}\n")
+        break
+    _OWNED.add(folder)
+    atexit.register(_release, lock)
+
+
+def _release(lock: Path) -> None:
+    try:
+        host, pid = lock.read_text().split()[:2]
+        if host == _HOST and int(pid) == os.getpid():
+            lock.unlink(missing_ok=True)
+    except (OSError, ValueError):
+        pass
+
+
 def _digest_path(path: Path) -> Path:
     return path.with_name(path.name + _DIGEST_SUFFIX)
 
 
 def _write_tmp(path: Path, write: Callable[[Any], None]) -> Path:
-    """``write(f)`` into ``.<name>.tmp-<pid>`` beside ``path`` and fsync it; returns the temporary's path."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """``write(f)`` into ``.<name>.tmp-<host>-<pid>`` beside ``path`` and fsync it; returns the temporary's path."""
+    tmp = path.with_name(f".{path.name}.tmp-{_HOST}-{os.getpid()}")
     with open(tmp, "wb") as f:
         write(f)
         f.flush()
@@ -119,11 +190,14 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` to ``.<name>.tmp-<pid>`` next to the target, fsync, then ``os.replace`` (atomic on POSIX);
+    """``torch.save`` to ``.<name>.tmp-<host>-<pid>`` next to the target, fsync, then ``os.replace`` (atomic on POSIX);
     a SHA-256 digest goes to ``<name>.sha256`` and is verified before a checkpoint is loaded.
 
     The digest file is replaced *before* the checkpoint and lists the new digest and the one of the checkpoint it
     replaces: a kill between the two renames leaves a checkpoint (old or new) that still verifies.
+
+    A run owns the folder it saves into (:func:`claim_checkpoint_folder`): a second live run saving there stops with
+    :class:`CheckpointFolderInUseError` naming the owner, and only temporaries of dead processes are cleaned up.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
@@ -131,11 +205,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Temporaries of a save that was killed (another pid) are garbage: the rename never happened.
-        stale_temporaries = (*path.parent.glob(f".{path.name}.tmp-*"),
-                             *path.parent.glob(f".{path.name}{_DIGEST_SUFFIX}.tmp-*"))
-        for stale in stale_temporaries:
-            if not stale.name.endswith(f".tmp-{os.getpid()}"):
+        claim_checkpoint_folder(path.parent)
+        # Temporaries of a save that was killed (a dead owner on this host) are garbage: the rename never happened.
+        # A live process's temporaries are never touched.
+        for stale in (*path.parent.glob(f".{path.name}.tmp-*"), *path.parent.glob(f".{path.name}{_DIGEST_SUFFIX}.tmp-*")):
+            host, _, pid = stale.name.rsplit(".tmp-", 1)[1].rpartition("-")
+            if pid.isdigit() and not _owner_alive(host or _HOST, int(pid)):
                 logger.info("removing %s left by an interrupted save", stale)
                 stale.unlink(missing_ok=True)
         tmps = []

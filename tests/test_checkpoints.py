@@ -82,7 +82,8 @@ def test_stale_temporary_of_a_killed_save_is_removed(tmp_path):
     keep.write_bytes(b"another checkpoint's save")
     AtomicCheckpointIO().save_checkpoint({"w": torch.zeros(2)}, tmp_path / "last.ckpt")
     assert not any(p.exists() for p in stale) and keep.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.ckpt.tmp-99999999", "last.ckpt", "last.ckpt.sha256"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.ckpt.tmp-99999999", ".seqmix-run.lock", "last.ckpt",
+                                                          "last.ckpt.sha256"]
 
 
 def test_resume_from_a_corrupt_checkpoint_fails_naming_the_previous_one(tmp_path, capsys):
@@ -129,3 +130,33 @@ def test_nan_loss_check_can_be_turned_off(tmp_path):
 
     main(["fit", "--config", RECIPE, *_FAST, "--trainer.max_steps=4", f"--trainer.default_root_dir={tmp_path}",
           "--trainer.callbacks+=nan_callback.PoisonWeights", "--stop_on_nonfinite_loss.enabled=false"])
+
+
+def test_a_live_run_owns_its_checkpoint_folder(tmp_path):
+    """Two processes saving into one folder: the second stops with one message naming the first; the first's live
+    temporaries are never removed; a dead owner's lock and temporaries are taken over / cleaned."""
+    from seqmix.training import AtomicCheckpointIO, CheckpointFolderInUseError, _OWNED
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time, pathlib\n"
+         "from seqmix.training import AtomicCheckpointIO\n"
+         f"d = pathlib.Path({str(tmp_path)!r})\n"
+         "AtomicCheckpointIO().save_checkpoint({'a': 1}, d / 'step=1.ckpt')\n"
+         "(d / '.step=2.ckpt.tmp-' ).with_name('.step=2.ckpt.tmp-%s' % __import__('socket').gethostname() + '-%d' % __import__('os').getpid()).write_bytes(b'live')\n"
+         "print('ready', flush=True)\n"
+         "time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True, env=_env())
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(CheckpointFolderInUseError, match=f"pid {holder.pid}"):
+            AtomicCheckpointIO().save_checkpoint({"b": 2}, tmp_path / "step=2.ckpt")
+        assert list(tmp_path.glob(".step=2.ckpt.tmp-*")), "another live process's temporary was removed"
+    finally:
+        holder.kill()
+        holder.wait()
+    # the owner is dead: its lock is taken over and its temporary cleaned up
+    AtomicCheckpointIO().save_checkpoint({"b": 2}, tmp_path / "step=2.ckpt")
+    assert not list(tmp_path.glob(".step=2.ckpt.tmp-*")) and (tmp_path / "step=2.ckpt").is_file()
+    assert (tmp_path / ".seqmix-run.lock").read_text().split()[1] == str(os.getpid())
+    _OWNED.discard(tmp_path.resolve())

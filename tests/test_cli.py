@@ -125,3 +125,22 @@ def test_lightning_names_still_importable_from_the_cli_module():
         assert getattr(seqmix.cli, name) is getattr(lightning_cli, name)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         seqmix.cli.nope  # noqa: B018
+
+
+def test_layers_with_an_impossible_width_is_one_error(capsys):
+    from seqmix.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["layers", "--dim", "0"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["seqmix layers: error: --dim 0: must be a positive int"], err
+
+
+def test_plan_with_the_default_strategy_needs_no_tp(capsys):
+    """`seqmix plan dit --gpus 8 --gpu-memory 80GB` (default strategy fsdp+tp) plans with tp = one node."""
+    from seqmix.cli import main
+
+    main(["plan", "dit", "--gpus", "8", "--gpu-memory", "80GB", "--duration", "3"])
+    out = capsys.readouterr().out
+    assert "3 s" in out and "error" not in out

@@ -259,7 +259,9 @@ def test_variant_follows_causal_and_the_hybrid_is_opt_in():
     """No silent hybrid: the default form is the published one for ``causal`` (video non-causal, LM causal); the
     video layer made causal must be asked for by name; a mismatched pair is one error naming the choices."""
     assert layers.build("ttt_linear", dim=32, num_heads=2).variant == "video"
-    assert layers.build("ttt_mlp", dim=32, num_heads=2, causal=True).variant == "lm"
+    lm = layers.build("ttt_mlp", dim=32, num_heads=2, causal=True)
+    assert lm.variant == "lm" and lm.base_lr == 1.0  # ttt-lm-pytorch's default for both inner models
+    assert layers.build("ttt_mlp", dim=32, num_heads=2).base_lr == 0.1  # the video code's / paper's TTT-MLP value
     assert layers.build("ttt_mlp", dim=32, num_heads=2, causal=True, variant="video_causal").variant == "video_causal"
     with pytest.raises(ValueError, match="'video_causal' opts into"):
         layers.build("ttt_linear", dim=32, num_heads=2, causal=True, variant="video")

@@ -24,13 +24,13 @@ __all__ = ["MQARSweep", "PRESETS", "run_mqar_sweep"]
 
 #: Named grids. ``zoology``: Zoology's standard MQAR grid (widths 64/128/256, 2 layers, 4 learning rates
 #: ``logspace(-3, -1.5, 4)``) on the recipe's task, sized for GPUs; ``cpu``: the committed CPU sweep (the recipe's
-#: task and 1200-step budget at width 64, 3 learning rates, 2 seeds). Shorter budgets mislead here: at T = 64 with 4
+#: task and 1200-step budget at width 64, 3 learning rates, 3 seeds). Shorter budgets mislead here: at T = 64 with 4
 #: pairs and 300 steps, full attention and TTT-Linear both sat at 25% (one of the 4 values in context, a plateau
 #: MQAR models leave later), so nothing was told apart.
 PRESETS: dict[str, dict] = {
     "zoology": {"widths": [64, 128, 256], "num_layers": 2,
                 "lrs": [10 ** (-3 + 0.5 * i) for i in range(4)], "seeds": [0, 1]},
-    "cpu": {"widths": [64], "lrs": [1e-3, 3e-3, 1e-2], "seeds": [0, 1], "curve_points": 6},
+    "cpu": {"widths": [64], "lrs": [1e-3, 3e-3, 1e-2], "seeds": [0, 1, 2], "curve_points": 6},
 }
 
 

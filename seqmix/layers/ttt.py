@@ -101,7 +101,8 @@ class TTTConfig(MixerConfig):
         mini_batch_size: tokens per inner gradient step (paper text: 64; public training configs: 64 for
             TTT-MLP, 16 for TTT-Linear). Sequence lengths need not be a multiple of it.
         head_dim: per-head width K; default ``dim // num_heads``.
-        base_lr: base inner learning rate (paper: 1.0 TTT-Linear, 0.1 TTT-MLP); ``None`` = the paper's value.
+        base_lr: base inner learning rate; ``None`` = the published form's value: 1.0 TTT-Linear, 0.1 TTT-MLP (video
+            code, paper), 1.0 for both in variant ``"lm"`` (ttt-lm-pytorch's config default, Zoology's TTT mixer).
         ln_eps: eps of the inner per-head LayerNorm (and of the target's std); ``None`` = the variant's value
             (1e-8 video, 1e-6 lm).
         post_norm_eps: eps of the post-LayerNorm over all heads.
@@ -216,7 +217,10 @@ class _TTTBase(Mixer):
         #: the resolved form: "video", "lm" or "video_causal" (config.variant may be None)
         self.variant = variant
         self.head_dim = K
-        self.base_lr = self.default_base_lr if c.base_lr is None else float(c.base_lr)
+        # ttt-lm-pytorch's TTTConfig defaults ttt_base_lr to 1.0 for both inner models (Zoology's TTT mixer too);
+        # the video code and the TTT paper's text use 0.1 for TTT-MLP.
+        default_lr = 1.0 if variant == "lm" else self.default_base_lr
+        self.base_lr = default_lr if c.base_lr is None else float(c.base_lr)
         self.ln_eps = c.ln_eps if c.ln_eps is not None else (1e-6 if variant == "lm" else 1e-8)
         H, HK = num_heads, num_heads * K
         bias = variant != "lm"  # the language-model code's projections have no bias
