@@ -39,6 +39,9 @@ __all__ = [
     "ResumableLoader",
     "StopOnNonFiniteLoss",
     "example_generator",
+    "data_parallel_rank",
+    "torch_shuffle_order",
+    "trainer_progress",
     "load_checkpoint",
     "verify_checkpoint",
 ]
@@ -269,16 +272,49 @@ def example_generator(seed: int, step: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_000_033 + index)
 
 
+def trainer_progress(trainer) -> tuple[int, int]:
+    """``(epoch, batches trained this epoch)`` of ``trainer`` (None: ``(0, 0)``): a :class:`ResumableLoader`'s
+    position, read from the trainer's counters so that a batch prefetched but not trained on is not counted."""
+    if trainer is None:
+        return 0, 0
+    return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+
+def data_parallel_rank(trainer) -> tuple[int, int]:
+    """``(rank, world size)`` of the data-parallel group (tensor-parallel ranks of one group read the same data)."""
+    if trainer is None:
+        return 0, 1
+    kw = getattr(trainer.strategy, "distributed_sampler_kwargs", None)
+    return (kw["rank"], kw["num_replicas"]) if kw else (trainer.global_rank, trainer.world_size)
+
+
+def torch_shuffle_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The example order of ``DataLoader(dataset, shuffle=True, generator=torch.Generator().manual_seed(seed))`` in
+    epoch ``epoch`` when every earlier epoch was read to the end: each epoch's iterator draws its base seed from the
+    generator, then the sampler draws a permutation, and an exhausted sampler draws one more (its empty remainder).
+    Lets a resumable loader keep the order of a plain shuffled one (tests/test_checkpoints.py holds them equal)."""
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epoch):
+        torch.empty((), dtype=torch.int64).random_(generator=g)
+        torch.randperm(n, generator=g)
+        torch.randperm(n, generator=g)
+    torch.empty((), dtype=torch.int64).random_(generator=g)
+    return torch.randperm(n, generator=g).tolist()
+
+
 class _ResumableSampler(Sampler[int]):
     def __init__(self, n: int, seed: int, shuffle: bool, epoch_fn: Callable[[], int], rank_fn: Callable[[], tuple[int, int]],
-                 batch_size: int, drop_last: bool):
+                 batch_size: int, drop_last: bool, order_fn: Callable[[int], list[int]] | None = None):
+        self.order_fn = order_fn
         self.n, self.seed, self.shuffle = n, seed, shuffle
         self.epoch_fn, self.rank_fn = epoch_fn, rank_fn
         self.batch_size, self.drop_last = batch_size, drop_last
         self.resume: tuple[int, int] | None = None  # (epoch, batches already trained in it)
 
     def _order(self, epoch: int) -> list[int]:
-        if self.shuffle:
+        if self.order_fn is not None:
+            order = self.order_fn(epoch)
+        elif self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
             order = torch.randperm(self.n, generator=g).tolist()
         else:
@@ -316,13 +352,16 @@ class ResumableLoader(DataLoader):
         progress_fn: returns ``(epoch, batches already processed this epoch)`` for ``state_dict`` (the trainer's
             counters, so that a batch prefetched but not trained on is not counted).
         rank_fn: returns ``(rank, world_size)``.
+        order_fn: ``epoch -> example order`` instead of the ``(seed, epoch)`` permutation (e.g.
+            :func:`torch_shuffle_order`, the order of a plain shuffled DataLoader).
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, *, seed: int, shuffle: bool = True,
                  progress_fn: Callable[[], tuple[int, int]], rank_fn: Callable[[], tuple[int, int]],
-                 drop_last: bool = True, **kw):
+                 drop_last: bool = True, order_fn: Callable[[int], list[int]] | None = None, **kw):
         self._progress_fn = progress_fn
-        sampler = _ResumableSampler(len(dataset), seed, shuffle, lambda: progress_fn()[0], rank_fn, batch_size, drop_last)
+        sampler = _ResumableSampler(len(dataset), seed, shuffle, lambda: progress_fn()[0], rank_fn, batch_size, drop_last,
+                                    order_fn)
         super().__init__(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **kw)
 
     def state_dict(self) -> dict:

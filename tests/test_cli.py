@@ -144,3 +144,17 @@ def test_plan_with_the_default_strategy_needs_no_tp(capsys):
     main(["plan", "dit", "--gpus", "8", "--gpu-memory", "80GB", "--duration", "3"])
     out = capsys.readouterr().out
     assert "3 s" in out and "error" not in out
+
+
+def test_compare_quick_writes_only_under_out_and_prints_no_warnings(tmp_path):
+    """From an empty working directory: everything goes under --out (no ./runs/...), and no warning is printed."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    r = subprocess.run([sys.executable, "-m", "seqmix.cli", "compare", "mqar", "--quick", "--out", str(out)],
+                       cwd=work, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert list(work.iterdir()) == [], list(work.rglob("*"))
+    assert (out / "results.json").is_file()
+    noisy = [line for line in r.stderr.splitlines() if "Warning" in line or "deprecated" in line]
+    assert not noisy, noisy

@@ -171,3 +171,20 @@ def test_video_skip_leaves_layers_out_and_checks_names():
         VideoComparison(layers=["none"], skip=["swa"]).validate()
     with pytest.raises(ValueError, match="leaves no layer"):
         VideoComparison(layers=["none"], skip=["none"]).validate()
+
+
+def test_run_log_records_portable_recipe_paths_and_resumes_across_checkouts(tmp_path):
+    """A run's record names the built-in recipe as ``recipes/...`` (not this checkout's absolute path) and a log
+    written elsewhere, or with the old relative form, resumes here."""
+    from seqmix.compare.common import RunLog
+    from seqmix.utils.recipes import recipe_dir
+
+    here = ["--config", str(recipe_dir() / "base" / "mqar.yaml"), "--seed_everything=0"]
+    log = RunLog(tmp_path)
+    kept, todo = log.start([("a",)], lambda _: here, lambda rec: True, resume=True)
+    assert kept == [] and todo == [("a",)]
+    log.append({"args": here, "val_acc": 1.0})
+    rec = json.loads(log.path.read_text().splitlines()[0])
+    assert rec["args"][1] == "recipes/base/mqar.yaml"
+    kept, todo = RunLog(tmp_path).start([("a",)], lambda _: here, lambda rec: True, resume=True)
+    assert len(kept) == 1 and todo == []

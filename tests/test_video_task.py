@@ -97,42 +97,7 @@ def _final_weights(ckpt: Path) -> dict:
     return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
 
 
-@pytest.mark.slow
-def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
-    steps = 10
-    ckpt_args = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.every_n_train_steps=1",
-                 "--trainer.callbacks.save_top_k=-1", "--trainer.callbacks.filename={step}"]
-    ref = tmp_path / "ref"
-    subprocess.run([*SEQMIX, "fit", *_COMMON, f"--trainer.max_steps={steps}", f"--trainer.default_root_dir={ref}",
-                    *ckpt_args, f"--trainer.callbacks.dirpath={ref}/ck"], check=True, env=_env(),
-                   capture_output=True, timeout=600)
-    run = tmp_path / "run"
-    ck = run / "ck"
-    # Slow the victim down so that it is killed mid-epoch (16 batches per epoch; kill after step >= 4).
-    proc = subprocess.Popen([*SEQMIX, "fit", *_COMMON, f"--trainer.max_steps={steps}",
-                             f"--trainer.default_root_dir={run}", *ckpt_args, f"--trainer.callbacks.dirpath={ck}",
-                             "--trainer.callbacks+=tests.slow_callback.Sleep"],
-                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while time.time() < deadline and not (ck / "step=4.ckpt").exists():
-        if proc.poll() is not None:
-            pytest.fail(f"training exited early: {proc.stderr.read().decode()[-2000:]}")
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = sorted(ck.glob("step=*.ckpt"), key=lambda p: int(p.stem.split("=")[1]))
-    assert done and int(done[-1].stem.split("=")[1]) < steps, "the run was not interrupted"
-    assert not list(ck.glob(".*tmp*")) or True  # a torn temporary may remain; it is never a checkpoint name
-    last = done[-1]
-    _final_weights(last)  # the latest checkpoint is complete (atomic write)
-    subprocess.run([*SEQMIX, "fit", *_COMMON, f"--trainer.max_steps={steps}", f"--trainer.default_root_dir={run}",
-                    *ckpt_args, f"--trainer.callbacks.dirpath={ck}", f"--ckpt_path={last}"],
-                   check=True, env=_env(), capture_output=True, timeout=600)
-    a = _final_weights(ref / "ck" / f"step={steps}.ckpt")
-    b = _final_weights(ck / f"step={steps}.ckpt")
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+# kill + resume: tests/test_resume.py (every task)
 
 
 @pytest.mark.slow

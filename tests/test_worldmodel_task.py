@@ -175,40 +175,7 @@ def _env():
     return env
 
 
-@pytest.mark.slow
-def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
-    steps = 8
-    common = ["--config", str(ROOT / "recipes/worldmodel/causal_window.yaml"), f"--data.init_args.path={tmp_path / 'd'}",
-              *[a for a in TINY_DATA if "num_trajectories" not in a], "--data.init_args.num_trajectories=14",
-              "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.logger=false",
-              "--trainer.limit_val_batches=0", "--trainer.deterministic=true", f"--trainer.max_steps={steps}",
-              "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.every_n_train_steps=1",
-              "--trainer.callbacks.save_top_k=-1", "--trainer.callbacks.filename={step}"]
-    subprocess.run([*SEQMIX, "fit", *common, f"--trainer.default_root_dir={tmp_path / 'ref'}",
-                    f"--trainer.callbacks.dirpath={tmp_path / 'ref/ck'}"], check=True, env=_env(),
-                   capture_output=True, timeout=600)
-    ck = tmp_path / "run/ck"
-    # slowed down so it is killed mid-epoch (6 batches per epoch; killed after step >= 3)
-    proc = subprocess.Popen([*SEQMIX, "fit", *common, f"--trainer.default_root_dir={tmp_path / 'run'}",
-                             f"--trainer.callbacks.dirpath={ck}", "--trainer.callbacks+=tests.slow_callback.Sleep"],
-                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while time.time() < deadline and not (ck / "step=3.ckpt").exists():
-        if proc.poll() is not None:
-            pytest.fail(f"training exited early: {proc.stderr.read().decode()[-2000:]}")
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = sorted(ck.glob("step=*.ckpt"), key=lambda p: int(p.stem.split("=")[1]))
-    assert done and int(done[-1].stem.split("=")[1]) < steps, "the run was not interrupted"
-    subprocess.run([*SEQMIX, "fit", *common, f"--trainer.default_root_dir={tmp_path / 'run'}",
-                    f"--trainer.callbacks.dirpath={ck}", f"--ckpt_path={done[-1]}"], check=True, env=_env(),
-                   capture_output=True, timeout=600)
-    a = torch.load(tmp_path / f"ref/ck/step={steps}.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-    b = torch.load(ck / f"step={steps}.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+# kill + resume: tests/test_resume.py (every task)
 
 
 @pytest.mark.slow

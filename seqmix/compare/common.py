@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -122,6 +123,13 @@ def _check_layers(names: list, allow_none: bool) -> None:
         raise ValueError(f"unknown layer(s) {bad}; valid: {', '.join((['none'] if allow_none else []) + L.available())}")
 
 
+def portable_args(args: list) -> list:
+    """Recipe arguments with the built-in recipe folder written ``recipes/...`` (as in the repository), so that a
+    run's record names the same recipe in every checkout or installation and resumes there."""
+    root = str(recipe_dir()) + os.sep
+    return [f"recipes/{a[len(root):]}" if isinstance(a, str) and a.startswith(root) else a for a in args]
+
+
 class RunLog:
     """A comparison's ``runs.jsonl``: each finished run's record is appended as it completes, so an interrupted
     comparison keeps what it trained, and the same command with ``resume`` trains only the runs missing there.
@@ -137,13 +145,13 @@ class RunLog:
         """``(kept records, runs still to train)``: with ``resume`` the logged records of ``runs`` (each run's
         recipe arguments are ``args_of(*run)``; each run kept at most once), else none. The log is rewritten to
         hold just the kept records; later runs are appended with :meth:`append`."""
-        keys = [json.dumps(args_of(*r)) for r in runs]
+        keys = [json.dumps(portable_args(args_of(*r))) for r in runs]
         kept = self._finished(set(keys), same) if resume else []
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         if kept:
             logger.info("resuming: %d of %d runs already in %s", len(kept), len(runs), self.path)
-        done = {json.dumps(r["args"]) for r in kept}
+        done = {json.dumps(portable_args(r["args"])) for r in kept}
         return kept, [r for r, k in zip(runs, keys) if k not in done]
 
     def _finished(self, wanted: set[str], same) -> list[dict]:
@@ -155,13 +163,15 @@ class RunLog:
                 rec = json.loads(line)
             except json.JSONDecodeError:  # a line cut by the interruption
                 continue
-            key = json.dumps(rec.get("args"))
+            key = json.dumps(portable_args(rec.get("args") or []))
             if key in wanted and key not in seen and same(rec):
                 kept.append(rec)
                 seen.add(key)
         return kept
 
     def append(self, rec: dict) -> None:
+        if isinstance(rec.get("args"), list):
+            rec = {**rec, "args": portable_args(rec["args"])}
         with self.path.open("a") as f:
             f.write(json.dumps(rec, default=str) + "\n")
 
@@ -185,10 +195,13 @@ def _fit_recipe(recipe_args: list[str], overrides: list[str], max_steps: int | N
         args.append(f"--trainer.max_steps={max_steps}")
     cli = run_lightning(args, run=False)
     cli.trainer.callbacks.extend(callbacks)
-    t0 = time.perf_counter()
-    cli.trainer.fit(cli.model, cli.datamodule)
-    train_s = time.perf_counter() - t0
-    (metrics,) = cli.trainer.validate(cli.model, cli.datamodule, verbose=False)
+    with warnings.catch_warnings():
+        # a Lightning-internal deprecation notice (its own pytree helper), printed once per run otherwise
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+        t0 = time.perf_counter()
+        cli.trainer.fit(cli.model, cli.datamodule)
+        train_s = time.perf_counter() - t0
+        (metrics,) = cli.trainer.validate(cli.model, cli.datamodule, verbose=False)
     return cli, train_s, {k: float(v) for k, v in metrics.items()}
 
 

@@ -7,6 +7,7 @@ the queried values). Logged: ``train/loss``, ``val/loss``, ``val/acc`` (accuracy
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
@@ -18,6 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from seqmix.backbones.lm import LMConfig, MixerLM
 from seqmix.data.mqar import IGNORE_INDEX, MQARConfig, make_mqar
+from seqmix.training import ResumableLoader, data_parallel_rank, torch_shuffle_order, trainer_progress
 
 logger = logging.getLogger(__name__)
 
@@ -120,15 +122,39 @@ class MQARData(pl.LightningDataModule):
         self.vocab_size = vocab_size
         self.num_train, self.num_val, self.batch_size, self.seed = num_train, num_val, batch_size, seed
         self._train = self._val = None
+        self._resume: dict | None = None  # loader position from a checkpoint (see load_state_dict)
 
     def setup(self, stage: str | None = None) -> None:
         if self._train is None:
             self._train = TensorDataset(*make_mqar(self.cfg, self.num_train, seed=self.seed))
             self._val = TensorDataset(*make_mqar(self.cfg, self.num_val, seed=self.seed + 1_000_003))
 
+    def _progress(self) -> tuple[int, int]:
+        return trainer_progress(self.trainer)
+
+    def _rank(self) -> tuple[int, int]:
+        return data_parallel_rank(self.trainer)
+
     def train_dataloader(self):
-        g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self._train, batch_size=self.batch_size, shuffle=True, generator=g, drop_last=True)
+        # Resumable mid-epoch (its position is checkpointed, so a killed run resumes exactly), in the order of a
+        # plain shuffled DataLoader seeded with `seed` (results made with that loader stay reproducible); its own
+        # generator keeps the loader from drawing on the global RNG.
+        loader = ResumableLoader(self._train, self.batch_size, seed=self.seed, progress_fn=self._progress,
+                                 rank_fn=self._rank, generator=torch.Generator(),
+                                 order_fn=functools.partial(torch_shuffle_order, len(self._train), self.seed))
+        if self._resume is not None:
+            loader.load_state_dict(self._resume)
+        return loader
+
+    # The loader's position also travels as the data module's state: LMTask.configure_optimizers asks the trainer
+    # for its step count, which builds the train loader before the loops' state (where Lightning keeps a loader's
+    # position) is restored, and Lightning then never hands it over. The data module's state is restored first.
+    def state_dict(self) -> dict:
+        epoch, done = self._progress()
+        return {"epoch": epoch, "batches_done": done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = dict(state) if state else None
 
     def val_dataloader(self):
         return DataLoader(self._val, batch_size=self.batch_size)

@@ -30,7 +30,8 @@ from seqmix.backbones.layout import VideoLayout
 from seqmix.data.shards import LatentShards
 from seqmix.data.storyboard import StoryboardConfig, StoryboardDataset, consistency, write_gif
 from seqmix.diffusion import ScheduleConfig, VDiffusion
-from seqmix.training import ResumableLoader, example_generator, load_checkpoint
+from seqmix.training import (ResumableLoader, data_parallel_rank, example_generator, load_checkpoint,
+                             trainer_progress)
 
 logger = logging.getLogger(__name__)
 
@@ -324,18 +325,10 @@ class _VideoData(pl.LightningDataModule):
         self._val: Dataset | None = None
 
     def _progress(self) -> tuple[int, int]:
-        t = self.trainer
-        if t is None:
-            return 0, 0
-        return t.current_epoch, t.fit_loop.epoch_loop.batch_progress.current.processed
+        return trainer_progress(self.trainer)
 
     def _rank(self) -> tuple[int, int]:
-        t = self.trainer
-        if t is None:
-            return 0, 1
-        # data-parallel rank: tensor-parallel ranks of one group must read the same examples
-        kw = getattr(t.strategy, "distributed_sampler_kwargs", None)
-        return (kw["rank"], kw["num_replicas"]) if kw else (t.global_rank, t.world_size)
+        return data_parallel_rank(self.trainer)
 
     def train_dataloader(self):
         return ResumableLoader(self._train, self.batch_size, seed=self.seed, shuffle=True, progress_fn=self._progress,
