@@ -18,8 +18,10 @@ The CLI layer prints results for people; library code only logs.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
+from seqmix.utils.errors import seqmix_input_error
 from seqmix.utils.extras import missing_extra
 
 __all__ = ["main"]
@@ -376,6 +378,12 @@ def main(argv: list[str] | None = None) -> None:
         if message is None:
             raise
         print(f"{command}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except Exception as e:  # noqa: BLE001 - seqmix's message for bad input in one line; a bug keeps its traceback
+        root = None if os.environ.get("SEQMIX_DEBUG") else seqmix_input_error(e)
+        if root is None:
+            raise
+        print(f"{command}: error: {root} (SEQMIX_DEBUG=1 shows the traceback)", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -15,6 +15,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from seqmix.layers import config_class
+from seqmix.utils.errors import seqmix_input_error
 from seqmix.training import AtomicCheckpointIO, StopOnNonFiniteLoss
 
 __all__ = ["RecipeError", "SeqmixCLI", "run_lightning"]
@@ -48,6 +49,18 @@ class SeqmixCLI(LightningCLI):
                 config_class(name)
             except (ValueError, TypeError) as e:
                 raise RecipeError(f"{key}: {e}") from None
+
+    def instantiate_classes(self):
+        # A recipe value that seqmix rejects while the model or data are built (a misspelled mixer setting, a data
+        # path that does not exist) surfaces through jsonargparse and Lightning as a long chained traceback; the
+        # user needs seqmix's own one-line message. Anything else (a bug) keeps its traceback.
+        try:
+            super().instantiate_classes()
+        except Exception as e:  # noqa: BLE001 - re-raised unless it is a seqmix input error
+            root = seqmix_input_error(e)
+            if root is None:
+                raise
+            raise RecipeError(str(root)) from e
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)

@@ -158,3 +158,23 @@ def test_compare_quick_writes_only_under_out_and_prints_no_warnings(tmp_path):
     assert (out / "results.json").is_file()
     noisy = [line for line in r.stderr.splitlines() if "Warning" in line or "deprecated" in line]
     assert not noisy, noisy
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["fit", "--config", "mqar/gated_deltanet", "--model.init_args.model.mixer_config={chunk_sise: 4}"],
+     "unknown config key(s) ['chunk_sise'] for mixer 'gated_deltanet'"),
+    (["fit", "--config", "t2v/ttt_linear", "--data=seqmix.tasks.LatentVideoData", "--data.init_args.path=/no/such/dir"],
+     "does not exist"),
+    (["fit", "--config", "worldmodel/ours", "--data.init_args.generate=null", "--data.init_args.path=/no/such/dir"],
+     "holds no maze dataset"),
+    (["bench", "layers", "--layers", "[nope]"], "unknown layer 'nope'"),
+], ids=["fit-mixer-key", "fit-latent-path", "fit-maze-data", "bench-layer"])
+def test_user_input_errors_are_one_line(argv, message):
+    """Errors in what the user asked for print seqmix's message in one line (exit 2), no traceback."""
+    extra = ["--trainer.max_steps=1"] if argv[0] == "fit" else []
+    r = subprocess.run([sys.executable, "-m", "seqmix.cli", *argv, *extra], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    assert r.returncode == 2, r.stderr[-3000:]
+    errors = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
