@@ -118,7 +118,7 @@ def test_mqar_presets():
     from seqmix.compare import MQARSweep
 
     z = MQARSweep.preset("zoology")
-    assert z.widths == [64, 128, 256] and z.num_layers == 2
+    assert z.widths == [64, 128, 256] and z.num_layers == 2 and z.vocab_size == 8192  # Zoology's standard task
     assert z.lrs == pytest.approx([10 ** x for x in (-3, -2.5, -2, -1.5)])
     cpu = MQARSweep.preset("cpu", layers=["swa"])
     assert len(cpu.lrs) >= 3 and len(parse_seeds(cpu.seeds)) >= 2 and cpu.layers == ["swa"]
@@ -188,3 +188,15 @@ def test_run_log_records_portable_recipe_paths_and_resumes_across_checkouts(tmp_
     assert rec["args"][1] == "recipes/base/mqar.yaml"
     kept, todo = RunLog(tmp_path).start([("a",)], lambda _: here, lambda rec: True, resume=True)
     assert len(kept) == 1 and todo == []
+
+
+def test_zoology_vocabulary_reaches_data_and_model(tmp_path):
+    """The zoology preset's vocabulary 8192 is the data's and the model's (a quick run builds and trains)."""
+    from seqmix.compare import MQARSweep, run_mqar_sweep
+
+    sweep = dataclasses.replace(MQARSweep.preset("zoology", out=str(tmp_path), layers=["full_attn"]).quick(),
+                                widths=[32], num_layers=1)
+    res = run_mqar_sweep(sweep)
+    (rec,) = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert "--data.init_args.vocab_size=8192" in rec["args"] and "--model.init_args.model.vocab_size=8192" in rec["args"]
+    assert res["markdown"] and "vocab 8192" in res["markdown"]

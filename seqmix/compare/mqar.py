@@ -22,13 +22,13 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["MQARSweep", "PRESETS", "run_mqar_sweep"]
 
-#: Named grids. ``zoology``: Zoology's standard MQAR grid (widths 64/128/256, 2 layers, 4 learning rates
-#: ``logspace(-3, -1.5, 4)``) on the recipe's task, sized for GPUs; ``cpu``: the committed CPU sweep (the recipe's
+#: Named grids. ``zoology``: Zoology's standard MQAR grid (vocabulary 8192, widths 64/128/256, 2 layers, 4 learning
+#: rates ``logspace(-3, -1.5, 4)``) on the recipe's sequence length and pairs, sized for GPUs; ``cpu``: the committed CPU sweep (the recipe's
 #: task and 1200-step budget at width 64, 3 learning rates, 3 seeds). Shorter budgets mislead here: at T = 64 with 4
 #: pairs and 300 steps, full attention and TTT-Linear both sat at 25% (one of the 4 values in context, a plateau
 #: MQAR models leave later), so nothing was told apart.
 PRESETS: dict[str, dict] = {
-    "zoology": {"widths": [64, 128, 256], "num_layers": 2,
+    "zoology": {"widths": [64, 128, 256], "num_layers": 2, "vocab_size": 8192,
                 "lrs": [10 ** (-3 + 0.5 * i) for i in range(4)], "seeds": [0, 1]},
     "cpu": {"widths": [64], "lrs": [1e-3, 3e-3, 1e-2], "seeds": [0, 1, 2], "curve_points": 6},
 }
@@ -47,7 +47,8 @@ class MQARSweep:
         num_layers: blocks of the model (None: the recipe's).
         max_steps: steps per run (None: the recipe's epoch of data).
         num_train: training examples (None: the recipe's).
-        seq_len, num_kv_pairs: the task (None: the recipe's).
+        seq_len, num_kv_pairs, vocab_size: the task (None: the recipe's; the vocabulary sets the data's and the
+            model's).
         curve_points: learning-curve evaluations after step 0 (0: no curve), on ``curve_batches`` validation batches.
         resume: reuse the finished runs of an interrupted call with the same ``out`` (its ``runs.jsonl``, matched by
             their recipe arguments, steps and curve settings; not by the code, so only for the same checkout).
@@ -67,6 +68,7 @@ class MQARSweep:
     num_train: int | None = None
     seq_len: int | None = None
     num_kv_pairs: int | None = None
+    vocab_size: int | None = None
     curve_points: int = 8
     curve_batches: int = 4
     resume: bool = False
@@ -123,7 +125,9 @@ def _run_args(layer: str, width: int, lr: float, knobs: dict, seed: int, sweep: 
             + [f"--model.init_args.model.dim={width}", f"--model.init_args.lr={lr}"]
             + ([f"--model.init_args.model.num_layers={sweep.num_layers}"] if sweep.num_layers else [])
             + [f"--data.init_args.{k}={getattr(sweep, k)}" for k in ("num_train", "seq_len", "num_kv_pairs")
-               if getattr(sweep, k)])
+               if getattr(sweep, k)]
+            + ([f"--data.init_args.vocab_size={sweep.vocab_size}",
+                f"--model.init_args.model.vocab_size={sweep.vocab_size}"] if sweep.vocab_size else []))
 
 
 def _run_one(layer: str, width: int, lr: float, knobs: dict, seed: int, sweep: MQARSweep) -> dict:
