@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Any, Callable
@@ -173,9 +174,15 @@ def verify_checkpoint(path: str | Path) -> None:
     got = sha256_file(real)
     if got in accepted:
         return
-    # Suggest the newest other checkpoint of the directory that verifies (hashing stops at the first good one).
+    # Suggest the furthest-trained other checkpoint of the directory that verifies: by the step in its name
+    # (Lightning's `step=N` / `epoch=E-step=N`), then by time (a copy resets file times; hashing stops at the first
+    # good one).
+    def progress(p: Path) -> tuple[int, float]:
+        m = re.search(r"step=(\d+)", p.name)
+        return (int(m.group(1)) if m else -1, p.stat().st_mtime)
+
     others = sorted((p for p in real.parent.glob("*.ckpt") if p.is_file() and p.resolve() != real),
-                    key=lambda p: p.stat().st_mtime, reverse=True)
+                    key=progress, reverse=True)
     good = next((p for p in others if (_accepted_digests(p.resolve()) or [None])[0] == sha256_file(p)), None)
     hint = f"resume from the previous checkpoint instead, e.g. --ckpt_path={good}" if good else (
         "resume from a previous checkpoint instead (none verified in the same directory)")

@@ -160,3 +160,19 @@ def test_a_live_run_owns_its_checkpoint_folder(tmp_path):
     assert not list(tmp_path.glob(".step=2.ckpt.tmp-*")) and (tmp_path / "step=2.ckpt").is_file()
     assert (tmp_path / ".seqmix-run.lock").read_text().split()[1] == str(os.getpid())
     _OWNED.discard(tmp_path.resolve())
+
+
+def test_corrupt_checkpoint_hint_names_the_furthest_good_step_not_the_newest_file(tmp_path):
+    """After a copy (file times reset), the hint still names the checkpoint with the highest step that verifies."""
+    from seqmix.training import AtomicCheckpointIO, CheckpointCorruptError, _OWNED, verify_checkpoint
+
+    io = AtomicCheckpointIO()
+    for step in (3, 6, 7):
+        io.save_checkpoint({"w": torch.full((2,), float(step))}, tmp_path / f"step={step}.ckpt")
+    _OWNED.discard(tmp_path.resolve())
+    os.utime(tmp_path / "step=3.ckpt")  # newest file time, lower step
+    raw = bytearray((tmp_path / "step=7.ckpt").read_bytes())
+    raw[-10] ^= 0xFF
+    (tmp_path / "step=7.ckpt").write_bytes(bytes(raw))
+    with pytest.raises(CheckpointCorruptError, match=r"--ckpt_path=\S*step=6\.ckpt"):
+        verify_checkpoint(tmp_path / "step=7.ckpt")

@@ -161,3 +161,22 @@ def test_library_warnings_reach_the_user_once(configured):
     assert r.returncode == 0, r.stderr[-2000:]
     for what in ("backend 'triton' unavailable", "backend 'mamba_ssm' unavailable"):
         assert r.stderr.count(what) == 1, r.stderr
+
+
+def test_a_call_far_beyond_a_cpu_budget_warns_with_the_estimate_first(caplog):
+    """Full attention on 400k tokens: one warning with the cost model's estimate (minutes); a linear-time layer on
+    the same length, or a short call, none. (Checked on the shape alone: nothing is computed.)"""
+    import logging
+
+    from seqmix import layers
+    from seqmix.layers import base
+
+    x = torch.empty(1, 400_000, 64, device="meta")
+    attn = layers.build("full_attn", dim=64, num_heads=2, causal=True)
+    base._WARNED.discard(("full_attn", 6))
+    with caplog.at_level(logging.WARNING, logger="seqmix.layers.base"):
+        attn._warn_if_long(x)
+        attn._warn_if_long(x)
+        layers.build("gated_deltanet", dim=64, num_heads=2)._warn_if_long(x)
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "full_attn" in warned[0] and "TFLOP" in warned[0] and "minutes" in warned[0], warned

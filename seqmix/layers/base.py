@@ -70,7 +70,10 @@ class MixerConfig:
 
 
 _REGISTRY: dict[str, type["Mixer"]] = {}
-_WARNED: set[tuple[str, str, str]] = set()
+_WARNED: set[tuple] = set()
+#: Calls this long on a CPU are checked against the cost model (shorter ones never pay for the estimate) and warn
+#: when the estimate exceeds _LONG_CALL_SECONDS at _CPU_FLOPS (a generous multi-core CPU rate: the warning errs late).
+_LONG_CALL_TOKENS, _LONG_CALL_SECONDS, _CPU_FLOPS = 32_768, 60.0, 100e9
 
 
 def _runs_anywhere(layer: "Mixer", device: torch.device, dtype: torch.dtype, shapes: dict | None) -> str | None:
@@ -426,6 +429,21 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
                 "cast the layer (layer.to(dtype)) or run under torch.autocast"
             )
 
+    def _warn_if_long(self, x: torch.Tensor) -> None:
+        """A CPU call the cost model puts far beyond an interactive budget warns first, with the estimate (once per
+        layer and order of magnitude of the length): full attention at T = 400k computes for many minutes."""
+        try:
+            flops = self.cost(x.shape[1], 0, x.shape[0]).flops
+        except Exception:  # noqa: BLE001 - an estimate must never stop a call
+            return
+        seconds = flops / _CPU_FLOPS
+        key = (self.name, len(str(x.shape[1])))
+        if seconds >= _LONG_CALL_SECONDS and key not in _WARNED:
+            _WARNED.add(key)
+            logger.warning("%s: a call on %d x %d tokens costs ~%.3g TFLOP (cost model): roughly %.0f minutes on a CPU "
+                           "at ~%d GFLOP/s", self.name, x.shape[0], x.shape[1], flops / 1e12, seconds / 60,
+                           _CPU_FLOPS / 1e9)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -445,6 +463,8 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
             )
         if state is not None and not self.causal:
             raise ValueError(f"{self.name}: carried state is only defined for causal layers (causal=True)")
+        if x.shape[1] >= _LONG_CALL_TOKENS and x.device.type == "cpu":
+            self._warn_if_long(x)
         y, new_state = self._forward(
             x, layout=layout, positions=positions, state=state, return_state=return_state
         )
