@@ -367,7 +367,7 @@ def test_bad_state_and_layout():
         layer(x[:1], state=st)
     with pytest.raises(ValueError, match=r"conv state must be \[B, W - 1, C\]"):
         layer(x, state=st._replace(conv=None))
-    with pytest.raises(ValueError, match="takes no layout"):
+    with pytest.raises(TypeError, match="takes no layout"):
         layer(x, layout=object())
     y, _ = layer(x, state=st, return_state=True)  # a valid state still works
     assert y.shape == x.shape

@@ -424,7 +424,7 @@ def test_bad_state_and_layout():
         layer(x, state=(st.conv, st.ssm))
     with pytest.raises(ValueError, match="carried state shapes"):
         layer(x[:1], state=st)
-    with pytest.raises(ValueError, match="layout"):
+    with pytest.raises(TypeError, match="takes no layout"):
         layer(x, layout=object())
     with pytest.raises(ValueError, match="backend"):
         layers.build("mamba2", DIM, HEADS, backend="cuda")

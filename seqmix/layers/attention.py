@@ -173,11 +173,7 @@ class _Attention(Mixer):
     def __init__(self, dim: int, num_heads: int, config: AttentionConfig):
         super().__init__(dim, num_heads, config)
         c = config
-        if c.head_dim is None and dim % num_heads:
-            raise ValueError(f"{self.name}: dim={dim} is not divisible by num_heads={num_heads}; pass head_dim")
-        K = c.head_dim if c.head_dim is not None else dim // num_heads
-        if not isinstance(K, int) or isinstance(K, bool) or K <= 0:
-            raise ValueError(f"{self.name}: head_dim must be a positive int, got {K!r}")
+        K = self.resolve_head_dim(c.head_dim)
         self.window: int | None = _check_window(self.name, c.window) if self.kind != "full" else None
         self.head_dim = K
         HK = num_heads * K
@@ -246,12 +242,8 @@ class _Attention(Mixer):
 
     def _span_bounds(self, layout, T: int, stateful: bool) -> tuple[int, ...] | None:
         """Boundaries of the spans attention stays inside when they come from ``layout`` (None: the kind's own
-        visibility rule). Only ``local_attn`` with ``block_align`` other than ``"tokens"`` takes them."""
-        if layout is not None:
-            raise TypeError(
-                f"{self.name}: takes no layout (windows are in tokens of the sequence as given); "
-                f"got {type(layout).__name__}, expected None"
-            )
+        visibility rule). Only ``local_attn`` (``takes_layout``) with ``block_align`` other than ``"tokens"`` takes
+        them; the other kinds never get a layout (the base class refuses it)."""
         return None
 
     def _forward(self, x, *, layout, positions, state, return_state):

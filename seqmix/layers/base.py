@@ -429,6 +429,18 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
                 "cast the layer (layer.to(dtype)) or run under torch.autocast"
             )
 
+    def resolve_head_dim(self, head_dim: int | None) -> int:
+        """The per-head width K: ``head_dim`` when given (a positive int), else ``dim // num_heads`` (which must
+        divide). The one rule every mixer with a ``head_dim`` option follows."""
+        if head_dim is None:
+            if self.dim % self.num_heads:
+                raise ValueError(f"{self.name}: dim={self.dim} is not divisible by num_heads={self.num_heads}; "
+                                 f"pass head_dim")
+            return self.dim // self.num_heads
+        if not isinstance(head_dim, int) or isinstance(head_dim, bool) or head_dim <= 0:
+            raise ValueError(f"{self.name}: head_dim must be a positive int, got {head_dim!r}")
+        return head_dim
+
     def _warn_if_long(self, x: torch.Tensor) -> None:
         """A CPU call the cost model puts far beyond an interactive budget warns first, with the estimate (once per
         layer and order of magnitude of the length): full attention at T = 400k computes for many minutes."""
@@ -463,6 +475,9 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
             )
         if state is not None and not self.causal:
             raise ValueError(f"{self.name}: carried state is only defined for causal layers (causal=True)")
+        if layout is not None and not self.takes_layout:
+            raise TypeError(f"{self.name}: takes no layout (it mixes the tokens in the order given: the backbone "
+                            f"orders them; frame layers read their config's grid); got {type(layout).__name__}")
         if x.shape[1] >= _LONG_CALL_TOKENS and x.device.type == "cpu":
             self._warn_if_long(x)
         y, new_state = self._forward(

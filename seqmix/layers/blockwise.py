@@ -94,8 +94,6 @@ class _Blockwise(Mixer):
         return f"{super().extra_repr()}, grid={self.grid}, block={self.block}, blocks={self.num_blocks}"
 
     def _fold(self, x: torch.Tensor, layout, positions) -> torch.Tensor:
-        if layout is not None:
-            raise ValueError(f"{self.name}: takes no layout (the grid is config.grid); got {type(layout).__name__}")
         if positions is not None:
             raise ValueError(f"{self.name}: takes no positions (the block scans are ordered by time)")
         num_frames(self.name, x.shape[1], self.grid)

@@ -131,8 +131,6 @@ class FrameLocalAttention(_Attention):
 
     # ------------------------------------------------------------------------------------------------ forward
     def _forward(self, x, *, layout, positions, state, return_state):
-        if layout is not None:
-            raise TypeError(f"{self.name}: takes no layout (the grid is config.grid); got {type(layout).__name__}")
         B, T, _ = x.shape
         H, K, ft = self.num_heads, self.head_dim, self.frame_tokens
         num_frames(self.name, T, self.grid)

@@ -222,13 +222,8 @@ class GatedDeltaNet(Mixer):
         self.o_proj = nn.Linear(self.value_dim, dim, bias=False)
         self.reset_parameters()
 
-    @staticmethod
-    def _validate(dim: int, num_heads: int, c: Config) -> None:
-        if c.head_dim is None and dim % num_heads:
-            raise ValueError(f"gated_deltanet: dim={dim} is not divisible by num_heads={num_heads}; pass head_dim")
-        K = c.head_dim if c.head_dim is not None else dim // num_heads
-        if not isinstance(K, int) or isinstance(K, bool) or K <= 0:
-            raise ValueError(f"gated_deltanet: head_dim must be a positive int, got {K!r}")
+    def _validate(self, dim: int, num_heads: int, c: Config) -> None:
+        K = self.resolve_head_dim(c.head_dim)
         if not isinstance(c.expand_v, (int, float)) or c.expand_v <= 0:
             raise ValueError(f"gated_deltanet: expand_v must be a positive number, got {c.expand_v!r}")
         if not math.isclose(K * c.expand_v, round(K * c.expand_v), rel_tol=0, abs_tol=1e-6):
@@ -318,8 +313,6 @@ class GatedDeltaNet(Mixer):
     # ----------------------------------------------------------------------------------------------- forward
     def _forward(self, x, *, layout, positions, state, return_state):
         # `positions` is accepted and ignored: the recurrence is order-aware by itself (no RoPE, as in fla).
-        if layout is not None:
-            raise ValueError(f"{self.name}: takes no layout (the backbone orders tokens); got {type(layout).__name__}")
         B, T, _ = x.shape
         backend = self.select_backend(x.device)
         st = None if state is None else self._check_state(state, B)

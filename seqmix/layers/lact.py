@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqmix.ops import acc_dtype
 from seqmix.ops import lact as lact_ops
 
 from .base import Backend, Mixer, MixerConfig, register
@@ -45,10 +46,6 @@ from .cost import FP32_BYTES, Cost
 from .spans import TokenSpans, aligned_bounds
 
 __all__ = ["LaCT", "LaCTState"]
-
-
-def _acc_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 class LaCTState(NamedTuple):
@@ -121,11 +118,7 @@ class LaCT(Mixer):
     def __init__(self, dim: int, num_heads: int, config: "LaCT.Config"):
         super().__init__(dim, num_heads, config)
         c = config
-        if c.head_dim is None and dim % num_heads:
-            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}; pass head_dim explicitly")
-        K = c.head_dim if c.head_dim is not None else dim // num_heads
-        if not isinstance(K, int) or K <= 0:
-            raise ValueError(f"head_dim must be a positive int, got {K!r}")
+        K = self.resolve_head_dim(c.head_dim)
         if not isinstance(c.chunk_size, int) or c.chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int, got {c.chunk_size!r}")
         if c.chunk_align not in ("tokens",) + TokenSpans.UNITS:
@@ -194,7 +187,7 @@ class LaCT(Mixer):
         """``x [B, T, D]`` -> ``q, k, v [B, H, T, K]``, ``lr0, lr1, lr2[, momentum] [B, H, T]`` in fp32/fp64."""
         B, T, _ = x.shape
         H, K = self.num_heads, self.head_dim
-        acc = _acc_dtype(x)
+        acc = acc_dtype(x)
         qkv = F.silu(self.qkv(x))  # autocast applies here
         with torch.autocast(device_type=x.device.type, enabled=False):
             q, k, v = qkv.to(acc).view(B, T, 3, H, K).permute(2, 0, 3, 1, 4)
@@ -223,7 +216,7 @@ class LaCT(Mixer):
             raise ValueError(f"{self.name}: takes no positions (LaCT's fast weights need none)")
         c = self.config
         B, T, _ = x.shape
-        acc = _acc_dtype(x)
+        acc = acc_dtype(x)
         scan = self.select_backend(x.device).fn
         inputs = self._project(x)
         with torch.autocast(device_type=x.device.type, enabled=False):

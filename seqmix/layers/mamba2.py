@@ -299,8 +299,6 @@ class Mamba2(Mixer):
 
     # --------------------------------------------------------------------------------------------------- forward
     def _forward(self, x, *, layout, positions, state, return_state):
-        if layout is not None:
-            raise ValueError(f"{self.name}: takes no layout (the backbone orders tokens); got {type(layout).__name__}")
         # positions are ignored: Mamba-2 is position-free (order comes from the scan itself).
         b, T, _ = x.shape
         E, H, P, G, N = self.d_inner, self.nheads, self.headdim, self.ngroups, self.d_state

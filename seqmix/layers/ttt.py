@@ -191,11 +191,7 @@ class _TTTBase(Mixer):
     def __init__(self, dim: int, num_heads: int, config: TTTConfig):
         super().__init__(dim, num_heads, config)
         c = config
-        if c.head_dim is None and dim % num_heads:
-            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}; pass head_dim explicitly")
-        K = c.head_dim if c.head_dim is not None else dim // num_heads
-        if not isinstance(K, int) or K <= 0:
-            raise ValueError(f"head_dim must be a positive int, got {K!r}")
+        K = self.resolve_head_dim(c.head_dim)
         if not isinstance(c.mini_batch_size, int) or c.mini_batch_size < 1:
             raise ValueError(f"mini_batch_size must be a positive int, got {c.mini_batch_size!r}")
         if c.scan_checkpoint_group < 0:
@@ -377,8 +373,6 @@ class _TTTBase(Mixer):
         return q, k, r, eta.transpose(1, 2)
 
     def _forward(self, x, *, layout, positions, state, return_state):
-        if layout is not None:
-            raise ValueError(f"{self.name}: takes no layout (the backbone reorders tokens); got {type(layout).__name__}")
         c: TTTConfig = self.config
         B, T, _ = x.shape
         scan = self.select_backend(x.device).fn

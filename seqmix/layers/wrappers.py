@@ -90,6 +90,7 @@ class Bidirectional(Mixer):
         self.reverse = reverse
         self.reverse_positions = reverse_positions
         self.backends = inner.backends
+        self.takes_layout = inner.takes_layout  # a layout is passed on to the wrapped mixer
 
     @property
     def inner(self) -> Mixer:
