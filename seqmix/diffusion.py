@@ -95,10 +95,6 @@ class VDiffusion(torch.nn.Module):
         sa, sb = self._coef(t, x_t)
         return sa * x_t - sb * v
 
-    def sample_t(self, batch: int, generator: torch.Generator | None = None, device="cpu") -> torch.Tensor:
-        """Uniform training timesteps ``[batch]``."""
-        return torch.randint(0, self.num_timesteps, (batch,), generator=generator, device=device)
-
     def ddim_timesteps(self, num_steps: int) -> list[int]:
         """"trailing" spacing: ``T-1, T-1-r, ...`` with ``r = T / num_steps`` (first step is pure noise)."""
         if not 1 <= num_steps <= self.num_timesteps:

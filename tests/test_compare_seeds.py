@@ -200,3 +200,16 @@ def test_zoology_vocabulary_reaches_data_and_model(tmp_path):
     (rec,) = json.loads((tmp_path / "results.json").read_text())["runs"]
     assert "--data.init_args.vocab_size=8192" in rec["args"] and "--model.init_args.model.vocab_size=8192" in rec["args"]
     assert res["markdown"] and "vocab 8192" in res["markdown"]
+
+
+def test_mqar_default_layers_have_a_causal_form(monkeypatch):
+    """A token mixer with no causal form is not an MQAR default (the causal LM could not build it)."""
+    from seqmix import layers as L
+    from seqmix.compare import MQARSweep
+    from seqmix.compare.common import token_mixers
+
+    assert set(MQARSweep().layers) == set(token_mixers(causal=True)) <= set(token_mixers())
+    assert all(L.mixer_class(n).can_be_causal() for n in MQARSweep().layers)
+    name = MQARSweep().layers[0]
+    monkeypatch.setattr(L.mixer_class(name), "causal_modes", (False,))
+    assert name not in MQARSweep().layers and name in token_mixers()

@@ -138,3 +138,13 @@ def test_library_code_never_prints():
              for node in ast.walk(ast.parse(path.read_text(), str(path)))
              if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print"]
     assert not calls, f"print() in library code (log instead, or move it to a CLI module): {calls}"
+
+
+def test_ops_docstring_names_every_op_module():
+    """seqmix.ops' convention names every module it holds (a new op module is added there too)."""
+    import seqmix.ops
+
+    doc = seqmix.ops.__doc__
+    modules = sorted(p.stem for p in (ROOT / "seqmix" / "ops").glob("*.py") if p.stem != "__init__")
+    missing = [m for m in modules if f"``{m}``" not in doc and f"seqmix.ops.{m}" not in doc]
+    assert not missing, f"seqmix/ops/__init__.py does not name {missing}"

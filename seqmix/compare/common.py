@@ -30,11 +30,13 @@ def base_recipe(task: str) -> Path:
     return recipe_dir() / "base" / f"{task}.yaml"
 
 
-def token_mixers() -> list[str]:
-    """Every registry layer that mixes tokens of a plain sequence (the default layers of a comparison)."""
+def token_mixers(causal: bool = False) -> list[str]:
+    """Every registry layer that mixes tokens of a plain sequence (the default layers of a comparison); with
+    ``causal``, only those with a causal form (a language task's default layers)."""
     from seqmix import layers as L
 
-    return [n for n in L.sequence_mixers() if L.mixer_class(n).mixes_tokens]
+    return [n for n in L.sequence_mixers() if L.mixer_class(n).mixes_tokens
+            and (not causal or L.mixer_class(n).can_be_causal())]
 
 
 def longest_first(names: list[str | None], dim: int = 32, num_heads: int = 2, tokens: int = 600) -> list[str | None]:

@@ -58,7 +58,7 @@ class MQARSweep:
         out: output directory.
     """
 
-    layers: list[str] = field(default_factory=token_mixers)
+    layers: list[str] = field(default_factory=lambda: token_mixers(causal=True))
     widths: list[int] = field(default_factory=lambda: [32, 64])
     lrs: list[float] = field(default_factory=lambda: [3e-3])
     seeds: int | list[int] = 1

@@ -480,7 +480,6 @@ class NoMixer(Mixer):
     ``backward()`` through it works unchanged.
     """
 
-    backends = ("torch",)
     causal_modes = (True,)
     mixes_tokens = False
     gates = ("tests/test_attention.py::test_identity_returns_zeros_and_carries_trivial_state",)

@@ -2,8 +2,9 @@
 
 Convention (every op module follows it; a new op starts here):
 
-* One module per mixer family (``attention``, ``ttt``, ``ssd``, ``delta_rule``, ``rope``); third-party kernels are
-  reached only through :mod:`seqmix.ops.external`. No ``nn.Module`` here: parameters come in as tensors.
+* One module per mixer family (``attention``, ``frame_attention``, ``ttt``, ``lact``, ``ssd``, ``delta_rule``) and
+  shared pieces (``rope``, ``conv``: the causal depthwise convolution); third-party kernels are reached only
+  through :mod:`seqmix.ops.external`. No ``nn.Module`` here: parameters come in as tensors.
 * Twins. Every fast form has a naive twin with the SAME signature beside it (``attention_sdpa`` /
   ``attention_naive``, ``ttt_scan`` / ``ttt_scan_naive``, ``ssd_chunk`` / ``ssd_naive``,
   ``chunk_gated_delta_rule`` / ``naive_recurrent_gated_delta_rule``); the naive twin is a plain loop or dense
