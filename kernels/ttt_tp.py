@@ -6,7 +6,7 @@
 thread (:mod:`seqmix.kernels.ttt_tp_hostsim`), matches ``ttt_scan`` through this wrapper at tiny sizes; they have
 not yet run on a GPU. The layer backend
 ``"tp"`` is opt-in (never chosen by ``"auto"``) until a committed GPU result of
-``python -m seqmix.kernels.ttt_tp_check`` shows it passes.
+``python -m seqmix.bench.ttt_tp_check`` shows it passes.
 
 Design (details at the top of ``ttt_tp.cu``): one thread-block cluster per (batch, head); CTA ``p`` of ``P`` keeps
 hidden units ``p F/P .. (p+1) F/P`` of the inner MLP in shared memory for the whole sequence and the cluster

@@ -130,7 +130,7 @@ def test_cycle_finder_finds_a_cycle():
 
 # The command-line layer: the only modules that print (library code logs).
 CLI_MODULES = {"seqmix.cli", "seqmix.bench.cli",
-               "seqmix.kernels.ttt_tp_check"}  # the tensor-parallel kernel's check command (a GPU kit stage)
+               "seqmix.bench.ttt_tp_check"}  # the tensor-parallel kernel's check command (a GPU kit stage)
 
 
 def test_library_code_never_prints():
@@ -148,3 +148,30 @@ def test_ops_docstring_names_every_op_module():
     modules = sorted(p.stem for p in (ROOT / "seqmix" / "ops").glob("*.py") if p.stem != "__init__")
     missing = [m for m in modules if f"``{m}``" not in doc and f"seqmix.ops.{m}" not in doc]
     assert not missing, f"seqmix/ops/__init__.py does not name {missing}"
+
+
+#: The layer order of the package, lowest first: a module may import its own layer and those below it, never one
+#: above (kernels below layers, layers below backbones, ..., the command line on top). The longest prefix decides.
+LAYERS = {
+    "seqmix.utils": 0, "seqmix._source_tree": 0,
+    "seqmix.ops": 1, "seqmix.kernels": 1, "seqmix.data": 1,
+    "seqmix": 2, "seqmix.layers": 2,
+    "seqmix.backbones": 3, "seqmix.diffusion": 3,
+    "seqmix.training": 4, "seqmix.tasks": 4, "seqmix.lightning_cli": 4, "seqmix.parallel": 4,
+    "seqmix.compare": 5, "seqmix.bench": 5, "seqmix.parallel.estimate": 5,  # the plan reads the benchmarks' costs
+    "seqmix.cli": 6,
+}
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    for i in range(len(parts), 0, -1):
+        if ".".join(parts[:i]) in LAYERS:
+            return LAYERS[".".join(parts[:i])]
+    raise KeyError(f"{module} has no layer in tests/test_imports.py LAYERS: add its package there")
+
+
+def test_no_module_imports_a_higher_layer():
+    """data / ops / kernels < layers < backbones < training and tasks < compare / bench < cli (no upward arrow)."""
+    up = sorted(f"{a} -> {b}" for a, bs in _graph().items() for b in bs if _layer(b) > _layer(a))
+    assert not up, "imports against the layer order: " + "; ".join(up)

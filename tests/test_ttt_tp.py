@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from seqmix import layers
-from seqmix.kernels import ttt_tp, ttt_tp_check
+from seqmix.bench import ttt_tp_check
+from seqmix.kernels import ttt_tp
 from seqmix.kernels import ttt_tp_hostsim as hostsim
 from seqmix.kernels.ttt_tp_ref import ttt_scan_tp_emulated
 from seqmix.ops import ttt as ops
@@ -100,7 +101,7 @@ def test_committed_resource_report_is_current():
 
 
 def test_check_entry_point_smoke(tmp_path):
-    """``python -m seqmix.kernels.ttt_tp_check --smoke`` (called in-process) writes a valid bench document."""
+    """``python -m seqmix.bench.ttt_tp_check --smoke`` (called in-process) writes a valid bench document."""
     from seqmix.bench import validate
 
     rc = ttt_tp_check.main(["--out", str(tmp_path), "--smoke", "--lengths", "18048"])

@@ -180,7 +180,7 @@ STAGES: tuple[Stage, ...] = (
           ("--quick", "--device", "cpu", "--lengths", "[24]", "--modes", "[fwd]")),
     # The on-chip tensor-parallel TTT-MLP kernel: JIT build, fp64 correctness, benchmark, compute-sanitizer.
     Stage("ttt-tp", 100,
-          ("-m", "seqmix.kernels.ttt_tp_check", "--out", "{out}", "--bench-s", "40", "--sanitizer-s", "20"),
+          ("-m", "seqmix.bench.ttt_tp_check", "--out", "{out}", "--bench-s", "40", "--sanitizer-s", "20"),
           ("--smoke",)),
 )
 

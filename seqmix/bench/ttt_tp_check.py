@@ -1,7 +1,7 @@
 """Check and benchmark of the tensor-parallel TTT-MLP kernel (:mod:`seqmix.kernels.ttt_tp`) in one command::
 
-    python -m seqmix.kernels.ttt_tp_check --out DIR            # on a Hopper GPU (~3 minutes with the JIT build)
-    python -m seqmix.kernels.ttt_tp_check --out DIR --smoke    # anywhere: the parts that need no GPU
+    python -m seqmix.bench.ttt_tp_check --out DIR            # on a Hopper GPU (~3 minutes with the JIT build)
+    python -m seqmix.bench.ttt_tp_check --out DIR --smoke    # anywhere: the parts that need no GPU
 
 Parts, each with its own time budget and elapsed time (printed, and kept in the document's ``summary.parts``); on
 an H100-class GPU about 3.5 minutes with the first JIT build (build <= 90 s, correctness ~15 s, bench 75 s,
@@ -52,8 +52,8 @@ from seqmix.bench.report import make_doc, markdown_header, start_run, write_doc
 from seqmix.ops.ttt import ttt_scan
 from seqmix.utils.testing import rel_err
 
-from . import ttt_tp
-from .ttt_tp_ref import ttt_scan_tp_emulated
+from seqmix.kernels import ttt_tp
+from seqmix.kernels.ttt_tp_ref import ttt_scan_tp_emulated
 
 SUITE = "ttt-kernels"
 LENGTHS = [18048, 51456, 99894, 341550]
@@ -161,7 +161,7 @@ def part_resources(out: Path) -> dict:
 def part_hostsim() -> dict:
     """The CUDA kernels compiled as C++ and run on CPU threads (seqmix.kernels.ttt_tp_hostsim) against ttt_scan:
     one full + one ragged mini-batch, fp32 products (tolerance 2e-5) and TF32 products (5e-3)."""
-    from . import ttt_tp_hostsim
+    from seqmix.kernels import ttt_tp_hostsim
 
     leaves64 = scan_inputs(1, 1, 100, 64, 256, seed=3, eta_scale=0.5)
     ref = run_scan(ttt_scan, leaves64, causal=False, N=64)
@@ -225,7 +225,7 @@ def part_sanitizer(budget_s: float) -> dict:
         return {"pass": None, "skipped": "compute-sanitizer not found"}
     res = {}
     for name in ("memcheck", "racecheck"):
-        cmd = [tool, "--tool", name, "--error-exitcode", "3", sys.executable, "-m", "seqmix.kernels.ttt_tp_check",
+        cmd = [tool, "--tool", name, "--error-exitcode", "3", sys.executable, "-m", "seqmix.bench.ttt_tp_check",
                "--sanitizer-case"]
         t0 = time.perf_counter()
         try:
@@ -270,7 +270,7 @@ def _bench_fn(backend: str, mode: str, B: int, H: int, T: int, K: int):
         if backend == "tp":
             scan = ttt_tp.ttt_scan_tp
         else:
-            from .ttt_triton import ttt_scan_triton as scan
+            from seqmix.kernels.ttt_triton import ttt_scan_triton as scan
 
         def call():
             st = tuple(p.unsqueeze(0).expand(B, *p.shape) for p in params)
@@ -395,7 +395,7 @@ def _md_table(doc: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m seqmix.kernels.ttt_tp_check", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m seqmix.bench.ttt_tp_check", description=__doc__.split("\n")[0])
     ap.add_argument("--out", help="directory for results.json / results.md")
     ap.add_argument("--smoke", action="store_true", help="CPU parts only (emulation, validation, offline compile)")
     ap.add_argument("--resources", action="store_true", help="also run the offline nvcc resource report on GPU")
