@@ -22,13 +22,12 @@ class _UnconfiguredStderrHandler(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
-        self.setFormatter(logging.Formatter("seqmix: %(levelname)s: %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
         if logging.getLogger().handlers:
             return
         try:
-            sys.stderr.write(self.format(record).replace("WARNING", "warning").replace("ERROR", "error") + "\n")
+            sys.stderr.write(f"seqmix: {record.levelname.lower()}: {self.format(record)}\n")
         except Exception:  # noqa: BLE001 - logging must never raise into the caller
             self.handleError(record)
 

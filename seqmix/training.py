@@ -39,11 +39,11 @@ __all__ = [
     "NonFiniteLossError",
     "ResumableLoader",
     "StopOnNonFiniteLoss",
-    "example_generator",
     "data_parallel_rank",
+    "example_generator",
+    "load_checkpoint",
     "torch_shuffle_order",
     "trainer_progress",
-    "load_checkpoint",
     "verify_checkpoint",
 ]
 

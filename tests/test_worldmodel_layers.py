@@ -109,7 +109,8 @@ def test_kv_cache_holds_the_visible_frames_only():
         layer = make("frame_local_attn", **over)
         _, st = layer(rand(1, 9 * ft if "chunk_frames" not in over else 8 * ft), return_state=True)
         assert st.k.shape[2] == keep * ft, over
-    assert make("frame_local_attn", window_frames=3).state_size() == 2 * DIM * 4 * ft  # newest query: k+1 frames
+    assert make("frame_local_attn", window_frames=3).state_size() == 2 * DIM * 3 * ft  # carried: the last k frames
+    assert make("frame_local_attn", **CHUNKED).state_size() == 2 * DIM * 2 * ft  # chunked: k - c frames
     assert make("frame_local_attn", **CHUNKED).state_size(seq_len=5) == 2 * DIM * 5
 
 
@@ -307,3 +308,17 @@ def test_blockwise_ssm_gpu_backend_matches_torch():
     x = torch.randn(2, 12 * 16, DIM, device="cuda")
     ref = C.make("blockwise_ssm", grid=(4, 4), block=(2, 2), backend="torch").cuda()
     assert_close(f"blockwise_ssm [{layer.backend}] vs torch on CUDA", layer(x), ref(x), 1e-3)
+
+
+@pytest.mark.parametrize("cfg", [{"grid": (2, 2), "window_frames": 3}, CHUNKED], ids=["per-frame", "chunked"])
+def test_frame_local_state_size_is_what_is_carried(cfg):
+    """state_size() equals the elements of the KV cache a step really carries (after more frames than the window)."""
+    layer = make("frame_local_attn", causal=True, **cfg)
+    ft = layer.frame_tokens
+    step = ft * (cfg.get("chunk_frames") or 1)
+    x = torch.randn(1, 4 * 2 * step, DIM, dtype=torch.float64)
+    state = None
+    for i in range(0, x.shape[1], step):
+        _, state = layer(x[:, i:i + step], state=state, return_state=True)
+    carried = state.k.numel() + state.v.numel()
+    assert layer.state_size() == carried, (layer.state_size(), carried)

@@ -100,18 +100,20 @@ class FrameLocalAttention(_Attention):
     def step_tokens(self) -> int:
         return self.frame_tokens * (self.chunk_frames or 1)
 
-    def _seen_frames(self) -> int:
-        """Frames the newest query sees (k + 1; chunked: k)."""
-        return self.window_frames if self.chunk_frames else self.window_frames + 1
+    def _carried_frames(self) -> int:
+        """Frames whose keys and values are carried between steps: the last k (chunked: k - c, what the next chunk
+        still sees). A step attends to these plus its own frame (chunk)."""
+        return self.window_frames - (self.chunk_frames or 0)
 
     def state_size(self, seq_len: int | None = None) -> int:
-        n = self._seen_frames() * self.frame_tokens
+        """Elements of the KV cache carried between steps after ``seq_len`` tokens (None: a full window), as every
+        layer reports what it carries; the attention working set adds the step's own frame (chunk)."""
+        n = self._carried_frames() * self.frame_tokens
         return self._kv_elements(n if seq_len is None else min(int(seq_len), n))
 
     def _keep(self, total: int, pos: int) -> int:
         # frames the next call's queries can still see: the last k (chunked, next chunk on a boundary: k - c)
-        frames = self.window_frames - (self.chunk_frames or 0)
-        return min(total, frames * self.frame_tokens)
+        return min(total, self._carried_frames() * self.frame_tokens)
 
     def core_cost(self, n: int, ctx: int, batch: int, elem: int) -> Cost:
         """``4 H K`` per visible (query, key) pair; pairs counted frame by frame from the visibility rule."""

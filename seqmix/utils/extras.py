@@ -4,7 +4,7 @@ line what to install (``pip install 'seqmix[train]'``) instead of a traceback. T
 
 from __future__ import annotations
 
-__all__ = ["EXTRA_OF", "MissingExtraError", "missing_extra", "require"]
+__all__ = ["EXTRA_OF", "missing_extra"]
 
 #: top-level import name -> the extra that installs it
 EXTRA_OF = {
@@ -20,14 +20,8 @@ EXTRA_OF = {
 }
 
 
-class MissingExtraError(ImportError):
-    """An optional dependency is not installed; the message names the extra that brings it."""
-
-
 def missing_extra(error: BaseException) -> str | None:
     """The one-line message for ``error`` if it is a missing optional dependency of seqmix, else None."""
-    if isinstance(error, MissingExtraError):
-        return str(error)
     if not isinstance(error, ModuleNotFoundError) or not error.name:
         return None
     root = error.name.split(".")[0]
@@ -36,12 +30,3 @@ def missing_extra(error: BaseException) -> str | None:
         return None
     return f"the optional dependency {root!r} is not installed: pip install 'seqmix[{extra}]' (or 'seqmix[all]')"
 
-
-def require(module: str, what: str) -> None:
-    """Import ``module`` or raise :class:`MissingExtraError` naming the extra that installs it."""
-    import importlib
-
-    try:
-        importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        raise MissingExtraError(f"{what}: {missing_extra(e) or e}") from None
