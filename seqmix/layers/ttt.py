@@ -67,6 +67,19 @@ VARIANTS = {
 
 
 
+class _Fp32LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in (at least) fp32 whatever its parameters' dtype, output in the parameters' dtype (as under
+    bf16 autocast). A bf16 LayerNorm on CPU accumulates its weight / bias gradients (sums over B x T tokens) in bf16,
+    an error that grows with the token count (1.1% at 154 tokens, 2.8% at 1000); in fp32 what is left is the rounding
+    of each summand and of the result, sqrt(2 / 3) 2^-8 ~ 3e-3 at any length (tests/test_ttt.py). A module (not a
+    function call) so that tensor parallelism's input hooks still see it; its state dict is LayerNorm's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dt = torch.promote_types(self.weight.dtype, torch.float32)
+        return F.layer_norm(x.to(dt), self.normalized_shape, self.weight.to(dt), self.bias.to(dt),
+                            self.eps).to(self.weight.dtype)
+
+
 class TTTState(NamedTuple):
     """Carried state of a causal TTT layer between calls.
 
@@ -237,7 +250,7 @@ class _TTTBase(Mixer):
         # Per-head LN of the inner loss, the target and the read-out.
         self.ttt_norm_weight = nn.Parameter(torch.empty(H, K))
         self.ttt_norm_bias = nn.Parameter(torch.empty(H, K))
-        self.post_norm = nn.LayerNorm(HK, eps=c.post_norm_eps)
+        self.post_norm = _Fp32LayerNorm(HK, eps=c.post_norm_eps)
         self._init_inner(H, K)
         self.reset_parameters()
 
@@ -407,14 +420,7 @@ class _TTTBase(Mixer):
             z = z[:, :, n_pend:]
             y = q + ttt_ops.head_layer_norm(z, ln_w, ln_b, self.ln_eps)  # [B, H, T, K]
             # explicit width, not -1: a batch of 0 has no elements to infer it from
-            y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)
-            # The post-norm runs in (at least) fp32, as under bf16 autocast: a bf16 LayerNorm on CPU accumulates its
-            # weight / bias gradients (sums over B x T tokens) in bf16, an error that grows with the token count
-            # (1.1% at 154 tokens, 2.8% at 1000); in fp32 what is left is the rounding of each summand and of the
-            # result to the parameter's dtype, sqrt(2 / 3) 2^-8 ~ 3e-3 whatever the length (tests/test_ttt.py).
-            norm_dtype = torch.promote_types(self.post_norm.weight.dtype, torch.float32)
-            y = F.layer_norm(y.to(norm_dtype), (y.shape[-1],), self.post_norm.weight.to(norm_dtype),
-                             self.post_norm.bias.to(norm_dtype), self.post_norm.eps).to(self.post_norm.weight.dtype)
+            y = self.post_norm(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
         if self.gate_proj is not None:  # the language-model code's output gate (its use_gate)
             y = F.gelu(self.gate_proj(x), approximate="tanh") * y
         y = self.wo(y)
