@@ -82,9 +82,9 @@ def test_knob_grid_and_arguments():
         knob_grid("mamba2", {"mamba2": {"window": [8]}})
     with pytest.raises(ValueError, match="knobs must be"):
         parse_knobs("[1, 2]")
-    # the recipe's mixer config (recipes/mqar/ttt_linear.yaml: mini_batch_size 16) is kept, the knob added
+    # the recipe's mixer config (recipes/mqar/ttt_linear.yaml: mini_batch_size 16, the LM form) is kept, the knob added
     (arg,) = knob_args("mqar", "ttt_linear", {"base_lr": 0.1})
-    assert json.loads(arg.split("=", 1)[1]) == {"mini_batch_size": 16, "base_lr": 0.1}
+    assert json.loads(arg.split("=", 1)[1]) == {"mini_batch_size": 16, "variant": "lm", "base_lr": 0.1}
     assert knob_args("mqar", "ttt_linear", {}) == []
 
 

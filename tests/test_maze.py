@@ -187,8 +187,9 @@ def test_cli_prepare_mazes(tmp_path, capsys):
     assert (out / "preview.gif").stat().st_size > 0
     ds = MazeClips(out)
     assert len(ds) == 2 and ds[1]["frames"].shape == (18, 3, 16, 16)
-    with pytest.raises(ValueError, match="unknown source 'minecraft'"):
+    with pytest.raises(SystemExit) as e:  # the user's input error: seqmix's message in one line, exit 2
         main(["prepare", "mazes", str(tmp_path / "x"), "--source", "minecraft"])
+    assert e.value.code == 2 and "unknown source 'minecraft'" in capsys.readouterr().err
 
 
 def test_bad_inputs_fail_clearly(tmp_path):

@@ -129,7 +129,7 @@ def test_repr_shows_requested_and_resolved_backend():
 # ------------------------------------------------------------------------------------------- project hygiene
 def test_license_typed_marker_and_changelog_ship():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert "MIT" in meta["project"]["license"]["text"]
+    assert meta["project"]["license"] == "MIT" and meta["project"]["license-files"] == ["LICENSE"]  # SPDX
     lic = (ROOT / "LICENSE").read_text()
     assert lic.startswith("MIT License") and "seqmix authors" in lic
     assert (ROOT / "seqmix" / "py.typed").is_file()

@@ -41,7 +41,7 @@ def test_recipe_fast_dev_run(recipe, tmp_path):
     "args, err, msg",
     [
         (["--model.init_args.model.mixer=nope"], ValueError, "model.init_args.model.*unknown mixer 'nope'"),
-        (["--data.init_args.num_segments=0"], ValueError, "data.init_args.*num_segments"),
+        (["--data.init_args.num_segments=0"], ValueError, "num_segments must be >= 1, got 0"),
         (["--model.init_args.model.in_channels=8"], ValueError, "in_channels=8"),
         (["--model.init_args.trainable=bogus"], Exception, "trainable"),
     ],
