@@ -8,3 +8,5 @@ OUT=${OUT:-benchmarks/results/compare-mqar-cpu}
 SEQMIX=${SEQMIX:-.venv/bin/seqmix}
 
 $SEQMIX compare mqar --preset cpu --resume --out "$OUT"
+# TTT-MLP learns only at the grid's highest lr (one seed of three): one step further up, lr 3e-2, three seeds.
+$SEQMIX compare mqar --preset cpu --resume --layers '[ttt_mlp]' --lrs '[3e-2]' --out "$OUT/ttt-mlp-lr3e-2"
