@@ -30,13 +30,15 @@ mkdir -p "$OUT.tmp"
 "$PY" - "$LOCK" "$OUT.tmp/carried.txt" "${DOWNLOAD[@]}" <<'PYEOF'
 import re, sys
 lock, out, names = sys.argv[1], sys.argv[2], sys.argv[3:]
-blocks = re.split(r"\n(?=[A-Za-z0-9])", open(lock).read())
-keep = [b.split("    #")[0].rstrip() for b in blocks if re.match(r"([A-Za-z0-9_.\-]+)==", b)
-        and re.match(r"([A-Za-z0-9_.\-]+)==", b).group(1).lower().replace("_", "-") in names]
-missing = set(names) - {re.match(r"([A-Za-z0-9_.\-]+)==", b).group(1).lower().replace("_", "-") for b in keep}
+entries = {}  # distribution name -> its lock entry (the pin and its hashes, without the "# via" comments)
+for block in re.split(r"\n(?=[A-Za-z0-9])", open(lock).read()):
+    m = re.match(r"([A-Za-z0-9_.\-]+)==", block)
+    if m:
+        entries[m.group(1).lower().replace("_", "-")] = block.split("    #")[0].rstrip()
+missing = sorted(set(names) - set(entries))
 if missing:
-    sys.exit(f"error: {sorted(missing)} not in {lock}: run make lock")
-open(out, "w").write("\n".join(keep) + "\n")
+    sys.exit(f"error: {missing} not in {lock}: run make lock")
+open(out, "w").write("\n".join(entries[n] for n in names) + "\n")
 PYEOF
 "$PY" -m pip download --quiet --no-deps --disable-pip-version-check --only-binary=:all: --require-hashes \
   --python-version 3.12 --implementation cp --abi cp312 \

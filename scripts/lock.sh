@@ -24,7 +24,7 @@ fi
 upgrade=()
 [ "${UPGRADE:-0}" = 1 ] && upgrade=(--upgrade)
 common=(--generate-hashes --no-header --python-platform x86_64-manylinux_2_28 "${upgrade[@]}")
-header() {  # what made the file: read by humans and by tests/test_lock.py
+header() {  # what made the file: read by humans and by tests/test_packaging.py
   printf '# Locked by scripts/lock.sh (`make lock`) from pyproject.toml with %s: %s\n# Do not edit by hand.\n' \
     "$("$UV" --version)" "$1"
 }

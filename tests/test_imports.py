@@ -129,8 +129,7 @@ def test_cycle_finder_finds_a_cycle():
 
 
 # The command-line layer: the only modules that print (library code logs).
-CLI_MODULES = {"seqmix.cli", "seqmix.bench.cli",
-               "seqmix.bench.ttt_tp_check"}  # the tensor-parallel kernel's check command (a GPU kit stage)
+CLI_MODULES = {"seqmix.cli", "seqmix.bench.cli"}
 
 
 def test_library_code_never_prints():

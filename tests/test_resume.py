@@ -59,10 +59,10 @@ def test_sigkill_then_resume_equals_uninterrupted_run(task, tmp_path):
     args, steps, kill_after = _task_args(task, tmp_path)
     common = [*args, *QUIET, f"--trainer.max_steps={steps}", *CHECKPOINT_EVERY_STEP]
 
-    def fit(name: str, *extra: str, **kw):
+    def fit(name: str, *extra: str):
         cmd = [*SEQMIX, "fit", *common, f"--trainer.default_root_dir={tmp_path / name}",
                f"--trainer.callbacks.dirpath={tmp_path / name / 'ck'}", *extra]
-        return subprocess.run(cmd, check=True, env=_env(), capture_output=True, timeout=600, **kw)
+        return subprocess.run(cmd, check=True, env=_env(), capture_output=True, timeout=600)
 
     fit("ref")
     ck = tmp_path / "run" / "ck"

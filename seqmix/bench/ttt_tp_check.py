@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import shutil
@@ -54,6 +55,8 @@ from seqmix.utils.testing import rel_err
 
 from seqmix.kernels import ttt_tp
 from seqmix.kernels.ttt_tp_ref import ttt_scan_tp_emulated
+
+logger = logging.getLogger(__name__)
 
 SUITE = "ttt-kernels"
 LENGTHS = [18048, 51456, 99894, 341550]
@@ -416,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--out is required")
     gpu = torch.cuda.is_available() and not a.smoke
     if not a.smoke and not torch.cuda.is_available():
-        print("no CUDA device: running the smoke parts only (pass --smoke to ask for that)")
+        logger.warning("no CUDA device: running the smoke parts only (pass --smoke to ask for that)")
     t_start = time.perf_counter()
     run = start_run("cuda" if gpu else "cpu")
     records: list[Measurement] = []
@@ -449,8 +452,8 @@ def main(argv: list[str] | None = None) -> int:
             elif "cases" in res:
                 res["detail"] = f"worst rel err {max(c['max_rel_err'] for c in res['cases']):.2e}"
         parts[name] = res
-        print(f"[ttt_tp_check] {name}: {({True: 'pass', False: 'FAIL', None: 'skipped'})[res.get('pass')]} "
-              f"in {el:.1f} s (budget {budget} s)", flush=True)
+        logger.info("%s: %s in %.1f s (budget %s s)", name,
+                    {True: "pass", False: "FAIL", None: "skipped"}[res.get("pass")], el, budget)
     if not records:  # the document format wants records: the benchmark points, not measured here
         for T in a.lengths:
             for backend in ("tp", "triton", "fla_chunk", "flex"):
@@ -480,10 +483,11 @@ def main(argv: list[str] | None = None) -> int:
     if "report" in parts.get("resources", {}):  # the offline compile's report on its own, small and diffable
         rep = parts["resources"]["report"]
         (Path(a.out) / "resources.json").write_text(json.dumps(rep, indent=1) + "\n")
-    print(f"[ttt_tp_check] {summary['status']} in {time.perf_counter() - t_start:.1f} s; wrote {a.out}/results.json",
-          flush=True)
+    logger.info("%s in %.1f s; wrote %s/results.json", summary["status"], time.perf_counter() - t_start, a.out)
     return 0 if summary["status"] == "pass" else 1
 
 
 if __name__ == "__main__":  # pragma: no cover
+    # run as a command (a GPU kit stage): its progress lines go to the terminal
+    logging.basicConfig(level=logging.INFO, format="[ttt_tp_check] %(message)s", stream=sys.stdout)
     sys.exit(main())

@@ -23,8 +23,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["MQARSweep", "PRESETS", "run_mqar_sweep"]
 
 #: Named grids. ``zoology``: Zoology's standard MQAR grid (vocabulary 8192, widths 64/128/256, 2 layers, 4 learning
-#: rates ``logspace(-3, -1.5, 4)``) on the recipe's sequence length and pairs, sized for GPUs; ``cpu``: the committed CPU sweep (the recipe's
-#: task and 1200-step budget at width 64, 3 learning rates, 3 seeds). Shorter budgets mislead here: at T = 64 with 4
+#: rates ``logspace(-3, -1.5, 4)``) on the recipe's sequence length and pairs, sized for GPUs; ``cpu``: the committed
+#: CPU sweep (the recipe's task and 1200-step budget at width 64, 3 learning rates, 3 seeds). Shorter budgets mislead here: at T = 64 with 4
 #: pairs and 300 steps, full attention and TTT-Linear both sat at 25% (one of the 4 values in context, a plateau
 #: MQAR models leave later), so nothing was told apart.
 PRESETS: dict[str, dict] = {

@@ -189,7 +189,7 @@ class GatedDeltaNet(Mixer):
         c = config
         self._validate(dim, num_heads, c)
         H = num_heads
-        K = c.head_dim if c.head_dim is not None else dim // num_heads
+        K = self.resolve_head_dim(c.head_dim)
         HV = c.num_v_heads if c.num_v_heads is not None else H
         V = int(round(K * c.expand_v))
         self.head_k_dim, self.head_v_dim, self.num_v_heads = K, V, HV
