@@ -99,11 +99,15 @@ def test_chunk_bounds_match_chunk_size_and_split_at_their_boundaries(causal):
     full, st_full = lact_scan(q, k, v, *lrs, state, chunk_bounds=(0, 5, 8, 12), **kw)
     x, st = lact_scan(q[:, :, :5], k[:, :, :5], v[:, :, :5], *(t[:, :, :5] for t in lrs), state,
                       chunk_bounds=(0, 5), **kw)
+    # the continuation renormalises to the INITIAL weights' row norms (the public rule), not the carried ones
+    norms = tuple(w.norm(dim=-1, keepdim=True) for w in state[:3])
     y, st2 = lact_scan(q[:, :, 5:], k[:, :, 5:], v[:, :, 5:], *(t[:, :, 5:] for t in lrs), st,
-                       chunk_bounds=(0, 3, 7), **kw)
+                       chunk_bounds=(0, 3, 7), norms=norms, **kw)
     assert_close("o", torch.cat([x, y], 2), full, 1e-12)
     for u, w in zip(st2, st_full):
         assert_close("state", u, w, 1e-12)
+    for w, n in zip(st2[:3], norms):  # every row keeps exactly its initial norm
+        assert_close("row norms", w.norm(dim=-1, keepdim=True), n, 1e-4)
 
 
 def test_hand_derived_update_one_chunk_no_muon():
@@ -176,3 +180,68 @@ def test_bad_inputs():
     for bad in [(0, 3), (1, 5), (0, 3, 3, 5), (0, 2.0, 5)]:
         with pytest.raises(ValueError, match="chunk_bounds must be strictly increasing"):
             lact_scan(q, k, v, *lrs, state, chunk_bounds=bad, causal=False)
+
+
+def _public_block_causal_lact(w0, w1, w2, q, k, v, lr0, lr1, lr2, chunk_size, use_muon, momentum):
+    """TEST-ONLY transcription of the published equations of LaCT's causal LM operator ("apply then update",
+    ``block_causal_lact_swiglu`` of the public LaCT code), in fp64 and without its bf16 casts. Layout as there:
+    ``w0, w2 [b, dh, dk]``, ``w1 [b, dv, dh]``, ``q, k, v [b, l, d]``, ``lr* [b, l, 1]``, ``momentum [b, l, 1]``.
+    Every update is renormalised to the row norms of the weights the call started with, computed once."""
+    def ns5(g):  # the public Newton-Schulz: wide orientation, Frobenius scaling, five coefficient triples
+        x = g.transpose(1, 2) if g.size(1) > g.size(2) else g
+        x = x / (x.norm(dim=(1, 2), keepdim=True) + 1e-7)
+        for a, b, c in ((4.0848, -6.8946, 2.9270), (3.9505, -6.3029, 2.6377), (3.7418, -5.5913, 2.3037),
+                        (2.8769, -3.1427, 1.2046), (2.8366, -3.0525, 1.2012)):
+            A = x @ x.transpose(1, 2)
+            x = a * x + (b * A + c * A @ A) @ x
+        return x.transpose(1, 2) if g.size(1) > g.size(2) else x
+
+    n0, n1, n2 = (w.norm(dim=2, keepdim=True) for w in (w0, w1, w2))
+    m0 = m1 = m2 = None
+    qt, vt = q.transpose(1, 2), v.transpose(1, 2)
+    out = torch.zeros_like(vt)
+    read = lambda qi: w1 @ (F.silu(w0 @ qi) * (w2 @ qi))  # noqa: E731
+    e = 0
+    L = k.shape[1]
+    for s in range(0, L - chunk_size, chunk_size):
+        e = s + chunk_size
+        ki, vi, qi = k[:, s:e], vt[:, :, s:e], qt[:, :, s:e]
+        out[:, :, s:e] = read(qi)
+        gba, hbm = w0 @ ki.transpose(1, 2), w2 @ ki.transpose(1, 2)
+        hidden = F.silu(gba) * hbm
+        dh = w1.transpose(1, 2) @ vi
+        dhbm = dh * F.silu(gba)
+        sg = torch.sigmoid(gba)
+        dgba = dh * hbm * sg * (1 + gba * (1 - sg))
+        dw1 = vi @ (hidden.transpose(1, 2) * lr1[:, s:e])
+        dw0 = dgba @ (ki * lr0[:, s:e])
+        dw2 = dhbm @ (ki * lr2[:, s:e])
+        if momentum is not None:
+            mi = momentum[:, s:e].mean(dim=1, keepdim=True)
+            if m0 is not None:
+                dw0, dw1, dw2 = dw0 + m0 * mi, dw1 + m1 * mi, dw2 + m2 * mi
+            m0, m1, m2 = dw0, dw1, dw2
+        if use_muon:
+            dw0, dw1, dw2 = ns5(dw0), ns5(dw1), ns5(dw2)
+        w0, w1, w2 = w0 + dw0, w1 + dw1, w2 + dw2
+        w0 = w0 / (w0.norm(dim=2, keepdim=True) + 1e-5) * n0
+        w1 = w1 / (w1.norm(dim=2, keepdim=True) + 1e-5) * n1
+        w2 = w2 / (w2.norm(dim=2, keepdim=True) + 1e-5) * n2
+    out[:, :, e:] = read(qt[:, :, e:])
+    return out.transpose(1, 2)
+
+
+@pytest.mark.parametrize("muon", [False, True])
+@pytest.mark.parametrize("momentum", [False, True])
+@pytest.mark.parametrize("T", [11, 12])
+def test_causal_scan_equals_public_lact_equations(muon, momentum, T):
+    """The causal (LM) form equals the published LaCT operator's equations in fp64 over several updates (renorm to
+    the initial row norms, Muon, momentum, a partial or complete last chunk)."""
+    q, k, v, lrs, mom, state = _inputs(T, momentum, seed=11)
+    state = state[:3] + (tuple(torch.zeros_like(w) for w in state[:3]) if momentum else ())
+    o, _ = lact_scan(q, k, v, *lrs, state, chunk_size=4, causal=True, momentum=mom, muon_steps=5 if muon else 0)
+    flat = lambda t: t.reshape(B * H, *t.shape[2:])  # noqa: E731
+    ref = _public_block_causal_lact(*(flat(w) for w in state[:3]), flat(q), flat(k), flat(v),
+                                    *(flat(lr)[..., None] for lr in lrs), chunk_size=4, use_muon=muon,
+                                    momentum=flat(mom)[..., None] if momentum else None)
+    assert_close("o", flat(o), ref, 1e-12)

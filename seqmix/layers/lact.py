@@ -99,7 +99,8 @@ class LaCT(Mixer):
             base_lr: the per-token rates' value at a zero projection (``softplus`` parameterisation).
             muon: orthogonalise every update with Newton-Schulz (Muon).
             muon_steps: Newton-Schulz iterations (5 in LaCT).
-            renorm: renormalise the rows of each weight to their norm before the update.
+            renorm: after every update, renormalise each weight's rows to their norms in the initial fast weights
+                (the parameters), as the public code does: every row keeps its initial norm.
             momentum: momentum on the chunk updates with a learned per-token coefficient (chunk mean).
             backend: ``"auto"``, ``"torch"`` (chunked matmuls) or ``"naive"`` (per-token reference).
         """
@@ -205,6 +206,11 @@ class LaCT(Mixer):
         ws = tuple(w.to(acc).unsqueeze(0).expand(B, *w.shape) for w in (self.w0, self.w1, self.w2))
         return ws + (tuple(torch.zeros_like(w) for w in ws) if self.config.momentum else ())
 
+    def _initial_norms(self, acc: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """The initial fast weights' row norms (``[1, H, rows, 1]`` each), the fixed target of every update's
+        renormalisation: also for a call that continues from a carried state, so that it equals one pass."""
+        return tuple(w.to(acc).norm(dim=-1, keepdim=True).unsqueeze(0) for w in (self.w0, self.w1, self.w2))
+
     def _chunk_bounds(self, layout, T: int) -> tuple[int, ...] | None:
         """The chunk boundaries of a call on ``T`` tokens (None: chunks of ``chunk_size``)."""
         return aligned_bounds(self.name, layout, self.config.chunk_align, T, knob="chunk_align", what="chunks",
@@ -234,7 +240,8 @@ class LaCT(Mixer):
             mom = inputs[6] if c.momentum else None
             chunking = {"chunk_size": c.chunk_size} if bounds is None else {"chunk_bounds": bounds}
             o, new_weights = scan(q, k, v, lr0, lr1, lr2, weights, **chunking, causal=c.causal, momentum=mom,
-                                  muon_steps=c.muon_steps if c.muon else 0, renorm=c.renorm)
+                                  muon_steps=c.muon_steps if c.muon else 0, renorm=c.renorm,
+                                  norms=self._initial_norms(acc) if c.renorm else None)
             o = self.o_norm(o[:, :, n_pend:].to(self.o_norm.weight.dtype))  # [B, H, T, K]
         y = self.o_proj(o.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
         new_state = None

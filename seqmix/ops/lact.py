@@ -12,10 +12,13 @@ negative dot-product loss ``l_t(W) = -<f_W(k_t), v_t>`` with a learnable per-tok
     g_i <- g_i + m * g_i_prev                                          (momentum, optional; m = chunk mean)
     g_i <- NewtonSchulz(g_i)                                           (Muon orthogonalisation, optional)
     w_i <- w_i + g_i
-    w_i <- w_i / ||w_i||_row * ||w_i_prev||_row                         (renormalisation, optional)
+    w_i <- w_i / ||w_i||_row * n_i                                     (renormalisation, optional)
 
-where the row norms are taken over the input dimension of each weight (the last axis) and the target norm is the
-weight's norm before the step, so every row keeps the norm it was initialised with.
+where the row norms are taken over the input dimension of each weight (the last axis) and the target ``n_i`` is
+fixed for the whole sequence: the rows' norms in the initial fast weights (the public code computes them once, from
+the weights it starts with, and renormalises every update to them; so every row keeps exactly its initial norm).
+A caller that continues a sequence from a carried state passes the initial weights' norms as ``norms`` so that the
+continuation equals one pass; by default they are the norms of the state given.
 
 Order inside a chunk (``causal``):
 
@@ -123,21 +126,36 @@ def _step(
     prev: tuple[torch.Tensor, ...] | None,
     m: torch.Tensor | None,
     muon_steps: int,
-    renorm: bool,
+    norms: tuple[torch.Tensor, ...] | None,
 ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None]:
-    """Momentum, Muon, addition and renormalisation of one chunk step (shared by both scans: the definition)."""
+    """Momentum, Muon, addition and renormalisation (to the row norms ``norms``; None: no renormalisation) of one
+    chunk step (shared by both scans: the definition)."""
     if m is not None:
         grads = tuple(g + m[..., None, None] * p for g, p in zip(grads, prev))
         prev = grads
     if muon_steps:
         grads = tuple(newton_schulz(g, muon_steps) for g in grads)
     new = []
-    for w, g in zip(weights, grads):
+    for i, (w, g) in enumerate(zip(weights, grads)):
         u = w + g
-        if renorm:
-            u = u / (u.norm(dim=-1, keepdim=True) + 1e-5) * w.norm(dim=-1, keepdim=True)
+        if norms is not None:
+            u = u / (u.norm(dim=-1, keepdim=True) + 1e-5) * norms[i]
         new.append(u)
     return tuple(new), prev
+
+
+def _target_norms(weights: tuple[torch.Tensor, ...], renorm: bool,
+                  norms: Sequence[torch.Tensor] | None) -> tuple[torch.Tensor, ...] | None:
+    """The row norms every update is renormalised to: ``norms`` (each broadcastable to its weight's ``[..., rows,
+    1]``), else the rows' norms in ``weights``; None without ``renorm``."""
+    if not renorm:
+        return None
+    if norms is None:
+        return tuple(w.norm(dim=-1, keepdim=True) for w in weights)
+    norms = tuple(norms)
+    if len(norms) != 3:
+        raise ValueError(f"norms must hold 3 tensors (for w0, w1, w2), got {len(norms)}")
+    return norms
 
 
 def _check(q, k, v, lrs, momentum, state) -> None:
@@ -188,9 +206,13 @@ def lact_scan(
     momentum: torch.Tensor | None = None,
     muon_steps: int = 0,
     renorm: bool = True,
+    norms: Sequence[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, State]:
     """LaCT over ``T`` tokens in chunks of ``chunk_size`` or between ``chunk_bounds`` (exactly one of them): batched
     matmuls per chunk, hand-written inner gradient.
+
+    ``renorm`` renormalises every update's rows to ``norms`` (``[B, H, F, 1], [B, H, K, 1], [B, H, F, 1]`` or
+    broadcastable; default: the row norms of ``state``'s weights, computed once, as the public code does).
 
     Returns ``(o [B, H, T, K], state)``; in the causal form the state is the one after the last COMPLETE chunk
     (a partial last ``chunk_size`` chunk only reads), in the non-causal form after every chunk.
@@ -199,6 +221,7 @@ def lact_scan(
     _check(q, k, v, lrs, momentum, state)
     chunks = chunk_spans(q.shape[2], chunk_size, chunk_bounds, causal)
     weights, prev = tuple(state[:3]), (tuple(state[3:]) if momentum is not None else None)
+    norms = _target_norms(weights, renorm, norms)
     outs = []
     for s, e, updates in chunks:
         m = momentum[:, :, s:e].mean(-1) if momentum is not None else None
@@ -206,7 +229,7 @@ def lact_scan(
             outs.append(swiglu_apply(*weights, q[:, :, s:e]))
         if updates:
             grads = chunk_update(weights, k[:, :, s:e], v[:, :, s:e], tuple(lr[:, :, s:e] for lr in lrs))
-            weights, prev = _step(weights, grads, prev, m, muon_steps, renorm)
+            weights, prev = _step(weights, grads, prev, m, muon_steps, norms)
         if not causal:
             outs.append(swiglu_apply(*weights, q[:, :, s:e]))
     return torch.cat(outs, dim=2), weights + (prev if prev is not None else ())
@@ -227,6 +250,7 @@ def lact_scan_naive(
     momentum: torch.Tensor | None = None,
     muon_steps: int = 0,
     renorm: bool = True,
+    norms: Sequence[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, State]:
     """Twin of :func:`lact_scan`: per-token inner gradients by autograd, per-token read-out, one token at a time.
 
@@ -260,6 +284,9 @@ def lact_scan_naive(
     lrs = (lr0, lr1, lr2)
     momentum = tensors[6] if momentum is not None else None
     with torch.inference_mode(False), torch.enable_grad():
+        if norms is not None and (torch.is_inference_mode_enabled() or not grad_outside):
+            norms = tuple(n.detach().clone() for n in norms)
+        norms = _target_norms(weights, renorm, norms)
         for s, e, updates in chunks:
             m = momentum[:, :, s:e].mean(-1) if momentum is not None else None
             if causal:
@@ -277,7 +304,7 @@ def lact_scan_naive(
                         # Each weight has its own rate: d(sum_bh lr_i * score)/d w_i, batch/head entries separate.
                         (g,) = torch.autograd.grad((lrs[i][:, :, t] * score).sum(), ws[i], create_graph=True)
                         grads[i] = grads[i] + g
-                weights, prev = _step(weights, tuple(grads), prev, m, muon_steps, renorm)
+                weights, prev = _step(weights, tuple(grads), prev, m, muon_steps, norms)
             if not causal:
                 outs.append(read(weights, s, e))
     o, state = torch.cat(outs, dim=2), weights + (prev if prev is not None else ())
