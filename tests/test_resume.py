@@ -4,6 +4,7 @@ parametrised over the tasks' recipes."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -85,3 +86,38 @@ def test_sigkill_then_resume_equals_uninterrupted_run(task, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), f"{task}: {k} differs after resume"
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_comparison_run_interrupted_then_resumed_equals_uninterrupted(tmp_path, monkeypatch):
+    """A comparison run stopped after its step-4 checkpoint and continued with ``resume`` ends with the metrics,
+    learning curve and step count of the uninterrupted run (the curve's points and the wall clock are carried in
+    the checkpoint), and the finished run's checkpoint folder is what the comparison removes once it is logged."""
+    import lightning as pl
+
+    import seqmix.compare.video as V
+
+    cmp = V.VideoComparison(layers=["ttt_linear"], out=str(tmp_path / "a"), max_steps=6, num_train=32, samples=0,
+                            curve_points=3, curve_batches=1, checkpoint_every=2, jobs=1)
+    full = V._video_run("ttt_linear", 0, cmp)
+
+    class Stop(pl.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            if trainer.global_step == 5:
+                raise _Interrupt
+
+    fit = V._fit_recipe
+    monkeypatch.setattr(V, "_fit_recipe", lambda *a, **k: fit(*a, **{**k, "callbacks": (*k["callbacks"], Stop())}))
+    cut = dataclasses.replace(cmp, out=str(tmp_path / "b"))
+    with pytest.raises(_Interrupt):
+        V._video_run("ttt_linear", 0, cut)
+    assert (V._checkpoints(cut, "ttt_linear", 0) / "last.ckpt").is_file()
+    monkeypatch.setattr(V, "_fit_recipe", fit)
+    resumed = V._video_run("ttt_linear", 0, dataclasses.replace(cut, resume=True))
+    assert resumed["steps"] == full["steps"] == 6
+    assert resumed["curve"] == full["curve"] and full["curve"]["steps"] == [0, 2, 4, 6]
+    assert resumed["metrics"] == full["metrics"]
+    assert resumed["train_seconds"] > 0

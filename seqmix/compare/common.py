@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 import warnings
 from pathlib import Path
 
+import lightning as pl
 from tqdm.auto import tqdm
 
 from seqmix.utils.recipes import recipe_dir
@@ -185,26 +187,72 @@ def curve_matches(rec: dict, curve_points: int) -> bool:
     return len((rec.get("curve") or {}).get("steps", [])) == curve_points + 1
 
 
-def _fit_recipe(recipe_args: list[str], overrides: list[str], max_steps: int | None, callbacks: tuple = ()):
+class TrainClock(pl.Callback):
+    """Wall seconds of training (``seconds``), carried in the run's checkpoints so that a resumed run reports the
+    time of all its segments, not only the last one."""
+
+    def __init__(self):
+        self.before = 0.0  # seconds of earlier segments (restored from a checkpoint)
+        self._t0: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        return self.before + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.before, self._t0 = self.seconds, None
+
+    def state_dict(self) -> dict:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.before = float(state["seconds"])
+
+
+def _fit_recipe(recipe_args: list[str], overrides: list[str], max_steps: int | None, callbacks: tuple = (),
+                checkpoints: Path | None = None, checkpoint_every: int = 0, resume: bool = False):
     """Train one run (``--config`` arguments + overrides) through the same LightningCLI path as ``seqmix fit``, with
-    ``callbacks`` added to the recipe's; returns (cli, train seconds, validation metrics)."""
+    ``callbacks`` added to the recipe's; returns (cli, train seconds, validation metrics).
+
+    With ``checkpoints`` (a folder of its own for this run) the run saves ``last.ckpt`` there every
+    ``checkpoint_every`` steps (atomically, like ``seqmix fit``); with ``resume`` and a ``last.ckpt`` there it
+    continues from it (exactly: model, optimizer, data order, the callbacks' state), else it starts afresh and
+    clears the folder. The caller removes the folder once the run's record is safe."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
     from seqmix.lightning_cli import run_lightning
 
+    keep = checkpoints is not None and checkpoint_every > 0
     args = [*recipe_args, *overrides,
-            "--trainer.logger=false", "--trainer.enable_checkpointing=false",
+            "--trainer.logger=false", f"--trainer.enable_checkpointing={'true' if keep else 'false'}",
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
     if max_steps:
         args.append(f"--trainer.max_steps={max_steps}")
     cli = run_lightning(args, run=False)
-    cli.trainer.callbacks.extend(callbacks)
+    clock = TrainClock()
+    ckpt_path = None
+    if keep:
+        last = Path(checkpoints) / "last.ckpt"
+        if resume and last.is_file():
+            ckpt_path = str(last)
+            logger.info("resuming %s from %s", " ".join(portable_args(recipe_args)), last)
+        elif Path(checkpoints).exists():
+            shutil.rmtree(checkpoints)
+        # the recipe's own checkpoint callback (under its default_root_dir) is replaced by the run's folder
+        cli.trainer.callbacks[:] = [c for c in cli.trainer.callbacks if not isinstance(c, ModelCheckpoint)]
+        cli.trainer.callbacks.append(ModelCheckpoint(
+            dirpath=checkpoints, save_last=True, save_top_k=0, every_n_train_steps=checkpoint_every,
+            enable_version_counter=False))
+    cli.trainer.callbacks.extend([*callbacks, clock])
     with warnings.catch_warnings():
         # a Lightning-internal deprecation notice (its own pytree helper), printed once per run otherwise
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-        t0 = time.perf_counter()
-        cli.trainer.fit(cli.model, cli.datamodule)
-        train_s = time.perf_counter() - t0
+        cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=ckpt_path)
         (metrics,) = cli.trainer.validate(cli.model, cli.datamodule, verbose=False)
-    return cli, train_s, {k: float(v) for k, v in metrics.items()}
+    return cli, clock.seconds, {k: float(v) for k, v in metrics.items()}
 
 
 def _default_jobs() -> int:

@@ -52,7 +52,8 @@ class LearningCurve(pl.Callback):
             self._batches.append(trainer.strategy.batch_to_device(batch, pl_module.device))
             if len(self._batches) == self.num_batches:
                 break
-        self._measure(trainer, pl_module)  # step 0: before any update
+        if trainer.global_step not in self.curve["steps"]:  # step 0, before any update (not again on a resume)
+            self._measure(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step in self._at and trainer.global_step not in self.curve["steps"]:
@@ -61,6 +62,13 @@ class LearningCurve(pl.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.global_step not in self.curve["steps"]:  # a run stopped early: its last step is still a point
             self._measure(trainer, pl_module)
+
+    def state_dict(self) -> dict:
+        # saved in the run's checkpoints: a resumed run keeps the points measured before the interruption
+        return {"curve": {k: list(v) for k, v in self.curve.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.curve = {k: list(v) for k, v in state["curve"].items()}
 
     def _measure(self, trainer, pl_module) -> None:
         was_training = pl_module.training

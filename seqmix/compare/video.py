@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -41,7 +42,10 @@ class VideoComparison:
             ``curve_batches`` validation batches.
         resume: reuse the finished runs of an earlier call with the same ``out`` (its ``runs.jsonl``, matched by
             recipe arguments, steps, training-set size, curve and sample settings; not by the code, so only for the
-            same checkout or one whose changes do not touch the kept runs). A layer whose recipe changed re-runs.
+            same checkout or one whose changes do not touch the kept runs) and continue an interrupted run from its
+            last checkpoint (exactly). A layer whose recipe changed re-runs.
+        checkpoint_every: steps between a run's checkpoints (``out/checkpoints/<layer>-s<seed>/last.ckpt``,
+            removed once the run is logged; 0: none, an interrupted run starts again).
         jobs: recipes trained at once in separate processes (0 = one per CPU core without a GPU, else 1).
         out: output directory.
     """
@@ -56,6 +60,7 @@ class VideoComparison:
     curve_points: int = 10
     curve_batches: int = 2
     resume: bool = False
+    checkpoint_every: int = 100
     jobs: int = 0
     out: str = "runs/compare-video"
 
@@ -84,6 +89,8 @@ class VideoComparison:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.jobs < 0:
             raise ValueError(f"jobs must be >= 0 (0 = auto), got {self.jobs}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0 (0 = no checkpoints), got {self.checkpoint_every}")
         if self.curve_points < 0 or self.curve_batches < 1:
             raise ValueError(f"curve_points must be >= 0 and curve_batches >= 1, got {self.curve_points}, "
                              f"{self.curve_batches}")
@@ -187,6 +194,7 @@ def run_video_comparison(cmp: VideoComparison, progress: bool = True) -> dict:
     def done(rec: dict) -> None:
         records.append(rec)
         log.append(rec)
+        shutil.rmtree(_checkpoints(cmp, rec["name"], rec["seed"]), ignore_errors=True)  # the record is safe now
         logger.info("%s seed %d: val loss %.4f, consistency %.3f", rec["name"], rec["seed"], rec["metrics"]["val/loss"],
                     rec["metrics"].get("val/consistency", float("nan")))
 
@@ -235,6 +243,11 @@ def _video_args(name: str, seed: int) -> list[str]:
     return layer_args("t2v", None if name == "none" else name) + seed_args(seed, model_seed=True)
 
 
+def _checkpoints(cmp: VideoComparison, name: str, seed: int) -> Path:
+    """The checkpoint folder of one run (an interrupted run continues from it with ``resume``)."""
+    return Path(cmp.out) / "checkpoints" / f"{name}-s{seed}"
+
+
 def _video_run(name: str, seed: int, cmp: VideoComparison) -> dict:
     """Train one global layer (``"none"``: local attention only) with the comparison's budget and ``seed``, evaluate
     it, sample it (first seed only); returns its record."""
@@ -244,7 +257,8 @@ def _video_run(name: str, seed: int, cmp: VideoComparison) -> dict:
     curve = LearningCurve(video_recall, cmp.curve_points, cmp.curve_batches) if cmp.curve_points else None
     cli, train_s, metrics = _fit_recipe(
         run_args, [f"--data.init_args.num_train={cmp.num_train}", "--trainer.val_check_interval=null",
-                 "--trainer.check_val_every_n_epoch=1000000"], cmp.max_steps, callbacks=(curve,) if curve else ())
+                 "--trainer.check_val_every_n_epoch=1000000"], cmp.max_steps, callbacks=(curve,) if curve else (),
+        checkpoints=_checkpoints(cmp, name, seed), checkpoint_every=cmp.checkpoint_every, resume=cmp.resume)
     task = cli.model
     row = {"name": name, "seed": seed, "args": run_args, "mixer": task.dit.config.mixer,
            "steps": int(cli.trainer.global_step), "num_train": cmp.num_train, "curve": curve.curve if curve else None,
