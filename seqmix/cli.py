@@ -87,64 +87,6 @@ def list_layers(dim: int = 256, num_heads: int = 4, seq_len: int = 1024) -> None
         print(f"{name:16s} {params:>10s} {state:>10s}  {fields}")
 
 
-def compare_mqar(
-    layers: list[str] | None = None,
-    widths: list[int] | None = None,
-    lrs: list[float] | None = None,
-    max_steps: int | None = None,
-    seeds: int | list[int] | None = None,
-    knobs: str | None = None,
-    preset: str | None = None,
-    resume: bool = False,
-    jobs: int = 0,
-    out: str = "runs/compare-mqar",
-    quick: bool = False,
-) -> None:
-    """Train every layer on MQAR at each width and learning rate with the same data and budget (runs built from
-    recipes/base/mqar.yaml + each layer's name and its documented overrides in recipes/mqar/); report the best
-    validation accuracy per (layer, width) against the layer's state size (markdown + JSON + plot).
-
-    Args:
-        layers: registry names (default: every layer that mixes tokens).
-        widths: model widths to sweep (default 32, 64).
-        lrs: learning-rate grid (default 3e-3, which fits the 15-minute CPU budget; e.g. `--lrs [1e-3,3e-3,1e-2]`
-            for a wider search); the best per point is reported.
-        max_steps: optimizer steps per run (default: the recipe's epoch of data).
-        seeds: seeds per point, a count S (seeds 0..S-1) or a list (default 1); the table shows mean and 95%
-            interval (min-max for 2 seeds) and the best lr is chosen by the mean over seeds.
-        knobs: per-layer knobs swept beside the lr: "declared" (each layer's sweep_knobs) or a mapping, e.g.
-            '{ttt_linear: {base_lr: [0.1, 1.0]}}' (default: the recipes' settings).
-        preset: a named grid: "zoology" (widths 64/128/256, 2 layers, lrs logspace(-3, -1.5, 4), 2 seeds; for
-            GPUs) or "cpu" (the committed CPU sweep); the other flags override it.
-        resume: reuse the finished runs of an interrupted sweep into the same `out` (its runs.jsonl); only for the
-            same code.
-        jobs: runs trained at once in separate processes (0 = one per CPU core without a GPU, else 1).
-        out: output directory.
-        quick: a smoke run (two layers, one width, one lr, a few steps).
-    """
-    from seqmix.compare import MQARSweep, run_mqar_sweep
-
-    sweep = MQARSweep.preset(preset, out=out, jobs=jobs) if preset else MQARSweep(out=out, jobs=jobs)
-    if layers:
-        sweep.layers = layers
-    if widths:
-        sweep.widths = widths
-    if lrs:
-        sweep.lrs = lrs
-    if max_steps:
-        sweep.max_steps = max_steps
-    if seeds is not None:
-        sweep.seeds = seeds
-    if knobs is not None:
-        sweep.knobs = knobs
-    sweep.resume = resume
-    if quick:
-        sweep = sweep.quick()
-    result = run_mqar_sweep(sweep)
-    print(result["markdown"])
-    print(f"\nwrote {', '.join(str(p) for p in result['paths'].values() if p)}")
-
-
 def prepare_storyboards(out: str, num_examples: int = 1024, num_segments: int = 3, seed: int = 0,
                         shard_size: int = 256, char_size: int = 6, num_appearances: int = 4) -> None:
     """Write procedural storyboard latents as a shard dataset (see seqmix.data.shards); the defaults are the
@@ -220,95 +162,82 @@ def prepare_videos(manifest: str, out: str, vae: str, text_encoder: str, height:
     print(f"wrote {path}")
 
 
-def compare_video(
-    layers: list[str] | None = None,
-    skip: list[str] | None = None,
-    max_steps: int | None = None,
-    samples: int | None = None,
-    seeds: int | list[int] | None = None,
-    resume: bool = False,
-    jobs: int = 0,
-    out: str = "runs/compare-video",
-    quick: bool = False,
-) -> None:
-    """Train every global layer in the text-to-video DiT on the procedural storyboards with the same budget (runs
-    built from recipes/base/t2v.yaml + each layer's name and its documented overrides in recipes/t2v/), evaluate
-    them on the same held-out videos and write a table (markdown + JSON), a plot and sample GIFs.
+# ---------------------------------------------------------------------------------------------------- compare
+# Each comparison's options are the fields of its config class (seqmix.utils.config_cli: one mechanism with the
+# bench commands), so every field is reachable and documented once, in the class.
+_COMPARE_HELP = {
+    "video": "Train every global layer in the text-to-video DiT on the procedural storyboards with the same budget.",
+    "mqar": "Train every layer on MQAR at each width and learning rate with the same data and budget.",
+    "worldmodel": "Train the world models with equal budgets on the same maze trajectories and score retrieval.",
+}
 
-    Args:
-        layers: registry names or "none" (local attention only); default: "none" and every layer that mixes tokens.
-        skip: layers left out of `layers` (`make run`: '[swa, local_attn]', the attention controls that score like
-            local attention only at this scale).
-        max_steps: optimizer steps per recipe (default 500; `make run`: 400).
-        samples: sampled videos per recipe written as GIFs (default 1; first seed only).
-        seeds: seeds per layer, a count S (seeds 0..S-1) or a list (default 1, the `make run` budget: no interval);
-            the table shows mean and 95% interval (min-max for 2 seeds).
-        resume: reuse the finished runs of an earlier call into the same `out` (its runs.jsonl) and train only the
-            missing ones, e.g. a layer whose recipe changed; only for the same code.
-        jobs: recipes trained at once in separate processes (0 = one per CPU core without a GPU, else 1).
-        out: output directory.
-        quick: a smoke run (two layers, two steps).
-    """
+
+def _print_result(result: dict) -> None:
+    print(result["markdown"])
+    wall = f"wall time {result['wall_seconds']:.0f} s; " if "wall_seconds" in result else ""
+    print(f"\n{wall}wrote {', '.join(str(p) for p in result['paths'].values() if p)}")
+
+
+def _run_video(given: dict, quick: bool) -> None:
     from seqmix.compare import VideoComparison, run_video_comparison
+    from seqmix.utils.config_cli import preset_config
 
-    cmp = VideoComparison(out=out, jobs=jobs)
-    if layers:
-        cmp.layers = layers
-    if skip:
-        cmp.skip = skip
-    if max_steps:
-        cmp.max_steps = max_steps
-    if samples is not None:
-        cmp.samples = samples
-    if seeds is not None:
-        cmp.seeds = seeds
-    cmp.resume = resume
-    if quick:
-        cmp = cmp.quick()
-    result = run_video_comparison(cmp)
-    print(result["markdown"])
-    print(f"\nwrote {', '.join(str(p) for p in result['paths'].values() if p)}")
+    _print_result(run_video_comparison(preset_config(VideoComparison, given, quick)))
 
 
-def compare_worldmodel(
-    models: list[str] | None = None,
-    seeds: int = 1,
-    max_steps: int | None = None,
-    sample_steps: int | None = None,
-    jobs: int = 0,
-    out: str = "runs/compare-worldmodel",
-    data: str | None = None,
-    quick: bool = False,
-) -> None:
-    """Train the world models (recipes/worldmodel/*.yaml: recipes/base/worldmodel.yaml + each model's mixers) with
-    equal budgets on the same procedural maze trajectories; generate each held-out return path from its exploration
-    and write retrieval PSNR / SSIM against the distance to the last sighting (results.md/json/png, rollout GIFs).
+def _run_mqar(given: dict, quick: bool, preset: str | None) -> None:
+    from seqmix.compare import MQARSweep, run_mqar_sweep
 
-    Args:
-        models: model recipe names (default: every recipe in recipes/worldmodel/).
-        seeds: seeds per model (mean and interval over seeds in the table).
-        max_steps: optimizer steps per run (default 200).
-        sample_steps: DDIM steps per generated chunk (default 10).
-        jobs: runs trained at once in separate processes (0 = one per CPU core without a GPU, else 1).
-        out: output directory.
-        data: where the trajectories are written once (default: OUT/data).
-        quick: a smoke run (two models, one seed, two steps, tiny trajectories).
-    """
+    sweep = MQARSweep.preset(preset, **given) if preset else MQARSweep(**given)
+    _print_result(run_mqar_sweep(sweep.quick() if quick else sweep))
+
+
+def _run_worldmodel(given: dict, quick: bool) -> None:
     from seqmix.compare.worldmodel import WorldModelComparison, run_worldmodel_comparison
+    from seqmix.utils.config_cli import preset_config
 
-    cmp = WorldModelComparison(out=out, jobs=jobs, seeds=seeds, data=data)
-    if models:
-        cmp.models = models
-    if max_steps:
-        cmp.max_steps = max_steps
-    if sample_steps:
-        cmp.sample_steps = sample_steps
-    if quick:
-        cmp = cmp.quick()
-    result = run_worldmodel_comparison(cmp)
-    print(result["markdown"])
-    print(f"\nwall time {result['wall_seconds']:.0f} s; wrote "
-          f"{', '.join(str(p) for p in result['paths'].values() if p)}")
+    _print_result(run_worldmodel_comparison(preset_config(WorldModelComparison, given, quick)))
+
+
+def _compare_commands() -> dict:
+    """The ``seqmix compare`` commands, generated from the comparisons' config classes (imported here, when a
+    comparison runs: they need the training extra)."""
+    from seqmix.compare import MQARSweep, VideoComparison
+    from seqmix.compare.mqar import PRESETS
+    from seqmix.compare.worldmodel import WorldModelComparison
+    from seqmix.utils.config_cli import config_command
+
+    return {
+        "video": config_command(VideoComparison, _run_video, _COMPARE_HELP["video"] + """
+
+Runs are built from recipes/base/t2v.yaml + each layer's name and its documented overrides in recipes/t2v/; all
+are evaluated on the same held-out videos; writes a table (markdown + JSON), plots, learning curves and sample
+GIFs. `make run` is `seqmix compare video --skip '[swa, local_attn]' --max_steps 400`.
+"""),
+        "mqar": config_command(MQARSweep, _run_mqar, _COMPARE_HELP["mqar"] + """
+
+Runs are built from recipes/base/mqar.yaml + each layer's name and its documented overrides in recipes/mqar/; the
+best validation accuracy per (layer, width) is reported against the layer's state size (markdown + JSON + plot).
+""", extras=(("preset", str | None, None, f"a named grid ({', '.join(PRESETS)}; see seqmix.compare.mqar.PRESETS); "
+              "the options given override it."),)),
+        "worldmodel": config_command(WorldModelComparison, _run_worldmodel, _COMPARE_HELP["worldmodel"] + """
+
+Models are recipes/worldmodel/*.yaml (recipes/base/worldmodel.yaml + each model's mixers); each held-out return
+path is generated from its exploration and scored (PSNR / SSIM against the distance to the last sighting).
+"""),
+    }
+
+
+def _compare_summaries() -> dict:
+    """Stand-ins that carry only the help line, for every command line that is not a comparison (the comparisons'
+    config classes are imported only when one runs)."""
+    def stand_in(name: str):
+        def command() -> None:
+            raise RuntimeError(f"seqmix compare {name} was not built")  # unreachable: built when argv says compare
+        command.__doc__ = _COMPARE_HELP[name]
+        return command
+
+    return {name: stand_in(name) for name in _COMPARE_HELP}
 
 
 def plan(model: str, duration: int | None = None, gpus: int = 8, gpu_memory: str = "80GB", strategy: str = "fsdp+tp",
@@ -416,8 +345,9 @@ def _main(args: list[str]) -> None:
     CLI({"layers": list_layers, "plan": plan,
          "bench": {"_help": "Benchmarks: layer speed and memory vs length, DiT efficiency, TTT kernels.",
                    **BENCH_COMMANDS},
-         "compare": {"_help": "Equal-budget comparisons of the baselines: text-to-video (main job) or MQAR recall.",
-                     "mqar": compare_mqar, "video": compare_video, "worldmodel": compare_worldmodel},
+         "compare": {"_help": "Equal-budget comparisons of the baselines: text-to-video (main job), MQAR recall, "
+                              "world models.",
+                     **(_compare_commands() if args[:1] == ["compare"] else _compare_summaries())},
          "prepare": {"_help": "Write datasets: latent shards from storyboards or real videos, world-model mazes.",
                      "storyboards": prepare_storyboards, "videos": prepare_videos, "mazes": prepare_mazes}},
         args=_expand_bare_flags(_plan_dashes(args)), version=seqmix.__version__, description=_DESCRIPTION,

@@ -8,7 +8,8 @@ import dataclasses
 import pytest
 from jsonargparse import CLI
 
-from seqmix.bench.cli import BENCH_COMMANDS, config_command, field_docs, preset_config
+from seqmix.bench.cli import BENCH_COMMANDS
+from seqmix.utils.config_cli import config_command, field_docs, preset_config
 from seqmix.bench.dit import DiTBenchConfig
 from seqmix.bench.layers import LayerBenchConfig
 from seqmix.bench.rollout import RolloutBenchConfig

@@ -178,3 +178,23 @@ def test_user_input_errors_are_one_line(argv, message):
     errors = [line for line in r.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and message in errors[0], r.stderr[-3000:]
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
+
+
+def test_compare_commands_are_generated_from_their_config_classes():
+    """One CLI mechanism: every field of a comparison's config class is an option of its command (a new field needs
+    no edit in the command line), with the class docstring's help."""
+    import dataclasses
+    import inspect
+
+    from seqmix.cli import _compare_commands
+    from seqmix.compare import MQARSweep, VideoComparison
+    from seqmix.compare.worldmodel import WorldModelComparison
+
+    commands = _compare_commands()
+    for name, cls in (("video", VideoComparison), ("mqar", MQARSweep), ("worldmodel", WorldModelComparison)):
+        params = inspect.signature(commands[name]).parameters
+        fields = {f.name for f in dataclasses.fields(cls)}
+        assert fields <= set(params), f"{name}: not options: {sorted(fields - set(params))}"
+        undocumented = [f for f in fields if "Unset:" in commands[name].__doc__.split(f"    {f}: ", 1)[-1][:7]]
+        assert not undocumented, f"{name}: fields without help in {cls.__name__}'s docstring: {undocumented}"
+    assert "preset" in inspect.signature(commands["mqar"]).parameters

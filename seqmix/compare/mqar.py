@@ -49,7 +49,8 @@ class MQARSweep:
         num_train: training examples (None: the recipe's).
         seq_len, num_kv_pairs, vocab_size: the task (None: the recipe's; the vocabulary sets the data's and the
             model's).
-        curve_points: learning-curve evaluations after step 0 (0: no curve), on ``curve_batches`` validation batches.
+        curve_points: learning-curve evaluations after step 0 (0: no curve), evenly spaced.
+        curve_batches: validation batches each learning-curve evaluation uses (the first ones).
         resume: reuse the finished runs of an interrupted call with the same ``out`` (its ``runs.jsonl``, matched by
             their recipe arguments, steps and curve settings; not by the code, so only for the same checkout).
         jobs: runs trained at once in separate processes, each with ``cpu_count // jobs`` threads. 0 = auto: one
@@ -87,6 +88,11 @@ class MQARSweep:
 
     def seed_list(self) -> list[int]:
         return parse_seeds(self.seeds)
+
+    @classmethod
+    def quick_config(cls, **kw) -> "MQARSweep":
+        """The smoke run (:meth:`quick`) of ``MQARSweep(**kw)``."""
+        return cls(**kw).quick()
 
     def quick(self) -> "MQARSweep":
         """A smoke-sized copy: first two layers, one width, one lr, one seed, 3 steps."""

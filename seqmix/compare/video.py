@@ -38,8 +38,8 @@ class VideoComparison:
         sample_steps: DDIM steps for those samples.
         seeds: a count ``S`` (seeds 0..S-1) or a list; each seed sets the Lightning seed, the data seed and the
             task's noise seed. Default 1 (``make run``'s budget); the table then says no interval was computed.
-        curve_points: learning-curve evaluations of appearance recall after step 0 (0: none), on the first
-            ``curve_batches`` validation batches.
+        curve_points: learning-curve evaluations of appearance recall after step 0 (0: none), evenly spaced.
+        curve_batches: validation batches each learning-curve evaluation uses (the first ones: the same videos).
         resume: reuse the finished runs of an earlier call with the same ``out`` (its ``runs.jsonl``, matched by
             recipe arguments, steps, training-set size, curve and sample settings; not by the code, so only for the
             same checkout or one whose changes do not touch the kept runs) and continue an interrupted run from its
@@ -70,6 +70,11 @@ class VideoComparison:
     def run_layers(self) -> list[str]:
         """``layers`` without ``skip``, in order."""
         return [n for n in self.layers if n not in self.skip]
+
+    @classmethod
+    def quick_config(cls, **kw) -> "VideoComparison":
+        """The smoke run (:meth:`quick`) of ``VideoComparison(**kw)``."""
+        return cls(**kw).quick()
 
     def quick(self) -> "VideoComparison":
         return dataclasses.replace(self, layers=self.run_layers()[:2], skip=[], max_steps=2, num_train=16, samples=1,

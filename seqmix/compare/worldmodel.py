@@ -96,6 +96,11 @@ class WorldModelComparison:
     def num_jobs(self) -> int:
         return self.jobs or _default_jobs()
 
+    @classmethod
+    def quick_config(cls, **kw) -> "WorldModelComparison":
+        """The smoke run (:meth:`quick`) of ``WorldModelComparison(**kw)``."""
+        return cls(**kw).quick()
+
     def quick(self) -> "WorldModelComparison":
         """A smoke-sized copy: two models, one seed, 2 steps on tiny trajectories (8 + 4 frames)."""
         return dataclasses.replace(
