@@ -213,3 +213,29 @@ def test_mqar_default_layers_have_a_causal_form(monkeypatch):
     name = MQARSweep().layers[0]
     monkeypatch.setattr(L.mixer_class(name), "causal_modes", (False,))
     assert name not in MQARSweep().layers and name in token_mixers()
+
+
+def test_video_readings_speed_and_level_from_curves():
+    """A long run's two readings: recall at the equal budget and the first step the seed mean reaches the level
+    (from the curves), final values from the validation, seconds per step; 'never' where the mean stays below."""
+    from seqmix.compare.curves import curve_at, first_crossing
+    from seqmix.compare.video import VideoComparison, _video_markdown, add_readings, video_rows
+
+    steps = [0, 250, 500, 750, 1000]
+    fast = [{"steps": steps, "values": v} for v in ([0.25, 0.5, 0.7, 0.8, 0.8], [0.25, 0.4, 0.6, 0.8, 0.9])]
+    slow = [{"steps": steps, "values": v} for v in ([0.25, 0.25, 0.3, 0.4, 0.45], [0.25, 0.3, 0.3, 0.35, 0.4])]
+    assert first_crossing(fast, 0.5) == 500 and first_crossing(slow, 0.5) is None  # mean at 250 is 0.45
+    assert curve_at(fast, 500).mean == pytest.approx(0.65) and curve_at(fast, 600) is None
+    records = [{"name": n, "seed": s, "mixer": n, "curve": c[s], "steps": 1000, "train_seconds": 500.0, "params": 1,
+                "state_size": 0, "num_appearances": 4,
+                "metrics": {"val/consistency": c[s]["values"][-1], "val/loss_seg0": 0.1, "val/loss_seg1": 0.1,
+                            "val/loss_seg2": 0.2 - c[s]["values"][-1] / 10}}
+               for n, c in (("a", fast), ("b", slow)) for s in (0, 1)]
+    cmp = VideoComparison(layers=["a", "b"], max_steps=1000, curve_points=4, seeds=2)
+    rows = video_rows(records)
+    add_readings(rows, cmp)
+    assert rows[0]["readings"]["first_step_at_level"] == 500 and rows[1]["readings"]["first_step_at_level"] is None
+    assert rows[0]["readings"]["seconds_per_step"] == pytest.approx(0.5)
+    md = _video_markdown(rows, cmp, "cmd")
+    assert "## How fast and how far (1000 steps)" in md and "| never |" in md
+    assert "Recall at step 500, pairs whose intervals separate" in md and "a > b" in md.split("Recall at step 500")[-1]

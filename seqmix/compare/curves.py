@@ -22,7 +22,7 @@ from seqmix.utils.stats import summarize
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LearningCurve", "curve_band", "mqar_accuracy", "plot_curves", "video_recall"]
+__all__ = ["LearningCurve", "curve_at", "curve_band", "first_crossing", "mqar_accuracy", "plot_curves", "video_recall"]
 
 
 class LearningCurve(pl.Callback):
@@ -127,9 +127,24 @@ def curve_band(curves: list[dict]) -> dict:
     return out
 
 
+def curve_at(curves: list[dict], step: int):
+    """The seeds' curve values at ``step`` summarised (:func:`seqmix.utils.stats.summarize`), or None where a curve
+    has no point there (e.g. a run shorter than ``step``)."""
+    if not curves or any(step not in c.get("steps", []) for c in curves):
+        return None
+    return summarize([c["values"][c["steps"].index(step)] for c in curves])
+
+
+def first_crossing(curves: list[dict], level: float) -> int | None:
+    """The first curve step at which the seed-mean value reaches ``level`` (None: never within the curves)."""
+    band = curve_band(curves)
+    return next((s for s, m in zip(band["steps"], band["mean"]) if m >= level), None)
+
+
 def plot_curves(groups: dict[str, list[dict]], path: Path, ylabel: str, title: str,
-                chance: float | None = None) -> Path | None:
-    """One line per name (mean over its seeds' curves) with a shaded interval; ``groups`` = ``{name: [curve]}``."""
+                chance: float | None = None, mark_step: int | None = None) -> Path | None:
+    """One line per name (mean over its seeds' curves) with a shaded interval; ``groups`` = ``{name: [curve]}``;
+    ``mark_step``: a dotted vertical line there (e.g. the equal budget of a longer run)."""
     plt = pyplot(path)
     if plt is None:
         return None
@@ -143,6 +158,8 @@ def plot_curves(groups: dict[str, list[dict]], path: Path, ylabel: str, title: s
             ax.fill_between(band["steps"], band["low"], band["high"], color=line.get_color(), alpha=0.2)
     if chance is not None:
         ax.axhline(chance, color="k", ls="--", lw=1, label="chance")
+    if mark_step:
+        ax.axvline(mark_step, color="k", ls=":", lw=1, label=f"step {mark_step}")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(ylabel)
     ax.set_ylim(-0.02, 1.02)

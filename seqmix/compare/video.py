@@ -15,8 +15,9 @@ from pathlib import Path
 
 from seqmix.compare.common import RunLog, _check_layers, _default_jobs, _fit_recipe, _map_runs, base_recipe, \
     curve_matches, layer_args, longest_first, pyplot, save_figure, token_mixers
-from seqmix.compare.curves import LearningCurve, plot_curves, video_recall
+from seqmix.compare.curves import LearningCurve, curve_at, first_crossing, plot_curves, video_recall
 from seqmix.compare.seeds import aggregate, interval_note, parse_seeds, ranking, seed_args, summary_of
+from seqmix.utils.stats import SeedSummary
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,10 @@ class VideoComparison:
             recipe arguments, steps, training-set size, curve and sample settings; not by the code, so only for the
             same checkout or one whose changes do not touch the kept runs) and continue an interrupted run from its
             last checkpoint (exactly). A layer whose recipe changed re-runs.
+        equal_budget: the paper-style equal budget: recall is also read from the learning curves at this step (a
+            curve point must fall there) beside the step at which the seed-mean recall first reaches
+            ``recall_level`` and the final values; 0: no such reading.
+        recall_level: the recall level whose first crossing is reported (chance is 1/#appearances).
         checkpoint_every: steps between a run's checkpoints (``out/checkpoints/<layer>-s<seed>/last.ckpt``,
             removed once the run is logged; 0: none, an interrupted run starts again).
         jobs: recipes trained at once in separate processes (0 = one per CPU core without a GPU, else 1).
@@ -60,6 +65,8 @@ class VideoComparison:
     curve_points: int = 10
     curve_batches: int = 2
     resume: bool = False
+    equal_budget: int = 500
+    recall_level: float = 0.5
     checkpoint_every: int = 100
     jobs: int = 0
     out: str = "runs/compare-video"
@@ -94,6 +101,9 @@ class VideoComparison:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.jobs < 0:
             raise ValueError(f"jobs must be >= 0 (0 = auto), got {self.jobs}")
+        if self.equal_budget < 0 or not 0 < self.recall_level <= 1:
+            raise ValueError(f"equal_budget must be >= 0 and recall_level in (0, 1], got {self.equal_budget}, "
+                             f"{self.recall_level}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0 (0 = no checkpoints), got {self.checkpoint_every}")
         if self.curve_points < 0 or self.curve_batches < 1:
@@ -132,7 +142,53 @@ def _video_markdown(rows: list[dict], cmp: VideoComparison, command: str) -> str
         stmts = ranking(rows, "val/consistency", lambda r: r["name"])
         lines += ["", "Appearance recall, pairs whose intervals separate (no statement where they overlap): "
                   + ("; ".join(stmts) if stmts else "none") + "."]
+    lines += _speed_and_level(rows, cmp, S)
     return "\n".join(lines)
+
+
+def add_readings(rows: list[dict], cmp: VideoComparison) -> None:
+    """Add each row's ``readings``: how fast (``recall_at_budget``, the seeds' learning-curve recall at step
+    ``equal_budget``, None where no curve point falls there; ``first_step_at_level``, the first curve step whose
+    seed-mean recall reaches ``recall_level``, None: never) and ``seconds_per_step`` (training wall time / steps)."""
+    for r in rows:
+        curves = r.get("curves") or []
+        at = curve_at(curves, cmp.equal_budget) if cmp.equal_budget else None
+        r["readings"] = {"equal_budget": cmp.equal_budget, "recall_at_budget": at.as_dict() if at else None,
+                         "recall_level": cmp.recall_level,
+                         "first_step_at_level": first_crossing(curves, cmp.recall_level) if curves else None,
+                         "seconds_per_step": r["train_seconds"] / max(1, r.get("steps") or cmp.max_steps)}
+
+
+def _speed_and_level(rows: list[dict], cmp: VideoComparison, S: int) -> list[str]:
+    """The two readings of a long run as a markdown section: how fast (recall at the equal budget, first step the
+    seed mean reaches ``recall_level``) and how far (final recall and returning-segment loss from the full
+    validation); wall seconds per step. Empty for runs no longer than the equal budget or without curves."""
+    budget = cmp.equal_budget
+    if not budget or not cmp.curve_points or cmp.max_steps <= budget or not any(r.get("curves") for r in rows):
+        return []
+    last = f"val/loss_seg{S - 1}"
+    lines = ["", f"## How fast and how far ({cmp.max_steps} steps)", "",
+             f"Recall at step {budget} (the equal budget) and the first curve step at which the seed-mean recall "
+             f"reaches {cmp.recall_level} come from the learning curves (appearance recall on the first "
+             f"{cmp.curve_batches} validation batches, every {cmp.max_steps // cmp.curve_points} steps); final recall "
+             f"and the returning segment's loss (segment {S}) from the full validation at step {cmp.max_steps}. "
+             f"Cells: {interval_note(len(parse_seeds(cmp.seeds)))}.", "",
+             f"| global layer | recall @ {budget} | first step >= {cmp.recall_level} | final recall | "
+             f"loss seg {S} (final) | s / step |", "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        rd = r["readings"]
+        at = SeedSummary(**rd["recall_at_budget"]).format("{:.3f}") if rd["recall_at_budget"] else "n/a"
+        first = rd["first_step_at_level"]
+        final = summary_of(r, "val/consistency").format("{:.3f}") if "val/consistency" in r["summary"] else "nan"
+        loss = summary_of(r, last).format("{:.4f}") if last in r["summary"] else "nan"
+        lines.append(f"| {r['mixer'] or 'none (local attention)'} | {at} | "
+                     f"{first if first is not None else 'never'} | {final} | {loss} | {rd['seconds_per_step']:.3f} |")
+    if len(parse_seeds(cmp.seeds)) >= 2 and all(r["readings"]["recall_at_budget"] for r in rows):
+        stmts = ranking([{"name": r["name"], "summary": {"b": r["readings"]["recall_at_budget"]}} for r in rows],
+                        "b", lambda r: r["name"])
+        lines += ["", f"Recall at step {budget}, pairs whose intervals separate (no statement where they overlap): "
+                  + ("; ".join(stmts) if stmts else "none") + "."]
+    return lines
 
 
 def _chance(rows: list[dict]) -> str:
@@ -207,6 +263,7 @@ def run_video_comparison(cmp: VideoComparison, progress: bool = True) -> dict:
     order = {n: i for i, n in enumerate(cmp.run_layers())}
     records.sort(key=lambda r: (order[r["name"]], r["seed"]))
     rows = video_rows(records)
+    add_readings(rows, cmp)
     md = _video_markdown(rows, cmp, command)
     doc = {"schema": "seqmix.compare.video/v2", "command": command, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
            "comparison": dataclasses.asdict(cmp), "rows": rows, "runs": records}
@@ -217,7 +274,8 @@ def run_video_comparison(cmp: VideoComparison, progress: bool = True) -> dict:
     if cmp.curve_points:
         curves = plot_curves({r["name"]: r["curves"] for r in rows}, out / "curves.png",
                              "appearance recall, returning segment", "Text-to-video learning curves",
-                             chance=1 / rows[0]["num_appearances"] if rows and rows[0].get("num_appearances") else None)
+                             chance=1 / rows[0]["num_appearances"] if rows and rows[0].get("num_appearances") else None,
+                             mark_step=cmp.equal_budget if 0 < cmp.equal_budget < cmp.max_steps else None)
     return {"markdown": md, "rows": rows, "runs": records,
             "paths": {"json": out / "results.json", "md": out / "results.md", "png": png, "curves": curves}}
 
