@@ -371,8 +371,10 @@ def _public_ttt_forward(sd, x, *, kind, H, K, N, base_lr, vpos, n_text=0, chunks
     """The public TTT layer's forward, re-derived from its formulas with its own tensors (public names and shapes):
     Q/K L2-normalised, 3D RoPE on the video tokens by storage index (text unrotated), target
     ``LN_t(V - K) + K`` (unbiased std, eps on the std), ``eta = base_lr sigmoid(x . w + b) / K / N``, optional
-    interleave by ``chunks`` ([(text slice, video slice)] in storage order), non-causal scan, ``Q + LN(Z)``,
-    post-norm, output projection, undo the interleave. The inner scan is seqmix's naive twin (tested apart)."""
+    interleave by ``chunks`` ([(text slice, video slice)] in storage order) of the tokens and of the ROWS of the
+    step sizes (computed per storage mini-batch), non-causal scan, ``Q + LN(Z)``, post-norm, output projection,
+    undo the interleave. The inner scan is seqmix's naive twin with row-wise rates (held to the public
+    mini-batch equations by test_rowwise_rates_equal_public_minibatch_equations)."""
     B, T, D = x.shape
     lin = lambda n: x @ sd[f"{n}.weight"].T + sd[f"{n}.bias"]  # noqa: E731
     XQ, XK, XV = (lin(n).view(B, T, H, K) for n in ("wq", "wk", "wv"))
@@ -389,12 +391,15 @@ def _public_ttt_forward(sd, x, *, kind, H, K, N, base_lr, vpos, n_text=0, chunks
     tgt = (d - d.mean(-1, keepdim=True)) / (d.std(-1, keepdim=True) + 1e-8) * sd["ttt_norm_weight"] \
         + sd["ttt_norm_bias"] + XK
     lr = torch.einsum("btc,hdc->bhtd", x, sd["learnable_ttt_lr_weight"]) + sd["learnable_ttt_lr_bias"].reshape(1, H, 1, 1)
-    eta = (base_lr * torch.sigmoid(lr) / K)[..., 0]  # [B, H, T]; the scan divides by N
+    eta = (base_lr * torch.sigmoid(lr) / K)[..., 0]  # [B, H, T] in storage order; the scan divides by N
+    # The public code's step sizes: eta.repeat over the rows of each STORAGE mini-batch ([.., nc, N, N], row i
+    # holds the rates of the mini-batch's N tokens), then only the rows are interleaved with the tokens.
+    rows = eta.view(B, H, T // N, 1, N).expand(B, H, T // N, N, N).reshape(B, H, T, N)
     order = list(range(T)) if chunks is None else sum((list(range(*a)) + list(range(*b)) for a, b in chunks), [])
     tr = lambda t: t[:, order].transpose(1, 2)  # noqa: E731
     P = [sd["W1"], sd["b1"]] + ([sd["W2"], sd["b2"]] if kind == "mlp" else [])
     q, k = tr(XQ), tr(XK)
-    z, _ = ops.ttt_scan_naive(q, k, tr(tgt) - k, eta[:, :, order], sd["ttt_norm_weight"], sd["ttt_norm_bias"],
+    z, _ = ops.ttt_scan_naive(q, k, tr(tgt) - k, rows[:, :, order], sd["ttt_norm_weight"], sd["ttt_norm_bias"],
                               ops.init_state(P, B, x.dtype), kind=kind, causal=False, mini_batch_size=N)
     y = q + ops.head_layer_norm(z, sd["ttt_norm_weight"], sd["ttt_norm_bias"], 1e-8)
     y = F.layer_norm(y.transpose(1, 2).reshape(B, T, H * K), (H * K,), sd["post_norm.weight"], sd["post_norm.bias"],
@@ -587,3 +592,111 @@ def test_mqar_recipe_builds_the_published_lm_form(name):
     assert_close("recipe's mixer vs public formulas", m(x), _public_lm_forward(m, x), 1e-12)
     default = MixerLM(LMConfig(vocab_size=11, dim=32, mixer=name, mixer_config={"mini_batch_size": 16}))
     assert all(b.mixer.variant == "lm" for b in default.blocks)
+
+
+# ============================================================================ 5. the public code's step sizes
+def _public_linear_scan(XK, XQ, target, eta, ln_w, ln_b, W1, b1, eps=1e-8):
+    """TEST-ONLY transcription of the public ttt-video-dit TTT-Linear mini-batch equations (``compute_mini_batch``
+    of its ``ops/ttt_linear.py`` with its ``ln_fused_l2_bwd``), in fp64: ``XK, XQ, target [B, H, nc, N, K]``,
+    step sizes ``eta [B, H, nc, N, N]`` (row i, column j), ``W1 [B, H, K, K]``, ``b1 [B, H, 1, K]``. Returns the
+    read-out before the LayerNorm, ``Z1_bar [B, H, nc, N, K]``."""
+    H, K = XK.shape[1], XK.shape[-1]
+    gamma, beta = ln_w.reshape(H, 1, K), ln_b.reshape(H, 1, K)
+    outs = []
+    for m in range(XK.shape[2]):
+        X1, XQm, tgt, em = XK[:, :, m], XQ[:, :, m], target[:, :, m], eta[:, :, m]
+        Z1 = X1 @ W1 + b1
+        mu, var = Z1.mean(-1, keepdim=True), Z1.var(-1, keepdim=True, unbiased=False)
+        std = torch.sqrt(var + eps)
+        x_hat = (Z1 - mu) / std
+        gx = (gamma * x_hat + beta - tgt) * gamma
+        grad = (K * gx - gx.sum(-1, keepdim=True) - x_hat * (gx * x_hat).sum(-1, keepdim=True)) / K / std
+        Attn1 = XQm @ X1.transpose(-2, -1)
+        b1_bar = b1 - em @ grad
+        outs.append(XQm @ W1 - (em * Attn1) @ grad + b1_bar)
+        last = em[:, :, -1, :, None]
+        W1 = W1 - (last * X1).transpose(-1, -2) @ grad
+        b1 = b1 - torch.sum(last * grad, dim=-2, keepdim=True)
+    return torch.stack(outs, dim=2)
+
+
+def test_rowwise_rates_equal_public_minibatch_equations():
+    """Row-wise step sizes (the public code's eta after its interleave: every row its own rates) in the torch scan
+    equal the public mini-batch equations (fp64), and differ from per-token rates once rows differ."""
+    g = torch.Generator().manual_seed(3)
+    B, H, nc, N, K = 2, 2, 3, 4, 8
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    q, k, tgt = F.normalize(r(B, H, nc * N, K), dim=-1), F.normalize(r(B, H, nc * N, K), dim=-1), r(B, H, nc * N, K)
+    eta = 0.5 * torch.rand(B, H, nc * N, N, generator=g, dtype=torch.float64)  # row p: rates of its N columns
+    ln_w, ln_b = 1 + 0.1 * r(H, K), 0.1 * r(H, K)
+    W1, b1 = 0.3 * r(B, H, K, K), 0.1 * r(B, H, 1, K)
+    z, _ = ops.ttt_scan(q, k, tgt, eta, ln_w, ln_b, (W1, b1), kind="linear", causal=False, mini_batch_size=N)
+    mb = lambda t: t.view(B, H, nc, N, *t.shape[3:])  # noqa: E731
+    want = _public_linear_scan(mb(k), mb(q), mb(tgt), mb(eta) / N, ln_w, ln_b, W1, b1)
+    assert_close("row-wise torch scan vs public equations", z, want.reshape(B, H, nc * N, K), 1e-12)
+    same_rows = eta[..., :1, :].expand_as(eta).contiguous()  # every row of a mini-batch equal -> per-token rates
+    z_rows, _ = ops.ttt_scan(q, k, tgt, same_rows, ln_w, ln_b, (W1, b1), kind="linear", causal=False,
+                             mini_batch_size=N)
+    per_token = same_rows.view(B, H, nc, N, N)[:, :, :, 0].reshape(B, H, nc * N)
+    z_tok, _ = ops.ttt_scan(q, k, tgt, per_token, ln_w, ln_b, (W1, b1), kind="linear", causal=False,
+                            mini_batch_size=N)
+    assert_close("equal rows = per-token rates", z_rows, z_tok, 1e-12)
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_rowwise_rates_torch_equals_naive_with_gradients(kind):
+    g = torch.Generator().manual_seed(4)
+    B, H, T, N, K = 1, 2, 8, 4, 4
+    Fd = K if kind == "linear" else 4 * K
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    q, k, tgt = F.normalize(r(B, H, T, K), dim=-1), F.normalize(r(B, H, T, K), dim=-1), r(B, H, T, K)
+    eta = 0.5 * torch.rand(B, H, T, N, generator=g, dtype=torch.float64)
+    ln_w, ln_b = 1 + 0.1 * r(H, K), 0.1 * r(H, K)
+    state = (0.3 * r(B, H, K, Fd), 0.1 * r(B, H, 1, Fd)) + (
+        (0.3 * r(B, H, Fd, K), 0.1 * r(B, H, 1, K)) if kind == "mlp" else ())
+    leaves = [q, k, tgt, eta, *state]
+    for t in leaves:
+        t.requires_grad_(True)
+    res = []
+    for fn in (ops.ttt_scan, ops.ttt_scan_naive):
+        z, st = fn(q, k, tgt, eta, ln_w, ln_b, state, kind=kind, causal=False, mini_batch_size=N)
+        loss = (z * torch.linspace(-1, 1, z.numel(), dtype=z.dtype).view_as(z)).sum() + sum((s * s).sum() for s in st)
+        res.append((z, st, torch.autograd.grad(loss, leaves)))
+    (z1, s1, g1), (z2, s2, g2) = res
+    assert_close("z", z1, z2, 1e-10)
+    for a, b in zip(s1, s2):
+        assert_close("state", a, b, 1e-10)
+    for a, b in zip(g1, g2):
+        assert_close("grad", a, b, 1e-9)
+    with pytest.raises(ValueError, match="row-wise"):
+        ops.ttt_scan(q, k, tgt, eta[:, :, :7], ln_w, ln_b, state, kind=kind, causal=False, mini_batch_size=N)
+
+
+def test_eta_order_public_only_differs_when_a_boundary_cuts_a_mini_batch():
+    """eta_order='public' equals the default read order where every segment boundary is a mini-batch edge (and
+    for one scene), differs where a boundary falls inside a mini-batch; refused for the LM form; the Triton
+    kernels decline it with a reason."""
+    from seqmix.layers.spans import TokenSpans
+
+    torch.manual_seed(0)
+    D, H, N, T = 32, 2, 4, 16
+    read = layers.build("ttt_linear", dim=D, num_heads=H, mini_batch_size=N).double()
+    pub = layers.build("ttt_linear", dim=D, num_heads=H, mini_batch_size=N, eta_order="public").double()
+    pub.load_state_dict(read.state_dict())
+    x = torch.randn(2, T, D, dtype=torch.float64)
+    assert_close("one scene", pub(x), read(x), 1e-12)
+
+    def spans(src):
+        return TokenSpans((0, T), (0, T), source_index=torch.tensor(src))
+
+    aligned = list(range(8, 16)) + list(range(8))  # two 8-token blocks swapped: boundaries on mini-batch edges
+    assert_close("aligned", pub(x, layout=spans(aligned)), read(x, layout=spans(aligned)), 1e-12)
+    cut = list(range(2, 16)) + [0, 1]  # every read mini-batch spans two storage mini-batches
+    assert not torch.allclose(pub(x, layout=spans(cut)), read(x, layout=spans(cut)))
+    with pytest.raises(ValueError, match="eta_order"):
+        layers.build("ttt_linear", dim=D, num_heads=H, causal=True, eta_order="public")
+    with pytest.raises(ValueError, match="multiple of mini_batch_size"):
+        pub(x[:, :14])
+    from seqmix.layers.ttt import _triton_supports
+
+    assert "row-wise" in _triton_supports(pub, torch.device("cuda"), torch.float32, None)

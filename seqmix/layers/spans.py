@@ -9,8 +9,8 @@ of the span of that segment's first frame (text is read first and belongs to the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
 
 __all__ = ["TokenSpans", "aligned_bounds"]
 
@@ -31,10 +31,15 @@ class TokenSpans:
     Attributes:
         frames: boundaries of the frame spans.
         segments: boundaries of the segment spans.
+        source_index: optional ``[T]`` long tensor, for each read-order token its position in the order the
+            public ttt-video-dit code computes per-token rates in (its storage order: the text of every segment,
+            then the video; the same map for the reversed pass). Only TTT's ``eta_order="public"`` reads it; not
+            part of equality or hashing.
     """
 
     frames: tuple[int, ...]
     segments: tuple[int, ...]
+    source_index: Any = field(default=None, compare=False, hash=False, repr=False)
 
     #: The units :meth:`bounds` knows.
     UNITS: ClassVar[tuple[str, ...]] = ("frame", "segment")
@@ -43,6 +48,9 @@ class TokenSpans:
         frames, segments = _check_bounds("frames", self.frames), _check_bounds("segments", self.segments)
         if frames[-1] != segments[-1]:
             raise ValueError(f"TokenSpans: frames end at {frames[-1]} tokens, segments at {segments[-1]}")
+        if self.source_index is not None and tuple(self.source_index.shape) != (frames[-1],):
+            raise ValueError(f"TokenSpans: source_index must be [T] = [{frames[-1]}], got "
+                             f"{tuple(self.source_index.shape)}")
         if not set(segments) <= set(frames):
             raise ValueError(f"TokenSpans: segment boundaries {sorted(set(segments) - set(frames))} are not frame "
                              "boundaries")

@@ -120,6 +120,16 @@ class TTTConfig(MixerConfig):
             (1e-8 video, 1e-6 lm).
         post_norm_eps: eps of the post-LayerNorm over all heads.
         rope_theta: RoPE base used when ``positions`` are passed to ``forward``.
+        eta_order: variant ``"video"`` only. ``"read"`` (default): each token's inner rate comes from its own input,
+            every mini-batch of the read order uses the rates of its own tokens. ``"public"``: the public
+            ttt-video-dit arithmetic, needed to reproduce its checkpoints exactly (set by
+            :func:`seqmix.backbones.dit.public_ttt.load_public_dit_ttt`): it computes the rates on mini-batches of
+            its storage order (all text, then the video) and reorders only the rows of the step-size matrix, so a
+            token whose storage and read mini-batches differ weighs its mini-batch with other tokens' rates. The
+            two agree exactly when every segment boundary falls on a mini-batch edge (the public 9 s config has
+            502 + 13 x 1350 = 18052 = 4 mod 16 tokens in its first segment: they differ there). Reads the layout's
+            ``source_index`` (the DiT passes it; without one the read order is the storage order, as for one
+            scene); needs ``T`` a multiple of ``mini_batch_size`` and the ``torch`` or ``naive`` backend.
         scan_checkpoint_group: if > 0, recompute the scan in backward in groups of this many mini-batches
             (``"triton"``: mini-batches between saved states; 0 picks ~sqrt(#mini-batches) there).
         backend: ``"auto"``, ``"triton"`` (fused kernels of :mod:`seqmix.kernels.ttt_triton`; auto on CUDA for
@@ -138,10 +148,13 @@ class TTTConfig(MixerConfig):
     ln_eps: float | None = None
     post_norm_eps: float = 1e-6
     rope_theta: float = 1e4
+    eta_order: str = "read"
     scan_checkpoint_group: int = 0
 
 
 def _triton_supports(layer: "_TTTBase", device: torch.device, dtype: torch.dtype, shapes) -> str | None:
+    if layer.config.eta_order == "public":
+        return "eta_order='public' needs row-wise step sizes, which the Triton kernels do not take: use 'torch'"
     if layer.variant == "lm":
         return ("the TTT Triton kernels implement the video layer (non-causal, or 'video_causal' with fixed 1/(i+1) "
                 "token weighting); variant='lm' has learnable token-index weights: use backend 'torch'")
@@ -168,6 +181,8 @@ def _tp_supports(layer: "_TTTBase", device: torch.device, dtype: torch.dtype, sh
         return "the tensor-parallel kernel is opt-in (backend='tp') until validated on a GPU"
     if layer.variant != "video":
         return f"the tensor-parallel kernel implements variant='video' only, got {layer.variant!r}"
+    if layer.config.eta_order == "public":
+        return "eta_order='public' needs row-wise step sizes, which the tensor-parallel kernel does not take"
     from seqmix.kernels.ttt_tp import check_supported
 
     # The layer hands the scan fp32 inputs (see _project), whatever the parameter dtype.
@@ -192,6 +207,8 @@ class _TTTBase(Mixer):
     )
     causal_modes = (False, True)
     takes_positions = True
+    # only eta_order="public" reads it (the public code's storage positions); frames and segments are not used
+    takes_layout = True
     gates = ("tests/test_ttt.py",)
     backend_gates = {"triton": ("tests/test_ttt_triton.py",)}
     state_knob = "head_dim"
@@ -218,6 +235,9 @@ class _TTTBase(Mixer):
                 f"variant={variant!r} is {VARIANTS[variant]}: it needs causal={variant != 'video'}"
                 + (" (for a causal layer: variant=None or 'lm', the ttt-lm-pytorch form; 'video_causal' opts into "
                    "the seqmix-only hybrid)" if variant == "video" else ""))
+        if c.eta_order not in ("read", "public") or (c.eta_order == "public" and variant != "video"):
+            raise ValueError(f"eta_order must be 'read' or 'public' (variant='video' only: the public ttt-video-dit "
+                             f"arithmetic), got {c.eta_order!r} with variant={variant!r}")
         if c.output_gate and variant != "lm":
             raise ValueError("output_gate belongs to variant='lm' (the language-model code's use_gate)")
         if not isinstance(c.qk_conv, int) or c.qk_conv < 0 or c.qk_conv == 1 or (c.qk_conv and variant != "lm"):
@@ -298,7 +318,7 @@ class _TTTBase(Mixer):
         # + the carried history of the shared Q/K projection (qk_conv)
         return inner + (0 if self.conv_q is None else (self.conv_q.kernel_size[0] - 1) * self.conv_q.in_channels)
 
-    def core_cost(self, n: int, ctx: int, batch: int, elem: int) -> Cost:
+    def core_cost(self, n: int, ctx: int, batch: int, elem: int, layout=None) -> Cost:
         """Per head and mini-batch of ``s`` tokens :func:`~seqmix.layers.cost.ttt_minibatch_flops` in the form the
         backend computes (``triton``: kernel form, else torch form), plus the learning-rate gate ``2 D H`` per
         token. A causal call after ``p`` pending tokens re-feeds them (as the layer does)."""
@@ -399,6 +419,8 @@ class _TTTBase(Mixer):
         q, k, v, conv = self._projections(x, None if state is None else state.qk_conv)
         with torch.autocast(device_type=x.device.type, enabled=False):
             q, k, r, eta = self._prepare(x, q, k, v, positions, acc)
+        if c.eta_order == "public":
+            eta = self._public_eta_rows(eta, layout)
         # Inner state, gradients and LN statistics in fp32 (fp64 for fp64 inputs) even under bf16 autocast.
         with torch.autocast(device_type=x.device.type, enabled=False):
             ln_w, ln_b = self.ttt_norm_weight.to(acc), self.ttt_norm_bias.to(acc)
@@ -432,6 +454,23 @@ class _TTTBase(Mixer):
             tail = slice(k_all.shape[2] - n_keep, k_all.shape[2])
             new_state = TTTState(boundary, k_all[:, :, tail], r_all[:, :, tail], eta_all[:, :, tail], qk_conv=conv)
         return y, new_state
+
+    def _public_eta_rows(self, eta: torch.Tensor, layout) -> torch.Tensor:
+        """Per-token rates ``eta [B, H, T]`` (read order) -> the public code's row-wise rates ``[B, H, T, N]``: row
+        ``p`` holds the rates of the ``N`` tokens of the STORAGE mini-batch that holds token ``p``, in read order of
+        the columns' mini-batch (see ``eta_order``)."""
+        T, N = eta.shape[-1], self.config.mini_batch_size
+        src = getattr(layout, "source_index", None)
+        if src is None:  # read order = storage order (the public layer on one scene, which it does not interleave)
+            src = torch.arange(T, device=eta.device)
+        if tuple(src.shape) != (T,) or T % N:
+            raise ValueError(f"{self.name}: eta_order='public' needs T a multiple of mini_batch_size={N} and a [T] "
+                             f"source_index; got T={T}, source_index {tuple(src.shape)}")
+        src = src.to(eta.device)
+        read_of = torch.empty_like(src)
+        read_of[src] = torch.arange(T, device=src.device)  # storage position -> read position
+        cols = (src // N * N)[:, None] + torch.arange(N, device=src.device)  # [T, N] storage positions
+        return eta[..., read_of[cols]]  # [B, H, T, N]
 
     def _lm_positions(self, x: torch.Tensor, positions: torch.Tensor | None, state) -> torch.Tensor:
         """Variant ``"lm"``: 1D RoPE positions modulo the mini-batch size, ``[T]`` or ``[B, T]``: the given positions,

@@ -16,7 +16,13 @@ Token ``j`` contributes with step size ``E[i, j]`` to the weights that read out 
   ``w_{N-1} eta_j`` (``eta_j / N`` by default, as in the non-causal form).
 
 ``N`` is the number of tokens actually in the mini-batch, so a ragged last mini-batch takes the mean over its
-own tokens. The scans return the raw read-out ``z_i = f_{W_i}(q_i)``; the layer adds ``q + LN(z)``.
+own tokens.
+
+Row-wise rates (non-causal form only): ``eta`` may also be ``[B, H, T, N]``, the rates of row ``i`` for the ``N``
+tokens ``j`` of its mini-batch, ``E[i, j] = eta[i, j] / N``; each token is then read out with its own weights (dual
+form) and the state after the mini-batch uses the last row. This is the public ttt-video-dit code's arithmetic,
+which computes the rates on mini-batches of its storage order and reorders only the rows (see
+:class:`seqmix.layers.ttt.TTTConfig` ``eta_order``); ``T`` must then be a multiple of ``N``. The scans return the raw read-out ``z_i = f_{W_i}(q_i)``; the layer adds ``q + LN(z)``.
 
 Shapes (legend): B batch, H heads, T tokens, K head dim, F inner width (``K`` for TTT-Linear, ``4K`` for
 TTT-MLP), N tokens in a mini-batch. Inputs are ``[B, H, T, K]``; ``eta`` is ``[B, H, T]``; the per-head LN
@@ -142,8 +148,12 @@ def step_weights(
     """eta: [B, H, N] -> (E [B, H, N, N] read-out step sizes, last [B, H, N] state-update step sizes).
 
     ``token_weights`` ([>= N], causal form only): per-position weights ``w_i`` of row ``i`` (default ``1/(i+1)``).
+    Row-wise rates ``eta [B, H, N, N]`` (non-causal form): ``E = eta / N``, ``last = E[..., -1, :]``.
     """
     N = eta.shape[-1]
+    if eta.dim() == 4:
+        E = eta / N
+        return E, E[..., -1, :]
     if causal and token_weights is not None:
         w = token_weights[:N].to(eta.dtype)
         return torch.tril(w[:, None] * eta[..., None, :]), w[N - 1] * eta
@@ -219,8 +229,13 @@ def check_scan_inputs(q, k, r, eta, state, kind, mini_batch_size, causal=True, t
         raise ValueError(f"kind must be 'linear' or 'mlp', got {kind!r}")
     if not (q.shape == k.shape == r.shape) or q.dim() != 4:
         raise ValueError(f"q, k, r must share shape [B, H, T, K]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(r.shape)}")
-    if eta.shape != q.shape[:3]:
-        raise ValueError(f"eta must be [B, H, T] = {tuple(q.shape[:3])}, got {tuple(eta.shape)}")
+    if eta.dim() == 4 and not causal:  # row-wise rates (see the module docstring)
+        if eta.shape != (*q.shape[:3], mini_batch_size) or q.shape[2] % mini_batch_size:
+            raise ValueError(f"row-wise eta must be [B, H, T, N] = {(*tuple(q.shape[:3]), mini_batch_size)} with T "
+                             f"a multiple of N, got {tuple(eta.shape)}")
+    elif eta.shape != q.shape[:3]:
+        raise ValueError(f"eta must be [B, H, T] = {tuple(q.shape[:3])} (or [B, H, T, N] row-wise rates in the "
+                         f"non-causal form), got {tuple(eta.shape)}")
     if len(state) != (2 if kind == "linear" else 4):
         raise ValueError(f"state for kind={kind!r} must have {2 if kind == 'linear' else 4} tensors, got {len(state)}")
     if not isinstance(mini_batch_size, int) or mini_batch_size < 1:
@@ -248,7 +263,8 @@ def ttt_scan(
 
     Args:
         q, k, r: queries, keys and regression targets ``[B, H, T, K]``; ``T`` need not divide ``mini_batch_size``.
-        eta: per-token inner learning rates ``[B, H, T]`` (already including base lr / head dim).
+        eta: per-token inner learning rates ``[B, H, T]`` (already including base lr / head dim), or row-wise
+            ``[B, H, T, N]`` in the non-causal form (module docstring).
         ln_w, ln_b: per-head LN weight and bias ``[H, K]``.
         state: initial state (see module docstring), e.g. from :func:`init_state`.
         kind: ``"linear"`` or ``"mlp"``. causal: causal (language) or non-causal (video) form.
@@ -264,7 +280,9 @@ def ttt_scan(
         (tokens past ``T // N * N`` are a pending partial mini-batch; a causal caller re-feeds them).
     """
     check_scan_inputs(q, k, r, eta, state, kind, mini_batch_size, causal, token_weights)
-    dual = causal if dual is None else dual
+    dual = (causal or eta.dim() == 4) if dual is None else dual
+    if eta.dim() == 4 and not dual:
+        raise ValueError("row-wise rates read every token with its own weights: they need the dual read-out")
     if causal and not dual:
         raise ValueError("the causal form needs the dual read-out (dual=True or None): primal read-out is per mini-batch")
     B, H, T, K = q.shape
@@ -371,6 +389,9 @@ def ttt_scan_naive(
                     zs.append(f(step(w_i), qi[:, :, i : i + 1]))
                 z = torch.cat(zs, dim=2)
                 new = step(ei * token_weights[n - 1].to(ei.dtype))
+            elif ei.dim() == 4:  # row-wise rates: token i read with the step of its own row
+                z = torch.cat([f(step(ei[:, :, i] / n), qi[:, :, i : i + 1]) for i in range(n)], dim=2)
+                new = step(ei[:, :, n - 1] / n)
             else:
                 new = step(ei / n)
                 z = f(new, qi)

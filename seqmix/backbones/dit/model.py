@@ -29,6 +29,8 @@ N tokens per frame, T = S L + F N tokens, D model width, K head dim, W_f frames 
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import os
 from typing import Any
@@ -151,7 +153,10 @@ class SegmentedDiT(nn.Module):
             inter, deinter, rev = idx.interleave, idx.deinterleave, idx.reverse
             # x_bwd = rev(interleave(x_sto)) = x_sto[inter[rev]]; storage(rev(h)) = h[rev[deinter]].
             glob = [inter, deinter, inter[rev], rev[deinter], idx.global_positions, idx.global_positions[rev]]
-            spans = layout.token_spans()  # the reversed order keeps the text slots in place: the same boundaries
+            # The reversed order keeps the text slots in place: the same boundaries. Both passes read
+            # interleave(storage order of that pass), so `inter` maps read positions to the public code's storage
+            # positions in both (TTT's eta_order="public" computes its rates there).
+            spans = dataclasses.replace(layout.token_spans(), source_index=inter.to(device))
             glob = [t.to(device) for t in glob] + [spans, spans]
         plan = _Plan(layout, idx.frame_windows.flatten().to(device), scale, rope, *glob)
         if len(self._plans) >= 8:  # a handful of layouts per run (training stages, eval lengths)

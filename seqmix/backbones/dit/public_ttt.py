@@ -15,7 +15,12 @@ In its DiT (``ttt/models/cogvideo/dit.py``) block ``i`` keeps that layer under
 ``dit.layers.{i}.seq_modeling_block.{forward,backward}_ssm_gating_{text,video}.gating_alpha``, here
 ``transformer_blocks.{i}.global_layer.mixer.`` and ``...global_layer.gate_{fwd,bwd}_{text,video}.alpha``.
 The public reversed pass gives the reversed sequence its RoPE table by index: load into a DiT whose
-``mixer_reverse_positions`` is ``"mirrored"`` (the default) to reproduce it. The rest of a public checkpoint (its
+``mixer_reverse_positions`` is ``"mirrored"`` (the default) to reproduce it. The public code computes the
+per-token inner rates on mini-batches of its storage order and reorders only the rows of the step sizes; the
+loaders switch the layers to that arithmetic (``eta_order="public"``, see :class:`seqmix.layers.ttt.TTTConfig`),
+with which the DiT's global layers equal the public code also where a segment boundary falls inside a mini-batch
+(``tests/test_ttt_variants.py``); with the default ``"read"`` they equal it only where every boundary falls on a
+mini-batch edge. The rest of a public checkpoint (its
 own names for the CogVideoX weights) is not read here: load those from a diffusers checkpoint
 (:meth:`SegmentedDiT.from_cogvideox`). Public checkpoints are torch.distributed checkpoints; convert them to one
 flat state dict first (``torch.distributed.checkpoint.format_utils.dcp_to_torch_save``).
@@ -99,25 +104,35 @@ def _copy_checked(module: nn.Module, sd: Mapping[str, torch.Tensor], what: str) 
             own[k].copy_(t)  # casts to the module's dtype / device
 
 
-def load_public_ttt(layer: nn.Module, sd: Mapping[str, torch.Tensor]) -> None:
+def load_public_ttt(layer: nn.Module, sd: Mapping[str, torch.Tensor], *, eta_order: str = "public") -> None:
     """Load one public ttt-video-dit TTT layer's state dict (public names) into a seqmix ``ttt_linear`` /
-    ``ttt_mlp`` of ``variant="video"``; strict: raises naming missing / unexpected keys and shape mismatches."""
+    ``ttt_mlp`` of ``variant="video"``; strict: raises naming missing / unexpected keys and shape mismatches.
+
+    ``eta_order``: set on the layer (``"public"``, the default: the public code's arithmetic, which reproduces the
+    checkpoint exactly; ``"read"`` keeps seqmix's per-token rates, e.g. to fine-tune in that form)."""
     from seqmix.layers.ttt import TTTLinear, TTTMLP
 
     if not isinstance(layer, (TTTLinear, TTTMLP)):
         raise TypeError(f"load_public_ttt loads into a seqmix TTTLinear / TTTMLP, got {type(layer).__name__}")
     if layer.variant != "video":
         raise ValueError(f"the public ttt-video-dit layer is variant='video'; this layer is {layer.variant!r}")
+    if eta_order not in ("read", "public"):
+        raise ValueError(f"eta_order must be 'read' or 'public', got {eta_order!r}")
     _copy_checked(layer, ttt_from_public(sd), f"a public ttt-video-dit state dict into {layer.name}")
+    if layer.config.eta_order != eta_order:
+        logger.info("%s: eta_order %r -> %r", layer.name, layer.config.eta_order, eta_order)
+        layer.config.eta_order = eta_order
 
 
-def load_public_dit_ttt(model: nn.Module, sd: Mapping[str, torch.Tensor], *, prefix: str = PUBLIC_DIT_PREFIX) -> list[str]:
+def load_public_dit_ttt(model: nn.Module, sd: Mapping[str, torch.Tensor], *, prefix: str = PUBLIC_DIT_PREFIX,
+                        eta_order: str = "public") -> list[str]:
     """Load the TTT layers and their four gates of every block from a public ttt-video-dit DiT state dict (flat,
     public names) into a :class:`SegmentedDiT` with a ``ttt_linear`` / ``ttt_mlp`` global layer.
 
     ``prefix``: where block ``i``'s sequence-modelling block lives (``{i}`` is the block index). Keys of the
     public checkpoint outside the TTT layers and gates (its CogVideoX weights) are ignored; within them the load
-    is strict. Returns the seqmix names that were loaded.
+    is strict. ``eta_order`` is set on every TTT layer (see :func:`load_public_ttt`). Returns the seqmix names
+    that were loaded.
     """
     blocks = getattr(model, "transformer_blocks", None)
     if blocks is None or any(b.global_layer is None for b in blocks):
@@ -148,7 +163,7 @@ def load_public_dit_ttt(model: nn.Module, sd: Mapping[str, torch.Tensor], *, pre
     loaded = []
     for i, block in enumerate(blocks):
         gl = block.global_layer
-        load_public_ttt(gl.mixer, per_block[i]["ttt"])
+        load_public_ttt(gl.mixer, per_block[i]["ttt"], eta_order=eta_order)
         gates = {f"{_GATES[k.split('.')[0]]}.alpha": v for k, v in per_block[i]["gates"].items()
                  if k.endswith(".gating_alpha")}
         odd = sorted(k for k in per_block[i]["gates"] if not k.endswith(".gating_alpha"))
