@@ -47,3 +47,49 @@ def test_contributing_table_names_every_class_declaration():
     internal = {"name", "Config", "backends"}  # set by register() / derived from backend_table
     missing = sorted(n for n in declared - internal if f"`{n}" not in table)
     assert not missing, f"CONTRIBUTING.md's table lacks {missing}"
+
+
+_REF = re.compile(r"^- (?P<names>[\w /]+), (?P<form>\w+): (?P<ref>.+); (?P<test>tests/[\w/]+\.py::\w+)$")
+#: The task forms a reference can be for: language tasks (MQAR, the causal LM), the video DiT, the world model.
+FORMS = ("lm", "video", "worldmodel")
+
+
+def _references() -> dict[str, list[dict]]:
+    """Registry name -> the ``References`` entries of its module docstring (one bullet each, continued lines
+    joined)."""
+    import importlib
+
+    out: dict[str, list[dict]] = {}
+    for module in sorted({layers.mixer_class(n).__module__ for n in layers.available()}):
+        doc = importlib.import_module(module).__doc__ or ""
+        if "\nReferences (" not in doc:
+            continue
+        block = doc.split("\nReferences (", 1)[1].split("\n", 1)[1]
+        bullets = re.split(r"\n(?=- )", block.strip())
+        for b in bullets:
+            m = _REF.match(" ".join(line.strip() for line in b.splitlines()))
+            assert m, f"{module}: a References entry is not '- names, form: public code; tests/...::test': {b!r}"
+            for name in m["names"].split(" / "):
+                out.setdefault(name.strip(), []).append(m.groupdict())
+    return out
+
+
+def test_every_layer_names_its_public_reference_per_task_and_a_test_holds_it():
+    """Each registry layer's module docstring names, per task form, the public code it equals and the test that
+    holds it there; every layer with a causal form names its language-task reference; the tests exist."""
+    from seqmix.compare.common import token_mixers
+
+    refs = _references()
+    root = Path(__file__).resolve().parent
+    missing = [n for n in layers.available() if n not in refs]
+    assert not missing, f"layers without a References entry in their module docstring: {missing}"
+    no_lm = [n for n in token_mixers(causal=True) if not any(r["form"] == "lm" for r in refs[n])]
+    assert not no_lm, f"causal layers (language tasks) without an 'lm' reference: {no_lm}"
+    for name, entries in refs.items():
+        assert name in layers.available(), f"References name {name!r}, not a registry layer"
+        for r in entries:
+            assert r["form"] in FORMS, f"{name}: form {r['form']!r} not one of {FORMS}"
+            path, test = r["test"].split("::")
+            src = root.parent / path
+            assert src.is_file() and re.search(rf"^def {test}\(", src.read_text(), re.M), \
+                f"{name}: the reference test {r['test']} does not exist"

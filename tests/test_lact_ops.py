@@ -182,11 +182,13 @@ def test_bad_inputs():
             lact_scan(q, k, v, *lrs, state, chunk_bounds=bad, causal=False)
 
 
-def _public_block_causal_lact(w0, w1, w2, q, k, v, lr0, lr1, lr2, chunk_size, use_muon, momentum):
+def _public_block_causal_lact(w0, w1, w2, q, k, v, lr0, lr1, lr2, chunk_size, use_muon, momentum, update_first=False):
     """TEST-ONLY transcription of the published equations of LaCT's causal LM operator ("apply then update",
     ``block_causal_lact_swiglu`` of the public LaCT code), in fp64 and without its bf16 casts. Layout as there:
     ``w0, w2 [b, dh, dk]``, ``w1 [b, dv, dh]``, ``q, k, v [b, l, d]``, ``lr* [b, l, 1]``, ``momentum [b, l, 1]``.
-    Every update is renormalised to the row norms of the weights the call started with, computed once."""
+    Every update is renormalised to the row norms of the weights the call started with, computed once.
+    ``update_first``: the public bidirectional (video / novel-view) operator instead: every chunk, the last partial
+    one included, first updates the weights, then its queries are read with them."""
     def ns5(g):  # the public Newton-Schulz: wide orientation, Frobenius scaling, five coefficient triples
         x = g.transpose(1, 2) if g.size(1) > g.size(2) else g
         x = x / (x.norm(dim=(1, 2), keepdim=True) + 1e-7)
@@ -203,10 +205,12 @@ def _public_block_causal_lact(w0, w1, w2, q, k, v, lr0, lr1, lr2, chunk_size, us
     read = lambda qi: w1 @ (F.silu(w0 @ qi) * (w2 @ qi))  # noqa: E731
     e = 0
     L = k.shape[1]
-    for s in range(0, L - chunk_size, chunk_size):
-        e = s + chunk_size
+    starts = range(0, L, chunk_size) if update_first else range(0, L - chunk_size, chunk_size)
+    for s in starts:
+        e = min(s + chunk_size, L)
         ki, vi, qi = k[:, s:e], vt[:, :, s:e], qt[:, :, s:e]
-        out[:, :, s:e] = read(qi)
+        if not update_first:
+            out[:, :, s:e] = read(qi)
         gba, hbm = w0 @ ki.transpose(1, 2), w2 @ ki.transpose(1, 2)
         hidden = F.silu(gba) * hbm
         dh = w1.transpose(1, 2) @ vi
@@ -227,7 +231,10 @@ def _public_block_causal_lact(w0, w1, w2, q, k, v, lr0, lr1, lr2, chunk_size, us
         w0 = w0 / (w0.norm(dim=2, keepdim=True) + 1e-5) * n0
         w1 = w1 / (w1.norm(dim=2, keepdim=True) + 1e-5) * n1
         w2 = w2 / (w2.norm(dim=2, keepdim=True) + 1e-5) * n2
-    out[:, :, e:] = read(qt[:, :, e:])
+        if update_first:
+            out[:, :, s:e] = read(qi)
+    if not update_first:
+        out[:, :, e:] = read(qt[:, :, e:])
     return out.transpose(1, 2)
 
 
@@ -244,4 +251,18 @@ def test_causal_scan_equals_public_lact_equations(muon, momentum, T):
     ref = _public_block_causal_lact(*(flat(w) for w in state[:3]), flat(q), flat(k), flat(v),
                                     *(flat(lr)[..., None] for lr in lrs), chunk_size=4, use_muon=muon,
                                     momentum=flat(mom)[..., None] if momentum else None)
+    assert_close("o", flat(o), ref, 1e-12)
+
+
+@pytest.mark.parametrize("muon", [False, True])
+@pytest.mark.parametrize("T", [11, 12])
+def test_noncausal_scan_equals_public_lact_equations(muon, T):
+    """The non-causal (video) form equals the published bidirectional LaCT operator's equations in fp64: every
+    chunk updates, then is read with the updated weights (renormalised to the initial row norms, Muon)."""
+    q, k, v, lrs, _, state = _inputs(T, False, seed=12)
+    o, _ = lact_scan(q, k, v, *lrs, state, chunk_size=4, causal=False, muon_steps=5 if muon else 0)
+    flat = lambda t: t.reshape(B * H, *t.shape[2:])  # noqa: E731
+    ref = _public_block_causal_lact(*(flat(w) for w in state[:3]), flat(q), flat(k), flat(v),
+                                    *(flat(lr)[..., None] for lr in lrs), chunk_size=4, use_muon=muon, momentum=None,
+                                    update_first=True)
     assert_close("o", flat(o), ref, 1e-12)

@@ -29,6 +29,16 @@ the choice for the layer's device; a call whose dtype / head dim / KV cache the 
 the next backend instead, and ``layer.last_backend`` records what the last call used.
 
 Legend: B batch, T tokens, D model dim, H heads, K head dim.
+
+References (registry name, task form: public code; the test that equals it on the same weights in fp64):
+
+- full_attn / swa / local_attn, lm: softmax attention as PyTorch's dense ``scaled_dot_product_attention`` math
+  (Zoology's and CogVideoX's attention compute the same), causal or windowed by mask;
+  tests/test_attention.py::test_sdpa_matches_naive_and_torch_dense
+- full_attn / swa / local_attn, video: the same, in the DiT's window and span layouts;
+  tests/test_attention.py::test_block_align_is_full_attention_inside_each_span
+- identity, lm: no token mixing (the "no global layer" baseline);
+  tests/test_attention.py::test_identity_returns_zeros_and_carries_trivial_state
 """
 
 from __future__ import annotations

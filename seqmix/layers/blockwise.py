@@ -27,6 +27,14 @@ frame (or several frames at a time) with ``state=`` / ``return_state=True`` and 
   ``torch``, ``naive``).
 
 Legend: B batch, F frames, H x W grid, b_h x b_w block, nb blocks per frame, D model dim.
+
+References (registry name, task form: public code; the test that equals it on the same weights in fp64):
+
+- blockwise_ssm, worldmodel: the long-context world model's block-wise scan (Po et al. 2025): Mamba2 (mamba-ssm's
+  SSD) on each spatial block's frame-major sequence;
+  tests/test_worldmodel_layers.py::test_blockwise_ssm_blocks_are_mamba2_on_each_block_sequence
+- blockwise_ttt, worldmodel: the same scan with TTT-MLP (ttt-video-dit's equations) per block, frame mini-batches;
+  tests/test_worldmodel_layers.py::test_blockwise_ttt_is_ttt_mlp_per_block_with_frame_mini_batches
 """
 
 from __future__ import annotations

@@ -27,6 +27,11 @@ Backends: ``"flex"`` (compiled FlexAttention block mask, CUDA; calls with a KV c
 fp64 included) and ``"naive"`` (dense frame mask, the reference).
 
 Legend: B batch, F frames, H x W grid, D model dim, H heads, K head dim, k window frames, c chunk frames.
+
+References (registry name, task form: public code; the test that equals it on the same weights in fp64):
+
+- frame_local_attn, worldmodel: the world model's frame-local attention (Po et al. 2025): dense softmax attention
+  under its frame visibility mask; tests/test_worldmodel_layers.py::test_frame_attention_is_dense_sdpa_with_a_frame_mask
 """
 
 from __future__ import annotations

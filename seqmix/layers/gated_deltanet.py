@@ -27,6 +27,13 @@ Backends: ``"fla"`` (fla's Triton kernels: ``chunk_gated_delta_rule`` for traini
 ``fused_recurrent_gated_delta_rule`` for short inference calls, fla's fused short conv and gated RMSNorm; CUDA,
 or CPU under ``TRITON_INTERPRET=1`` when requested explicitly, for tests), ``"torch"`` (chunked WY form, any
 device, fp32/fp64) and ``"naive"`` (per-token loop; reference only).
+
+References (registry name, task form: public code; the test that equals it on the same weights in fp64):
+
+- gated_deltanet, lm: flash-linear-attention's ``naive_recurrent_gated_delta_rule`` / ``chunk_gated_delta_rule``
+  references; tests/test_gated_deltanet.py::test_ops_match_fla_naive_fp32
+- gated_deltanet, lm: ``fla.layers.GatedDeltaNet`` (same names, same initialisation, same outputs);
+  tests/test_gated_deltanet.py::test_state_dict_matches_fla_layer
 """
 
 from __future__ import annotations

@@ -26,6 +26,13 @@ latent frames for the first, 12 for the others), so a fixed ``chunk_size`` could
 Parameters (dim D, H heads, head dim K, hidden width F = ``inter_multi`` K): ``3 D H K`` (Q/K/V), ``H K D``
 (output), ``3 D H`` (+``D H`` with momentum) rates, ``H K`` norm, and the initial fast weights ``3 H F K``.
 State per sequence: ``3 H F K`` fast weights (+ as many momentum elements).
+
+References (registry name, task form: public code; the test that equals it on the same weights in fp64):
+
+- lact, lm: the public LaCT LM operator (``block_causal_lact_swiglu``: apply, then update; renormalised to the
+  initial row norms); tests/test_lact_ops.py::test_causal_scan_equals_public_lact_equations
+- lact, video: the public LaCT bidirectional operator (update, then apply, every chunk);
+  tests/test_lact_ops.py::test_noncausal_scan_equals_public_lact_equations
 """
 
 from __future__ import annotations

@@ -27,6 +27,15 @@ Backends (``layer.backend``): ``"mamba_ssm"`` (mamba-ssm's fused Triton SSD and 
 fp64 inputs always run on ``"torch"`` / ``"naive"`` (the Triton paths do not compute in fp64).
 
 Legend: B batch, T tokens, D model dim, E inner dim, H heads, P head dim, G groups, N state dim, K conv kernel.
+
+References (registry name, task form: public code; the test that equals it on the same weights in fp64):
+
+- mamba2, lm: mamba-ssm's ``ssd_minimal_discrete`` (the SSD reference of ``mamba_ssm.Mamba2``);
+  tests/test_mamba2.py::test_matches_mamba_ssd_minimal
+- mamba2, lm: ``mamba_ssm.Mamba2``'s parameter names and initialisation;
+  tests/test_mamba2.py::test_same_init_and_names_as_mamba_ssm
+- mamba2, lm: flash-linear-attention's ``fla.layers.Mamba2`` forward on its weights;
+  tests/test_mamba2.py::test_loads_fla_mamba2_weights_and_matches_its_forward
 """
 
 from __future__ import annotations

@@ -33,6 +33,15 @@ Variants (``variant``), each the published form for its task; the default follow
   ``conv_k`` added, ``2 H K (taps + 1) - H K D`` parameters more). The code's block-level convolution
   (``pre_conv``: RMSNorm, causal depthwise convolution, residual) corresponds to
   :class:`seqmix.backbones.lm.LMConfig`'s ``short_conv`` (without the RMSNorm).
+
+References (registry name, task form: public code; the test that equals it on the same weights in fp64):
+
+- ttt_linear / ttt_mlp, video: ttt-video-dit (``ttt/models/ssm/ttt_layer.py``, its DiT's sequence-modelling block);
+  tests/test_ttt_variants.py::test_public_dit_checkpoint_loads_into_segmented_dit
+- ttt_linear, video: ttt-video-dit's TTT-Linear mini-batch equations (``ops/ttt_linear.py``);
+  tests/test_ttt_variants.py::test_rowwise_rates_equal_public_minibatch_equations
+- ttt_linear / ttt_mlp, lm: ttt-lm-pytorch's causal TTT layer (Zoology's TTT mixer is a copy);
+  tests/test_ttt_variants.py::test_lm_variant_matches_public_formulas
 """
 
 from __future__ import annotations
