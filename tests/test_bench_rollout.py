@@ -51,7 +51,7 @@ def test_stand_ins_are_labelled_and_fixed_state_models_keep_their_state(docs):
     doc = validate(docs["stand-in"])
     assert any("STAND-INS" in n for n in doc["meta"]["notes"])
     models = doc["summary"]["models"]
-    for m in ("ours", "blockwise_ttt", "frame_local_attn"):
+    for m in ("blockwise_ssm", "blockwise_ttt", "frame_local_attn"):
         label = m if all(n in L.available() for n in ("blockwise_ssm", "blockwise_ttt", "frame_local_attn")) \
             else f"{m} (stand-in)"
         r = models[label]
@@ -61,7 +61,7 @@ def test_stand_ins_are_labelled_and_fixed_state_models_keep_their_state(docs):
 
 
 def test_bad_config():
-    with pytest.raises(ValueError, match="unknown rollout model"):
+    with pytest.raises(ValueError, match="unknown world model"):
         RolloutBenchConfig(models=["nope"])
     with pytest.raises(ValueError, match="window"):
         RolloutBenchConfig(frames=10, window=20)

@@ -165,7 +165,7 @@ def test_compare_quick_writes_only_under_out_and_prints_no_warnings(tmp_path):
      "unknown config key(s) ['chunk_sise'] for mixer 'gated_deltanet'"),
     (["fit", "--config", "t2v/ttt_linear", "--data=seqmix.tasks.LatentVideoData", "--data.init_args.path=/no/such/dir"],
      "does not exist"),
-    (["fit", "--config", "worldmodel/ours", "--data.init_args.generate=null", "--data.init_args.path=/no/such/dir"],
+    (["fit", "--config", "worldmodel/blockwise_ssm", "--data.init_args.generate=null", "--data.init_args.path=/no/such/dir"],
      "holds no maze dataset"),
     (["bench", "layers", "--layers", "[nope]"], "unknown layer 'nope'"),
 ], ids=["fit-mixer-key", "fit-latent-path", "fit-maze-data", "bench-layer"])

@@ -8,26 +8,26 @@ from seqmix.compare.worldmodel import WorldModelComparison, model_overrides, rec
 
 
 def test_quick_comparison_writes_table_plot_gifs(tmp_path):
-    cmp = WorldModelComparison(out=str(tmp_path / "cmp"), models=["causal_window", "causal_transformer"]).quick()
+    cmp = WorldModelComparison(out=str(tmp_path / "cmp"), models=["frame_local_attn", "causal_transformer"]).quick()
     res = run_worldmodel_comparison(cmp, progress=False)
     doc = json.loads((tmp_path / "cmp/results.json").read_text())
-    assert set(doc["summary"]) == {"causal_window", "causal_transformer"} and doc["window"] == 4
+    assert set(doc["summary"]) == {"frame_local_attn", "causal_transformer"} and doc["window"] == 4
     assert set(doc["references"]) == {"mean training frame", "last context frame"}
     assert len(doc["runs"]) == 2 and all(len(r["psnr"]) == 2 * 4 for r in doc["runs"])
-    assert "| causal_window |" in res["markdown"] and (tmp_path / "cmp/results.md").is_file()
+    assert "| frame_local_attn |" in res["markdown"] and (tmp_path / "cmp/results.md").is_file()
     assert res["paths"]["png"] is None or res["paths"]["png"].is_file()
     assert len(list((tmp_path / "cmp/gifs").glob("*.gif"))) == 2
 
 
 def test_bad_selection_and_recipes(tmp_path):
-    assert recipe_models()[0] == "ours" and len(recipe_models()) == 6
-    with pytest.raises(ValueError, match="unknown model.*valid"):
+    assert recipe_models()[0] == "blockwise_ssm" and len(recipe_models()) == 6
+    with pytest.raises(ValueError, match="unknown world model.*valid"):
         WorldModelComparison(models=["nope"]).validate()
     with pytest.raises(ValueError, match="seeds must be >= 1"):
         WorldModelComparison(seeds=0).validate()
     from seqmix.compare import recipe_dir
 
     bad = tmp_path / "bad.yaml"
-    bad.write_text((recipe_dir() / "worldmodel/ours.yaml").read_text().replace("lr: 2.0e-3", "lr: 1.0e-2"))
+    bad.write_text((recipe_dir() / "worldmodel/blockwise_ssm.yaml").read_text().replace("lr: 2.0e-3", "lr: 1.0e-2"))
     with pytest.raises(ValueError, match="differs in"):
         model_overrides(bad)

@@ -31,7 +31,7 @@ def _task_args(task: str, tmp_path: Path) -> tuple[list[str], int, int]:
                  "--data.init_args.num_val=4", "--data.init_args.batch_size=4", "--model.init_args.warmup_steps=2"],
                 10, 4)
     if task == "worldmodel":  # 6 batches per epoch
-        return ([f"--config={ROOT / 'recipes/worldmodel/causal_window.yaml'}", f"--data.init_args.path={tmp_path / 'd'}",
+        return ([f"--config={ROOT / 'recipes/worldmodel/frame_local_attn.yaml'}", f"--data.init_args.path={tmp_path / 'd'}",
                  "--data.init_args.generate.explore_frames=8", "--data.init_args.generate.return_frames=4",
                  "--data.init_args.num_trajectories=14", "--data.init_args.val_trajectories=2",
                  "--data.init_args.batch_size=2"], 8, 3)

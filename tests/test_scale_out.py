@@ -136,7 +136,7 @@ def _wm_job(dp: int, tp: int):
     from seqmix.parallel.plan import make_mesh, parallelize
 
     torch.manual_seed(0)
-    ref = WorldModel(WorldModelConfig.preset("tiny", mixers="ours", heads=2)).double()
+    ref = WorldModel(WorldModelConfig.preset("tiny", mixers="blockwise_ssm", heads=2)).double()
     par = copy.deepcopy(ref)
     g = torch.Generator().manual_seed(5)
     x = torch.randn(BATCH, 4, 4, 2, 2, generator=g, dtype=torch.float64)

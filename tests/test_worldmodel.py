@@ -193,7 +193,7 @@ def test_carried_state_is_constant_for_fixed_state_mixers_and_grows_for_full_att
 
 # ------------------------------------------------------------------------------------------------ config / presets
 def test_stacks_name_the_paper_layers_with_per_layer_blocks():
-    ours = mixer_stack("ours", 3, grid=(8, 8), window_frames=10, chunk_frames=5)
+    ours = mixer_stack("blockwise_ssm", 3, grid=(8, 8), window_frames=10, chunk_frames=5)
     assert [[n for n, _ in layer] for layer in ours] == [["blockwise_ssm", "frame_local_attn"]] * 3
     assert [layer[0][1]["block"] for layer in ours] == [(2, 2), (4, 4), (8, 8)]
     assert ours[0][1][1] == {"window_frames": 10, "chunk_frames": 5}
@@ -243,7 +243,7 @@ def test_paper_preset_with_the_paper_layers():
 
 
 @needs_paper_layers
-@pytest.mark.parametrize("stack", ["ours", "blockwise_ttt"])
+@pytest.mark.parametrize("stack", ["blockwise_ssm", "blockwise_ttt"])
 def test_paper_stacks_roll_out_like_the_full_pass(stack):
     if _missing(*PAPER_LAYERS):
         pytest.skip(f"{_missing(*PAPER_LAYERS)} not registered in this build")
@@ -261,7 +261,7 @@ def test_chunked_frame_attention_steps_and_samples_by_chunks():
     if _missing(*PAPER_LAYERS):
         pytest.skip(f"{_missing(*PAPER_LAYERS)} not registered in this build")
     torch.manual_seed(0)
-    m = WorldModel(WorldModelConfig.preset("tiny", mixers="ours", grid=(4, 4), window_frames=4, chunk_frames=2,
+    m = WorldModel(WorldModelConfig.preset("tiny", mixers="blockwise_ssm", grid=(4, 4), window_frames=4, chunk_frames=2,
                                            action_kind="discrete", num_actions=3)).double().eval()
     assert m.step_frames == 2
     x, t, a = clip(m, F=6)
@@ -329,7 +329,7 @@ def test_bad_configs():
         WorldModel(WorldModelConfig.preset("tiny", depth=1, mixers=[[("swa", {"window": 4, "causal": False})]]))
     with pytest.raises(ValueError, match="one list per layer"):
         WorldModelConfig.preset("tiny", depth=3, mixers=[[("mamba2", {})]])
-    with pytest.raises(ValueError, match="unknown mixer stack"):
+    with pytest.raises(ValueError, match="unknown world model"):
         WorldModelConfig.preset("tiny", mixers="nope")
     with pytest.raises(ValueError, match="unknown size preset"):
         WorldModelConfig.preset("huge")
@@ -341,3 +341,24 @@ def test_bad_configs():
         WorldModelConfig.preset("tiny", action_kind="discrete")
     with pytest.raises(ValueError, match="action_kind"):
         WorldModelConfig.preset("tiny", action_kind="joystick")
+
+
+def test_world_models_are_one_list_with_one_name_each():
+    """WORLD_MODELS is the one list: the stack names, the recipes in recipes/worldmodel/, the rollout benchmark's
+    models and its constant-state set derive from it; former names are refused with the current one."""
+    from seqmix.backbones.wm_config import STACKS, WORLD_MODELS, world_model
+    from seqmix.bench.rollout import CONSTANT, MODELS
+    from seqmix.compare.worldmodel import recipe_models
+    from seqmix.utils.recipes import recipe_dir
+
+    names = [m.name for m in WORLD_MODELS]
+    assert len(set(names)) == len(names) and tuple(names) == STACKS and recipe_models() == names
+    assert sorted(p.stem for p in (recipe_dir() / "worldmodel").glob("*.yaml")) == sorted(names)
+    assert set(MODELS) <= set(names) and set(CONSTANT) <= set(MODELS)
+    assert all(world_model(m).constant_state for m in CONSTANT)
+    for old, new in (("ours", "blockwise_ssm"), ("causal_window", "frame_local_attn")):
+        with pytest.raises(ValueError, match=f"renamed: use '{new}'"):
+            WorldModelConfig.preset("tiny", mixers=old)
+    for m in WORLD_MODELS:  # every model builds from its layers
+        stack = mixer_stack(m.name, 2, grid=(4, 4))
+        assert [[n for n, _ in layer] for layer in stack] == [list(m.layers)] * 2

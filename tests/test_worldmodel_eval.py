@@ -8,7 +8,7 @@ from seqmix.backbones.worldmodel import WorldModel, WorldModelConfig
 from seqmix.tasks.worldmodel_eval import bin_by_distance, frame_scores, retrieval, write_rollout_gif
 
 
-def _model(stack="ours"):
+def _model(stack="blockwise_ssm"):
     torch.manual_seed(0)
     c = WorldModelConfig(dim=32, depth=1, heads=2, grid=(2, 2), patch_size=4, channels=3, mixers=stack,
                          window_frames=2, chunk_frames=2, action_kind="discrete", num_actions=5)
@@ -23,7 +23,7 @@ def _batch(B=2, F=10):
     return frames, actions, distance
 
 
-@pytest.mark.parametrize("stack", ["ours", "causal_transformer"])
+@pytest.mark.parametrize("stack", ["blockwise_ssm", "causal_transformer"])
 def test_retrieval_shapes_determinism_and_sampler_equivalence(stack):
     m = _model(stack)
     frames, actions, distance = _batch()

@@ -15,7 +15,7 @@ import torch
 from seqmix.tasks.worldmodel import draw_training_noise, masked_v_loss
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ["ours", "mamba2", "mamba2_fla", "causal_window", "causal_transformer", "blockwise_ttt"]
+MODELS = ["blockwise_ssm", "mamba2", "mamba2_fla", "frame_local_attn", "causal_transformer", "blockwise_ttt"]
 SEQMIX = [sys.executable, "-m", "seqmix.cli"]
 # A tiny maze dataset: 3x3 cells, 16x16 frames, 8 exploration + 4 return frames.
 TINY_DATA = ["--data.init_args.generate.explore_frames=8", "--data.init_args.generate.return_frames=4",
@@ -77,7 +77,7 @@ def test_masked_loss_has_no_gradient_on_clean_frames():
 def test_training_step_feeds_the_prefix_clean(data_dir, tmp_path):
     """Captures the model's input in training steps: clean-prefix frames are the data itself at noise level 0, the
     others noised; the loss equals the masked loss of exactly those frames."""
-    cli = _cli(["--config", str(ROOT / "recipes/worldmodel/causal_window.yaml"), f"--data.init_args.path={data_dir}",
+    cli = _cli(["--config", str(ROOT / "recipes/worldmodel/frame_local_attn.yaml"), f"--data.init_args.path={data_dir}",
                 *TINY_DATA, "--model.init_args.long_context_prob=1.0"], tmp_path, run=False)
     task, dm = cli.model, cli.datamodule
     dm.prepare_data()
@@ -125,9 +125,9 @@ def test_paper_config_composes_at_tiny_width(stage, tmp_path):
 
     cfg = MazeDataConfig(maze_size=3, frame_size=16, explore_frames=401, return_frames=399)
     write_mazes(tmp_path / "mm", cfg, 3, progress=False)
-    cli = _cli(["--config", str(ROOT / "recipes/worldmodel/ours.yaml"),
+    cli = _cli(["--config", str(ROOT / "recipes/worldmodel/blockwise_ssm.yaml"),
                 "--config", str(ROOT / "recipes/worldmodel/paper/base.yaml"),
-                "--config", str(ROOT / "recipes/worldmodel/paper/ours.yaml"),
+                "--config", str(ROOT / "recipes/worldmodel/paper/blockwise_ssm.yaml"),
                 "--config", str(ROOT / f"recipes/worldmodel/paper/stages/{stage}.yaml"),
                 f"--data.init_args.path={tmp_path / 'mm'}", "--data.init_args.val_trajectories=1",
                 "--trainer.accelerator=cpu", "--trainer.strategy=auto", "--trainer.precision=32",
@@ -143,14 +143,14 @@ def test_paper_config_composes_at_tiny_width(stage, tmp_path):
     # at full width the paper's stack is ~200M parameters (counted without building it: the backbone's formula)
     from seqmix.backbones.worldmodel import WorldModelConfig
 
-    full = WorldModelConfig.preset("paper", mixers="ours")
+    full = WorldModelConfig.preset("paper", mixers="blockwise_ssm")
     assert (full.dim, full.depth, full.cond_dim) == (768, 14, 512)
 
 
 def test_bad_inputs_fail_with_clear_errors(data_dir, tmp_path):
     from seqmix.tasks import MazeData, WorldModelTask
 
-    base = ["--config", str(ROOT / "recipes/worldmodel/causal_window.yaml"), f"--data.init_args.path={data_dir}",
+    base = ["--config", str(ROOT / "recipes/worldmodel/frame_local_attn.yaml"), f"--data.init_args.path={data_dir}",
             *TINY_DATA, "--trainer.fast_dev_run=true"]
     with pytest.raises(FileNotFoundError, match="seqmix prepare mazes"):
         MazeData(path=str(tmp_path / "missing"))
@@ -184,7 +184,7 @@ def test_two_process_gloo_equals_one_process(tmp_path):
     per-example draws, the data order and the loss normalisation (loss frames counted over both processes; the
     clean prefixes make the counts differ) do not depend on the number of processes."""
     data = tmp_path / "data"
-    common = ["--config", str(ROOT / "recipes/worldmodel/causal_window.yaml"), f"--data.init_args.path={data}",
+    common = ["--config", str(ROOT / "recipes/worldmodel/frame_local_attn.yaml"), f"--data.init_args.path={data}",
               *[a for a in TINY_DATA if "batch_size" not in a and "num_trajectories" not in a],
               "--data.init_args.num_trajectories=14", "--model.init_args.long_context_prob=1.0",
               "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.logger=false",

@@ -1,5 +1,5 @@
 """Configuration of the world-model backbone (:mod:`seqmix.backbones.worldmodel`): the typed config, its size
-presets and the named mixer stacks (the paper's model and its baselines) as per-layer registry specs."""
+presets and the world models (the paper's model and its baselines, :data:`WORLD_MODELS`) as per-layer registry specs."""
 
 from __future__ import annotations
 
@@ -7,12 +7,61 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["WorldModelConfig", "mixer_stack", "STACKS", "SIZE_PRESETS"]
+__all__ = ["WorldModelConfig", "WorldModelSpec", "WORLD_MODELS", "mixer_stack", "world_model", "STACKS",
+           "SIZE_PRESETS"]
 
-#: Named mixer stacks (see :func:`mixer_stack`): the paper's model and the baselines of its comparisons.
-STACKS = ("ours", "blockwise_ttt", "frame_local_attn", "causal_transformer", "mamba2", "mamba2_fla")
 
-#: Size presets (:meth:`WorldModelConfig.preset`). ``paper``: ~200M parameters with the ``ours`` stack (the paper
+@dataclass(frozen=True)
+class WorldModelSpec:
+    """One world model of the comparisons: what every layer applies, in order (registry names; the block-wise
+    scans get their per-layer block, frame-local attention its window, see :func:`mixer_stack`).
+
+    Attributes:
+        name: the model's one name (recipes ``recipes/worldmodel/<name>.yaml``, benchmarks, tables).
+        layers: registry names applied in every layer, in order.
+        constant_state: its carried state (and per-frame cost) stays constant over a rollout.
+        rollout: part of the default rollout benchmark (the paper's efficiency comparison).
+        about: one line for tables and help.
+    """
+
+    name: str
+    layers: tuple[str, ...]
+    constant_state: bool
+    rollout: bool
+    about: str
+
+
+#: The world models: the paper's model (block-wise SSM + frame-local attention) and the baselines of its
+#: comparisons. Every list of models (stacks, recipes, the rollout benchmark, the comparison) derives from it.
+WORLD_MODELS: tuple[WorldModelSpec, ...] = (
+    WorldModelSpec("blockwise_ssm", ("blockwise_ssm", "frame_local_attn"), True, True,
+                   "the paper's model: block-wise Mamba2 scan + frame-local attention"),
+    WorldModelSpec("blockwise_ttt", ("blockwise_ttt", "frame_local_attn"), True, True,
+                   "block-wise TTT-MLP scan + frame-local attention"),
+    WorldModelSpec("frame_local_attn", ("frame_local_attn",), True, True,
+                   "frame-local attention only (no memory beyond its window)"),
+    WorldModelSpec("causal_transformer", ("full_attn",), False, True,
+                   "causal attention over every frame (full context, growing state)"),
+    WorldModelSpec("mamba2", ("mamba2",), True, False, "Mamba2 over the token sequence (no spatial blocks)"),
+    WorldModelSpec("mamba2_fla", ("mamba2", "frame_local_attn"), True, False,
+                   "token-order Mamba2 + frame-local attention"),
+)
+#: Names of :data:`WORLD_MODELS` (the stack names :class:`WorldModelConfig` accepts), the paper's model first.
+STACKS = tuple(m.name for m in WORLD_MODELS)
+#: Former names, refused with the current one.
+_RENAMED = {"ours": "blockwise_ssm", "causal_window": "frame_local_attn"}
+
+
+def world_model(name: str) -> WorldModelSpec:
+    """The :class:`WorldModelSpec` called ``name`` (a former name is refused with its current one)."""
+    for m in WORLD_MODELS:
+        if m.name == name:
+            return m
+    hint = f" (renamed: use {_RENAMED[name]!r})" if name in _RENAMED else ""
+    raise ValueError(f"unknown world model {name!r}{hint}; valid: {', '.join(STACKS)}")
+
+
+#: Size presets (:meth:`WorldModelConfig.preset`). ``paper``: ~200M parameters with the ``blockwise_ssm`` model (the paper
 #: matches every compared model at ~200M); grid / channels are an assumption (8 x 8 latent patches of 16 channels).
 SIZE_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(dim=32, depth=2, heads=2, cond_dim=32, grid=(2, 2), patch_size=1, channels=4, window_frames=2,
@@ -39,36 +88,31 @@ def mixer_stack(kind: str, depth: int, *, blocks: list[tuple[int, int]] | None =
                 chunk_frames: int | None = 5, grid: tuple[int, int] | None = None,
                 ssm_config: dict | None = None, ttt_config: dict | None = None,
                 attn_config: dict | None = None) -> list[list[tuple[str, dict]]]:
-    """Per-layer mixer specs ``[[(registry name, config), ...] per layer]`` of a named stack.
+    """Per-layer mixer specs ``[[(registry name, config), ...] per layer]`` of the world model ``kind`` (a name of
+    :data:`WORLD_MODELS`): its layers, each with its config.
 
     Args:
-        kind: ``ours`` (blockwise_ssm -> frame_local_attn), ``blockwise_ttt`` (blockwise_ttt -> frame_local_attn),
-            ``frame_local_attn`` (frame-local attention only), ``causal_transformer`` (full_attn, causal: full
-            context), ``mamba2`` (token-order Mamba2), ``mamba2_fla`` (mamba2 -> frame_local_attn).
+        kind: a name of :data:`STACKS`.
         depth: number of layers.
         blocks: block size ``(b_h, b_w)`` per layer for the block-wise mixers, cycled (default: from ``grid``).
         window_frames, chunk_frames: frame-local attention's ``k`` and ``c`` (paper: 10 and 5).
-        ssm_config, ttt_config, attn_config: extra config fields of the block-wise SSM / TTT and the attention.
+        ssm_config, ttt_config, attn_config: extra config fields of the SSMs (block-wise or not), the block-wise
+            TTT and the attention (frame-local or full).
     """
-    if kind not in STACKS:
-        raise ValueError(f"unknown mixer stack {kind!r}; valid: {', '.join(STACKS)}")
+    spec = world_model(kind)
     if blocks is None:
         blocks = _block_sizes(grid) if grid is not None else [(1, 1)]
     fla = {"window_frames": window_frames, **({"chunk_frames": chunk_frames} if chunk_frames else {}),
            **(attn_config or {})}
-    out = []
-    for i in range(depth):
-        blk = tuple(blocks[i % len(blocks)])
-        layer = {
-            "ours": [("blockwise_ssm", {"block": blk, **(ssm_config or {})}), ("frame_local_attn", dict(fla))],
-            "blockwise_ttt": [("blockwise_ttt", {"block": blk, **(ttt_config or {})}), ("frame_local_attn", dict(fla))],
-            "frame_local_attn": [("frame_local_attn", dict(fla))],
-            "causal_transformer": [("full_attn", dict(attn_config or {}))],
-            "mamba2": [("mamba2", dict(ssm_config or {}))],
-            "mamba2_fla": [("mamba2", dict(ssm_config or {})), ("frame_local_attn", dict(fla))],
-        }[kind]
-        out.append(layer)
-    return out
+
+    def config(name: str, blk: tuple[int, int]) -> dict:
+        return {"blockwise_ssm": lambda: {"block": blk, **(ssm_config or {})},
+                "blockwise_ttt": lambda: {"block": blk, **(ttt_config or {})},
+                "frame_local_attn": lambda: dict(fla),
+                "full_attn": lambda: dict(attn_config or {}),
+                "mamba2": lambda: dict(ssm_config or {})}[name]()
+
+    return [[(name, config(name, tuple(blocks[i % len(blocks)]))) for name in spec.layers] for i in range(depth)]
 
 
 @dataclass(kw_only=True)
@@ -105,7 +149,7 @@ class WorldModelConfig:
     grid: tuple[int, int] = (4, 4)
     patch_size: int = 1
     channels: int = 4
-    mixers: str | list = "ours"
+    mixers: str | list = "blockwise_ssm"
     blocks: list[tuple[int, int]] | None = None
     window_frames: int = 10
     chunk_frames: int | None = 5

@@ -41,11 +41,12 @@ from torch.utils.checkpoint import checkpoint
 from seqmix import layers as L
 
 from .dit.blocks import FeedForward, TimestepEmbedding, timestep_features
-from .wm_config import SIZE_PRESETS, STACKS, WorldModelConfig, mixer_stack
+from .wm_config import SIZE_PRESETS, STACKS, WORLD_MODELS, WorldModelConfig, WorldModelSpec, mixer_stack, world_model
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["WorldModelConfig", "WorldModel", "WorldModelState", "mixer_stack", "STACKS", "SIZE_PRESETS",
+           "WORLD_MODELS", "WorldModelSpec", "world_model",
            "state_nbytes"]
 
 

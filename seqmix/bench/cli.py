@@ -152,7 +152,7 @@ def _run_rollout(given: dict, quick: bool, out: str | None) -> None:
 bench_rollout = config_command(RolloutBenchConfig, _run_rollout, """
 World-model rollout: per-frame time and peak memory over 1,000 generated frames.
 
-Per-frame time and peak memory over a rollout of 1,000 frames for ours (blockwise_ssm +
+Per-frame time and peak memory over a rollout of 1,000 frames for the paper's model (blockwise_ssm +
 frame_local_attn), block-wise TTT (+ frame_local_attn), frame-local attention only and a full-context causal
 Transformer; first-100 vs last-100 frame ratios. Models whose layers are not registered are recorded as skipped.
 """, extras=(("out", typing.Optional[str], None, "output directory (default benchmarks/results/rollout-<device>; "

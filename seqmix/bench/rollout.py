@@ -1,9 +1,10 @@
 """World-model rollout benchmark (``seqmix bench rollout``): per-frame time and peak memory over a long
 autoregressive rollout (the paper's inference-cost plots, Po et al. 2025, arXiv 2505.20171, in kind).
 
-Each model is a :class:`~seqmix.backbones.worldmodel.WorldModel` of the same size whose mixer stack is one of
-:func:`~seqmix.backbones.worldmodel.mixer_stack`: ``ours`` (blockwise_ssm -> frame_local_attn), ``blockwise_ttt``
-(-> frame_local_attn), ``frame_local_attn`` only and ``causal_transformer`` (full_attn, causal: full context). Registry
+Each model is a :class:`~seqmix.backbones.worldmodel.WorldModel` of the same size built from one of the world models
+marked for it in :data:`~seqmix.backbones.wm_config.WORLD_MODELS`: ``blockwise_ssm`` (the paper's model: blockwise_ssm
+-> frame_local_attn), ``blockwise_ttt`` (-> frame_local_attn), ``frame_local_attn`` only and ``causal_transformer``
+(full_attn, causal: full context). Registry
 names come from the stacks, so a model whose layers are not registered in this build is recorded as skipped with
 the reason. One timed unit is one generated frame: ``num_steps`` DDIM denoiser calls with the state fixed plus the
 commit of the clean frame (:func:`seqmix.backbones.wm_rollout.generate_chunk`); a stack that steps by chunks of
@@ -37,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from seqmix import layers as L
-from seqmix.backbones.worldmodel import WorldModel, WorldModelConfig, state_nbytes
+from seqmix.backbones.worldmodel import WORLD_MODELS, WorldModel, WorldModelConfig, state_nbytes, world_model
 from seqmix.backbones.wm_rollout import generate_chunk
 from seqmix.diffusion import VDiffusion
 
@@ -50,11 +51,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["RolloutBenchConfig", "RolloutBenchResult", "MODELS", "run_rollout_bench", "markdown_table", "plot",
            "write_report", "summarize"]
 
-#: Benchmark model -> mixer stack of :func:`seqmix.backbones.worldmodel.mixer_stack`.
-MODELS = {"ours": "ours", "blockwise_ttt": "blockwise_ttt", "frame_local_attn": "frame_local_attn",
-          "causal_transformer": "causal_transformer"}
+#: The benchmark's models: the world models marked for the rollout benchmark (names of :data:`STACKS`).
+MODELS = tuple(m.name for m in WORLD_MODELS if m.rollout)
 #: Constant-state models whose last/first ratios the acceptance bounds (<= 1.15).
-CONSTANT = ("ours", "blockwise_ttt", "frame_local_attn")
+CONSTANT = tuple(m.name for m in WORLD_MODELS if m.rollout and m.constant_state)
 _GATES = ["tests/test_worldmodel.py::test_rollout_equals_teacher_forced_pass_fp64",
           "tests/test_worldmodel.py::test_sample_commits_each_frame_clean_into_the_state",
           "tests/test_worldmodel.py::test_carried_state_is_constant_for_fixed_state_mixers_and_grows_for_full_attention"]
@@ -117,9 +117,8 @@ class RolloutBenchConfig:
         return cls(**{**base, **kw})
 
     def __post_init__(self) -> None:
-        bad = [m for m in self.models if m not in MODELS]
-        if bad:
-            raise ValueError(f"unknown rollout model(s) {bad}; valid: {', '.join(MODELS)}")
+        for m in self.models:
+            world_model(m)  # an unknown or former name: one error naming the valid ones
         for name in ("frames", "window", "memory_every", "num_steps", "batch"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
@@ -152,7 +151,7 @@ def _stand_in(cfg: dict, sub: str, tokens_per_frame: int, window_frames: int) ->
 
 def model_config(cfg: RolloutBenchConfig, model: str) -> tuple[WorldModelConfig | None, str | None, dict]:
     """``(config, reason it cannot be built here or None, {replaced name: stand-in})`` of one benchmark model."""
-    base = WorldModelConfig.preset(cfg.size, mixers=MODELS[model], action_kind="discrete",
+    base = WorldModelConfig.preset(cfg.size, mixers=model, action_kind="discrete",
                                    num_actions=cfg.num_actions, **cfg.model_overrides)
     used: dict[str, str] = {}
     stack = []
@@ -289,7 +288,7 @@ def _run(cfg: RolloutBenchConfig, progress: bool, command: str | None) -> Rollou
             logger.info("rollout %s: skipped (%s)", model_name, why)
             records.append(Measurement(T=1, median_s=None, tokens_per_s=None, peak_bytes=None, status="skipped",
                                        reason=why, gate=list(_GATES), extra={"model": model_name,
-                                                                            "stack": MODELS[model_name]},
+                                                                            "stack": model_name},
                                        **bases[label]))
             traces[label] = {"status": "skipped", "reason": why}
             continue
@@ -298,7 +297,7 @@ def _run(cfg: RolloutBenchConfig, progress: bool, command: str | None) -> Rollou
         names = wcfg.mixer_names()
         gates = list(dict.fromkeys(_GATES + [x for n in names for x in gate("layers", n, mode="decode-frame")]))
         H, W = wcfg.grid[0] * wcfg.patch_size, wcfg.grid[1] * wcfg.patch_size
-        info = {"model": model_name, "stack": MODELS[model_name],
+        info = {"model": model_name, "stack": model_name,
                 "mixers": [[n for n, _ in layer] for layer in wcfg.mixers],
                 "mixer_configs": [[c for _, c in layer] for layer in wcfg.mixers], "stand_ins": used,
                 "params": model.num_params(), "width": wcfg.dim, "depth": wcfg.depth, "grid": list(wcfg.grid),

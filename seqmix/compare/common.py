@@ -41,25 +41,32 @@ def token_mixers(causal: bool = False) -> list[str]:
             and (not causal or L.mixer_class(n).can_be_causal())]
 
 
-def longest_first(names: list[str | None], dim: int = 32, num_heads: int = 2, tokens: int = 600) -> list[str | None]:
-    """``names`` (layers; None or ``"none"``: no global layer) ordered for a process pool, the most expensive
-    first, so that a pool does not end with one long run on one core while the others idle.
+def cost_estimate(name: str | None, dim: int = 32, num_heads: int = 2, tokens: int = 600) -> float:
+    """Bytes layer ``name``'s cost model moves for ``tokens`` tokens at a small nominal width (CPU training at
+    comparison sizes is memory-bound; rankings, not values, are what it is for); 0 for no layer (None or ``"none"``),
+    -1 where no estimate can be built. Fields without a default (a frame layer's grid) come from the layer's small
+    test configuration."""
+    import dataclasses
 
-    The estimate is the bytes the layer's cost model moves for ``tokens`` tokens at a small nominal width (CPU
-    training at comparison sizes is memory-bound; the ranking, not the value, is what matters). A layer the
-    estimate cannot build keeps its place after the estimated ones."""
     from seqmix import layers as L
 
-    def estimate(name) -> float:
-        if name in (None, "none"):
-            return 0.0
-        try:
-            return float(L.build(name, dim=dim, num_heads=num_heads).cost(tokens, 0, 1).bytes)
-        except (TypeError, ValueError, KeyError) as e:  # an exotic layer: no estimate, no reordering of it
-            logger.debug("no cost estimate for %s (%s); queued in the given order", name, e)
-            return -1.0
+    if name in (None, "none"):
+        return 0.0
+    try:
+        required = {f.name for f in dataclasses.fields(L.config_class(name))
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        given = {k: v for k, v in L.mixer_class(name).small_config.items() if k in required}
+        return float(L.build(name, dim=dim, num_heads=num_heads, **given).cost(tokens, 0, 1).bytes)
+    except (TypeError, ValueError, KeyError) as e:  # an exotic layer: no estimate
+        logger.debug("no cost estimate for %s (%s)", name, e)
+        return -1.0
 
-    cost = {n: estimate(n) for n in dict.fromkeys(names)}
+
+def longest_first(names: list[str | None], dim: int = 32, num_heads: int = 2, tokens: int = 600) -> list[str | None]:
+    """``names`` (layers; None or ``"none"``: no global layer) ordered for a process pool, the most expensive
+    first (:func:`cost_estimate`), so that a pool does not end with one long run on one core while the others
+    idle. A layer without an estimate keeps its place after the estimated ones."""
+    cost = {n: cost_estimate(n, dim, num_heads, tokens) for n in dict.fromkeys(names)}
     return sorted(names, key=lambda n: -cost[n])
 
 

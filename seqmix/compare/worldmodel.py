@@ -23,7 +23,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqmix.compare.common import _default_jobs, _fit_recipe, _flat, _map_runs, pyplot, recipe_dir, save_figure
+from seqmix.backbones.wm_config import STACKS, world_model
+from seqmix.compare.common import _default_jobs, _fit_recipe, _flat, _map_runs, cost_estimate, pyplot, recipe_dir, \
+    save_figure
 from seqmix.utils.stats import summarize
 
 logger = logging.getLogger(__name__)
@@ -57,9 +59,11 @@ def model_overrides(recipe: str | Path) -> dict:
 
 
 def recipe_models() -> list[str]:
-    """The models with a recipe in ``recipes/worldmodel/`` (``ours`` first)."""
-    names = sorted(p.stem for p in (recipe_dir() / "worldmodel").glob("*.yaml"))
-    return sorted(names, key=lambda n: n != "ours")
+    """The world models (:data:`~seqmix.backbones.wm_config.WORLD_MODELS`, in its order: the paper's model first);
+    each has its recipe ``recipes/worldmodel/<name>.yaml`` (a test holds the two lists equal)."""
+    from seqmix.backbones.wm_config import STACKS
+
+    return list(STACKS)
 
 
 @dataclass(kw_only=True)
@@ -110,12 +114,10 @@ class WorldModelComparison:
                                                             "--data.init_args.batch_size=2"])
 
     def validate(self) -> None:
-        have = recipe_models()
-        bad = [m for m in self.models if m not in have]
-        if not self.models or bad:
-            raise ValueError(f"unknown model(s) {bad or self.models}; valid (recipes/worldmodel/*.yaml): "
-                             f"{', '.join(have)}")
+        if not self.models:
+            raise ValueError(f"no models given; valid: {', '.join(recipe_models())}")
         for m in self.models:
+            world_model(m)  # an unknown or former name: one error naming the valid ones
             model_overrides(recipe_dir() / "worldmodel" / f"{m}.yaml")
         for name in ("seeds", "max_steps", "eval_trajectories", "sample_steps"):
             if getattr(self, name) < 1:
@@ -293,7 +295,7 @@ def _plot(summary: dict, path: Path, k: int) -> Path | None:
         x = [(b["lo"] + b["hi"]) / 2 for b in bins]
         y = [b["mean"] for b in bins]
         err = [[b["mean"] - b["low"] for b in bins], [b["high"] - b["mean"] for b in bins]]
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=m, lw=2.2 if m == "ours" else 1.2)
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=m, lw=2.2 if m == STACKS[0] else 1.2)
     ax.axvline(k, color="k", ls="--", lw=1)
     ax.text(k, ax.get_ylim()[1], f" frame-local window k={k}", va="top", fontsize=8)
     ax.set_xlabel("frames since the place was last seen (bin centre)")
@@ -320,9 +322,9 @@ def run_worldmodel_comparison(cmp: WorldModelComparison, progress: bool = True) 
         records.append(rec)
         logger.info("%s seed %d: retrieval PSNR %.2f dB", rec["model"], rec["seed"], _mean(rec["psnr"]))
 
-    # slowest first (the SSM scans on CPU), so parallel processes finish close together
-    slow = {"mamba2_fla": 0, "ours": 1, "mamba2": 2, "blockwise_ttt": 3}
-    runs = sorted([(m, s, cmp) for m in cmp.models for s in range(cmp.seeds)], key=lambda r: (slow.get(r[0], 9), r[1]))
+    # the most expensive models first (their layers' cost estimates), so parallel processes finish close together
+    cost = {m: sum(cost_estimate(n) for n in world_model(m).layers) for m in cmp.models}
+    runs = sorted([(m, s, cmp) for m in cmp.models for s in range(cmp.seeds)], key=lambda r: (-cost[r[0]], r[1]))
     _map_runs(_run, runs, cmp.num_jobs(), lambda r: f"{r[0]} seed {r[1]}", "worldmodel", progress, done)
     order = {m: i for i, m in enumerate(cmp.models)}
     records.sort(key=lambda r: (order[r["model"]], r["seed"]))

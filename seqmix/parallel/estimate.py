@@ -149,7 +149,7 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
 
     Args:
         model: ``dit`` (CogVideoX-5B + ``mixer``, 7.2B with TTT-MLP) or ``worldmodel`` (its ``paper`` preset with
-            the ``mixer`` stack name, default ``ours``).
+            the ``mixer`` stack name, default ``blockwise_ssm``, the paper's model).
         gpus, strategy, tp: the layout (checked as :func:`seqmix.parallel.checks.check_layout`, and the model's
             head counts against ``tp``).
         gpu_memory: memory per GPU (``"80GB"``).
@@ -170,7 +170,7 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
     if model == "dit":
         m = _dit(mixer, tuple(sorted((mixer_config or {}).items())), tuple(sorted((dit_overrides or {}).items())))
     elif model == "worldmodel":
-        m = _worldmodel(mixer if mixer != "ttt_mlp" else "ours")
+        m = _worldmodel(mixer if mixer != "ttt_mlp" else "blockwise_ssm")
     else:
         raise ValueError(f"unknown model {model!r}; valid: dit, worldmodel")
     check_model(m, P)
