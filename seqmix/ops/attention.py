@@ -106,7 +106,8 @@ def _check(q, k, v, kind, window, causal, k_start) -> tuple[int, int]:
         raise ValueError(f"non-causal attention needs as many queries as keys (no KV cache); got Tq={Tq}, Tk={Tk}")
     if kind != "full" and (not isinstance(window, int) or isinstance(window, bool) or window < 1):
         raise ValueError(f"{kind} attention needs an int window >= 1, got {window!r}")
-    if not isinstance(k_start, int) or k_start < 0:
+    # a SymInt under torch.export / torch.compile with a dynamic length (k_start is derived from the shapes)
+    if not isinstance(k_start, (int, torch.SymInt)) or isinstance(k_start, bool) or k_start < 0:
         raise ValueError(f"k_start must be an int >= 0, got {k_start!r}")
     return Tq, Tk
 
@@ -198,6 +199,11 @@ def attention_sdpa(q, k, v, *, kind: str, window: int | None = None, causal: boo
     Tq, Tk = _check(q, k, v, kind, window, causal, k_start)
     sc = _scale(q, scale)
     core = functools.partial(_sdpa_core, scale=sc)
+    if kind != "full" and torch.compiler.is_exporting():
+        # The block loops below fix the number of blocks, i.e. the length; an exported program keeps the length
+        # symbolic with one SDPA call under the [Tq, Tk] visibility mask (O(Tq Tk) memory, as the naive path).
+        mask = visibility_mask(kind, window, causal, Tq, Tk, k_start, device=q.device)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=sc)
     if kind == "full" or _covers_all(kind, window, causal, Tk):
         return core(q, k, v, causal)
     if kind == "local":

@@ -69,14 +69,20 @@ def _scale(q: torch.Tensor, scale: float | None) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------- naive
-def frame_attention_naive(q, k, v, *, frame_tokens: int, window_frames: int, chunk_frames: int | None = None,
-                          q_frame0: int = 0, scale: float | None = None) -> torch.Tensor:
-    """Reference: dense ``[Tq, Tk]`` frame mask, softmax in the input dtype."""
-    Fq, Fk = check_frames(q, k, v, frame_tokens, window_frames, chunk_frames)
+def _dense_mask(q, k, frame_tokens: int, window_frames: int, chunk_frames: int | None, q_frame0: int) -> torch.Tensor:
+    """The ``[Tq, Tk]`` frame visibility mask (True = attend) of queries ``q`` and keys ``k``."""
+    Fq, Fk = q.shape[2] // frame_tokens, k.shape[2] // frame_tokens
     k_frame0 = q_frame0 - (Fk - Fq)
     fi = q_frame0 + torch.arange(q.shape[2], device=q.device) // frame_tokens
     fj = k_frame0 + torch.arange(k.shape[2], device=q.device) // frame_tokens
-    mask = frame_visible(fi[:, None], fj[None, :], window_frames=window_frames, chunk_frames=chunk_frames)
+    return frame_visible(fi[:, None], fj[None, :], window_frames=window_frames, chunk_frames=chunk_frames)
+
+
+def frame_attention_naive(q, k, v, *, frame_tokens: int, window_frames: int, chunk_frames: int | None = None,
+                          q_frame0: int = 0, scale: float | None = None) -> torch.Tensor:
+    """Reference: dense ``[Tq, Tk]`` frame mask, softmax in the input dtype."""
+    check_frames(q, k, v, frame_tokens, window_frames, chunk_frames)
+    mask = _dense_mask(q, k, frame_tokens, window_frames, chunk_frames, q_frame0)
     scores = torch.matmul(q, k.transpose(-1, -2)) * _scale(q, scale)
     scores = scores.masked_fill(~mask, float("-inf"))
     return torch.matmul(scores.softmax(dim=-1), v)
@@ -88,6 +94,11 @@ def frame_attention_sdpa(q, k, v, *, frame_tokens: int, window_frames: int, chun
     """One unmasked SDPA call per query frame (per chunk when chunked: every frame of a chunk sees the same keys)
     on the contiguous key frames it sees. Memory O(T + window); ``ceil(Fq / c)`` (or ``Fq``) Python iterations."""
     Fq, Fk = check_frames(q, k, v, frame_tokens, window_frames, chunk_frames)
+    if torch.compiler.is_exporting():
+        # The per-frame loop below fixes the frame count, i.e. the length; an exported program keeps it symbolic
+        # with one SDPA call under the dense frame mask (O(Tq Tk) memory, as the naive twin).
+        mask = _dense_mask(q, k, frame_tokens, window_frames, chunk_frames, q_frame0)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=_scale(q, scale))
     ft, sc = frame_tokens, _scale(q, scale)
     k_frame0 = q_frame0 - (Fk - Fq)
     step = chunk_frames or 1
