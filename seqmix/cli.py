@@ -342,6 +342,11 @@ def _main(args: list[str]) -> None:
     class Formatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):  # keeps the command table's lines
         pass
 
+    # The top-level usage names the Lightning subcommands too (they are dispatched above, not by this parser); a
+    # subcommand's own usage is argparse's (it derives from the parent's usage line, so that is set only here).
+    top_usage = {} if args and not args[0].startswith("-") else {
+        "usage": "seqmix {fit,validate,test,predict} --config RECIPE [--key value ...]\n"
+                 "       seqmix {layers,plan,bench,compare,prepare} ... [-h]"}
     CLI({"layers": list_layers, "plan": plan,
          "bench": {"_help": "Benchmarks: layer speed and memory vs length, DiT efficiency, TTT kernels.",
                    **BENCH_COMMANDS},
@@ -351,7 +356,7 @@ def _main(args: list[str]) -> None:
          "prepare": {"_help": "Write datasets: latent shards from storyboards or real videos, world-model mazes.",
                      "storyboards": prepare_storyboards, "videos": prepare_videos, "mazes": prepare_mazes}},
         args=_expand_bare_flags(_plan_dashes(args)), version=seqmix.__version__, description=_DESCRIPTION,
-        formatter_class=Formatter, prog="seqmix")
+        formatter_class=Formatter, prog="seqmix", **top_usage)
 
 
 if __name__ == "__main__":

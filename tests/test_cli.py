@@ -198,3 +198,12 @@ def test_compare_commands_are_generated_from_their_config_classes():
         undocumented = [f for f in fields if "Unset:" in commands[name].__doc__.split(f"    {f}: ", 1)[-1][:7]]
         assert not undocumented, f"{name}: fields without help in {cls.__name__}'s docstring: {undocumented}"
     assert "preset" in inspect.signature(commands["mqar"]).parameters
+
+
+def test_top_level_usage_names_the_lightning_subcommands(capsys):
+    from seqmix.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    usage = capsys.readouterr().out.split("\n\n")[0]
+    assert "{fit,validate,test,predict}" in usage and "compare" in usage
