@@ -36,7 +36,7 @@ recipes (Lightning CLI; `seqmix fit --help` lists every option):
   predict             run a model's predict step
 """
 # Boolean options that may be given bare (``--quick``) as well as with a value (``--quick true``).
-_BARE_FLAGS = ("--quick", "--preview", "--resume")
+_BARE_FLAGS = ("--quick", "--preview", "--resume", "--json")
 # The Lightning CLI lives in seqmix.lightning_cli (seqmix.compare builds runs with it); these names were
 # importable from here and still are.
 _LIGHTNING_NAMES = ("RecipeError", "SeqmixCLI", "run_lightning")
@@ -241,7 +241,8 @@ def _compare_summaries() -> dict:
 
 
 def plan(model: str, duration: int | None = None, gpus: int = 8, gpu_memory: str = "80GB", strategy: str = "fsdp+tp",
-         tp: int | None = None, mixer: str = "ttt_mlp", batch: int = 64, mfu: float = 0.4) -> None:
+         tp: int | None = None, mixer: str = "ttt_mlp", batch: int = 64, mfu: float = 0.4,
+         fsdp_precision: str = "full", json: bool = False) -> None:
     """Per-GPU memory (parameters, gradients, optimizer, activations) and step time of a training layout for the
     paper's five stages; bad layouts fail here, before any process starts.
 
@@ -252,6 +253,8 @@ def plan(model: str, duration: int | None = None, gpus: int = 8, gpu_memory: str
         tp: tensor-parallel size (tp and fsdp+tp; default: all GPUs of one 8-GPU node, at most `gpus`).
         mixer: the DiT's global layer (the world model's mixer stack). batch: global batch.
         mfu: assumed fraction of the bf16 peak.
+        fsdp_precision: full (FSDP2 gathers fp32 parameters) or bf16 (the recipe's model.init_args.fsdp_precision).
+        json: print the estimate as JSON ({"stages": [{"stage": "63 s", "total_gb": ..., "fits": ...}, ...]}).
     """
     from seqmix.parallel.estimate import estimate, markdown
 
@@ -259,11 +262,16 @@ def plan(model: str, duration: int | None = None, gpus: int = 8, gpu_memory: str
         tp = min(gpus, 8) if gpus >= 1 else gpus  # the paper's layout: tensor parallel inside one node
     try:
         p = estimate(model, gpus=gpus, strategy=strategy, tp=tp, gpu_memory=gpu_memory, batch=batch,
-                     durations=[duration] if duration else None, mixer=mixer, mfu=mfu)
+                     durations=[duration] if duration else None, mixer=mixer, mfu=mfu, fsdp_precision=fsdp_precision)
     except ValueError as e:  # a bad layout is the user's input, not a bug: one line, argparse's exit status
         print(f"seqmix plan: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(markdown(p))
+    if json:
+        import json as json_lib
+
+        print(json_lib.dumps(p.to_json(), indent=1))
+    else:
+        print(markdown(p))
 
 
 def _plan_dashes(argv: list[str]) -> list[str]:

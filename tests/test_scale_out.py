@@ -56,7 +56,7 @@ def _batch(step: int):
     lay = VideoLayout.from_num_frames(FRAMES, **LAYOUT)
     g = torch.Generator().manual_seed(100 + step)
     x = torch.randn(BATCH, lay.num_frames, 4, 2, 4, generator=g, dtype=torch.float64)
-    t = torch.randint(0, 1000, (BATCH,), generator=g).double()
+    t = torch.randint(0, 1000, (BATCH,), generator=g)  # long, as the task draws them (FSDP casts float inputs)
     text = torch.randn(BATCH, lay.text_tokens, 16, generator=g, dtype=torch.float64)
     target = torch.randn(BATCH, lay.num_frames, 4, 2, 4, generator=g, dtype=torch.float64)
     return lay, x, t, text, target
@@ -127,6 +127,27 @@ def _job(mixer: str, dp: int, tp: int):
     part = slice(rank * per, (rank + 1) * per)
     par_losses = _train(par, _optim(par), STEPS, part, mesh["data_parallel"].get_group(), dp)
     _compare(f"{mixer} dp={dp} tp={tp}", ref, par, ref_losses, par_losses)
+
+
+def _bf16_job(dp: int):
+    """FSDP2 with the bf16 policy: the loss and gradients of one process within bf16 rounding; master weights,
+    gradients and optimizer state stay in the parameters' dtype."""
+    from seqmix.parallel.plan import make_mesh, parallelize
+
+    ref = _model("full_attn")
+    par = copy.deepcopy(ref)
+    ref_losses = _train(ref, _optim(ref), 1)
+    mesh = make_mesh(dp, 1)
+    rep = parallelize(par, mesh, fsdp_precision="bf16")
+    assert rep.fsdp_precision == "bf16"
+    rank, per = mesh["data_parallel"].get_local_rank(), BATCH // dp
+    losses = _train(par, _optim(par), 1, slice(rank * per, (rank + 1) * per), mesh["data_parallel"].get_group(), dp)
+    assert abs(losses[0] - ref_losses[0]) <= 3e-2 * abs(ref_losses[0]), (losses, ref_losses)
+    ref_p = dict(ref.named_parameters())
+    for name, p in par.named_parameters():
+        assert p.dtype == torch.float64 and (p.grad is None or p.grad.dtype == torch.float64), name
+        if p.grad is not None and ref_p[name].grad.abs().max() > 1e-3:
+            assert_close(f"bf16 grad {name}", _full(p.grad), ref_p[name].grad, 5e-2)
 
 
 def _wm_job(dp: int, tp: int):
@@ -222,7 +243,7 @@ def _worker(rank: int, world: int, port: int, jobs: list):
                             timeout=datetime.timedelta(seconds=300))
     try:
         for kind, *args in jobs:  # an error on any rank ends the spawn with that rank's traceback
-            {"job": _job, "wm": _wm_job, "save": _ckpt_save, "resume": _ckpt_resume}[kind](*args)
+            {"job": _job, "wm": _wm_job, "bf16": _bf16_job, "save": _ckpt_save, "resume": _ckpt_resume}[kind](*args)
     finally:
         dist.destroy_process_group()
 
@@ -243,6 +264,11 @@ def test_two_processes_fsdp_tp_and_checkpoint_save_then_four_processes_resume(tm
     _spawn(2, jobs2)
     jobs4 = [("job", m, 2, 2) for m in MIXERS] + [("job", "ttt_mlp", 1, 4), ("resume", str(tmp_path / "ckpt"), 2, 2)]
     _spawn(4, jobs4)
+
+
+@pytest.mark.slow
+def test_fsdp2_bf16_policy_two_processes():
+    _spawn(2, [("bf16", 2)])
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -367,6 +393,26 @@ def test_plan_cli_prints_the_table_and_rejects_bad_layouts(capsys):
         main(["plan", "dit", "--gpus", "6", "--strategy", "fsdp+tp", "--tp", "4"])
     assert e.value.code == 2
     assert "world size 6 is not divisible by tp=4" in capsys.readouterr().err
+
+
+def test_plan_json_and_bf16_gather(capsys):
+    """`seqmix plan --json`: one record per stage with memory in GB and whether it fits; the bf16 FSDP2 gather
+    halves the gathered-parameter buffers and nothing else."""
+    import json
+
+    from seqmix.cli import main
+
+    docs = {}
+    for prec in ("full", "bf16"):
+        main(["plan", "dit", "--gpus", "256", "--gpu-memory", "80GB", "--tp", "8", "--fsdp-precision", prec, "--json"])
+        docs[prec] = json.loads(capsys.readouterr().out)
+    full, bf16 = docs["full"], docs["bf16"]
+    assert [s["stage"] for s in full["stages"]] == ["3 s", "9 s", "18 s", "30 s", "63 s"]
+    for a, b in zip(full["stages"], bf16["stages"]):
+        assert {"total_gb", "fits", "activations_gb", "step_s"} <= set(a)
+        assert a["fits"] == (a["total_gb"] <= 80.0)
+        assert b["params_gb"] < a["params_gb"] and b["activations_gb"] == a["activations_gb"]
+    assert bf16["fsdp_precision"] == "bf16" and full["data_parallel"] == 32
 
 
 @pytest.mark.gpu

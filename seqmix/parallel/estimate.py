@@ -90,9 +90,23 @@ class Plan:
     num_params: int
     tp_split_params: int
     rows: list[PlanRow] = field(default_factory=list)
+    fsdp_precision: str = "full"
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def to_json(self) -> dict:
+        """The estimate for machines: the layout, and per stage memory in GB (1e9 bytes) per GPU, whether it fits,
+        and times: ``{"model": ..., "stages": [{"stage": "63 s", "total_gb": ..., "fits": true, ...}]}``."""
+        gb = lambda b: round(b / _GB, 3)  # noqa: E731
+        head = {k: v for k, v in self.to_dict().items() if k != "rows"}
+        head["gpu_memory_gb"] = gb(head.pop("gpu_memory"))
+        stages = [{"stage": f"{r.seconds} s", "seconds": r.seconds, "tokens": r.tokens, "trainable": r.trainable,
+                   "params_gb": gb(r.params), "grads_gb": gb(r.grads), "optimizer_gb": gb(r.optimizer),
+                   "activations_gb": gb(r.activations), "total_gb": gb(r.total), "fits": r.fits,
+                   "step_s": r.step_s, "compute_s": r.compute_s, "comm_s": r.comm_s, "steps": r.steps,
+                   "stage_h": r.stage_h} for r in self.rows]
+        return {**head, "stages": stages}
 
 
 def _split_params(model: nn.Module) -> set[int]:
@@ -144,7 +158,7 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
              gpu_memory: float | str = "80GB", durations: list[int] | None = None, batch: int = 64,
              mixer: str = "ttt_mlp", mixer_config: dict | None = None, activation_checkpointing: bool = True,
              tflops: float = 790.0, mfu: float = 0.4, nvlink_gbs: float = 450.0, network_gbs: float = 50.0,
-             latent_fps: int = 4, dit_overrides: dict | None = None) -> Plan:
+             latent_fps: int = 4, dit_overrides: dict | None = None, fsdp_precision: str = "full") -> Plan:
     """Estimate per-GPU memory and step time for each duration (default: the paper's five stages).
 
     Args:
@@ -160,12 +174,17 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
             H200) and the assumed fraction reached.
         nvlink_gbs, network_gbs: per-GPU bandwidth of the TP links (inside a node) and of the FSDP links (GB/s).
         dit_overrides: other DiTConfig fields (e.g. ``num_layers`` for a shallow model measured on one GPU).
+        fsdp_precision: ``"full"`` (FSDP2 gathers fp32 parameters) or ``"bf16"`` (gathers them in bf16, as
+            :func:`seqmix.parallel.plan.parallelize` does with that option): the gathered block buffers halve.
     """
     from seqmix.backbones.layout import VideoLayout
     from seqmix.bench.costs import dit_cost, layer_cost
 
     layout = check_layout(strategy, gpus, tp)
     P, dp = layout.tensor_parallel, layout.data_parallel
+    if fsdp_precision not in ("full", "bf16"):
+        raise ValueError(f"fsdp_precision must be 'full' or 'bf16', got {fsdp_precision!r}")
+    gather_bytes = 2 if fsdp_precision == "bf16" else 4  # per gathered parameter
     mem = parse_bytes(gpu_memory)
     if model == "dit":
         m = _dit(mixer, tuple(sorted((mixer_config or {}).items())), tuple(sorted((dit_overrides or {}).items())))
@@ -188,7 +207,7 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
     def per_gpu(numel_all: int, numel_split: int) -> float:
         return (numel_all - numel_split + numel_split / P) / shard
 
-    plan = Plan(model, strategy, gpus, dp, P, mem, batch, n_all, n_split)
+    plan = Plan(model, strategy, gpus, dp, P, mem, batch, n_all, n_split, fsdp_precision=fsdp_precision)
     stages = {s: (steps, tr) for s, steps, tr in PAPER_STAGES}
     for sec in durations or [s for s, _, _ in PAPER_STAGES]:
         if model == "dit":
@@ -209,7 +228,7 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
                          if "mixers" not in n and p.dim() == 2)
         tr_all = sum(p.numel() for n, p in m.named_parameters() if n in train_names)
         tr_split = sum(p.numel() for n, p in m.named_parameters() if n in train_names and id(p) in split)
-        params = 4 * per_gpu(n_all, n_split) + (2 * 4 * n_block / P if fsdp else 0)
+        params = 4 * per_gpu(n_all, n_split) + (2 * gather_bytes * n_block / P if fsdp else 0)
         grads = 4 * per_gpu(tr_all, tr_split)
         optim = 8 * per_gpu(tr_all, tr_split)
         R, S = 4 + 4 * passes, 8 + 12 * split_passes
@@ -238,7 +257,8 @@ def markdown(plan: Plan) -> str:
     t = lambda x: f"{x:.1f}" if x >= 1 else f"{x:.2g}"  # noqa: E731
     head = (f"{plan.model}: {plan.num_params / 1e9:.2f}B parameters ({plan.tp_split_params / 1e9:.2f}B split by TP); "
             f"{plan.strategy} on {plan.gpus} GPUs = {plan.data_parallel} data-parallel x {plan.tensor_parallel} "
-            f"tensor-parallel; {plan.gpu_memory / _GB:.0f} GB per GPU; global batch {plan.batch}\n\n")
+            f"tensor-parallel; {plan.gpu_memory / _GB:.0f} GB per GPU; global batch {plan.batch}; FSDP2 gather "
+            f"{'bf16' if plan.fsdp_precision == 'bf16' else 'fp32'}\n\n")
     lines = ["| stage | tokens | trains | params GB | grads GB | AdamW GB | activations GB | total GB | fits | "
              "step s (compute + comm) | stage h |",
              "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|"]

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput, RowwiseParallel,
                                                parallelize_module)
@@ -47,6 +47,7 @@ class ParallelReport:
     replicated: list[str]
     fsdp_units: int
     activation_checkpointing: bool
+    fsdp_precision: str = "full"
 
 
 def make_mesh(data_parallel: int, tensor_parallel: int, device_type: str = "cpu") -> DeviceMesh:
@@ -151,8 +152,15 @@ def _split_mesh(mesh: DeviceMesh) -> tuple[DeviceMesh | None, DeviceMesh | None]
     raise ValueError(f"expected a 1-D data-parallel mesh or a 2-D mesh named {(DP, TP)}, got dims {names}")
 
 
+#: FSDP2 precisions (:func:`parallelize` ``fsdp_precision``): the dtype parameters are gathered and computed in
+#: (None: their own) and the dtype gradients are reduced in; master weights and optimizer state keep the
+#: parameters' dtype.
+FSDP_PRECISIONS = {"full": (None, None), "bf16": (torch.bfloat16, torch.float32)}
+
+
 def parallelize(model: nn.Module, mesh: DeviceMesh, *, fsdp: bool | None = None,
-                activation_checkpointing: bool | None = None, reshard_after_forward: bool = True) -> ParallelReport:
+                activation_checkpointing: bool | None = None, reshard_after_forward: bool = True,
+                fsdp_precision: str = "full") -> ParallelReport:
     """Apply the plan to ``model`` (a SegmentedDiT or WorldModel) in place, on every rank with the same seed.
 
     Args:
@@ -162,12 +170,17 @@ def parallelize(model: nn.Module, mesh: DeviceMesh, *, fsdp: bool | None = None,
         activation_checkpointing: recompute every block in backward; default: the model config's
             ``gradient_checkpointing``.
         reshard_after_forward: FSDP2's option (free the gathered block weights after its forward).
+        fsdp_precision: ``"full"`` (gather and compute in the parameters' dtype) or ``"bf16"`` (FSDP2's
+            ``MixedPrecisionPolicy``: bf16 parameter gather and compute, fp32 gradient reduction; fp32 master
+            weights and optimizer state stay sharded): half the gather traffic and gathered-weight memory.
 
     Returns:
         A :class:`ParallelReport`.
     """
     if getattr(model, "_seqmix_parallel", None) is not None:
         return model._seqmix_parallel  # configure_model may run more than once (fit, then test)
+    if fsdp_precision not in FSDP_PRECISIONS:
+        raise ValueError(f"fsdp_precision must be one of {list(FSDP_PRECISIONS)}, got {fsdp_precision!r}")
     dp_mesh, tp_mesh = _split_mesh(mesh)
     dp = dp_mesh.size() if dp_mesh is not None else 1
     tp = tp_mesh.size() if tp_mesh is not None else 1
@@ -194,11 +207,21 @@ def parallelize(model: nn.Module, mesh: DeviceMesh, *, fsdp: bool | None = None,
     use_fsdp = dp > 1 if fsdp is None else fsdp
     units = 0
     if use_fsdp:
+        param_dtype, reduce_dtype = FSDP_PRECISIONS[fsdp_precision]
+        kw = dict(mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
+        # Only the root casts its floating-point inputs to param_dtype; the blocks get activations already in it.
+        # A block's other inputs (the DiT's plan: fp64 RoPE angles) must keep their precision: cast to bf16, an angle
+        # of 100 rad would be off by 0.4.
         for block in blocks:
-            fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
-        fully_shard(model, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
+            fully_shard(block, **kw, mp_policy=MixedPrecisionPolicy(param_dtype, reduce_dtype,
+                                                                    cast_forward_inputs=False))
+        fully_shard(model, **kw, mp_policy=MixedPrecisionPolicy(param_dtype, reduce_dtype))
+    elif fsdp_precision != "full":
+        raise ValueError(f"fsdp_precision={fsdp_precision!r} needs FSDP2 (a data-parallel mesh of more than one rank "
+                         "or fsdp=True)")
         units = len(blocks) + 1
-    report = ParallelReport(dp, tp, sharded, whole, units, bool(getattr(model, "gradient_checkpointing", False)))
+    report = ParallelReport(dp, tp, sharded, whole, units, bool(getattr(model, "gradient_checkpointing", False)),
+                            fsdp_precision if use_fsdp else "full")
     model._seqmix_parallel = report
     logger.info("parallel plan: %s", report)
     return report

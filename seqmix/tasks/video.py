@@ -62,6 +62,9 @@ class VideoDiffusionTask(pl.LightningModule):
         sample_steps, guidance: DDIM steps and (first, last) guidance scales for ``predict``.
         sample_dir: where ``predict`` writes GIFs (None: no files).
         seed: seed of the per-example training / evaluation randomness.
+        fsdp_precision: under a model-parallel strategy, ``"full"`` (FSDP2 gathers and computes in the parameters'
+            dtype) or ``"bf16"`` (bf16 gather and compute, fp32 gradient reduction, fp32 master weights and
+            optimizer state; :func:`seqmix.parallel.plan.parallelize`).
     """
 
     def __init__(
@@ -86,6 +89,7 @@ class VideoDiffusionTask(pl.LightningModule):
         guidance: tuple[float, float] = (1.0, 4.0),
         sample_dir: str | None = None,
         seed: int = 0,
+        fsdp_precision: Literal["full", "bf16"] = "full",
     ):
         super().__init__()
         if trainable not in ("all", "attention+global", "global"):
@@ -165,7 +169,8 @@ class VideoDiffusionTask(pl.LightningModule):
             return
         from seqmix.parallel.plan import parallelize
 
-        parallelize(self.dit, self.device_mesh, activation_checkpointing=self.dit.config.gradient_checkpointing)
+        parallelize(self.dit, self.device_mesh, activation_checkpointing=self.dit.config.gradient_checkpointing,
+                    fsdp_precision=self.hparams.fsdp_precision)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         # FSDP2 x TP gradients mix DTensors of two meshes and plain tensors, which torch's clip cannot norm at once
