@@ -238,3 +238,28 @@ def test_memory_maze_source_writes_the_same_format(tmp_path):
     item = MazeClips(tmp_path)[0]
     assert item["frames"].shape == (9, 3, 16, 16) and item["frames"].std() > 0
     assert item["actions"][0] == 0 and int(item["actions"].max()) < 6 and item["poses"].shape == (9, 3)
+
+
+def test_flat_style_few_colours_no_fog_plain_floor():
+    """Style "flat": every wall pixel is one of num_colors palette colours (times the face shade), the floor one
+    tone, nothing fades with distance; seeded (same settings, same frames); the settings are written with the
+    data; memory-maze refuses it."""
+    from seqmix.data.maze import make_maze, render
+
+    maze = make_maze(4, seed=3, num_colors=3)
+    blocks = maze.colors[maze.walls]
+    assert len({tuple(c) for c in blocks}) <= 3
+    shots = [render(maze, (x, y, h), 16, style="flat", return_wall_mask=True)
+             for (x, y) in maze.open_blocks()[:6] for h in range(4)]
+    floor = {tuple(int(v) for v in f[r, c]) for f, wall in shots for r in range(8, 16) for c in range(16)
+             if not wall[r, c]}
+    assert floor == {(72, 66, 60)}  # one tone, no fog
+    textured = render(make_maze(4, seed=3), maze.open_blocks()[0] + (0,), 16)
+    assert len({tuple(c) for c in textured[-1]}) > 1  # the textured floor varies (checkerboard, fog)
+    cfg = MazeDataConfig(maze_size=3, frame_size=16, explore_frames=6, return_frames=3, style="flat", num_colors=2)
+    a, b = make_trajectory(cfg, 0), make_trajectory(cfg, 0)
+    assert np.array_equal(a.frames, b.frames)
+    with pytest.raises(ValueError, match="style"):
+        MazeDataConfig(style="foggy").validate()
+    with pytest.raises(ValueError, match="num_colors"):
+        MazeDataConfig(style="flat", num_colors=1).validate()

@@ -9,7 +9,9 @@ Geometry
     carves a perfect maze, then a fraction ``loop_fraction`` of the remaining interior walls between cells is
     opened so the maze has loops (more than one way back to a place). Every wall block has its own colour (seeded),
     so places are distinguishable; the floor is a two-tone checkerboard of block-sized tiles, the ceiling a flat
-    colour; both walls and floor fade with distance.
+    colour; both walls and floor fade with distance (style ``"textured"``, the default). Style ``"flat"`` is a
+    learnable memory target: wall blocks take one of ``num_colors`` flat, well-separated colours (seeded per
+    block), no fog, no seams, a one-tone floor (what a frame shows is then mostly which colours are where).
 
 Coordinates and headings
     Block ``(x, y)``: ``x`` is the column (grows east), ``y`` the row (grows south), so ``walls[y, x]``. The agent
@@ -37,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Maze", "make_maze", "render", "cast_rays", "step", "Pose", "ACTIONS", "NOOP", "FORWARD", "TURN_LEFT",
+__all__ = ["Maze", "make_maze", "render", "STYLES", "cast_rays", "step", "Pose", "ACTIONS", "NOOP", "FORWARD", "TURN_LEFT",
            "TURN_RIGHT", "BACKWARD", "NUM_ACTIONS", "INVERSE_ACTION", "DIRECTIONS", "MIN_FRAME_SIZE"]
 
 NOOP, FORWARD, TURN_LEFT, TURN_RIGHT, BACKWARD = 0, 1, 2, 3, 4
@@ -52,6 +54,7 @@ Pose = tuple[int, int, int]  # (x, y, heading)
 _CEILING = np.array([46.0, 52.0, 74.0])
 _FLOOR = (np.array([136.0, 126.0, 110.0]), np.array([72.0, 66.0, 60.0]))  # checkerboard tones
 _FOG = 0.12  # brightness falls as exp(-_FOG * distance): depth cue, far walls darker
+STYLES = ("textured", "flat")  # renderer / wall-colour styles (module docstring)
 
 
 @dataclass(frozen=True)
@@ -80,9 +83,12 @@ class Maze:
         return [(x + dx, y + dy) for dx, dy in DIRECTIONS if self.is_open(x + dx, y + dy)]
 
 
-def make_maze(cells: int, seed: int, loop_fraction: float = 0.2) -> Maze:
+def make_maze(cells: int, seed: int, loop_fraction: float = 0.2, num_colors: int | None = None) -> Maze:
     """A random ``cells x cells`` maze: depth-first-search carving, then ``loop_fraction`` of the remaining
-    interior walls between cells opened (loops), then a random colour per wall block. Same arguments, same maze."""
+    interior walls between cells opened (loops), then a colour per wall block: random hue and brightness, or with
+    ``num_colors`` one of that many flat colours (evenly spaced hues, full saturation). Same arguments, same maze."""
+    if num_colors is not None and not 2 <= num_colors <= 12:
+        raise ValueError(f"num_colors must be None (a colour per block) or 2..12 flat colours, got {num_colors}")
     if cells < 2:
         raise ValueError(f"maze size must be >= 2 cells per side, got {cells}")
     if not 0.0 <= loop_fraction <= 1.0:
@@ -113,6 +119,10 @@ def make_maze(cells: int, seed: int, loop_fraction: float = 0.2) -> Maze:
     for idx in rng.permutation(len(between))[:k]:
         x, y = between[idx]
         walls[y, x] = False
+    if num_colors is not None:  # a few flat colours: evenly spaced hues, a random one per block
+        pick = rng.integers(num_colors, size=(s, s))
+        palette = _hsv_to_rgb(np.arange(num_colors) / num_colors, np.ones(num_colors), np.full(num_colors, 0.9))
+        return Maze(walls=walls, colors=(palette[pick] * 255.0).round().astype(np.uint8))
     # Saturated colours with random hue and brightness: neighbouring blocks almost always differ.
     hue = rng.random((s, s))
     sat = 0.55 + 0.45 * rng.random((s, s))
@@ -197,8 +207,9 @@ def cast_rays(maze: Maze, pose: Pose, width: int, fov_degrees: float = 90.0):
 
 
 def render(maze: Maze, pose: Pose, frame_size: int = 32, fov_degrees: float = 90.0,
-           return_wall_mask: bool = False):
-    """First-person frame ``uint8 [H, W, 3]`` (``H = W = frame_size``) of ``pose`` in ``maze``.
+           return_wall_mask: bool = False, style: str = "textured"):
+    """First-person frame ``uint8 [H, W, 3]`` (``H = W = frame_size``) of ``pose`` in ``maze``; ``style``:
+    ``"textured"`` (fog, seams, checkerboard floor) or ``"flat"`` (none of them: module docstring).
 
     Walls are 1 block high with the camera at half height. With the default 90 degree field of view a face at
     distance ``d`` spans ``frame_size / (2 d)`` rows: the face of the block just ahead (``d = 0.5``) fills the
@@ -207,6 +218,8 @@ def render(maze: Maze, pose: Pose, frame_size: int = 32, fov_degrees: float = 90
     """
     if frame_size < MIN_FRAME_SIZE:
         raise ValueError(f"frame_size must be >= {MIN_FRAME_SIZE}, got {frame_size}")
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; valid: {', '.join(STYLES)}")
     if not 10.0 <= fov_degrees <= 170.0:
         raise ValueError(f"fov_degrees must be in [10, 170], got {fov_degrees}")
     hgt = wid = frame_size
@@ -218,7 +231,10 @@ def render(maze: Maze, pose: Pose, frame_size: int = 32, fov_degrees: float = 90
 
     # Walls: block colour, y-facing faces darker, dark seams at block edges, fog.
     wc = maze.colors[hit[:, 1], hit[:, 0]].astype(np.float64)  # [W, 3]
-    shade = np.where(side == 1, 0.75, 1.0) * np.where((u < 0.06) | (u > 0.94), 0.55, 1.0) * np.exp(-_FOG * dist)
+    flat = style == "flat"
+    shade = np.where(side == 1, 0.75, 1.0)
+    if not flat:  # seams at block edges and fog
+        shade = shade * np.where((u < 0.06) | (u > 0.94), 0.55, 1.0) * np.exp(-_FOG * dist)
     wall_rgb = wc * shade[:, None]  # [W, 3]
 
     # Floor: where the row's ray meets the ground plane (distance 0.5 focal / y along the heading).
@@ -227,7 +243,10 @@ def render(maze: Maze, pose: Pose, frame_size: int = 32, fov_degrees: float = 90
     fd = 0.5 * focal / below  # [H]
     pts = pos[None, None, :] + fd[:, None, None] * ray[None, :, :]  # [H, W, 2]
     tile = (np.floor(pts[..., 0]).astype(np.int64) + np.floor(pts[..., 1]).astype(np.int64)) % 2
-    floor_rgb = np.where(tile[..., None] == 0, _FLOOR[0], _FLOOR[1]) * np.exp(-_FOG * fd)[:, None, None]
+    if flat:
+        floor_rgb = np.broadcast_to(_FLOOR[1], (*tile.shape, 3))
+    else:
+        floor_rgb = np.where(tile[..., None] == 0, _FLOOR[0], _FLOOR[1]) * np.exp(-_FOG * fd)[:, None, None]
 
     img = np.where(wall[..., None], wall_rgb[None, :, :],
                    np.where((ys > 0)[:, None, None], floor_rgb, _CEILING[None, None, :]))

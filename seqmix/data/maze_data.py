@@ -128,7 +128,8 @@ def make_trajectory(cfg: MazeDataConfig, index: int = 0) -> Trajectory:
     """Procedural trajectory ``index`` of the dataset ``cfg`` (deterministic in ``(cfg, index)``)."""
     cfg.validate()
     rng = np.random.default_rng([cfg.seed, index])
-    maze = make_maze(cfg.maze_size, int(rng.integers(2**62)), cfg.loop_fraction)
+    maze = make_maze(cfg.maze_size, int(rng.integers(2**62)), cfg.loop_fraction,
+                     num_colors=cfg.num_colors if cfg.style == "flat" else None)
     blocks = maze.open_blocks()
     x, y = blocks[int(rng.integers(len(blocks)))]
     e = cfg.explore_frames
@@ -153,7 +154,7 @@ def make_trajectory(cfg: MazeDataConfig, index: int = 0) -> Trajectory:
                 pose = step(maze, pose, a)
                 actions.append(a)
                 poses.append(pose)
-    frames = np.stack([render(maze, p, cfg.frame_size, cfg.fov_degrees) for p in poses])
+    frames = np.stack([render(maze, p, cfg.frame_size, cfg.fov_degrees, style=cfg.style) for p in poses])
     pose_arr = np.array([(px + 0.5, py + 0.5, 90.0 * h) for px, py, h in poses], dtype=np.float32)
     prev, dist = revisits(pose_arr)
     phase = (np.arange(cfg.num_frames) >= e).astype(np.int64)
@@ -202,6 +203,8 @@ def write_mazes(out: str | Path, cfg: MazeDataConfig | None = None, num_trajecto
         raise ValueError(f"unknown source {source!r}; choose one of {SOURCES}")
     if num_trajectories < 1:
         raise ValueError(f"num_trajectories must be >= 1, got {num_trajectories}")
+    if source != "procedural" and cfg.style != "textured":
+        raise ValueError(f"style={cfg.style!r} is a look of the procedural renderer; {source} renders its own")
     if source == "procedural":
         make, tol, names = (lambda i: make_trajectory(cfg, i)), {"pos": 0.0, "angle": 0.0}, list(ACTIONS)
     else:

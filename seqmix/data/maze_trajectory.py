@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .maze import MIN_FRAME_SIZE, Maze
+from .maze import MIN_FRAME_SIZE, STYLES, Maze
 from .maze_shards import TENSOR_KEYS
 
 __all__ = ["MazeDataConfig", "Trajectory", "revisits", "RETURN_MODES"]
@@ -29,6 +29,10 @@ class MazeDataConfig:
         loop_fraction: fraction of interior walls between cells removed after carving (loops).
         frame_size: frame height = width in pixels (memory-maze renders at this camera resolution).
         fov_degrees: horizontal field of view of the procedural renderer.
+        style: procedural look: ``"textured"`` (a colour per wall block, fog, seams, checkerboard floor) or
+            ``"flat"`` (``num_colors`` flat wall colours, no fog or seams, plain floor: a learnable memory target;
+            :mod:`seqmix.data.maze`).
+        num_colors: wall colours of the ``"flat"`` style (2..12).
         explore_frames: E, frames of the exploration phase (frame 0 included).
         return_frames: R, frames of the return phase (``reverse`` mode: R <= E - 1).
         return_mode: ``"reverse"`` or ``"revisit"`` (module docstring).
@@ -41,6 +45,8 @@ class MazeDataConfig:
     loop_fraction: float = 0.2
     frame_size: int = 32
     fov_degrees: float = 90.0
+    style: str = "textured"
+    num_colors: int = 4
     explore_frames: int = 192
     return_frames: int = 96
     return_mode: str = "reverse"
@@ -53,6 +59,10 @@ class MazeDataConfig:
             raise ValueError(f"maze_size must be >= 2 cells per side, got {self.maze_size}")
         if self.frame_size < MIN_FRAME_SIZE:
             raise ValueError(f"frame_size must be >= {MIN_FRAME_SIZE} pixels, got {self.frame_size}")
+        if self.style not in STYLES:
+            raise ValueError(f"unknown style {self.style!r}; valid: {', '.join(STYLES)}")
+        if not 2 <= self.num_colors <= 12:
+            raise ValueError(f"num_colors must be in 2..12, got {self.num_colors}")
         if self.explore_frames < 2:
             raise ValueError(f"explore_frames must be >= 2, got {self.explore_frames}")
         if self.return_frames < 0:
