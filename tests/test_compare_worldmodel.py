@@ -17,6 +17,9 @@ def test_quick_comparison_writes_table_plot_gifs(tmp_path):
     assert "| frame_local_attn |" in res["markdown"] and (tmp_path / "cmp/results.md").is_file()
     assert res["paths"]["png"] is None or res["paths"]["png"].is_file()
     assert len(list((tmp_path / "cmp/gifs").glob("*.gif"))) == 2
+    mem = doc["summary"]["frame_local_attn"]["memory"]  # the memory metric beside its model-free references
+    assert set(mem) == {"model", "mean_frame", "last_context", "best_window"}
+    assert "Memory (the metric that isolates it)" in res["markdown"]
 
 
 def test_bad_selection_and_recipes(tmp_path):

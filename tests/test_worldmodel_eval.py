@@ -70,3 +70,28 @@ def test_bad_inputs_and_gif(tmp_path):
 
     im = Image.open(p)
     assert im.n_frames == 3 and im.size == (8 * 2 * 2 + 2, 16)
+
+
+def test_memory_probe_splits_by_window_and_scores_references():
+    """The memory metric: one-step predictions of every return frame at the maximum noise with the exploration
+    clean; the references need no model (a return frame equal to the last exploration frame scores 100 dB there);
+    the summary splits by the true recall distance against the window."""
+    from seqmix.tasks.worldmodel_eval import memory_probe
+
+    torch.manual_seed(0)
+    model = _model("frame_local_attn")
+    B, E, R = 2, 8, 4
+    frames = torch.rand(B, E + R, 3, 8, 8) * 2 - 1
+    frames[:, E] = frames[:, E - 1]  # the first return frame repeats the last exploration frame
+    actions = torch.randint(0, 5, (B, E + R))
+    distance = torch.full((B, E + R), -1)
+    distance[:, E:] = torch.tensor([1, 3, 5, 7])
+    probe = memory_probe(model, frames, actions, distance, E, window=4)
+    assert set(probe.psnr) == {"model", "mean_frame", "last_context", "best_window"}
+    assert all(len(v) == B * R for v in probe.psnr.values()) and probe.distance[:4] == [1, 3, 5, 7]
+    assert probe.psnr["last_context"][0] == 100.0 and probe.psnr["best_window"][0] == 100.0
+    assert all(b >= a - 1e-6 for a, b in zip(probe.psnr["last_context"], probe.psnr["best_window"]))
+    summ = probe.summary()
+    assert set(summ["model"]) == {"psnr_within", "psnr_beyond", "ssim_within", "ssim_beyond"}
+    again = memory_probe(model, frames, actions, distance, E, window=4)
+    assert again.psnr == probe.psnr  # seeded noise: the same numbers

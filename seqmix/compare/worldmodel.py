@@ -177,7 +177,7 @@ def _run(name: str, seed: int, cmp: WorldModelComparison) -> dict:
     """Train one model with one seed, score it on retrieval; returns its record."""
     import torch
 
-    from seqmix.tasks.worldmodel_eval import retrieval, write_rollout_gif
+    from seqmix.tasks.worldmodel_eval import memory_probe, retrieval, write_rollout_gif
 
     args = ["--config", str(recipe_dir() / "worldmodel" / f"{name}.yaml")]
     over = [f"--seed_everything={seed}", f"--model.init_args.seed={seed}", f"--data.init_args.seed={seed}",
@@ -190,6 +190,8 @@ def _run(name: str, seed: int, cmp: WorldModelComparison) -> dict:
     distance = torch.stack([it["distance"] for it in items])
     E = dm.maze_spec()["explore_frames"]
     res = retrieval(task.model, frames, actions, distance, E, num_steps=cmp.sample_steps, seed=seed)
+    # the memory metric: one-step predictions at the maximum noise, split at the window every recipe shares
+    probe = memory_probe(task.model, frames, actions, distance, E, task.model.config.window_frames, seed=seed)
     gifs = []
     if seed == 0:
         for i in range(min(cmp.gifs, len(items))):
@@ -201,7 +203,8 @@ def _run(name: str, seed: int, cmp: WorldModelComparison) -> dict:
             "threads": torch.get_num_threads(), "metrics": metrics, "explore_frames": E,
             "return_frames": frames.shape[1] - E, "psnr": res.psnr, "ssim": res.ssim, "lpips": res.lpips,
             "distance": res.distance, "seconds_per_frame": res.seconds_per_frame / len(items),
-            "state_bytes_per_sequence": [b // len(items) for b in res.state_bytes], "gifs": gifs}
+            "state_bytes_per_sequence": [b // len(items) for b in res.state_bytes], "gifs": gifs,
+            "memory": probe.summary(), "memory_window": probe.window}
 
 
 def _mean(xs: list[float]) -> float:
@@ -240,6 +243,11 @@ def _summary(records: list[dict], models: list[str], k: int) -> dict:
         s["state_bytes"] = rs[0]["state_bytes_per_sequence"]
         s["params"], s["train_seconds"] = rs[0]["params"], _mean([r["train_seconds"] for r in rs])
         s["window"] = rs[0]["window"]
+        if all("memory" in r for r in rs):  # {source: {metric: seed summary}} over the seeds' probe summaries
+            s["memory"] = {src: {key: summarize([r["memory"][src][key] for r in rs]).as_dict()
+                                 for key in rs[0]["memory"][src]
+                                 if all(math.isfinite(r["memory"][src][key]) for r in rs)}
+                           for src in rs[0]["memory"]}
         out[m] = s
     return out
 
@@ -282,7 +290,30 @@ def _markdown(summary: dict, records: list[dict], cmp: WorldModelComparison, com
               + " |", "|---|" + "---:|" * len(next(iter(summary.values()))["psnr_by_distance"])]
     for m, s in summary.items():
         lines.append(f"| {m} | " + " | ".join(_fmt(b) for b in s["psnr_by_distance"]) + " |")
+    lines += _memory_markdown(summary, records)
     return "\n".join(lines)
+
+
+def _memory_markdown(summary: dict, records: list[dict]) -> list[str]:
+    """The memory metric's table (empty for records without it): per model, the one-step prediction at maximum
+    noise of the return frames within / beyond the window, beside the model-free references."""
+    if not all("memory" in s for s in summary.values()):
+        return []
+    w = records[0].get("memory_window")
+    refs = ("mean_frame", "last_context", "best_window")
+    first = next(iter(summary.values()))["memory"]
+    lines = ["", f"Memory (the metric that isolates it): every return frame predicted in one step at the maximum "
+             f"noise level with the exploration clean and the whole return path at that level; within / beyond: "
+             f"recall distance <= / > {w} frames. References without memory: the exploration's mean frame, its last "
+             "frame, the best of its last k frames (an oracle copy). PSNR dB, SSIM.", "",
+             "| model | PSNR within | PSNR beyond | SSIM beyond | " + " | ".join(f"{r} PSNR beyond" for r in refs) + " |",
+             "|---|---:|---:|---:|" + "---:|" * len(refs)]
+    for m, s in summary.items():
+        mem = s["memory"]
+        lines.append(f"| {m} | {_fmt(mem['model'].get('psnr_within'))} | {_fmt(mem['model'].get('psnr_beyond'))} | "
+                     f"{_fmt(mem['model'].get('ssim_beyond'), '{:.3f}')} | "
+                     + " | ".join(_fmt(mem[r].get("psnr_beyond")) for r in refs if r in first) + " |")
+    return lines
 
 
 def _plot(summary: dict, path: Path, k: int) -> Path | None:

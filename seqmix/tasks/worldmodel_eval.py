@@ -25,7 +25,8 @@ from seqmix.diffusion import VDiffusion
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RetrievalResult", "retrieval", "bin_by_distance", "frame_scores", "lpips_available", "write_rollout_gif"]
+__all__ = ["RetrievalResult", "retrieval", "MemoryProbe", "memory_probe", "bin_by_distance", "frame_scores",
+           "lpips_available", "write_rollout_gif"]
 
 
 @dataclass
@@ -130,6 +131,89 @@ def retrieval(model: WorldModel, frames: torch.Tensor, actions: torch.Tensor, di
         distance=distance[:, explore_frames:].flatten().tolist(), generated=gen.cpu(), seconds_per_frame=secs,
         state_bytes=(ctx_bytes, state_nbytes(state.mixers)),
         peak_memory_bytes=int(torch.cuda.max_memory_allocated(dev)) if cuda else None)
+
+
+@dataclass
+class MemoryProbe:
+    """Per return frame (flattened over the batch, return-frame-major within an example): ``distance`` (frames
+    since the place was last seen; -1 never), ``beyond`` (distance > the window) and, for the model and each
+    model-free reference, ``psnr`` / ``ssim`` lists: ``{"model": [...], "mean_frame": [...], "last_context":
+    [...], "best_window": [...]}``. :meth:`summary` splits them within / beyond the window."""
+
+    distance: list[int]
+    window: int
+    psnr: dict[str, list[float]]
+    ssim: dict[str, list[float]]
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """``{source: {"psnr_within", "psnr_beyond", "ssim_within", "ssim_beyond"}}``: means over the return frames
+        whose recall distance is within / beyond the window (frames never seen before are left out); NaN where a
+        side has no frame."""
+        keep = [i for i, d in enumerate(self.distance) if d >= 0]
+        out = {}
+        for src in self.psnr:
+            row = {}
+            for side, pick in (("within", lambda d: d <= self.window), ("beyond", lambda d: d > self.window)):
+                idx = [i for i in keep if pick(self.distance[i])]
+                for metric, vals in (("psnr", self.psnr[src]), ("ssim", self.ssim[src])):
+                    row[f"{metric}_{side}"] = sum(vals[i] for i in idx) / len(idx) if idx else float("nan")
+            out[src] = row
+        return out
+
+
+@torch.no_grad()
+def memory_probe(model: WorldModel, frames: torch.Tensor, actions: torch.Tensor, distance: torch.Tensor,
+                 explore_frames: int, window: int, *, diffusion: VDiffusion | None = None,
+                 seed: int = 0) -> MemoryProbe:
+    """The memory metric: every return frame predicted in ONE step at the maximum noise level (nothing of the frame
+    itself is visible; the whole return path is at that level), the exploration clean, in one teacher-forced pass;
+    scored (PSNR, SSIM) against the truth beside three model-free references that need no memory: the exploration's
+    mean frame, its last frame, and the best (highest-PSNR, an oracle) of its last ``window`` frames.
+
+    A model can beat the references on return frames beyond the window only by recalling the place from earlier
+    in the exploration; sampled retrieval (:func:`retrieval`) adds sampling error on top. Shapes as
+    :func:`retrieval`; ``window``: the frame-local attention window ``k`` (the within / beyond split).
+    """
+    if frames.dim() != 5 or actions.shape[:2] != frames.shape[:2] or distance.shape != frames.shape[:2]:
+        raise ValueError(f"frames must be [B, F, C, H, W] with actions and distance [B, F], got "
+                         f"{tuple(frames.shape)}, {tuple(actions.shape)}, {tuple(distance.shape)}")
+    B, F_ = distance.shape
+    E = explore_frames
+    if not 0 < E < F_ or window < 1:
+        raise ValueError(f"explore_frames={E} must lie in (0, {F_}) and window={window} be >= 1")
+    diffusion = diffusion or VDiffusion()
+    dev = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    frames, actions = frames.to(dev), actions.to(dev)
+    t_max = diffusion.num_timesteps - 1
+    levels = torch.zeros(B, F_, dtype=torch.long, device=dev)
+    levels[:, E:] = t_max
+    g = torch.Generator(device=dev).manual_seed(seed)
+    noise = torch.randn(frames.shape, generator=g, device=dev, dtype=frames.dtype)
+    flat = lambda x: x.flatten(0, 1)  # noqa: E731 - the schedule takes one level per leading index
+    x_t = diffusion.add_noise(flat(frames), flat(noise), flat(levels)).view_as(frames)
+    x_t = torch.where(levels[:, :, None, None, None] > 0, x_t, frames)  # the schedule's level 0 is not exactly clean
+    v = model(x_t, levels, actions)
+    pred = diffusion.x0_from_v(flat(x_t).float(), flat(v).float(), flat(levels)).view(frames.shape)
+    pred = pred[:, E:].clamp(-1, 1)  # [B, R, C, H, W]
+    model.train(was_training)
+    truth, ctx = frames[:, E:].float(), frames[:, :E].float()
+    R = F_ - E
+    refs = {"model": pred,
+            "mean_frame": ctx.mean(1, keepdim=True).expand_as(truth),
+            "last_context": ctx[:, -1:].expand_as(truth)}
+    psnr = {k: frame_scores(x.flatten(0, 1), truth.flatten(0, 1))["psnr"].tolist() for k, x in refs.items()}
+    ssim = {k: frame_scores(x.flatten(0, 1), truth.flatten(0, 1))["ssim"].tolist() for k, x in refs.items()}
+    # best of the window: per return frame, the highest-PSNR of the last `window` exploration frames (an oracle)
+    cand = ctx[:, -window:]  # [B, w, C, H, W]
+    w = cand.shape[1]
+    pairs = frame_scores(cand[:, None].expand(B, R, w, *cand.shape[2:]).flatten(0, 2),
+                         truth[:, :, None].expand(B, R, w, *truth.shape[2:]).flatten(0, 2))
+    best = pairs["psnr"].view(B * R, w).argmax(1)
+    psnr["best_window"] = pairs["psnr"].view(B * R, w).gather(1, best[:, None])[:, 0].tolist()
+    ssim["best_window"] = pairs["ssim"].view(B * R, w).gather(1, best[:, None])[:, 0].tolist()
+    return MemoryProbe(distance=distance[:, E:].flatten().tolist(), window=window, psnr=psnr, ssim=ssim)
 
 
 def bin_by_distance(values: list[float], distance: list[int], width: int, max_distance: int | None = None
