@@ -40,12 +40,13 @@ from tqdm.auto import tqdm
 from seqmix import layers as L
 from seqmix.backbones.dit import DiTConfig, SegmentedDiT
 from seqmix.backbones.layout import VideoLayout
+from seqmix.utils.plots import pyplot, save_figure
 
 from . import costs
 from .core import Measurement, median, torch_threads
 from .driver import SIZES, BenchConfig, PointLoop, machine_notes, mixer_bench_config
 from .gates import gate
-from .report import RunInfo, make_doc, markdown_header, pyplot, write_doc
+from .report import RunInfo, make_doc, markdown_header, write_doc
 
 logger = logging.getLogger(__name__)
 
@@ -375,7 +376,7 @@ def markdown_table(res: DiTBenchResult | list[Measurement]) -> str:
 
 def plot(ms: list[Measurement], path: Path, title: str = "") -> Path | None:
     """Relative-cost bars per duration (one bar per variant), inference and training side by side, log scale."""
-    plt = pyplot()
+    plt = pyplot(path)
     if plt is None:
         return None
     rel = [r for r in summarize(ms)["relative"] if r["relative_to_local"] and r["name"] != "local"]
@@ -407,11 +408,7 @@ def plot(ms: list[Measurement], path: Path, title: str = "") -> Path | None:
         ax.set_ylabel("time relative to local attention only")
         ax.grid(True, axis="y", which="both", alpha=0.3)
     axes[0].legend(fontsize=7, ncol=2)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, title=title, dpi=110)
 
 
 def write_report(res: DiTBenchResult, out_dir: str | Path) -> dict:

@@ -35,12 +35,13 @@ import torch
 from tqdm.auto import tqdm
 
 from seqmix import layers as L
+from seqmix.utils.plots import pyplot, save_figure
 
 from . import costs
 from .core import Measurement, fit_exponent, median, torch_threads
 from .driver import SIZES, BenchConfig, PointLoop, machine_notes, mixer_bench_config
 from .gates import gate
-from .report import RunInfo, make_doc, markdown_header, pyplot, write_doc
+from .report import RunInfo, make_doc, markdown_header, write_doc
 
 logger = logging.getLogger(__name__)
 
@@ -402,7 +403,7 @@ def markdown_table(res: LayerBenchResult | list[Measurement], fit_points: int | 
 
 def plot(ms: list[Measurement], path: Path, title: str = "") -> Path | None:
     """Log-log time and peak memory against T, one row per mode, one line per (layer, backend)."""
-    plt = pyplot()
+    plt = pyplot(path)
     if plt is None:
         return None
     ok = [m for m in ms if m.ok]
@@ -437,11 +438,7 @@ def plot(ms: list[Measurement], path: Path, title: str = "") -> Path | None:
             ax.set_title(mode)
             ax.grid(True, which="both", alpha=0.3)
         axes[row][0].legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, title=title, dpi=110)
 
 
 def write_report(res: LayerBenchResult, out_dir: str | Path) -> dict:

@@ -16,7 +16,7 @@ from .schema import SCHEMA_VERSION, validate
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunInfo", "start_run", "make_doc", "write_doc", "markdown_header", "pyplot"]
+__all__ = ["RunInfo", "start_run", "make_doc", "write_doc", "markdown_header"]
 
 
 @dataclasses.dataclass
@@ -119,16 +119,3 @@ def markdown_header(title: str, doc: dict) -> str:
 
 def _loadavg(x) -> str:
     return "?" if not x else "/".join(f"{v:.1f}" for v in x)
-
-
-def pyplot():
-    """matplotlib.pyplot with the Agg backend, or None (logged) when matplotlib is not installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed: no plots (pip install 'seqmix[bench]')")
-        return None
-    return plt

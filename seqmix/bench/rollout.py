@@ -41,10 +41,11 @@ from seqmix import layers as L
 from seqmix.backbones.worldmodel import WORLD_MODELS, WorldModel, WorldModelConfig, state_nbytes, world_model
 from seqmix.backbones.wm_rollout import generate_chunk
 from seqmix.diffusion import VDiffusion
+from seqmix.utils.plots import pyplot, save_figure
 
 from .core import Measurement, _tracked_call, torch_threads
 from .gates import gate
-from .report import RunInfo, make_doc, markdown_header, pyplot, start_run, write_doc
+from .report import RunInfo, make_doc, markdown_header, start_run, write_doc
 
 logger = logging.getLogger(__name__)
 
@@ -431,7 +432,7 @@ def markdown_table(res: RolloutBenchResult) -> str:
 
 def plot(res: RolloutBenchResult, path: Path, title: str = "") -> Path | None:
     """Per-frame time (raw, light; rolling median of 25 frames, solid) and peak memory vs frame index."""
-    plt = pyplot()
+    plt = pyplot(path)
     if plt is None:
         return None
     s = summarize(res)["models"]
@@ -461,11 +462,7 @@ def plot(res: RolloutBenchResult, path: Path, title: str = "") -> Path | None:
     for ax in (ax_t, ax_m):
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, title=title, dpi=110)
 
 
 def write_report(res: RolloutBenchResult, out_dir: str | Path) -> dict:

@@ -37,10 +37,11 @@ import torch
 from seqmix.layers import TTTMLP
 from seqmix.layers.gated_deltanet import GatedDeltaNet
 from seqmix.layers.cost import ttt_minibatch_flops
+from seqmix.utils.plots import pyplot, save_figure
 
 from .core import Measurement, fit_exponent, median, torch_threads
 from .driver import BenchConfig, PointLoop
-from .report import make_doc, markdown_header, pyplot, write_doc
+from .report import make_doc, markdown_header, write_doc
 
 logger = logging.getLogger(__name__)
 
@@ -374,7 +375,7 @@ def markdown_table(res: TTTKernelBenchResult | list[Measurement]) -> str:
 
 
 def plot(ms: list[Measurement], path: Path, title: str = "") -> Path | None:
-    plt = pyplot()
+    plt = pyplot(path)
     ok = [m for m in ms if m.ok]
     if plt is None or not ok:
         return None
@@ -394,11 +395,7 @@ def plot(ms: list[Measurement], path: Path, title: str = "") -> Path | None:
         ax.set_ylabel(yl)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, title=title, dpi=110)
 
 
 def write_report(res: TTTKernelBenchResult, out_dir: str | Path) -> dict:

@@ -322,27 +322,3 @@ class _QuietLightning:
     def __exit__(self, *exc):
         for n, lv in self.levels.items():
             logging.getLogger(n).setLevel(lv)
-
-
-def pyplot(path: Path):
-    """matplotlib's pyplot on the Agg backend, or None (one warning naming the figure ``path`` that is skipped)
-    where matplotlib is not installed: plots are extras of a comparison, never a reason for it to fail."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed: skipping %s", path)
-        return None
-    return plt
-
-
-def save_figure(fig, path: Path) -> Path:
-    """Lay out, write (120 dpi) and close ``fig``; returns ``path``."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

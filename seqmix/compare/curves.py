@@ -17,7 +17,7 @@ from typing import Callable
 import lightning as pl
 import torch
 
-from seqmix.compare.common import pyplot, save_figure
+from seqmix.utils.plots import pyplot, save_figure
 from seqmix.utils.stats import summarize
 
 logger = logging.getLogger(__name__)

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seqmix.compare.common import RunLog, _check_layers, _default_jobs, _fit_recipe, _map_runs, base_recipe, \
-    curve_matches, layer_args, pyplot, save_figure, token_mixers
+    curve_matches, layer_args, token_mixers
 from seqmix.compare.curves import LearningCurve, mqar_accuracy, plot_curves
 from seqmix.compare.knobs import knob_args, knob_grid, parse_knobs
 from seqmix.compare.seeds import aggregate, interval_note, parse_seeds, ranking, seed_args, summary_of
+from seqmix.utils.plots import pyplot, save_figure
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seqmix.compare.common import RunLog, _check_layers, _default_jobs, _fit_recipe, _map_runs, base_recipe, \
-    curve_matches, layer_args, longest_first, pyplot, save_figure, token_mixers
+    curve_matches, layer_args, longest_first, token_mixers
 from seqmix.compare.curves import LearningCurve, curve_at, first_crossing, plot_curves, video_recall
 from seqmix.compare.seeds import aggregate, interval_note, parse_seeds, ranking, seed_args, summary_of
+from seqmix.utils.plots import pyplot, save_figure
 from seqmix.utils.stats import SeedSummary
 
 logger = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seqmix.backbones.wm_config import STACKS, world_model
-from seqmix.compare.common import _default_jobs, _fit_recipe, _flat, _map_runs, cost_estimate, pyplot, recipe_dir, \
-    save_figure
+from seqmix.compare.common import _default_jobs, _fit_recipe, _flat, _map_runs, cost_estimate, recipe_dir
+from seqmix.utils.plots import pyplot, save_figure
 from seqmix.utils.stats import summarize
 
 logger = logging.getLogger(__name__)
