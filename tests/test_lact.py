@@ -31,8 +31,9 @@ def test_chunked_backend_equals_naive_twin(causal, muon):
         assert_close(f"grad {n}", u, w, 1e-9)
 
 
-def test_state_carry_with_momentum_and_pending_tokens():
-    a, _ = _pair(chunk_size=4, causal=True, momentum=True)
+@pytest.mark.parametrize("prenorm", [False, True])
+def test_state_carry_with_momentum_and_pending_tokens(prenorm):
+    a, _ = _pair(chunk_size=4, causal=True, momentum=True, prenorm=prenorm)
     x = torch.randn(1, 15, D, dtype=torch.float64)
     full = a(x)
     ys, st = [], None
@@ -41,7 +42,8 @@ def test_state_carry_with_momentum_and_pending_tokens():
         ys.append(y)
     assert_close("chunked", torch.cat(ys, 1), full, 1e-12)
     assert isinstance(st, LaCTState) and st.pending[0].shape[2] == 15 % 4
-    assert a.state_size() == 2 * 3 * H * a.hidden * a.head_dim
+    assert a.state_size() == (3 if prenorm else 2) * 3 * H * a.hidden * a.head_dim
+    assert sum(t.numel() for t in st.weights) == a.state_size()  # what is carried is what is reported
 
 
 def test_fp32_fast_weights_under_bf16_autocast():

@@ -169,7 +169,7 @@ def test_bad_inputs():
         lact_scan(q, k[:, :, :4], v, *lrs, state, chunk_size=2, causal=True)
     with pytest.raises(ValueError, match="lr1 must be"):
         lact_scan(q, k, v, lrs[0], lrs[1][:, :, :3], lrs[2], state, chunk_size=2, causal=True)
-    with pytest.raises(ValueError, match="state must hold 6"):
+    with pytest.raises(ValueError, match="state must hold w0, w1, w2, g0, g1, g2"):
         lact_scan(q, k, v, *lrs, state, chunk_size=2, causal=True, momentum=lrs[0])
     with pytest.raises(ValueError, match="chunk_size"):
         lact_scan(q, k, v, *lrs, state, chunk_size=0, causal=True)
@@ -182,13 +182,16 @@ def test_bad_inputs():
             lact_scan(q, k, v, *lrs, state, chunk_bounds=bad, causal=False)
 
 
-def _public_block_causal_lact(w0, w1, w2, q, k, v, lr0, lr1, lr2, chunk_size, use_muon, momentum, update_first=False):
+def _public_block_causal_lact(w0, w1, w2, q, k, v, lr0, lr1, lr2, chunk_size, use_muon, momentum, update_first=False,
+                              prenorm=False):
     """TEST-ONLY transcription of the published equations of LaCT's causal LM operator ("apply then update",
     ``block_causal_lact_swiglu`` of the public LaCT code), in fp64 and without its bf16 casts. Layout as there:
     ``w0, w2 [b, dh, dk]``, ``w1 [b, dv, dh]``, ``q, k, v [b, l, d]``, ``lr* [b, l, 1]``, ``momentum [b, l, 1]``.
     Every update is renormalised to the row norms of the weights the call started with, computed once.
     ``update_first``: the public bidirectional (video / novel-view) operator instead: every chunk, the last partial
-    one included, first updates the weights, then its queries are read with them."""
+    one included, first updates the weights, then its queries are read with them. ``prenorm``: the public
+    ``prenorm_block_causal_lact_swiglu`` (updates accumulate on ``w_main``; reads and gradients use its
+    renormalised copy)."""
     def ns5(g):  # the public Newton-Schulz: wide orientation, Frobenius scaling, five coefficient triples
         x = g.transpose(1, 2) if g.size(1) > g.size(2) else g
         x = x / (x.norm(dim=(1, 2), keepdim=True) + 1e-7)
@@ -199,6 +202,7 @@ def _public_block_causal_lact(w0, w1, w2, q, k, v, lr0, lr1, lr2, chunk_size, us
         return x.transpose(1, 2) if g.size(1) > g.size(2) else x
 
     n0, n1, n2 = (w.norm(dim=2, keepdim=True) for w in (w0, w1, w2))
+    main = (w0, w1, w2)
     m0 = m1 = m2 = None
     qt, vt = q.transpose(1, 2), v.transpose(1, 2)
     out = torch.zeros_like(vt)
@@ -227,7 +231,11 @@ def _public_block_causal_lact(w0, w1, w2, q, k, v, lr0, lr1, lr2, chunk_size, us
             m0, m1, m2 = dw0, dw1, dw2
         if use_muon:
             dw0, dw1, dw2 = ns5(dw0), ns5(dw1), ns5(dw2)
-        w0, w1, w2 = w0 + dw0, w1 + dw1, w2 + dw2
+        if prenorm:
+            main = tuple(a + b for a, b in zip(main, (dw0, dw1, dw2)))
+            w0, w1, w2 = main
+        else:
+            w0, w1, w2 = w0 + dw0, w1 + dw1, w2 + dw2
         w0 = w0 / (w0.norm(dim=2, keepdim=True) + 1e-5) * n0
         w1 = w1 / (w1.norm(dim=2, keepdim=True) + 1e-5) * n1
         w2 = w2 / (w2.norm(dim=2, keepdim=True) + 1e-5) * n2
@@ -238,20 +246,29 @@ def _public_block_causal_lact(w0, w1, w2, q, k, v, lr0, lr1, lr2, chunk_size, us
     return out.transpose(1, 2)
 
 
+@pytest.mark.parametrize("prenorm", [False, True])
 @pytest.mark.parametrize("muon", [False, True])
 @pytest.mark.parametrize("momentum", [False, True])
 @pytest.mark.parametrize("T", [11, 12])
-def test_causal_scan_equals_public_lact_equations(muon, momentum, T):
-    """The causal (LM) form equals the published LaCT operator's equations in fp64 over several updates (renorm to
-    the initial row norms, Muon, momentum, a partial or complete last chunk)."""
+def test_causal_scan_equals_public_lact_equations(muon, momentum, T, prenorm):
+    """The causal (LM) forms, post-norm and pre-norm, equal the published LaCT operators' equations in fp64 over
+    several updates (renorm to the initial row norms, Muon, momentum, a partial or complete last chunk); the
+    pre-norm scan equals its per-token twin too."""
     q, k, v, lrs, mom, state = _inputs(T, momentum, seed=11)
-    state = state[:3] + (tuple(torch.zeros_like(w) for w in state[:3]) if momentum else ())
-    o, _ = lact_scan(q, k, v, *lrs, state, chunk_size=4, causal=True, momentum=mom, muon_steps=5 if muon else 0)
+    ws = state[:3]
+    state = ws + (ws if prenorm else ()) + (tuple(torch.zeros_like(w) for w in ws) if momentum else ())
+    kw = dict(chunk_size=4, causal=True, momentum=mom, muon_steps=5 if muon else 0, prenorm=prenorm)
+    o, st = lact_scan(q, k, v, *lrs, state, **kw)
     flat = lambda t: t.reshape(B * H, *t.shape[2:])  # noqa: E731
-    ref = _public_block_causal_lact(*(flat(w) for w in state[:3]), flat(q), flat(k), flat(v),
+    ref = _public_block_causal_lact(*(flat(w) for w in ws), flat(q), flat(k), flat(v),
                                     *(flat(lr)[..., None] for lr in lrs), chunk_size=4, use_muon=muon,
-                                    momentum=flat(mom)[..., None] if momentum else None)
+                                    momentum=flat(mom)[..., None] if momentum else None, prenorm=prenorm)
     assert_close("o", flat(o), ref, 1e-12)
+    if prenorm:
+        o2, st2 = lact_scan_naive(q, k, v, *lrs, state, **kw)
+        assert_close("o naive", o2, o, 1e-10)
+        for a, b in zip(st, st2):
+            assert_close("state naive", b, a, 1e-10)
 
 
 @pytest.mark.parametrize("muon", [False, True])

@@ -29,8 +29,9 @@ State per sequence: ``3 H F K`` fast weights (+ as many momentum elements).
 
 References (registry name, task form: public code; the test that equals it on the same weights in fp64):
 
-- lact, lm: the public LaCT LM operator (``block_causal_lact_swiglu``: apply, then update; renormalised to the
-  initial row norms); tests/test_lact_ops.py::test_causal_scan_equals_public_lact_equations
+- lact, lm: the public LaCT LM operators (``block_causal_lact_swiglu``: apply, then update; renormalised to the
+  initial row norms; ``prenorm=True``: ``prenorm_block_causal_lact_swiglu``);
+  tests/test_lact_ops.py::test_causal_scan_equals_public_lact_equations
 - lact, video: the public LaCT bidirectional operator (update, then apply, every chunk);
   tests/test_lact_ops.py::test_noncausal_scan_equals_public_lact_equations
 """
@@ -108,6 +109,9 @@ class LaCT(Mixer):
             muon_steps: Newton-Schulz iterations (5 in LaCT).
             renorm: after every update, renormalise each weight's rows to their norms in the initial fast weights
                 (the parameters), as the public code does: every row keeps its initial norm.
+            prenorm: the public LM layer's pre-norm form (``ttt_prenorm``): updates accumulate on raw weights and
+                reads and inner gradients use their renormalised copy (post-norm, the default: the renormalised
+                weights are the state). Needs ``renorm``.
             momentum: momentum on the chunk updates with a learned per-token coefficient (chunk mean).
             backend: ``"auto"``, ``"torch"`` (chunked matmuls) or ``"naive"`` (per-token reference).
         """
@@ -121,6 +125,7 @@ class LaCT(Mixer):
         muon: bool = True
         muon_steps: int = 5
         renorm: bool = True
+        prenorm: bool = False
         momentum: bool = False
 
     def __init__(self, dim: int, num_heads: int, config: "LaCT.Config"):
@@ -138,6 +143,8 @@ class LaCT(Mixer):
             raise ValueError(f"base_lr must be a positive number, got {c.base_lr!r}")
         if c.muon and (not isinstance(c.muon_steps, int) or c.muon_steps < 1):
             raise ValueError(f"muon_steps must be a positive int when muon=True, got {c.muon_steps!r}")
+        if c.prenorm and not c.renorm:
+            raise ValueError("prenorm=True uses the renormalised weights: it needs renorm=True")
         self.head_dim, self.hidden = K, Fw
         H = num_heads
         self.qkv = nn.Linear(dim, 3 * H * K, bias=False)
@@ -160,8 +167,8 @@ class LaCT(Mixer):
         self.o_norm.reset_parameters()
 
     def state_size(self, seq_len: int | None = None) -> int:
-        n = 3 * self.num_heads * self.hidden * self.head_dim
-        return 2 * n if self.config.momentum else n
+        n = 3 * self.num_heads * self.hidden * self.head_dim  # the fast weights
+        return n * (1 + self.config.prenorm + self.config.momentum)  # + the weights in use, + the last updates
 
     def core_cost(self, n: int, ctx: int, batch: int, elem: int, layout: TokenSpans | None = None) -> Cost:
         """Per head and token: ``4 K F`` (f(k)), ``8 K F`` (update), ``6 K F`` (read-out); per update, Newton-Schulz
@@ -188,7 +195,7 @@ class LaCT(Mixer):
         c = self.config
         chunks = f"chunk_size={c.chunk_size}" if c.chunk_align == "tokens" else f"chunk_align={c.chunk_align}"
         return (f"{super().extra_repr()}, head_dim={self.head_dim}, hidden={self.hidden}, {chunks}, "
-                f"muon={c.muon}, renorm={c.renorm}, momentum={c.momentum}")
+                f"muon={c.muon}, renorm={c.renorm}, prenorm={c.prenorm}, momentum={c.momentum}")
 
     # ------------------------------------------------------------------------------------------------ forward
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -211,7 +218,9 @@ class LaCT(Mixer):
 
     def _initial_state(self, B: int, acc: torch.dtype) -> tuple[torch.Tensor, ...]:
         ws = tuple(w.to(acc).unsqueeze(0).expand(B, *w.shape) for w in (self.w0, self.w1, self.w2))
-        return ws + (tuple(torch.zeros_like(w) for w in ws) if self.config.momentum else ())
+        # (raw weights[, weights in use: the same before any update][, previous updates])
+        return ws + (ws if self.config.prenorm else ()) + (tuple(torch.zeros_like(w) for w in ws)
+                                                           if self.config.momentum else ())
 
     def _initial_norms(self, acc: torch.dtype) -> tuple[torch.Tensor, ...]:
         """The initial fast weights' row norms (``[1, H, rows, 1]`` each), the fixed target of every update's
@@ -248,7 +257,7 @@ class LaCT(Mixer):
             chunking = {"chunk_size": c.chunk_size} if bounds is None else {"chunk_bounds": bounds}
             o, new_weights = scan(q, k, v, lr0, lr1, lr2, weights, **chunking, causal=c.causal, momentum=mom,
                                   muon_steps=c.muon_steps if c.muon else 0, renorm=c.renorm,
-                                  norms=self._initial_norms(acc) if c.renorm else None)
+                                  norms=self._initial_norms(acc) if c.renorm else None, prenorm=c.prenorm)
             o = self.o_norm(o[:, :, n_pend:].to(self.o_norm.weight.dtype))  # [B, H, T, K]
         y = self.o_proj(o.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
         new_state = None

@@ -20,6 +20,11 @@ the weights it starts with, and renormalises every update to them; so every row 
 A caller that continues a sequence from a carried state passes the initial weights' norms as ``norms`` so that the
 continuation equals one pass; by default they are the norms of the state given.
 
+Pre-norm form (``prenorm=True``, the public LM layer's ``ttt_prenorm``): the updates accumulate on raw weights
+``W`` without renormalisation, and the weights every read and every inner gradient use are their renormalised copy
+``renorm(W)`` (the initial weights themselves before the first update). The state then holds both: the raw weights,
+then the weights in use.
+
 Order inside a chunk (``causal``):
 
 * non-causal (bidirectional / video) form: update with the chunk, then read its queries with the new weights;
@@ -33,8 +38,8 @@ form every one of them, the last included, updates the weights after it is read.
 
 Shapes (legend: B batch, H heads, T tokens, K head dim, F fast-weight hidden width, C chunk): ``q, k, v``
 ``[B, H, T, K]``; ``lr0, lr1, lr2`` ``[B, H, T]``; ``momentum`` ``[B, H, T]`` (or ``None``). The state is a tuple
-``(w0 [B,H,F,K], w1 [B,H,K,F], w2 [B,H,F,K])``, followed by the previous updates ``(g0, g1, g2)`` of the same
-shapes when momentum is used. All arithmetic is in the dtype of the state (fp32 under bf16 autocast, or fp64);
+``(w0 [B,H,F,K], w1 [B,H,K,F], w2 [B,H,F,K])``, followed by the weights in use (pre-norm form only) and by the
+previous updates ``(g0, g1, g2)`` of the same shapes when momentum is used. All arithmetic is in the dtype of the state (fp32 under bf16 autocast, or fp64);
 callers cast. The Newton-Schulz iteration also runs in that dtype (the public code runs it in bf16).
 """
 
@@ -158,7 +163,7 @@ def _target_norms(weights: tuple[torch.Tensor, ...], renorm: bool,
     return norms
 
 
-def _check(q, k, v, lrs, momentum, state) -> None:
+def _check(q, k, v, lrs, momentum, state, prenorm: bool = False) -> None:
     if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"q, k, v must share one shape [B, H, T, K], got {tuple(q.shape)}, {tuple(k.shape)}, "
                          f"{tuple(v.shape)}")
@@ -167,10 +172,33 @@ def _check(q, k, v, lrs, momentum, state) -> None:
             raise ValueError(f"{name} must be [B, H, T] = {tuple(q.shape[:3])}, got {tuple(lr.shape)}")
     if momentum is not None and momentum.shape != q.shape[:3]:
         raise ValueError(f"momentum must be [B, H, T] = {tuple(q.shape[:3])}, got {tuple(momentum.shape)}")
-    want = 6 if momentum is not None else 3
-    if len(state) != want:
-        raise ValueError(f"state must hold {want} tensors (w0, w1, w2{', g0, g1, g2' if want == 6 else ''}), "
-                         f"got {len(state)}")
+    names = "w0, w1, w2" + (", e0, e1, e2 (in use)" if prenorm else "") + (", g0, g1, g2" if momentum is not None
+                                                                          else "")
+    if len(state) != 3 * (1 + prenorm + (momentum is not None)):
+        raise ValueError(f"state must hold {names}, got {len(state)} tensors")
+
+
+def _unpack(state, momentum, prenorm: bool):
+    """``(raw weights, weights in use, previous updates or None)`` of a state (see the module docstring)."""
+    main = tuple(state[:3])
+    used = tuple(state[3:6]) if prenorm else main
+    prev = tuple(state[6:] if prenorm else state[3:]) if momentum is not None else None
+    return main, used, prev
+
+
+def _pack(main, used, prev, prenorm: bool) -> tuple[torch.Tensor, ...]:
+    return main + (used if prenorm else ()) + (prev if prev is not None else ())
+
+
+def _advance(main, grads, prev, m, muon_steps: int, norms, prenorm: bool):
+    """One chunk's update: ``(raw weights, weights in use, previous updates)`` after it (post-norm: the
+    renormalised weights are both; pre-norm: raw accumulation, renormalised copy in use)."""
+    if not prenorm:
+        new, prev = _step(main, grads, prev, m, muon_steps, norms)
+        return new, new, prev
+    main, prev = _step(main, grads, prev, m, muon_steps, None)
+    used = main if norms is None else tuple(w / (w.norm(dim=-1, keepdim=True) + 1e-5) * n for w, n in zip(main, norms))
+    return main, used, prev
 
 
 def chunk_spans(T: int, chunk_size: int | None, chunk_bounds: Sequence[int] | None,
@@ -207,6 +235,7 @@ def lact_scan(
     muon_steps: int = 0,
     renorm: bool = True,
     norms: Sequence[torch.Tensor] | None = None,
+    prenorm: bool = False,
 ) -> tuple[torch.Tensor, State]:
     """LaCT over ``T`` tokens in chunks of ``chunk_size`` or between ``chunk_bounds`` (exactly one of them): batched
     matmuls per chunk, hand-written inner gradient.
@@ -218,21 +247,21 @@ def lact_scan(
     (a partial last ``chunk_size`` chunk only reads), in the non-causal form after every chunk.
     """
     lrs = (lr0, lr1, lr2)
-    _check(q, k, v, lrs, momentum, state)
+    _check(q, k, v, lrs, momentum, state, prenorm)
     chunks = chunk_spans(q.shape[2], chunk_size, chunk_bounds, causal)
-    weights, prev = tuple(state[:3]), (tuple(state[3:]) if momentum is not None else None)
-    norms = _target_norms(weights, renorm, norms)
+    main, used, prev = _unpack(state, momentum, prenorm)
+    norms = _target_norms(main, renorm, norms)
     outs = []
     for s, e, updates in chunks:
         m = momentum[:, :, s:e].mean(-1) if momentum is not None else None
         if causal:
-            outs.append(swiglu_apply(*weights, q[:, :, s:e]))
+            outs.append(swiglu_apply(*used, q[:, :, s:e]))
         if updates:
-            grads = chunk_update(weights, k[:, :, s:e], v[:, :, s:e], tuple(lr[:, :, s:e] for lr in lrs))
-            weights, prev = _step(weights, grads, prev, m, muon_steps, norms)
+            grads = chunk_update(used, k[:, :, s:e], v[:, :, s:e], tuple(lr[:, :, s:e] for lr in lrs))
+            main, used, prev = _advance(main, grads, prev, m, muon_steps, norms, prenorm)
         if not causal:
-            outs.append(swiglu_apply(*weights, q[:, :, s:e]))
-    return torch.cat(outs, dim=2), weights + (prev if prev is not None else ())
+            outs.append(swiglu_apply(*used, q[:, :, s:e]))
+    return torch.cat(outs, dim=2), _pack(main, used, prev, prenorm)
 
 
 def lact_scan_naive(
@@ -251,15 +280,16 @@ def lact_scan_naive(
     muon_steps: int = 0,
     renorm: bool = True,
     norms: Sequence[torch.Tensor] | None = None,
+    prenorm: bool = False,
 ) -> tuple[torch.Tensor, State]:
     """Twin of :func:`lact_scan`: per-token inner gradients by autograd, per-token read-out, one token at a time.
 
     Slow (meant for tests in fp64); differentiable with respect to every input and the initial state.
     """
     lrs = (lr0, lr1, lr2)
-    _check(q, k, v, lrs, momentum, state)
+    _check(q, k, v, lrs, momentum, state, prenorm)
     chunks = chunk_spans(q.shape[2], chunk_size, chunk_bounds, causal)
-    weights, prev = tuple(state[:3]), (tuple(state[3:]) if momentum is not None else None)
+    main, weights, prev = _unpack(state, momentum, prenorm)  # weights: the ones in use
     outs = []
 
     def read(ws, s, e):
@@ -276,17 +306,17 @@ def lact_scan_naive(
     if torch.is_inference_mode_enabled():  # inference tensors cannot enter an autograd graph: use normal copies
         with torch.inference_mode(False):
             tensors = tuple(t.clone() for t in tensors)
-            weights = tuple(w.clone() for w in weights)
+            main, weights = tuple(w.clone() for w in main), tuple(w.clone() for w in weights)
             prev = tuple(p.clone() for p in prev) if prev is not None else None
     if not grad_outside:  # a view of a parameter taken under no_grad says requires_grad but carries no graph
-        weights = tuple(w.detach() for w in weights)
+        main, weights = tuple(w.detach() for w in main), tuple(w.detach() for w in weights)
     q, k, v, lr0, lr1, lr2 = tensors[:6]
     lrs = (lr0, lr1, lr2)
     momentum = tensors[6] if momentum is not None else None
     with torch.inference_mode(False), torch.enable_grad():
         if norms is not None and (torch.is_inference_mode_enabled() or not grad_outside):
             norms = tuple(n.detach().clone() for n in norms)
-        norms = _target_norms(weights, renorm, norms)
+        norms = _target_norms(main, renorm, norms)
         for s, e, updates in chunks:
             m = momentum[:, :, s:e].mean(-1) if momentum is not None else None
             if causal:
@@ -304,10 +334,10 @@ def lact_scan_naive(
                         # Each weight has its own rate: d(sum_bh lr_i * score)/d w_i, batch/head entries separate.
                         (g,) = torch.autograd.grad((lrs[i][:, :, t] * score).sum(), ws[i], create_graph=True)
                         grads[i] = grads[i] + g
-                weights, prev = _step(weights, tuple(grads), prev, m, muon_steps, norms)
+                main, weights, prev = _advance(main, tuple(grads), prev, m, muon_steps, norms, prenorm)
             if not causal:
                 outs.append(read(weights, s, e))
-    o, state = torch.cat(outs, dim=2), weights + (prev if prev is not None else ())
+    o, state = torch.cat(outs, dim=2), _pack(main, weights, prev, prenorm)
     if not grad_outside:  # the inner autograd graph is an implementation detail; do not leak it
         o, state = o.detach(), tuple(t.detach() for t in state)
     return o, state
