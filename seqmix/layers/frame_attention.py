@@ -41,7 +41,6 @@ from dataclasses import dataclass
 import torch
 
 from seqmix.ops import frame_attention as frame_ops
-from seqmix.ops.rope import apply_rope
 
 from ._frames import check_pair, num_frames
 from .attention import AttentionConfig, KVCache, _Attention, _supports
@@ -142,26 +141,13 @@ class FrameLocalAttention(_Attention):
         H, K, ft = self.num_heads, self.head_dim, self.frame_tokens
         num_frames(self.name, T, self.grid)
 
-        # 1. projections [B, T, H, K] (autocast applies here), q/k norm, RoPE
-        q, k, v = (proj(x).view(B, T, H, K) for proj in (self.wq, self.wk, self.wv))
-        if self.q_norm is not None:
-            q, k = self.q_norm(q).to(v.dtype), self.k_norm(k).to(v.dtype)
-        if positions is not None:
-            ang = self._angles(positions, T, x.device)
-            q, k = apply_rope(q, ang), apply_rope(k, ang)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, K]
-
+        q, k, v = self._qkv(x, positions)  # 1. projections [B, H, T, K], q/k norm, RoPE
         # 2. prepend the KV cache of the frames still visible
-        pos = 0
-        if state is not None:
-            if isinstance(state, KVCache) and isinstance(state.pos, int) and state.pos % self.step_tokens:
-                raise ValueError(f"{self.name}: the carried state ends inside a chunk (after {state.pos // ft} "
-                                 f"frames, chunks of {self.chunk_frames}); with carried state every call but the "
-                                 f"last must end on a chunk boundary")
-            cache = self._check_state(state, B)
-            pos = cache.pos
-            k = torch.cat([cache.k.to(device=k.device, dtype=k.dtype), k], dim=2)
-            v = torch.cat([cache.v.to(device=v.device, dtype=v.dtype), v], dim=2)
+        if isinstance(state, KVCache) and isinstance(state.pos, int) and state.pos % self.step_tokens:
+            raise ValueError(f"{self.name}: the carried state ends inside a chunk (after {state.pos // ft} "
+                             f"frames, chunks of {self.chunk_frames}); with carried state every call but the "
+                             f"last must end on a chunk boundary")
+        k, v, pos = self._with_cache(k, v, state)
 
         # 3. attention over the visible frames
         backend = self.select_backend(q.device, q.dtype, {"head_dim": K, "cached": state is not None})
