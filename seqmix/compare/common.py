@@ -28,7 +28,7 @@ __all__ = ["RunLog", "base_recipe", "layer_args", "longest_first", "recipe_dir",
 
 
 def base_recipe(task: str) -> Path:
-    """The base recipe every run of ``task`` (``"mqar"`` or ``"t2v"``) starts from."""
+    """The base recipe every run of ``task`` (``"mqar"``, ``"t2v"`` or ``"worldmodel"``) starts from."""
     return recipe_dir() / "base" / f"{task}.yaml"
 
 
@@ -86,20 +86,21 @@ def _flat(doc: dict, prefix: str = "") -> dict:
     return out
 
 
-def recipe_overrides(task: str, recipe: str | Path) -> dict:
-    """What ``recipe`` changes relative to ``task``'s base recipe, as ``{dotted key: value}``.
+def recipe_overrides(task: str, recipe: str | Path, keys: tuple[str, ...] = _LAYER_KEYS) -> dict:
+    """What ``recipe`` changes relative to ``task``'s base recipe (``recipes/base/<task>.yaml``), as ``{dotted key:
+    value}``.
 
-    A per-layer recipe must be the base recipe with only the layer's settings changed (:data:`_LAYER_KEYS`):
-    anything else raises, so the base recipe stays the one place that sets what every layer shares."""
+    A per-layer (per-model) recipe must be the base recipe with only ``keys`` changed (default :data:`_LAYER_KEYS`):
+    anything else raises, so the base recipe stays the one place that sets what every run shares."""
     import yaml
 
     base = _flat(yaml.safe_load(base_recipe(task).read_text()))
     doc = _flat(yaml.safe_load(Path(recipe).read_text()))
     missing = sorted(set(base) - set(doc))
     diff = {k: v for k, v in doc.items() if k not in base or base[k] != v}
-    extra = sorted(set(diff) - set(_LAYER_KEYS))
+    extra = sorted(set(diff) - set(keys))
     if missing or extra:
-        raise ValueError(f"{recipe}: a {task} recipe must be {base_recipe(task)} with only {', '.join(_LAYER_KEYS)} "
+        raise ValueError(f"{recipe}: a {task} recipe must be {base_recipe(task)} with only {', '.join(keys)} "
                          f"changed; differs in {extra}, lacks {missing}")
     return diff
 

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seqmix.backbones.wm_config import STACKS, world_model
-from seqmix.compare.common import _default_jobs, _fit_recipe, _flat, _map_runs, cost_estimate, recipe_dir
+from seqmix.compare.common import _default_jobs, _fit_recipe, _map_runs, base_recipe, cost_estimate, recipe_dir, \
+    recipe_overrides
 from seqmix.utils.plots import pyplot, save_figure
 from seqmix.utils.stats import summarize
 
@@ -38,24 +39,10 @@ MODEL_KEYS = ("model.init_args.model.mixers", "trainer.default_root_dir")
 METRICS = ("psnr", "psnr_near", "psnr_far", "ssim", "ssim_far", "val_loss_return")
 
 
-def _base() -> Path:
-    return recipe_dir() / "base" / "worldmodel.yaml"
-
-
 def model_overrides(recipe: str | Path) -> dict:
     """What a model recipe changes relative to the world-model base recipe, as ``{dotted key: value}``; anything
     but :data:`MODEL_KEYS` raises (the base recipe is the one place that sets what every model shares)."""
-    import yaml
-
-    base = _flat(yaml.safe_load(_base().read_text()))
-    doc = _flat(yaml.safe_load(Path(recipe).read_text()))
-    missing = sorted(set(base) - set(doc))
-    diff = {k: v for k, v in doc.items() if k not in base or base[k] != v}
-    extra = sorted(set(diff) - set(MODEL_KEYS))
-    if missing or extra:
-        raise ValueError(f"{recipe}: a world-model recipe must be {_base()} with only {', '.join(MODEL_KEYS)} "
-                         f"changed; differs in {extra}, lacks {missing}")
-    return diff
+    return recipe_overrides("worldmodel", recipe, MODEL_KEYS)
 
 
 def recipe_models() -> list[str]:
@@ -135,7 +122,7 @@ def _prepare_data(cmp: WorldModelComparison) -> dict:
     """Write the trajectories once (before runs start in parallel) through the recipe's data module."""
     from seqmix.lightning_cli import run_lightning
 
-    cli = run_lightning(["--config", str(_base()), *cmp.data_args(), "--trainer.logger=false"], run=False)
+    cli = run_lightning(["--config", str(base_recipe("worldmodel")), *cmp.data_args(), "--trainer.logger=false"], run=False)
     cli.datamodule.prepare_data()
     return cli.datamodule.maze_spec()
 
