@@ -454,28 +454,6 @@ class LocalAttention(_Attention):
                              f"got {config.block_align!r}")
         super().__init__(dim, num_heads, config)
 
-    def _qkv(self, x: torch.Tensor, positions: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-        """``x [B, T, D]`` -> ``q, k, v [B, H, T, K]``: projections (autocast applies), q/k norm, RoPE."""
-        B, T, _ = x.shape
-        q, k, v = (proj(x).view(B, T, self.num_heads, self.head_dim) for proj in (self.wq, self.wk, self.wv))
-        if self.q_norm is not None:
-            # LayerNorm runs in fp32 under autocast; attention needs q, k, v in one dtype.
-            q, k = self.q_norm(q).to(v.dtype), self.k_norm(k).to(v.dtype)
-        if positions is not None:
-            ang = self._angles(positions, T, x.device)
-            q, k = apply_rope(q, ang), apply_rope(k, ang)
-        return tuple(t.transpose(1, 2) for t in (q, k, v))
-
-    def _with_cache(self, k: torch.Tensor, v: torch.Tensor, state) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Keys and values ``[B, H, Tk, K]`` with the carried KV cache (checked) in front; and the absolute position
-        of the first new token (0 without a state)."""
-        if state is None:
-            return k, v, 0
-        cache = self._check_state(state, k.shape[0])
-        k = torch.cat([cache.k.to(device=k.device, dtype=k.dtype), k], dim=2)
-        v = torch.cat([cache.v.to(device=v.device, dtype=v.dtype), v], dim=2)
-        return k, v, cache.pos
-
     def _span_bounds(self, layout, T: int, stateful: bool) -> tuple[int, ...] | None:
         align = self.config.block_align
         bounds = aligned_bounds(self.name, layout, align, T, knob="block_align", what="blocks", fallback="a window")
