@@ -34,3 +34,28 @@ def test_bad_selection_and_recipes(tmp_path):
     bad.write_text((recipe_dir() / "worldmodel/blockwise_ssm.yaml").read_text().replace("lr: 2.0e-3", "lr: 1.0e-2"))
     with pytest.raises(ValueError, match="differs in"):
         model_overrides(bad)
+
+
+def test_memory_recipe_set_matches_parameters_and_builds():
+    """The memory study's recipe set: the paper's model, frame-local attention only, Mamba2, block-wise TTT and the
+    full-context Transformer, each its base recipe with only mixers and MLP width changed, parameter counts
+    within 0.2%; unknown sets and models outside the set are refused."""
+    from seqmix.backbones.worldmodel import WorldModel
+    from seqmix.lightning_cli import run_lightning
+
+    models = recipe_models("worldmodel/memory")
+    assert models == ["blockwise_ssm", "blockwise_ttt", "frame_local_attn", "causal_transformer", "mamba2"]
+    cmp = WorldModelComparison(recipes="worldmodel/memory")
+    assert cmp.models == models
+    counts = {}
+    for m in models:
+        model_overrides(cmp.recipe(m), "worldmodel/memory")
+        cli = run_lightning(["--config", str(cmp.recipe(m)), "--data.init_args.path=/nonexistent",
+                             "--trainer.logger=false"], run=False)
+        assert isinstance(cli.model.model, WorldModel)
+        counts[m] = cli.model.model.num_params()
+    assert max(counts.values()) / min(counts.values()) < 1.002, counts
+    with pytest.raises(ValueError, match="unknown recipe set"):
+        recipe_models("nope")
+    with pytest.raises(ValueError, match="no recipe in recipes/worldmodel/memory"):
+        WorldModelComparison(recipes="worldmodel/memory", models=["mamba2_fla"]).validate()

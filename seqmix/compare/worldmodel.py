@@ -3,8 +3,9 @@ with equal budgets on the same maze trajectories, then scored on retrieval (:mod
 the exploration of each held-out trajectory is the context, the return path is generated from its actions, and
 every generated frame's PSNR / SSIM is binned by the distance in frames to the last time that place was seen.
 
-Every run is a model recipe (``recipes/worldmodel/<model>.yaml``: ``recipes/base/worldmodel.yaml`` with only the
-model's mixers changed, :func:`model_overrides`) trained through the same LightningCLI path as ``seqmix fit``
+Every run is a model recipe of a recipe set (``recipes/<set>/<model>.yaml``: the set's base recipe
+``recipes/base/<set with / as ->.yaml`` with only the model's mixers and MLP width changed, :func:`model_overrides`;
+sets: ``worldmodel``, the default, and ``worldmodel/memory``, the memory study) trained through the same LightningCLI path as ``seqmix fit``
 with only the budget, the seed and the data directory overridden; ``S`` seeds per model (model init, noise draws
 and data order; the trajectories are the same for all). Output: ``results.md`` (table: mean and interval over seeds
 per metric, :func:`seqmix.utils.stats.summarize`), ``results.json`` (every run, every frame's scores), ``results.png``
@@ -34,23 +35,33 @@ logger = logging.getLogger(__name__)
 __all__ = ["WorldModelComparison", "run_worldmodel_comparison", "model_overrides", "recipe_models", "MODEL_KEYS"]
 
 #: Keys (dotted) a model recipe may change relative to ``recipes/base/worldmodel.yaml``.
-MODEL_KEYS = ("model.init_args.model.mixers", "trainer.default_root_dir")
+MODEL_KEYS = ("model.init_args.model.mixers", "model.init_args.model.mlp_ratio", "trainer.default_root_dir")
+#: Recipe sets: folders under ``recipes/`` of model recipes (each on its base ``recipes/base/<set, / as ->.yaml``).
+RECIPE_SETS = ("worldmodel", "worldmodel/memory")
 #: Metrics of the table, each summarised over seeds.
 METRICS = ("psnr", "psnr_near", "psnr_far", "ssim", "ssim_far", "val_loss_return")
 
 
-def model_overrides(recipe: str | Path) -> dict:
-    """What a model recipe changes relative to the world-model base recipe, as ``{dotted key: value}``; anything
-    but :data:`MODEL_KEYS` raises (the base recipe is the one place that sets what every model shares)."""
-    return recipe_overrides("worldmodel", recipe, MODEL_KEYS)
+def _base_task(recipes: str) -> str:
+    """The base recipe name (``recipes/base/<name>.yaml``) of a recipe set."""
+    if recipes not in RECIPE_SETS:
+        raise ValueError(f"unknown recipe set {recipes!r}; valid: {', '.join(RECIPE_SETS)}")
+    return recipes.replace("/", "-")
 
 
-def recipe_models() -> list[str]:
-    """The world models (:data:`~seqmix.backbones.wm_config.WORLD_MODELS`, in its order: the paper's model first);
-    each has its recipe ``recipes/worldmodel/<name>.yaml`` (a test holds the two lists equal)."""
-    from seqmix.backbones.wm_config import STACKS
+def model_overrides(recipe: str | Path, recipes: str = "worldmodel") -> dict:
+    """What a model recipe of the set ``recipes`` changes relative to the set's base recipe, as ``{dotted key:
+    value}``; anything but :data:`MODEL_KEYS` raises (the base recipe is the one place that sets what every model
+    shares; the MLP width is there to match parameter counts)."""
+    return recipe_overrides(_base_task(recipes), recipe, MODEL_KEYS)
 
-    return list(STACKS)
+
+def recipe_models(recipes: str = "worldmodel") -> list[str]:
+    """The world models (:data:`~seqmix.backbones.wm_config.WORLD_MODELS`, in its order: the paper's model first)
+    with a recipe in the set ``recipes`` (``worldmodel``: every one; a test holds the lists equal)."""
+    folder = recipe_dir() / recipes
+    _base_task(recipes)
+    return [m for m in STACKS if (folder / f"{m}.yaml").is_file()]
 
 
 @dataclass(kw_only=True)
@@ -58,9 +69,11 @@ class WorldModelComparison:
     """World models trained with the same data, steps and batch, then scored on retrieval.
 
     Attributes:
-        models: model recipe names (``recipes/worldmodel/<name>.yaml``; default: every one there).
+        recipes: the recipe set: ``"worldmodel"`` (the default comparison) or ``"worldmodel/memory"`` (the memory
+            study's setting: flat-colour 8x8 mazes, window 2, parameter counts matched, 3000 steps).
+        models: model names with a recipe ``recipes/<recipes>/<name>.yaml`` (default: every one there).
         seeds: seeds per model (model init, noise draws, data order); intervals need >= 2.
-        max_steps: optimizer steps per run (the equal budget).
+        max_steps: optimizer steps per run (the equal budget; None: the recipe set's, 200 / 3000).
         num_trajectories: trajectories written (None: the base recipe's); the last ``eval_trajectories`` are
             held out and scored.
         eval_trajectories: held-out trajectories (validation loss and retrieval).
@@ -72,9 +85,10 @@ class WorldModelComparison:
         data: where the trajectories are written once and read by every run (default ``out/data``).
     """
 
-    models: list[str] = field(default_factory=recipe_models)
+    recipes: str = "worldmodel"
+    models: list[str] | None = None
     seeds: int = 1
-    max_steps: int = 200
+    max_steps: int | None = None
     num_trajectories: int | None = None
     eval_trajectories: int = 8
     sample_steps: int = 10
@@ -84,8 +98,16 @@ class WorldModelComparison:
     out: str = "runs/compare-worldmodel"
     data: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.models is None:
+            self.models = recipe_models(self.recipes)
+
     def num_jobs(self) -> int:
         return self.jobs or _default_jobs()
+
+    def recipe(self, model: str) -> Path:
+        """The recipe file of ``model`` in this comparison's set."""
+        return recipe_dir() / self.recipes / f"{model}.yaml"
 
     @classmethod
     def quick_config(cls, **kw) -> "WorldModelComparison":
@@ -102,11 +124,16 @@ class WorldModelComparison:
 
     def validate(self) -> None:
         if not self.models:
-            raise ValueError(f"no models given; valid: {', '.join(recipe_models())}")
+            raise ValueError(f"no models given; valid: {', '.join(recipe_models(self.recipes))}")
+        have = recipe_models(self.recipes)
         for m in self.models:
             world_model(m)  # an unknown or former name: one error naming the valid ones
-            model_overrides(recipe_dir() / "worldmodel" / f"{m}.yaml")
-        for name in ("seeds", "max_steps", "eval_trajectories", "sample_steps"):
+            if m not in have:
+                raise ValueError(f"model {m!r} has no recipe in recipes/{self.recipes}/; there: {', '.join(have)}")
+            model_overrides(self.recipe(m), self.recipes)
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 (or None: the recipe's), got {self.max_steps}")
+        for name in ("seeds", "eval_trajectories", "sample_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.jobs < 0 or self.gifs < 0:
@@ -122,7 +149,8 @@ def _prepare_data(cmp: WorldModelComparison) -> dict:
     """Write the trajectories once (before runs start in parallel) through the recipe's data module."""
     from seqmix.lightning_cli import run_lightning
 
-    cli = run_lightning(["--config", str(base_recipe("worldmodel")), *cmp.data_args(), "--trainer.logger=false"], run=False)
+    cli = run_lightning(["--config", str(base_recipe(_base_task(cmp.recipes))), *cmp.data_args(),
+                         "--trainer.logger=false"], run=False)
     cli.datamodule.prepare_data()
     return cli.datamodule.maze_spec()
 
@@ -166,7 +194,7 @@ def _run(name: str, seed: int, cmp: WorldModelComparison) -> dict:
 
     from seqmix.tasks.worldmodel_eval import memory_probe, retrieval, write_rollout_gif
 
-    args = ["--config", str(recipe_dir() / "worldmodel" / f"{name}.yaml")]
+    args = ["--config", str(cmp.recipe(name))]
     over = [f"--seed_everything={seed}", f"--model.init_args.seed={seed}", f"--data.init_args.seed={seed}",
             *cmp.data_args(), "--trainer.val_check_interval=null", "--trainer.check_val_every_n_epoch=1000000"]
     cli, train_s, metrics = _fit_recipe(args, over, cmp.max_steps)
@@ -253,7 +281,7 @@ def _markdown(summary: dict, records: list[dict], cmp: WorldModelComparison, com
     lines = [
         "# World-model comparison: retrieval on procedural mazes (CPU scale)", "",
         f"Command: `{command}`  ",
-        f"Every model: {cmp.max_steps} steps on the same trajectories ({r0['explore_frames']} exploration frames, then "
+        f"Every model: {r0['steps']} steps on the same trajectories ({r0['explore_frames']} exploration frames, then "
         f"{r0['return_frames']} frames walking them back), diffusion forcing + long-context training; retrieval on "
         f"{cmp.eval_trajectories} held-out trajectories: the exploration is the clean context, the return path is "
         f"generated from its actions ({cmp.sample_steps} DDIM steps per chunk) and scored against ground truth. "
