@@ -10,7 +10,8 @@ import pytest
 
 from seqmix import layers as L
 from seqmix.bench import validate
-from seqmix.bench.rollout import MODELS, RolloutBenchConfig, model_config
+from seqmix.backbones.wm_config import world_model_names
+from seqmix.bench.rollout import RolloutBenchConfig, model_config
 from seqmix.cli import main
 
 STAND_INS = {"blockwise_ssm": "mamba2", "frame_local_attn": "swa", "blockwise_ttt": "ttt_mlp"}
@@ -32,7 +33,7 @@ def test_quick_run_is_valid_and_records_every_model(docs):
     doc = validate(docs["plain"])
     assert doc["suite"] == "rollout"
     names = {r["extra"]["model"] for r in doc["records"]}
-    assert names == set(MODELS)
+    assert names == set(world_model_names(rollout=True))
     for r in doc["records"]:
         missing = [n for layer in model_config(RolloutBenchConfig.quick_config(), r["extra"]["model"])[0].mixers
                    for n, _ in layer] if r["status"] == "ok" else None

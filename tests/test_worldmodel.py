@@ -346,19 +346,54 @@ def test_bad_configs():
 def test_world_models_are_one_list_with_one_name_each():
     """WORLD_MODELS is the one list: the stack names, the recipes in recipes/worldmodel/, the rollout benchmark's
     models and its constant-state set derive from it; former names are refused with the current one."""
-    from seqmix.backbones.wm_config import STACKS, WORLD_MODELS, world_model
-    from seqmix.bench.rollout import CONSTANT, MODELS
+    from seqmix.backbones.wm_config import WORLD_MODELS, world_model, world_model_names
+    from seqmix.bench.rollout import RolloutBenchConfig
     from seqmix.compare.worldmodel import recipe_models
     from seqmix.utils.recipes import recipe_dir
 
-    names = [m.name for m in WORLD_MODELS]
-    assert len(set(names)) == len(names) and tuple(names) == STACKS and recipe_models() == names
+    names = world_model_names()
+    assert len(set(names)) == len(names) and names == [m.name for m in WORLD_MODELS] and recipe_models() == names
     assert sorted(p.stem for p in (recipe_dir() / "worldmodel").glob("*.yaml")) == sorted(names)
-    assert set(MODELS) <= set(names) and set(CONSTANT) <= set(MODELS)
-    assert all(world_model(m).constant_state for m in CONSTANT)
+    assert RolloutBenchConfig().models == world_model_names(rollout=True)
     for old, new in (("ours", "blockwise_ssm"), ("causal_window", "frame_local_attn")):
         with pytest.raises(ValueError, match=f"renamed: use '{new}'"):
             WorldModelConfig.preset("tiny", mixers=old)
     for m in WORLD_MODELS:  # every model builds from its layers
         stack = mixer_stack(m.name, 2, grid=(4, 4))
         assert [[n for n, _ in layer] for layer in stack] == [list(m.layers)] * 2
+        assert world_model(m.name) is m
+
+
+def test_a_new_world_model_is_one_entry_and_one_recipe(tmp_path, monkeypatch):
+    """Adding a world model: one WorldModelSpec entry (+ its recipe, the base recipe with its mixers) and every
+    consumer sees it: the stack builder, the comparison's model list and validation, the rollout benchmark's
+    defaults and the plan."""
+    import shutil
+
+    import seqmix.backbones.wm_config as W
+    import seqmix.compare.common as common
+    import seqmix.compare.worldmodel as CW
+    from seqmix.bench.rollout import RolloutBenchConfig, model_config
+    from seqmix.parallel.estimate import estimate
+    from seqmix.utils.recipes import recipe_dir
+
+    spec = W.WorldModelSpec("gdn_frame_local", ("gated_deltanet", "frame_local_attn"), True, True,
+                            "Gated DeltaNet over the token sequence + frame-local attention")
+    monkeypatch.setattr(W, "WORLD_MODELS", W.WORLD_MODELS + (spec,))
+    root = tmp_path / "recipes"
+    shutil.copytree(recipe_dir(), root)
+    text = (root / "worldmodel" / "frame_local_attn.yaml").read_text()
+    text = text.replace("- [[frame_local_attn,", "- [[gated_deltanet, {}], [frame_local_attn,")
+    text = text.replace("runs/worldmodel/frame_local_attn", "runs/worldmodel/gdn_frame_local")
+    (root / "worldmodel" / "gdn_frame_local.yaml").write_text(text)
+    for mod in (common, CW):
+        monkeypatch.setattr(mod, "recipe_dir", lambda: root)
+
+    assert [[n for n, _ in layer] for layer in W.mixer_stack("gdn_frame_local", 2, grid=(4, 4))] == \
+        [["gated_deltanet", "frame_local_attn"]] * 2
+    assert "gdn_frame_local" in CW.recipe_models()
+    cmp = CW.WorldModelComparison(models=["gdn_frame_local"])
+    cmp.validate()
+    assert "gdn_frame_local" in RolloutBenchConfig().models
+    assert model_config(RolloutBenchConfig.quick_config(), "gdn_frame_local")[0] is not None
+    assert estimate("worldmodel", gpus=8, strategy="fsdp", mixer="gdn_frame_local", durations=[10]).rows

@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["WorldModelConfig", "WorldModelSpec", "WORLD_MODELS", "mixer_stack", "world_model", "STACKS",
+__all__ = ["WorldModelConfig", "WorldModelSpec", "WORLD_MODELS", "mixer_stack", "world_model", "world_model_names",
            "SIZE_PRESETS"]
 
 
@@ -46,10 +46,14 @@ WORLD_MODELS: tuple[WorldModelSpec, ...] = (
     WorldModelSpec("mamba2_fla", ("mamba2", "frame_local_attn"), True, False,
                    "token-order Mamba2 + frame-local attention"),
 )
-#: Names of :data:`WORLD_MODELS` (the stack names :class:`WorldModelConfig` accepts), the paper's model first.
-STACKS = tuple(m.name for m in WORLD_MODELS)
 #: Former names, refused with the current one.
 _RENAMED = {"ours": "blockwise_ssm", "causal_window": "frame_local_attn"}
+
+
+def world_model_names(**where: bool) -> list[str]:
+    """Names of :data:`WORLD_MODELS` in its order (the paper's model first), read at call time; ``where`` filters
+    on the spec's flags, e.g. ``world_model_names(rollout=True, constant_state=True)``."""
+    return [m.name for m in WORLD_MODELS if all(getattr(m, k) == v for k, v in where.items())]
 
 
 def world_model(name: str) -> WorldModelSpec:
@@ -58,7 +62,7 @@ def world_model(name: str) -> WorldModelSpec:
         if m.name == name:
             return m
     hint = f" (renamed: use {_RENAMED[name]!r})" if name in _RENAMED else ""
-    raise ValueError(f"unknown world model {name!r}{hint}; valid: {', '.join(STACKS)}")
+    raise ValueError(f"unknown world model {name!r}{hint}; valid: {', '.join(world_model_names())}")
 
 
 #: Size presets (:meth:`WorldModelConfig.preset`). ``paper``: ~200M parameters with the ``blockwise_ssm`` model (the paper
@@ -92,7 +96,7 @@ def mixer_stack(kind: str, depth: int, *, blocks: list[tuple[int, int]] | None =
     :data:`WORLD_MODELS`): its layers, each with its config.
 
     Args:
-        kind: a name of :data:`STACKS`.
+        kind: a name of :data:`WORLD_MODELS`.
         depth: number of layers.
         blocks: block size ``(b_h, b_w)`` per layer for the block-wise mixers, cycled (default: from ``grid``).
         window_frames, chunk_frames: frame-local attention's ``k`` and ``c`` (paper: 10 and 5).
@@ -105,12 +109,12 @@ def mixer_stack(kind: str, depth: int, *, blocks: list[tuple[int, int]] | None =
     fla = {"window_frames": window_frames, **({"chunk_frames": chunk_frames} if chunk_frames else {}),
            **(attn_config or {})}
 
-    def config(name: str, blk: tuple[int, int]) -> dict:
+    def config(name: str, blk: tuple[int, int]) -> dict:  # another registry layer: its defaults
         return {"blockwise_ssm": lambda: {"block": blk, **(ssm_config or {})},
                 "blockwise_ttt": lambda: {"block": blk, **(ttt_config or {})},
                 "frame_local_attn": lambda: dict(fla),
                 "full_attn": lambda: dict(attn_config or {}),
-                "mamba2": lambda: dict(ssm_config or {})}[name]()
+                "mamba2": lambda: dict(ssm_config or {})}.get(name, dict)()
 
     return [[(name, config(name, tuple(blocks[i % len(blocks)]))) for name in spec.layers] for i in range(depth)]
 
@@ -128,7 +132,7 @@ class WorldModelConfig:
         patch_size: spatial patch p.
         channels: latent channels C (input and v-prediction output).
         mixers: per-layer mixer specs: one list per layer of ``(registry name, config dict)`` (or
-            ``{"name": ..., "config": ...}``) applied in order, or a stack name of :data:`STACKS` (then built with
+            ``{"name": ..., "config": ...}``) applied in order, or a name of :data:`WORLD_MODELS` (then built with
             :func:`mixer_stack` from ``blocks``, ``window_frames``, ``chunk_frames``). ``causal=True`` is added to
             every mixer that has a causal option, ``grid`` to every mixer whose config takes one.
         blocks, window_frames, chunk_frames: used when ``mixers`` is a stack name.

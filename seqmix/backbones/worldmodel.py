@@ -41,12 +41,13 @@ from torch.utils.checkpoint import checkpoint
 from seqmix import layers as L
 
 from .dit.blocks import FeedForward, TimestepEmbedding, timestep_features
-from .wm_config import SIZE_PRESETS, STACKS, WORLD_MODELS, WorldModelConfig, WorldModelSpec, mixer_stack, world_model
+from .wm_config import (SIZE_PRESETS, WORLD_MODELS, WorldModelConfig, WorldModelSpec, mixer_stack, world_model,
+                        world_model_names)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WorldModelConfig", "WorldModel", "WorldModelState", "mixer_stack", "STACKS", "SIZE_PRESETS",
-           "WORLD_MODELS", "WorldModelSpec", "world_model",
+__all__ = ["WorldModelConfig", "WorldModel", "WorldModelState", "mixer_stack", "SIZE_PRESETS",
+           "WORLD_MODELS", "WorldModelSpec", "world_model", "world_model_names",
            "state_nbytes"]
 
 

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqmix.backbones.wm_config import STACKS, world_model
+from seqmix.backbones.wm_config import world_model, world_model_names
 from seqmix.compare.common import _default_jobs, _fit_recipe, _map_runs, base_recipe, cost_estimate, recipe_dir, \
     recipe_overrides
 from seqmix.utils.plots import pyplot, save_figure
@@ -61,7 +61,7 @@ def recipe_models(recipes: str = "worldmodel") -> list[str]:
     with a recipe in the set ``recipes`` (``worldmodel``: every one; a test holds the lists equal)."""
     folder = recipe_dir() / recipes
     _base_task(recipes)
-    return [m for m in STACKS if (folder / f"{m}.yaml").is_file()]
+    return [m for m in world_model_names() if (folder / f"{m}.yaml").is_file()]
 
 
 @dataclass(kw_only=True)
@@ -341,7 +341,7 @@ def _plot(summary: dict, path: Path, k: int) -> Path | None:
         x = [(b["lo"] + b["hi"]) / 2 for b in bins]
         y = [b["mean"] for b in bins]
         err = [[b["mean"] - b["low"] for b in bins], [b["high"] - b["mean"] for b in bins]]
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=m, lw=2.2 if m == STACKS[0] else 1.2)
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=m, lw=2.2 if m == world_model_names()[0] else 1.2)
     ax.axvline(k, color="k", ls="--", lw=1)
     ax.text(k, ax.get_ylim()[1], f" frame-local window k={k}", va="top", fontsize=8)
     ax.set_xlabel("frames since the place was last seen (bin centre)")

@@ -76,7 +76,7 @@ class WorldModelTask(pl.LightningModule):
     """Train / evaluate a :class:`WorldModel` with diffusion forcing and long-context training.
 
     Args:
-        model: the backbone's config (``mixers``: a stack name of :data:`~seqmix.backbones.wm_config.STACKS` or
+        model: the backbone's config (``mixers``: a world model name of :data:`~seqmix.backbones.wm_config.WORLD_MODELS` or
             per-layer specs). ``channels``, ``grid * patch_size`` and ``num_actions`` must fit the data.
         schedule: diffusion noise schedule (v-prediction; the project's default).
         long_context_prob: probability of the clean-prefix scheme per example (paper: 0.5; 0 = plain diffusion
