@@ -16,7 +16,9 @@ embedding only. Every mixer is causal (token- or frame-causal), so outputs of fr
 the model can roll out frame by frame: :meth:`WorldModel.step` carries each mixer's state (``state=`` /
 ``return_state=True`` of the layer contract); the result equals one teacher-forced pass. Sampling
 (:mod:`seqmix.backbones.wm_rollout`) encodes clean context frames (noise level 0) into the state, then denoises each
-new frame with the project's DDIM sampler while the state stays fixed, and commits the clean frame.
+new frame with the project's DDIM sampler while the state stays fixed, and commits the clean frame. The settings,
+size presets and the list of world models (:data:`~seqmix.backbones.wm_config.WORLD_MODELS`) live in
+:mod:`seqmix.backbones.wm_config`; this module holds the network and its state.
 
 Parameters (D width, E conditioning width, M mixers in a layer, r MLP ratio, C channels, p patch, A discrete
 actions or a continuous action width): patchify ``D (C p^2 + 1)``; noise-level MLP ``2 E (E + 1)``; actions ``A E``
