@@ -94,15 +94,15 @@ class _Recorder(Mixer):
 
 
 def test_layout_reaches_only_mixers_that_take_it():
-    model = SegmentedDiT(DiTConfig(**TINY, mixer="ttt_linear", mixer_config={"mini_batch_size": 4}))
+    model = SegmentedDiT(DiTConfig(**TINY, mixer="gated_deltanet", mixer_config={}))
     plan = model._plan(LAY, torch.device("cpu"))
     D = model.config.inner_dim
     txt, vid = torch.randn(1, LAY.text_tokens, D), torch.randn(1, LAY.video_tokens, D)
     rec = GlobalLayer(_Recorder(D), D, 0.1, use_positions=False)
     rec(vid, txt, plan)
     assert rec.mixer.seen == [LAY.token_spans()] * 2
-    assert not layers.mixer_class("ttt_linear").takes_layout
-    model.transformer_blocks[0].global_layer(vid, txt, plan)  # TTT rejects a layout: it got none
+    assert not layers.mixer_class("gated_deltanet").takes_layout
+    model.transformer_blocks[0].global_layer(vid, txt, plan)  # Gated DeltaNet rejects a layout: it got none
 
 
 def _perturbed(unit: str, pass_: str, frame: int, mixer: str = "lact") -> tuple[torch.Tensor, torch.Tensor]:
