@@ -65,8 +65,9 @@ def world_model(name: str) -> WorldModelSpec:
     raise ValueError(f"unknown world model {name!r}{hint}; valid: {', '.join(world_model_names())}")
 
 
-#: Size presets (:meth:`WorldModelConfig.preset`). ``paper``: ~200M parameters with the ``blockwise_ssm`` model (the paper
-#: matches every compared model at ~200M); grid / channels are an assumption (8 x 8 latent patches of 16 channels).
+#: Size presets (:meth:`WorldModelConfig.preset`). ``paper``: ~200M parameters with the ``blockwise_ssm`` model
+#: (the paper matches every compared model at ~200M); grid / channels are an assumption (8 x 8 latent patches of 16
+#: channels).
 SIZE_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(dim=32, depth=2, heads=2, cond_dim=32, grid=(2, 2), patch_size=1, channels=4, window_frames=2,
                  chunk_frames=None),

@@ -22,7 +22,9 @@ Row-wise rates (non-causal form only): ``eta`` may also be ``[B, H, T, N]``, the
 tokens ``j`` of its mini-batch, ``E[i, j] = eta[i, j] / N``; each token is then read out with its own weights (dual
 form) and the state after the mini-batch uses the last row. This is the public ttt-video-dit code's arithmetic,
 which computes the rates on mini-batches of its storage order and reorders only the rows (see
-:class:`seqmix.layers.ttt.TTTConfig` ``eta_order``); ``T`` must then be a multiple of ``N``. The scans return the raw read-out ``z_i = f_{W_i}(q_i)``; the layer adds ``q + LN(z)``.
+:class:`seqmix.layers.ttt.TTTConfig` ``eta_order``); ``T`` must then be a multiple of ``N``.
+
+The scans return the raw read-out ``z_i = f_{W_i}(q_i)``; the layer adds ``q + LN(z)``.
 
 Shapes (legend): B batch, H heads, T tokens, K head dim, F inner width (``K`` for TTT-Linear, ``4K`` for
 TTT-MLP), N tokens in a mini-batch. Inputs are ``[B, H, T, K]``; ``eta`` is ``[B, H, T]``; the per-head LN
