@@ -5,7 +5,8 @@ every generated frame's PSNR / SSIM is binned by the distance in frames to the l
 
 Every run is a model recipe of a recipe set (``recipes/<set>/<model>.yaml``: the set's base recipe
 ``recipes/base/<set with / as ->.yaml`` with only the model's mixers and MLP width changed, :func:`model_overrides`;
-sets: ``worldmodel``, the default, and ``worldmodel/memory``, the memory study) trained through the same LightningCLI path as ``seqmix fit``
+sets: ``worldmodel``, the default, and ``worldmodel/memory``, the memory study) trained through the same
+LightningCLI path as ``seqmix fit``
 with only the budget, the seed and the data directory overridden; ``S`` seeds per model (model init, noise draws
 and data order; the trajectories are the same for all). Output: ``results.md`` (table: mean and interval over seeds
 per metric, :func:`seqmix.utils.stats.summarize`), ``results.json`` (every run, every frame's scores), ``results.png``
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["WorldModelComparison", "run_worldmodel_comparison", "model_overrides", "recipe_models", "MODEL_KEYS"]
 
-#: Keys (dotted) a model recipe may change relative to ``recipes/base/worldmodel.yaml``.
+#: Keys (dotted) a model recipe may change relative to its set's base recipe.
 MODEL_KEYS = ("model.init_args.model.mixers", "model.init_args.model.mlp_ratio", "trainer.default_root_dir")
 #: Recipe sets: folders under ``recipes/`` of model recipes (each on its base ``recipes/base/<set, / as ->.yaml``).
 RECIPE_SETS = ("worldmodel", "worldmodel/memory")
