@@ -121,3 +121,31 @@ def test_comparison_run_interrupted_then_resumed_equals_uninterrupted(tmp_path, 
     assert resumed["curve"] == full["curve"] and full["curve"]["steps"] == [0, 2, 4, 6]
     assert resumed["metrics"] == full["metrics"]
     assert resumed["train_seconds"] > 0
+
+
+def test_mqar_sweep_run_interrupted_then_resumed_equals_uninterrupted(tmp_path, monkeypatch):
+    """The same for an MQAR sweep run (checkpoint folder keyed by its grid point)."""
+    import lightning as pl
+
+    import seqmix.compare.mqar as M
+
+    sweep = M.MQARSweep(layers=["full_attn"], widths=[32], out=str(tmp_path / "a"), max_steps=6, num_train=512,
+                        curve_points=3, curve_batches=1, checkpoint_every=2, jobs=1)
+    run = ("full_attn", 32, 3e-3, {}, 0)
+    full = M._run_one(*run, sweep)
+
+    class Stop(pl.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            if trainer.global_step == 5:
+                raise _Interrupt
+
+    fit = M._fit_recipe
+    monkeypatch.setattr(M, "_fit_recipe", lambda *a, **k: fit(*a, **{**k, "callbacks": (*k["callbacks"], Stop())}))
+    cut = dataclasses.replace(sweep, out=str(tmp_path / "b"))
+    with pytest.raises(_Interrupt):
+        M._run_one(*run, cut)
+    assert (M._checkpoints(cut, "full_attn", M._run_args(*run, cut)) / "last.ckpt").is_file()
+    monkeypatch.setattr(M, "_fit_recipe", fit)
+    resumed = M._run_one(*run, dataclasses.replace(cut, resume=True))
+    assert resumed["steps"] == full["steps"] == 6 and resumed["curve"] == full["curve"]
+    assert (resumed["val_acc"], resumed["val_loss"]) == (full["val_acc"], full["val_loss"])

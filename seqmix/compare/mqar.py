@@ -4,16 +4,18 @@ the same data and budget; the best setting per (layer, width) is the one with th
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from seqmix.compare.common import RunLog, _check_layers, _default_jobs, _fit_recipe, _map_runs, base_recipe, \
-    curve_matches, layer_args, token_mixers
+    curve_matches, layer_args, portable_args, token_mixers
 from seqmix.compare.curves import LearningCurve, mqar_accuracy, plot_curves
 from seqmix.compare.knobs import knob_args, knob_grid, parse_knobs
 from seqmix.compare.seeds import aggregate, interval_note, parse_seeds, ranking, seed_args, summary_of
@@ -53,7 +55,10 @@ class MQARSweep:
         curve_points: learning-curve evaluations after step 0 (0: no curve), evenly spaced.
         curve_batches: validation batches each learning-curve evaluation uses (the first ones).
         resume: reuse the finished runs of an interrupted call with the same ``out`` (its ``runs.jsonl``, matched by
-            their recipe arguments, steps and curve settings; not by the code, so only for the same checkout).
+            their recipe arguments, steps and curve settings; not by the code, so only for the same checkout) and
+            continue an interrupted run from its last checkpoint (exactly).
+        checkpoint_every: steps between a run's checkpoints (``out/checkpoints/<run>/last.ckpt``, removed once the
+            run is logged; 0: none, an interrupted run starts again).
         jobs: runs trained at once in separate processes, each with ``cpu_count // jobs`` threads. 0 = auto: one
             per CPU core when no GPU is visible (small models use two single-threaded processes better than one
             two-threaded one: ~1.3x the throughput on a 2-core CPU), else 1.
@@ -74,6 +79,7 @@ class MQARSweep:
     curve_points: int = 8
     curve_batches: int = 4
     resume: bool = False
+    checkpoint_every: int = 200
     jobs: int = 0
     out: str = "runs/compare-mqar"
 
@@ -109,6 +115,8 @@ class MQARSweep:
             raise ValueError(f"widths must be positive ints, got {self.widths}")
         if not self.lrs or min(self.lrs) <= 0:
             raise ValueError(f"lrs must be positive, got {self.lrs}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0 (0 = no checkpoints), got {self.checkpoint_every}")
         if self.jobs < 0:
             raise ValueError(f"jobs must be >= 0 (0 = auto), got {self.jobs}")
         if self.curve_points < 0 or self.curve_batches < 1:
@@ -137,12 +145,21 @@ def _run_args(layer: str, width: int, lr: float, knobs: dict, seed: int, sweep: 
                 f"--model.init_args.model.vocab_size={sweep.vocab_size}"] if sweep.vocab_size else []))
 
 
+def _checkpoints(sweep: MQARSweep, layer: str, run_args: list[str]) -> Path:
+    """The checkpoint folder of one run: the layer and a digest of its portable recipe arguments (a run is a point
+    of the grid: width, lr, knobs, seed)."""
+    digest = hashlib.sha1(json.dumps(portable_args(run_args)).encode()).hexdigest()[:12]
+    return Path(sweep.out) / "checkpoints" / f"{layer}-{digest}"
+
+
 def _run_one(layer: str, width: int, lr: float, knobs: dict, seed: int, sweep: MQARSweep) -> dict:
     import torch
 
     run_args = _run_args(layer, width, lr, knobs, seed, sweep)
     curve = LearningCurve(mqar_accuracy, sweep.curve_points, sweep.curve_batches) if sweep.curve_points else None
-    cli, train_s, metrics = _fit_recipe(run_args, [], sweep.max_steps, callbacks=(curve,) if curve else ())
+    cli, train_s, metrics = _fit_recipe(run_args, [], sweep.max_steps, callbacks=(curve,) if curve else (),
+                                        checkpoints=_checkpoints(sweep, layer, run_args),
+                                        checkpoint_every=sweep.checkpoint_every, resume=sweep.resume)
     model, dm, trainer = cli.model, cli.datamodule, cli.trainer
     lm = model.lm
     return {
@@ -275,6 +292,7 @@ def run_mqar_sweep(sweep: MQARSweep, progress: bool = True) -> dict:
     def done(rec: dict) -> None:
         records.append(rec)
         log.append(rec)
+        shutil.rmtree(_checkpoints(sweep, rec["layer"], rec["args"]), ignore_errors=True)  # the record is safe now
         logger.info("%s d=%d lr=%g %s seed %d: acc %.3f", rec["layer"], rec["width"], rec["lr"],
                     _knob_text(rec["knobs"]), rec["seed"], rec["val_acc"])
 
