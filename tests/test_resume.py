@@ -31,7 +31,8 @@ def _task_args(task: str, tmp_path: Path) -> tuple[list[str], int, int]:
                  "--data.init_args.num_val=4", "--data.init_args.batch_size=4", "--model.init_args.warmup_steps=2"],
                 10, 4)
     if task == "worldmodel":  # 6 batches per epoch
-        return ([f"--config={ROOT / 'recipes/worldmodel/frame_local_attn.yaml'}", f"--data.init_args.path={tmp_path / 'd'}",
+        return ([f"--config={ROOT / 'recipes/worldmodel/frame_local_attn.yaml'}",
+                 f"--data.init_args.path={tmp_path / 'd'}",
                  "--data.init_args.generate.explore_frames=8", "--data.init_args.generate.return_frames=4",
                  "--data.init_args.num_trajectories=14", "--data.init_args.val_trajectories=2",
                  "--data.init_args.batch_size=2"], 8, 3)
@@ -92,25 +93,31 @@ class _Interrupt(Exception):
     pass
 
 
-def test_comparison_run_interrupted_then_resumed_equals_uninterrupted(tmp_path, monkeypatch):
-    """A comparison run stopped after its step-4 checkpoint and continued with ``resume`` ends with the metrics,
-    learning curve and step count of the uninterrupted run (the curve's points and the wall clock are carried in
-    the checkpoint), and the finished run's checkpoint folder is what the comparison removes once it is logged."""
+def _interrupt_after_step_4(module, monkeypatch):
+    """Make ``module._fit_recipe`` stop its run after the step-4 checkpoint (as a kill would); returns the original."""
     import lightning as pl
-
-    import seqmix.compare.video as V
-
-    cmp = V.VideoComparison(layers=["ttt_linear"], out=str(tmp_path / "a"), max_steps=6, num_train=32, samples=0,
-                            curve_points=3, curve_batches=1, checkpoint_every=2, jobs=1)
-    full = V._video_run("ttt_linear", 0, cmp)
 
     class Stop(pl.Callback):
         def on_train_batch_start(self, trainer, *args):
             if trainer.global_step == 5:
                 raise _Interrupt
 
-    fit = V._fit_recipe
-    monkeypatch.setattr(V, "_fit_recipe", lambda *a, **k: fit(*a, **{**k, "callbacks": (*k["callbacks"], Stop())}))
+    fit = module._fit_recipe
+    monkeypatch.setattr(module, "_fit_recipe", lambda *a, **k: fit(*a, **{**k, "callbacks": (*k["callbacks"], Stop())}))
+    return fit
+
+
+def test_comparison_run_interrupted_then_resumed_equals_uninterrupted(tmp_path, monkeypatch):
+    """A comparison run stopped after its step-4 checkpoint and continued with ``resume`` ends with the metrics,
+    learning curve and step count of the uninterrupted run (the curve's points and the wall clock are carried in
+    the checkpoint), and the finished run's checkpoint folder is what the comparison removes once it is logged."""
+    import seqmix.compare.video as V
+
+    cmp = V.VideoComparison(layers=["ttt_linear"], out=str(tmp_path / "a"), max_steps=6, num_train=32, samples=0,
+                            curve_points=3, curve_batches=1, checkpoint_every=2, jobs=1)
+    full = V._video_run("ttt_linear", 0, cmp)
+
+    fit = _interrupt_after_step_4(V, monkeypatch)
     cut = dataclasses.replace(cmp, out=str(tmp_path / "b"))
     with pytest.raises(_Interrupt):
         V._video_run("ttt_linear", 0, cut)
@@ -125,8 +132,6 @@ def test_comparison_run_interrupted_then_resumed_equals_uninterrupted(tmp_path, 
 
 def test_mqar_sweep_run_interrupted_then_resumed_equals_uninterrupted(tmp_path, monkeypatch):
     """The same for an MQAR sweep run (checkpoint folder keyed by its grid point)."""
-    import lightning as pl
-
     import seqmix.compare.mqar as M
 
     sweep = M.MQARSweep(layers=["full_attn"], widths=[32], out=str(tmp_path / "a"), max_steps=6, num_train=512,
@@ -134,13 +139,7 @@ def test_mqar_sweep_run_interrupted_then_resumed_equals_uninterrupted(tmp_path, 
     run = ("full_attn", 32, 3e-3, {}, 0)
     full = M._run_one(*run, sweep)
 
-    class Stop(pl.Callback):
-        def on_train_batch_start(self, trainer, *args):
-            if trainer.global_step == 5:
-                raise _Interrupt
-
-    fit = M._fit_recipe
-    monkeypatch.setattr(M, "_fit_recipe", lambda *a, **k: fit(*a, **{**k, "callbacks": (*k["callbacks"], Stop())}))
+    fit = _interrupt_after_step_4(M, monkeypatch)
     cut = dataclasses.replace(sweep, out=str(tmp_path / "b"))
     with pytest.raises(_Interrupt):
         M._run_one(*run, cut)
