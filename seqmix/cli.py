@@ -76,7 +76,7 @@ def list_layers(dim: int = 256, num_heads: int = 4, seq_len: int = 1024) -> None
         # Fields without a default (a frame layer's grid / block) come from the layer's small test configuration.
         required = {f.name for f in dataclasses.fields(L.config_class(name)) if f.default is dataclasses.MISSING
                     and f.default_factory is dataclasses.MISSING}
-        given = {k: v for k, v in L.mixer_class(name).small_config.items() if k in required}
+        given = {k: v for k, v in L.mixer_class(name).Tooling.small_config.items() if k in required}
         if given:
             fields = ", ".join([*(f"{k}={v!r} (example)" for k, v in given.items()), fields])
         try:

@@ -26,7 +26,7 @@ def causal_overrides(name: str) -> dict | None:
 
 def make(name: str, dtype=torch.float32, seed: int = 0, **over) -> layers.Mixer:
     torch.manual_seed(seed)
-    cfg = {**layers.mixer_class(name).small_config, **over}
+    cfg = {**layers.mixer_class(name).Tooling.small_config, **over}
     return layers.build(name, dim=DIM, num_heads=HEADS, **cfg).to(dtype)
 
 
@@ -121,7 +121,7 @@ def check_bad_inputs(name: str, layer: layers.Mixer) -> None:
         layers.build(name, dim=DIM, num_heads=HEADS, not_a_key=1)
     with pytest.raises(ValueError, match="backend"):
         # on top of the small config: a mixer may have required fields (e.g. a frame grid)
-        layers.build(name, dim=DIM, num_heads=HEADS, **{**layers.mixer_class(name).small_config,
+        layers.build(name, dim=DIM, num_heads=HEADS, **{**layers.mixer_class(name).Tooling.small_config,
                                                          "backend": "no-such-backend"})
 
 

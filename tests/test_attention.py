@@ -263,7 +263,7 @@ def test_state_size():
     local = layers.build("local_attn", dim=DIM, num_heads=HEADS, window=16)
     assert local.state_size(100) == local.state_size() == 2 * H * K * 16 and local.state_size(5) == 2 * H * K * 5
     assert layers.build("identity", dim=DIM).state_size(100) == 0
-    assert swa.state_knob == local.state_knob == "window" and swa.param_knob == "head_dim"
+    assert swa.Tooling.state_knob == local.Tooling.state_knob == "window" and swa.Tooling.param_knob == "head_dim"
     with pytest.raises(ValueError, match="seq_len"):
         swa.state_size(-1)
 

@@ -87,7 +87,7 @@ def test_dit_quick_validates_and_reports_ratios(dit_doc):
 
 # ------------------------------------------------------------------------------------------------ cost model
 def _layer(name: str, **over) -> L.Mixer:
-    cfg = {**L.mixer_class(name).bench_config, **over}
+    cfg = {**L.mixer_class(name).Tooling.bench_config, **over}
     return L.build(name, dim=256, num_heads=4, **cfg)
 
 

@@ -67,7 +67,7 @@ def test_layer_sizes_come_from_the_mixer_class_with_run_overrides_on_top():
     from seqmix import layers as L
     from seqmix.bench.driver import mixer_bench_config
 
-    assert mixer_bench_config("swa", "bench", {}) == L.mixer_class("swa").bench_config == {"window": 1024}
+    assert mixer_bench_config("swa", "bench", {}) == L.mixer_class("swa").Tooling.bench_config == {"window": 1024}
     assert mixer_bench_config("swa", "quick", {"swa": {"window": 5}}) == {"window": 5}
     assert mixer_bench_config("ttt_mlp", "defaults", {}) == {}
     assert mixer_bench_config("ttt_mlp", "paper", {}) == {"scan_checkpoint_group": 16}

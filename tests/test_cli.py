@@ -87,7 +87,7 @@ def test_layers_table_shows_params_and_state_at_a_width(capsys):
     for name in layers.available():
         cls = layers.mixer_class(name)
         no_default = {f.name for f in dataclasses.fields(cls.Config) if f.default is dataclasses.MISSING}
-        required = {k: v for k, v in cls.small_config.items() if k in no_default}  # a frame layer's grid, block
+        required = {k: v for k, v in cls.Tooling.small_config.items() if k in no_default}  # a frame layer's grid, block
         layer = layers.build(name, dim=64, num_heads=2, **required)
         params = sum(p.numel() for p in layer.parameters())
         assert rows[name][1:3] == [f"{params:,}", f"{layer.state_size(100):,}"], name

@@ -71,7 +71,7 @@ def test_curve_band_mean_and_interval_per_step():
 def test_knob_grid_and_arguments():
     from seqmix import layers as L
 
-    assert L.mixer_class("full_attn").sweep_knobs == {}  # none unless declared
+    assert L.mixer_class("full_attn").Tooling.sweep_knobs == {}  # none unless declared
     assert knob_grid("full_attn", "declared") == [{}]
     grid = knob_grid("ttt_linear", "declared")
     assert len(grid) == 4 and {"base_lr": 0.1, "mini_batch_size": 32} in grid

@@ -40,13 +40,33 @@ def test_contributing_table_names_every_class_declaration():
     from seqmix.layers.base import Mixer
 
     text = (ROOT / "CONTRIBUTING.md").read_text()
-    table = text[text.index("### What the class may declare"):]
-    table = table[: table.index("\n\n", table.index("|"))]
-    hints = typing.get_type_hints(Mixer, include_extras=False)
-    declared = {n for n, t in hints.items() if typing.get_origin(t) is typing.ClassVar}
+    section = text[text.index("### What the class may declare"):]
+    first = section[: section.index("\n\n", section.index("|"))]
+    start = section.index("| `Tooling.` attribute")
+    tooling = section[start: section.index("\n\n", start)]
+
+    def class_vars(cls) -> set[str]:
+        hints = typing.get_type_hints(cls, include_extras=False)
+        return {n for n, t in hints.items() if typing.get_origin(t) is typing.ClassVar}
+
     internal = {"name", "Config", "backends"}  # set by register() / derived from backend_table
-    missing = sorted(n for n in declared - internal if f"`{n}" not in table)
-    assert not missing, f"CONTRIBUTING.md's table lacks {missing}"
+    missing = sorted(n for n in class_vars(Mixer) - internal if f"`{n}" not in first)
+    missing += sorted(f"Tooling.{n}" for n in class_vars(Mixer.Tooling) if f"`{n}`" not in tooling)
+    assert not missing, f"CONTRIBUTING.md's tables lack {missing}"
+
+
+def test_a_tooling_block_must_extend_its_parents():
+    """A mixer's nested Tooling derives from its parent class's, so undeclared fields are inherited; one that
+    does not is refused when the class is defined, with the line to write."""
+    from seqmix.layers import Mixer
+    from seqmix.layers.ttt import TTTMLP
+
+    assert TTTMLP.Tooling.gates == ("tests/test_ttt.py",)  # inherited from the TTT base's Tooling
+    assert "tp" in TTTMLP.Tooling.backend_gates and "tp" not in layers.mixer_class("ttt_linear").Tooling.backend_gates
+    with pytest.raises(TypeError, match=r"class Tooling\(TTTMLP.Tooling\)"):
+        class _Bad(TTTMLP):
+            class Tooling(Mixer.Tooling):
+                small_config = {}
 
 
 _REF = re.compile(r"^- (?P<names>[\w /]+), (?P<form>\w+): (?P<ref>.+); (?P<test>tests/[\w/]+\.py::\w+)$")

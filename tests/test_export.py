@@ -21,7 +21,7 @@ DYNAMIC = ("full_attn", "swa", "local_attn", "frame_local_attn", "identity")
 def _layer(name: str) -> tuple[torch.nn.Module, int]:
     """``(layer in eval mode, tokens per frame)`` built small (frame layers get their small grid)."""
     cls = L.mixer_class(name)
-    given = dict(cls.small_config)
+    given = dict(cls.Tooling.small_config)
     grid = given.get("grid")
     torch.manual_seed(0)
     return L.build(name, dim=32, num_heads=2, **given).eval(), (grid[0] * grid[1] if grid else 1)

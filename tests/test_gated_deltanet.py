@@ -280,7 +280,7 @@ def test_state_and_param_count():
     # the sizing knob grows both monotonically
     small = layers.build("gated_deltanet", dim=D, num_heads=H, head_dim=8)
     big = layers.build("gated_deltanet", dim=D, num_heads=H, head_dim=16)
-    assert GatedDeltaNet.state_knob == GatedDeltaNet.param_knob == "head_dim"
+    assert GatedDeltaNet.Tooling.state_knob == GatedDeltaNet.Tooling.param_knob == "head_dim"
     assert small.state_size() < big.state_size()
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in big.parameters())
     nc = layers.build("gated_deltanet", dim=D, num_heads=H, head_dim=K, expand_v=ev, use_short_conv=False)

@@ -68,7 +68,7 @@ def _cases() -> list:
 def _config(name: str, form: str) -> dict:
     # the class's kernel sizes over its small config (smaller than some kernels' tiles)
     cls = layers.mixer_class(name)
-    cfg = {**cls.small_config, **cls.kernel_test_config}
+    cfg = {**cls.Tooling.small_config, **cls.Tooling.kernel_test_config}
     if form in ("causal", "video_causal"):
         cfg["causal"] = True
     if form == "video_causal":

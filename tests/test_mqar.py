@@ -100,7 +100,7 @@ def test_bad_settings_fail_clearly(kw, msg):
 @pytest.mark.parametrize("name", layers.sequence_mixers())
 def test_lm_with_every_layer_is_causal(name):
     torch.manual_seed(0)
-    cfg = dict(layers.mixer_class(name).small_config)
+    cfg = dict(layers.mixer_class(name).Tooling.small_config)
     lm = MixerLM(LMConfig(vocab_size=50, dim=C.DIM, num_layers=2, num_heads=C.HEADS, mixer=name,
                           mixer_config=cfg, max_len=64)).double()
     x = torch.randint(0, 50, (2, 19))
@@ -143,7 +143,7 @@ def test_lm_chunked_inference_with_state_equals_full_pass():
 @pytest.mark.parametrize("mixer", [["full_attn", "mamba2"], ["ttt_linear", "gated_deltanet"]], ids="+".join)
 def test_short_conv_is_causal_and_carries_state(mixer):
     torch.manual_seed(0)
-    cfgs = [dict(layers.mixer_class(m).small_config) for m in mixer]
+    cfgs = [dict(layers.mixer_class(m).Tooling.small_config) for m in mixer]
     lm = MixerLM(LMConfig(vocab_size=30, dim=C.DIM, num_layers=2, num_heads=C.HEADS, mixer=mixer, mixer_config=cfgs,
                           short_conv=4, max_len=32)).double()
     with torch.no_grad():  # zero-initialised taps would make every check below trivial

@@ -31,7 +31,7 @@ PROFILE = settings(max_examples=15, deadline=None, derandomize=True, database=No
 
 @st.composite
 def cases(draw, name: str) -> dict:
-    cfg = dict(layers.mixer_class(name).small_config)
+    cfg = dict(layers.mixer_class(name).Tooling.small_config)
     defaults = {f.name: f.default for f in dataclasses.fields(layers.config_class(name))}
     for knob in _CHUNK_KNOBS:
         if knob in defaults:

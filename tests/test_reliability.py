@@ -33,7 +33,7 @@ _HEAD_WIDTH_KNOBS = ("head_dim", "headdim")
 @pytest.mark.parametrize("heads", [1, 2, 4])
 def test_num_heads_is_the_head_count(name, heads):
     """Every layer honours ``num_heads`` (its own head-width knob, if any, follows from it unless given)."""
-    cfg = {k: v for k, v in layers.mixer_class(name).small_config.items() if k not in _HEAD_WIDTH_KNOBS}
+    cfg = {k: v for k, v in layers.mixer_class(name).Tooling.small_config.items() if k not in _HEAD_WIDTH_KNOBS}
     layer = layers.build(name, dim=C.DIM, num_heads=heads, **cfg)
     assert layer.num_heads == heads
     for attr in ("nheads",):

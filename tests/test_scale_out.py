@@ -31,7 +31,9 @@ from seqmix.utils.testing import assert_close
 TINY = dict(num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=4, text_embed_dim=16,
             time_embed_dim=16, num_layers=2, patch_size=2)
 MIXERS = {"ttt_mlp": {"mini_batch_size": 8, "mlp_expansion": 2}, "gated_deltanet": {"head_dim": 16, "expand_v": 1.0},
-          "mamba2": {"d_state": 8, "expand": 2, "chunk_size": 8}, "full_attn": {}, "swa": {"window": 24}}
+          "mamba2": {"d_state": 8, "expand": 2, "chunk_size": 8}, "full_attn": {}, "swa": {"window": 24},
+          # B / C of two groups: split by group at tp=2, one group shared by two ranks at tp=4
+          "mamba2@groups2": {"d_state": 8, "expand": 2, "chunk_size": 8, "ngroups": 2, "bias": True}}
 LAYOUT = dict(text_len=2, latent_height=2, latent_width=4, patch_size=2)
 FRAMES = 25  # two 3 s segments sharing one frame: T = 2 x 2 + 25 x 2 = 54 tokens
 BATCH, STEPS, TOL = 4, 2, 1e-4
@@ -45,7 +47,7 @@ def _free_port() -> int:
 
 def _model(mixer: str, seed: int = 0) -> SegmentedDiT:
     torch.manual_seed(seed)
-    m = SegmentedDiT(DiTConfig(**TINY, mixer=mixer, mixer_config=MIXERS[mixer])).double()
+    m = SegmentedDiT(DiTConfig(**TINY, mixer=mixer.partition("@")[0], mixer_config=MIXERS[mixer])).double()
     with torch.no_grad():  # non-trivial gates and norms, so every path carries gradient
         for p in m.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -122,7 +124,7 @@ def _job(mixer: str, dp: int, tp: int):
     mesh = make_mesh(dp, tp)
     rep = parallelize(par, mesh, activation_checkpointing=True)
     if tp > 1:
-        assert len(rep.head_sharded) == TINY["num_layers"] * (1 if mixer == "mamba2" else 2), rep
+        assert (len(rep.head_sharded), len(rep.replicated)) == (TINY["num_layers"] * 2, 0), rep
     rank, per = mesh["data_parallel"].get_local_rank(), BATCH // dp
     part = slice(rank * per, (rank + 1) * per)
     par_losses = _train(par, _optim(par), STEPS, part, mesh["data_parallel"].get_group(), dp)
@@ -151,7 +153,7 @@ def _bf16_job(dp: int):
 
 
 def _wm_job(dp: int, tp: int):
-    """The world-model backbone (block-wise SSM, run whole, + frame-local attention, split by heads)."""
+    """The world-model backbone (block-wise SSM + frame-local attention, both split by heads)."""
     from seqmix.backbones.wm_config import WorldModelConfig
     from seqmix.backbones.worldmodel import WorldModel
     from seqmix.parallel.plan import make_mesh, parallelize
@@ -173,7 +175,7 @@ def _wm_job(dp: int, tp: int):
     ref_loss = step(ref, slice(None))
     mesh = make_mesh(dp, tp)
     rep = parallelize(par, mesh, activation_checkpointing=True)
-    assert tp == 1 or (len(rep.head_sharded), len(rep.replicated)) == (2, 2), rep
+    assert tp == 1 or (len(rep.head_sharded), len(rep.replicated)) == (4, 0), rep  # the SSM's inner Mamba2 too
     rank, per = mesh["data_parallel"].get_local_rank(), BATCH // dp
     loss = step(par, slice(rank * per, (rank + 1) * per))
     if dp > 1:
@@ -262,7 +264,8 @@ def test_two_processes_fsdp_tp_and_checkpoint_save_then_four_processes_resume(tm
     jobs2 = [("job", m, 2, 1) for m in ("ttt_mlp", "gated_deltanet")] + [("job", m, 1, 2) for m in MIXERS]
     jobs2 += [("wm", 1, 2), ("wm", 2, 1), ("save", str(tmp_path / "ckpt"))]
     _spawn(2, jobs2)
-    jobs4 = [("job", m, 2, 2) for m in MIXERS] + [("job", "ttt_mlp", 1, 4), ("resume", str(tmp_path / "ckpt"), 2, 2)]
+    jobs4 = [("job", m, 2, 2) for m in MIXERS] + [("job", m, 1, 4) for m in ("ttt_mlp", "mamba2@groups2")]
+    jobs4 += [("resume", str(tmp_path / "ckpt"), 2, 2)]
     _spawn(4, jobs4)
 
 
@@ -449,7 +452,7 @@ def test_every_declared_head_split_names_real_head_major_parameters(name):
     """A mixer's head_shard_spec (declared on its class) resolves: parameters exist, their split dimension and
     the head attributes count whole heads; wrappers name an inner layer only when it has a spec of its own."""
     cls = layers.mixer_class(name)
-    layer = layers.build(name, dim=32, num_heads=2, **cls.small_config)
+    layer = layers.build(name, dim=32, num_heads=2, **cls.Tooling.small_config)
     spec = layer.head_shard_spec()
     inner = layer.head_shard_inner()
     if spec is None:
@@ -463,3 +466,8 @@ def test_every_declared_head_split_names_real_head_major_parameters(name):
         layer.get_submodule(mname)
     for a in spec.head_attrs:
         assert getattr(layer, a) % layer.num_heads == 0, a
+    for pname, (dim, pieces) in spec.segments.items():  # the pieces tile the dimension; the ranks' rows cover it
+        assert sum(n for n, _ in pieces) == layer.get_parameter(pname).shape[dim], pname
+        P = layer.num_heads
+        rows = [r for rank in range(P) for r in spec.local_rows(pname, rank, P)]
+        assert set(rows) == set(range(layer.get_parameter(pname).shape[dim])), pname

@@ -6,7 +6,7 @@ from seqmix import layers
 from seqmix.layers.sizing import count, match_size
 
 
-@pytest.mark.parametrize("name", [n for n in layers.sequence_mixers() if layers.build(n, 64, 2).state_knob])
+@pytest.mark.parametrize("name", [n for n in layers.sequence_mixers() if layers.mixer_class(n).Tooling.state_knob])
 def test_match_state_of_ttt_mlp(name):
     target = layers.build("ttt_mlp", dim=64, num_heads=2).state_size()
     cfg, got = match_size(name, 64, 2, target=target, by="state", seq_len=4096)

@@ -241,7 +241,7 @@ def test_bf16_post_norm_gradients_are_at_the_rounding_floor(name):
 
     torch.manual_seed(0)
     cls = L.mixer_class(name)
-    cfg = {**cls.small_config, **cls.kernel_test_config}
+    cfg = {**cls.Tooling.small_config, **cls.Tooling.kernel_test_config}
     layer = L.build(name, dim=128, num_heads=2, backend="torch", **cfg).to(torch.bfloat16)
     twin = L.build(name, dim=128, num_heads=2, backend="naive", **cfg).double()
     twin.load_state_dict({k: v.double() for k, v in layer.state_dict().items()})

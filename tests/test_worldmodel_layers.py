@@ -117,7 +117,8 @@ def test_kv_cache_holds_the_visible_frames_only():
 # ------------------------------------------------------------------------------------------------ oracles
 def _mamba_like(layer, **over):
     torch.manual_seed(0)
-    m = layers.build("mamba2", dim=DIM, num_heads=HEADS, **{**layers.mixer_class("mamba2").small_config, **over})
+    cfg = {**layers.mixer_class("mamba2").Tooling.small_config, **over}
+    m = layers.build("mamba2", dim=DIM, num_heads=HEADS, **cfg)
     m = m.double()
     m.load_state_dict(layer.inner.state_dict())
     return m

@@ -162,8 +162,9 @@ class DiTBenchConfig(BenchConfig):
 
     def mixer_config(self, mixer: str) -> dict:
         """Config fields of global layer ``mixer`` in this run (sizes preset, overrides, rescaled window)."""
-        over = {**L.mixer_class(mixer).dit_config, **mixer_bench_config(mixer, self.mixer_sizes, self.mixer_configs)}
-        knob = L.mixer_class(mixer).paper_token_window
+        over = {**L.mixer_class(mixer).Tooling.dit_config,
+                **mixer_bench_config(mixer, self.mixer_sizes, self.mixer_configs)}
+        knob = L.mixer_class(mixer).Tooling.paper_token_window
         if knob and knob not in over:
             paper = next(f.default for f in dataclasses.fields(L.config_class(mixer)) if f.name == knob)
             over[knob] = max(1, round(paper / _PAPER_TOKENS_PER_FRAME * self.tokens_per_frame))

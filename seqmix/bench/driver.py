@@ -140,7 +140,7 @@ def mixer_bench_config(name: str, sizes: str, overrides: dict[str, dict]) -> dic
     if sizes not in SIZES:
         raise ValueError(f"unknown layer sizes preset {sizes!r}; choose one of {', '.join(SIZES)}")
     attr = SIZES[sizes]
-    return {**(getattr(L.mixer_class(name), attr) if attr else {}), **overrides.get(name, {})}
+    return {**(getattr(L.mixer_class(name).Tooling, attr) if attr else {}), **overrides.get(name, {})}
 
 
 def machine_notes(loop: PointLoop) -> list[str]:

@@ -4,9 +4,10 @@ A timing is only meaningful for code that computes the right thing: every benchm
 ``gate`` field, the pytest node ids that must pass for that (suite, entry, backend, mode): pass them to ``pytest``
 as they are (``gate('layers', 'mamba2')`` gives the same list).
 
-A layer's own gates are declared on its class (``Mixer.gates`` on every backend, ``Mixer.backend_gates`` per
-backend); the shared contract tests of the layer are always added. :data:`GATES` holds the entries that are no
-layer: ``"<suite>/<entry>"``, ``"layers/*/decode"`` for the decode modes (carried state must equal one full pass).
+A layer's own gates are declared on its class (``Mixer.Tooling.gates`` on every backend,
+``Mixer.Tooling.backend_gates`` per backend); the shared contract tests of the layer are always added.
+:data:`GATES` holds the entries that are no layer: ``"<suite>/<entry>"``, ``"layers/*/decode"`` for the decode
+modes (carried state must equal one full pass).
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ def gate(suite: str, entry: str, backend: str | None = None, mode: str | None = 
         ids += GATES.get(f"{suite}/{entry}/{backend}", [])
     if suite == "layers" and entry in layers.available():
         cls = layers.mixer_class(entry)
-        ids += [*cls.gates, *_contract(entry)]
+        ids += [*cls.Tooling.gates, *_contract(entry)]
         if backend:
-            ids += cls.backend_gates.get(backend, ())
+            ids += cls.Tooling.backend_gates.get(backend, ())
     if suite == "layers" and mode in ("decode", "decode-frame"):
         ids += [t.format(name=entry) for t in GATES["layers/*/decode"]]
     if suite == "dit":

@@ -141,7 +141,7 @@ def _stand_in(cfg: dict, sub: str, tokens_per_frame: int, window_frames: int) ->
     i sees frames i-k..i: the last (k + 1) frames' tokens); TTT stand-ins take their small config."""
     cfg = {k: v for k, v in cfg.items() if k not in ("block", "grid", "window_frames", "chunk_frames")}
     if sub in ("ttt_mlp", "ttt_linear"):
-        cfg = {**L.mixer_class(sub).small_config, **cfg}
+        cfg = {**L.mixer_class(sub).Tooling.small_config, **cfg}
     if "window" in {f.name for f in dataclasses.fields(L.config_class(sub))} and "window" not in cfg:
         cfg["window"] = (window_frames + 1) * tokens_per_frame
     return sub, cfg

@@ -62,8 +62,8 @@ BACKENDS = ("triton", "torch", "fla_gdn")
 #: Video tokens of the paper's 3 / 9 / 18 / 30 / 63 s stages (text included where the paper's table does).
 PAPER_LENGTHS = [18048, 51456, 99894, 168320, 341550]
 #: backend -> the tests gating it (declared on the layer classes).
-GATES = {"triton": list(TTTMLP.backend_gates["triton"]), "torch": list(TTTMLP.gates),
-         "fla_gdn": list(GatedDeltaNet.gates) + list(GatedDeltaNet.backend_gates.get("fla", ()))}
+GATES = {"triton": list(TTTMLP.Tooling.backend_gates["triton"]), "torch": list(TTTMLP.Tooling.gates),
+         "fla_gdn": list(GatedDeltaNet.Tooling.gates) + list(GatedDeltaNet.Tooling.backend_gates.get("fla", ()))}
 
 
 # -------------------------------------------------------------------------------------------------- FLOP counts

@@ -55,7 +55,7 @@ def cost_estimate(name: str | None, dim: int = 32, num_heads: int = 2, tokens: i
     try:
         required = {f.name for f in dataclasses.fields(L.config_class(name))
                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
-        given = {k: v for k, v in L.mixer_class(name).small_config.items() if k in required}
+        given = {k: v for k, v in L.mixer_class(name).Tooling.small_config.items() if k in required}
         return float(L.build(name, dim=dim, num_heads=num_heads, **given).cost(tokens, 0, 1).bytes)
     except (TypeError, ValueError, KeyError) as e:  # an exotic layer: no estimate
         logger.debug("no cost estimate for %s (%s)", name, e)

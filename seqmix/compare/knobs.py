@@ -1,6 +1,6 @@
 """Per-layer knobs in a comparison's sweep grid: config fields a layer declares on its class
-(:attr:`seqmix.layers.Mixer.sweep_knobs`) or that the command line names, tried beside the outer learning rate so a
-layer is compared at its best setting."""
+(:attr:`seqmix.layers.Mixer.Tooling.sweep_knobs`) or that the command line names, tried beside the outer learning
+rate so a layer is compared at its best setting."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def knob_grid(layer: str, spec) -> list[dict]:
     if spec is None:
         return [{}]
     cls = L.mixer_class(layer)
-    grid = dict(cls.sweep_knobs) if spec == "declared" else spec.get(layer, {})
+    grid = dict(cls.Tooling.sweep_knobs) if spec == "declared" else spec.get(layer, {})
     fields = {f.name for f in dataclasses.fields(cls.Config)}
     bad = sorted(set(grid) - fields)
     if bad:

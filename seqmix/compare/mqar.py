@@ -46,7 +46,7 @@ class MQARSweep:
             (default: every layer that mixes tokens), each run is :func:`layer_args` of ``"mqar"``.
         seeds: a count ``S`` (seeds 0..S-1) or a list; each seed sets the Lightning seed and the data seed.
         knobs: per-layer knobs swept beside the lr: ``None`` (the recipes' settings), ``"declared"`` (each layer's
-            :attr:`~seqmix.layers.Mixer.sweep_knobs`) or ``{layer: {field: [values]}}``.
+            :attr:`~seqmix.layers.Mixer.Tooling.sweep_knobs`) or ``{layer: {field: [values]}}``.
         num_layers: blocks of the model (None: the recipe's).
         max_steps: steps per run (None: the recipe's epoch of data).
         num_train: training examples (None: the recipe's).
@@ -246,7 +246,7 @@ def _markdown(best: list[dict], points: list[dict], sweep: MQARSweep, command: s
 def _grid_of(layer: str, knobs) -> dict:
     from seqmix import layers as L
 
-    return dict(L.mixer_class(layer).sweep_knobs) if knobs == "declared" else dict(knobs.get(layer, {}))
+    return dict(L.mixer_class(layer).Tooling.sweep_knobs) if knobs == "declared" else dict(knobs.get(layer, {}))
 
 
 def _plot(best: list[dict], path: Path) -> Path | None:

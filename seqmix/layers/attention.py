@@ -175,10 +175,12 @@ class _Attention(Mixer):
     )
     causal_modes = (False, True)
     takes_positions = True
-    gates = ("tests/test_attention.py",)
-    backend_gates = {"flash_attn": ("tests/test_attention.py::test_flash_attn_mapping_with_a_stand_in",),
-                     "flex": ("tests/test_attention.py::test_flex_forward_on_cpu_matches_sdpa",)}
-    param_knob = "head_dim"
+
+    class Tooling(Mixer.Tooling):
+        gates = ("tests/test_attention.py",)
+        backend_gates = {"flash_attn": ("tests/test_attention.py::test_flash_attn_mapping_with_a_stand_in",),
+                         "flex": ("tests/test_attention.py::test_flex_forward_on_cpu_matches_sdpa",)}
+        param_knob = "head_dim"
 
     def __init__(self, dim: int, num_heads: int, config: AttentionConfig):
         super().__init__(dim, num_heads, config)
@@ -348,16 +350,18 @@ class SlidingWindowAttention(_Attention):
     """
 
     kind = "swa"
-    state_knob = "window"
-    # window >= 10: the bidirectional contract check (causal form, T=10) needs token 0 to see token 9
-    small_config = {"window": 10}
-    # Windows scaled to the CPU benchmark's lengths (<= 16k): the paper's 8192 tokens would cover most of the
-    # sequence there and hide the linear growth.
-    bench_config = {"window": 1024}
-    bench_quick_config = {"window": 32}
-    paper_token_window = "window"  # 8192 tokens, ~6 latent frames of the paper's videos
-    kernel_test_config = {"window": 24}
-    sweep_knobs = {"window": (8, 32)}
+
+    class Tooling(_Attention.Tooling):
+        state_knob = "window"
+        # window >= 10: the bidirectional contract check (causal form, T=10) needs token 0 to see token 9
+        small_config = {"window": 10}
+        # Windows scaled to the CPU benchmark's lengths (<= 16k): the paper's 8192 tokens would cover most of the
+        # sequence there and hide the linear growth.
+        bench_config = {"window": 1024}
+        bench_quick_config = {"window": 32}
+        paper_token_window = "window"  # 8192 tokens, ~6 latent frames of the paper's videos
+        kernel_test_config = {"window": 24}
+        sweep_knobs = {"window": (8, 32)}
 
     @dataclass(kw_only=True)
     class Config(AttentionConfig):
@@ -395,7 +399,9 @@ class FullAttention(_Attention):
     """
 
     kind = "full"
-    state_knob = "head_dim"
+
+    class Tooling(_Attention.Tooling):
+        state_knob = "head_dim"
 
     @dataclass(kw_only=True)
     class Config(AttentionConfig):
@@ -426,13 +432,15 @@ class LocalAttention(_Attention):
     """
 
     kind = "local"
-    state_knob = "window"
     takes_layout = True
-    small_config = {"window": 16}
-    bench_config = {"window": 2048}  # scaled to the CPU benchmark's lengths, as SWA's
-    bench_quick_config = {"window": 64}
-    kernel_test_config = {"window": 32}
-    dit_config = {"block_align": "segment"}  # the paper's segment-local attention at any DiT scale
+
+    class Tooling(_Attention.Tooling):
+        state_knob = "window"
+        small_config = {"window": 16}
+        bench_config = {"window": 2048}  # scaled to the CPU benchmark's lengths, as SWA's
+        bench_quick_config = {"window": 64}
+        kernel_test_config = {"window": 32}
+        dit_config = {"block_align": "segment"}  # the paper's segment-local attention at any DiT scale
 
     @dataclass(kw_only=True)
     class Config(AttentionConfig):
@@ -499,7 +507,9 @@ class NoMixer(Mixer):
 
     causal_modes = (True,)
     mixes_tokens = False
-    gates = ("tests/test_attention.py::test_identity_returns_zeros_and_carries_trivial_state",)
+
+    class Tooling(Mixer.Tooling):
+        gates = ("tests/test_attention.py::test_identity_returns_zeros_and_carries_trivial_state",)
 
     @dataclass(kw_only=True)
     class Config(MixerConfig):

@@ -187,9 +187,11 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
     """Base class of every sequence mixer: subclass it with a nested ``Config`` (a :class:`MixerConfig` dataclass),
     ``state_size`` and ``_forward``; register it with :func:`register`.
 
-    What consumers need to know about a mixer (the contract harness, the benchmarks, the comparisons and the
-    backbones) is declared on its class as the attributes below. Every one has a default, so a minimal mixer
-    needs none of them; nothing outside the class keeps a per-mixer table.
+    What consumers need to know about a mixer is declared on its class: its capabilities (what the backbones and
+    the build read: ``causal_modes``, ``takes_positions``, ...) as the attributes below, and what only the tools
+    read (test sizes, benchmark presets, sizing and sweep knobs, the tests that gate its figures) in the nested
+    :class:`Mixer.Tooling`. Every one has a default, so a minimal mixer needs none of them; nothing outside the
+    class keeps a per-mixer table.
 
     ``backend_table`` lists the :class:`Backend` records in order of preference (default: one ``"torch"`` backend,
     the layer's own ``_forward``); ``backends`` is their names. :meth:`select_backend` is the one place a backend
@@ -204,6 +206,11 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
         cls.backends = tuple(b.name for b in cls.backend_table)
+        parent = next(b for b in cls.__mro__[1:] if issubclass(b, Mixer))
+        if not issubclass(cls.Tooling, parent.Tooling):
+            raise TypeError(f"{cls.__qualname__}.Tooling must subclass {parent.__qualname__}.Tooling (write "
+                            f"`class Tooling({parent.__qualname__}.Tooling):`), so that what it does not declare is "
+                            "inherited")
 
     # ---------------------------------------------------------------------------------------------- capabilities
     #: Values of ``config.causal`` the mixer honours; the first is its default. ``(False, True)``: a causal option;
@@ -220,36 +227,45 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
     #: tokens): a call must hold whole frames, so they are left out of consumers that feed plain token sequences
     #: (:func:`sequence_mixers`). Their instances say how many tokens one causal step takes (:attr:`step_tokens`).
     frame_input: ClassVar[bool] = False
-    #: A small, fast configuration (config fields) for the contract harness and smoke runs (width 32, 2 heads).
-    small_config: ClassVar[dict[str, Any]] = {}
-    #: Pytest node ids (files, ``file::test``) that gate this mixer's benchmark figures on every backend, and per
-    #: backend; the shared contract tests are always added (see :mod:`seqmix.bench.gates`).
-    gates: ClassVar[tuple[str, ...]] = ()
-    backend_gates: ClassVar[dict[str, tuple[str, ...]]] = {}
-    #: Config fields that grow the state size / parameter count monotonically (used by seqmix.layers.sizing to
-    #: size a layer to a matched state or parameter budget); None where no such knob exists.
-    state_knob: ClassVar[str | None] = None
-    param_knob: ClassVar[str | None] = None
-    #: Config fields the benchmark presets use (empty: the config defaults, which are the paper's sizes):
-    #: ``bench_config`` for ``seqmix bench layers`` on CPU (T up to 16k tokens: e.g. windows scaled down so that
-    #: linear growth shows), ``bench_quick_config`` for the smoke runs (``--quick``, T of tens to hundreds of tokens)
-    #: of ``bench layers`` and ``bench dit``, ``bench_paper_config`` for ``bench dit`` at the paper's scale (GPU).
-    #: A run's own per-layer overrides are applied on top (:func:`seqmix.bench.driver.mixer_bench_config`).
-    bench_config: ClassVar[dict[str, Any]] = {}
-    bench_quick_config: ClassVar[dict[str, Any]] = {}
-    bench_paper_config: ClassVar[dict[str, Any]] = {}
-    #: Config field holding a window in tokens sized for the paper's videos (1350 tokens per latent frame); the DiT
-    #: benchmark rescales its default to the benchmark's frame size where the run sets it no other way.
-    paper_token_window: ClassVar[str | None] = None
-    #: Config fields the fast kernels need in the GPU contract tests, over ``small_config`` (whose sizes can be
-    #: smaller than a kernel's tile).
-    kernel_test_config: ClassVar[dict[str, Any]] = {}
-    #: Config fields the DiT benchmark gives this mixer as the global layer under every size preset (e.g. chunks
-    #: taken from the video layout, which only the DiT provides).
-    dit_config: ClassVar[dict[str, Any]] = {}
-    #: Config fields a comparison may sweep beside the outer learning rate, with the values tried (``seqmix compare
-    #: mqar --knobs declared``), so each layer is compared at its best setting; none by default.
-    sweep_knobs: ClassVar[dict[str, tuple]] = {}
+
+    # --------------------------------------------------------------------------------------------------- tooling
+    class Tooling:
+        """What the tools read about a mixer - the contract harness, the benchmarks, the comparisons, the sizing
+        helpers; nothing here changes what the layer computes. A mixer declares its own as a nested
+        ``class Tooling(<parent class>.Tooling)`` (a subclass of its parent's, so what it does not declare is
+        inherited; :meth:`Mixer.__init_subclass__` checks it)."""
+
+        #: A small, fast configuration (config fields) for the contract harness and smoke runs (width 32, 2 heads).
+        small_config: ClassVar[dict[str, Any]] = {}
+        #: Pytest node ids (files, ``file::test``) that gate this mixer's benchmark figures on every backend, and
+        #: per backend; the shared contract tests are always added (see :mod:`seqmix.bench.gates`).
+        gates: ClassVar[tuple[str, ...]] = ()
+        backend_gates: ClassVar[dict[str, tuple[str, ...]]] = {}
+        #: Config fields that grow the state size / parameter count monotonically (used by seqmix.layers.sizing
+        #: to size a layer to a matched state or parameter budget); None where no such knob exists.
+        state_knob: ClassVar[str | None] = None
+        param_knob: ClassVar[str | None] = None
+        #: Config fields the benchmark presets use (empty: the config defaults, which are the paper's sizes):
+        #: ``bench_config`` for ``seqmix bench layers`` on CPU (T up to 16k tokens: e.g. windows scaled down so
+        #: that linear growth shows), ``bench_quick_config`` for the smoke runs (``--quick``, T of tens to hundreds
+        #: of tokens) of ``bench layers`` and ``bench dit``, ``bench_paper_config`` for ``bench dit`` at the
+        #: paper's scale (GPU). A run's own per-layer overrides are applied on top
+        #: (:func:`seqmix.bench.driver.mixer_bench_config`).
+        bench_config: ClassVar[dict[str, Any]] = {}
+        bench_quick_config: ClassVar[dict[str, Any]] = {}
+        bench_paper_config: ClassVar[dict[str, Any]] = {}
+        #: Config field holding a window in tokens sized for the paper's videos (1350 tokens per latent frame); the
+        #: DiT benchmark rescales its default to the benchmark's frame size where the run sets it no other way.
+        paper_token_window: ClassVar[str | None] = None
+        #: Config fields the fast kernels need in the GPU contract tests, over ``small_config`` (whose sizes can
+        #: be smaller than a kernel's tile).
+        kernel_test_config: ClassVar[dict[str, Any]] = {}
+        #: Config fields the DiT benchmark gives this mixer as the global layer under every size preset (e.g.
+        #: chunks taken from the video layout, which only the DiT provides).
+        dit_config: ClassVar[dict[str, Any]] = {}
+        #: Config fields a comparison may sweep beside the outer learning rate, with the values tried (``seqmix
+        #: compare mqar --knobs declared``), so each layer is compared at its best setting; none by default.
+        sweep_knobs: ClassVar[dict[str, tuple]] = {}
 
     def __init__(self, dim: int, num_heads: int, config: MixerConfig):
         super().__init__()

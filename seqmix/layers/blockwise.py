@@ -118,11 +118,13 @@ class BlockwiseSSM(_Blockwise):
     """Block-wise Mamba2 scan (see the module docstring)."""
 
     backend_table = _mirror(Mamba2.backend_table)
-    small_config = {"grid": (2, 2), "block": (1, 2), "d_state": 8, "expand": 2, "chunk_size": 4}
-    gates = ("tests/test_worldmodel_layers.py", "tests/test_mamba2.py")
-    backend_gates = Mamba2.backend_gates
-    state_knob = "d_state"
-    param_knob = "expand"
+
+    class Tooling(_Blockwise.Tooling):
+        small_config = {"grid": (2, 2), "block": (1, 2), "d_state": 8, "expand": 2, "chunk_size": 4}
+        gates = ("tests/test_worldmodel_layers.py", "tests/test_mamba2.py")
+        backend_gates = Mamba2.Tooling.backend_gates
+        state_knob = "d_state"
+        param_knob = "expand"
 
     @dataclass(kw_only=True)
     class Config(Mamba2.Config):
@@ -147,6 +149,10 @@ class BlockwiseSSM(_Blockwise):
     def core_cost(self, n: int, ctx: int, batch: int, elem: int) -> Cost:
         """Mamba2's SSD formula over the ``nb`` block sequences (``n / nb`` tokens each)."""
         return self._block_cost(n, ctx, batch, elem)
+
+    def head_shard_inner(self) -> Mamba2:
+        """Tensor parallel splits the inner Mamba2 by its heads (it runs through its own ``forward``)."""
+        return self.inner
 
     def _forward(self, x, *, layout, positions, state, return_state):
         B = x.shape[0]
@@ -177,13 +183,15 @@ class BlockwiseTTT(_Blockwise):
     """Block-wise TTT-MLP: one mini-batch per block and frame, video (non-causal) form (see the module docstring)."""
 
     backend_table = _mirror(TTTMLP.backend_table)
-    small_config = {"grid": (2, 2), "block": (1, 2), "mlp_expansion": 2}
-    gates = ("tests/test_worldmodel_layers.py", "tests/test_ttt.py")
-    backend_gates = TTTMLP.backend_gates
-    state_knob = "head_dim"
-    param_knob = "head_dim"
     _inner_fields: ClassVar[tuple[str, ...]] = ("head_dim", "base_lr", "ln_eps", "post_norm_eps",
                                                  "scan_checkpoint_group", "mlp_expansion", "backend")
+
+    class Tooling(_Blockwise.Tooling):
+        small_config = {"grid": (2, 2), "block": (1, 2), "mlp_expansion": 2}
+        gates = ("tests/test_worldmodel_layers.py", "tests/test_ttt.py")
+        backend_gates = TTTMLP.Tooling.backend_gates
+        state_knob = "head_dim"
+        param_knob = "head_dim"
 
     @dataclass(kw_only=True)
     class Config(MixerConfig):

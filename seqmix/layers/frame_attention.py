@@ -64,11 +64,13 @@ class FrameLocalAttention(_Attention):
     frame_input = True
     # window_frames=9: the bidirectional contract check (10 frames) needs frame 0 to see frame 9 through the
     # reversed pass
-    small_config = {"grid": (2, 2), "window_frames": 9}
-    gates = ("tests/test_worldmodel_layers.py",)
-    backend_gates = {"flex": ("tests/test_worldmodel_layers.py::test_frame_attention_flex_on_cpu_matches_sdpa",)}
-    state_knob = "window_frames"
-    param_knob = "head_dim"
+
+    class Tooling(_Attention.Tooling):
+        small_config = {"grid": (2, 2), "window_frames": 9}
+        gates = ("tests/test_worldmodel_layers.py",)
+        backend_gates = {"flex": ("tests/test_worldmodel_layers.py::test_frame_attention_flex_on_cpu_matches_sdpa",)}
+        state_knob = "window_frames"
+        param_knob = "head_dim"
 
     @dataclass(kw_only=True)
     class Config(AttentionConfig):

@@ -148,15 +148,17 @@ class GatedDeltaNet(Mixer):
         Backend("naive", dr_ops.naive_recurrent_gated_delta_rule, reference=True),
     )
     causal_modes = (True,)
-    small_config = {"head_dim": 16, "expand_v": 1.0}
-    gates = ("tests/test_gated_deltanet.py",)
-    backend_gates = {"fla": ("tests/test_gated_deltanet.py::test_layer_fla_matches_torch",
-                             "tests/test_gated_deltanet.py::test_state_carry_fla_and_across_backends")}
-    # Growing the head dim grows K and V = expand_v K: the state H K V and the projections grow monotonically.
-    state_knob = "head_dim"
-    param_knob = "head_dim"
-    kernel_test_config = {"head_dim": 64}
-    sweep_knobs = {"head_dim": (16, 32)}
+
+    class Tooling(Mixer.Tooling):
+        small_config = {"head_dim": 16, "expand_v": 1.0}
+        gates = ("tests/test_gated_deltanet.py",)
+        backend_gates = {"fla": ("tests/test_gated_deltanet.py::test_layer_fla_matches_torch",
+                                 "tests/test_gated_deltanet.py::test_state_carry_fla_and_across_backends")}
+        # Growing the head dim grows K and V = expand_v K: the state H K V and the projections grow monotonically.
+        state_knob = "head_dim"
+        param_knob = "head_dim"
+        kernel_test_config = {"head_dim": 64}
+        sweep_knobs = {"head_dim": (16, 32)}
 
     @dataclass(kw_only=True)
     class Config(MixerConfig):

@@ -81,15 +81,17 @@ class LaCT(Mixer):
     )
     causal_modes = (False, True)
     takes_layout = True
-    small_config = {"chunk_size": 4, "inter_multi": 1.5, "momentum": True}
-    # Paper-scale benchmarks: one CogVideoX latent frame (1350 tokens) per update where no layout is given (bench
-    # layers); in the DiT the chunks follow the 3 s segments, as recipes/t2v/lact.yaml (chunk_size then only sets
-    # how the cost model counts updates).
-    bench_paper_config = {"chunk_size": 1350}
-    dit_config = {"chunk_align": "segment"}
-    gates = ("tests/test_lact_ops.py", "tests/test_lact.py")
-    state_knob = "inter_multi"
-    param_knob = "inter_multi"
+
+    class Tooling(Mixer.Tooling):
+        small_config = {"chunk_size": 4, "inter_multi": 1.5, "momentum": True}
+        # Paper-scale benchmarks: one CogVideoX latent frame (1350 tokens) per update where no layout is given
+        # (bench layers); in the DiT the chunks follow the 3 s segments, as recipes/t2v/lact.yaml (chunk_size then
+        # only sets how the cost model counts updates).
+        bench_paper_config = {"chunk_size": 1350}
+        dit_config = {"chunk_align": "segment"}
+        gates = ("tests/test_lact_ops.py", "tests/test_lact.py")
+        state_knob = "inter_multi"
+        param_knob = "inter_multi"
 
     @dataclass(kw_only=True)
     class Config(MixerConfig):

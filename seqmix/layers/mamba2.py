@@ -55,6 +55,7 @@ from seqmix.ops.conv import causal_depthwise_conv1d, conv_tail
 
 from .base import Backend, Mixer, MixerConfig, register, triton_device_reason
 from .cost import FP32_BYTES, Cost
+from .sharding import HeadShardSpec
 
 logger = logging.getLogger(__name__)
 
@@ -127,18 +128,20 @@ class Mamba2(Mixer):
         Backend("naive", ssd_ops.ssd_naive, reference=True),
     )
     causal_modes = (True,)  # the conv and the scan only look back
-    small_config = {"d_state": 8, "expand": 2, "chunk_size": 4}  # HEADS heads of width expand * DIM / HEADS
-    gates = ("tests/test_mamba2.py",)
-    backend_gates = {
-        "fla": ("tests/test_mamba2.py::test_fla_chunk_simple_gla_is_ssd",
-                "tests/test_mamba2.py::test_layer_fla_backend_matches_torch"),
-        "mamba_ssm": ("tests/test_mamba2.py::test_mamba_chunk_scan_combined_is_ssd",),
-    }
-    state_knob = "d_state"  # state H P N + (K-1)(E + 2GN) grows with N
-    param_knob = "expand"  # every projection grows with E = expand * D
-    bench_quick_config = {"chunk_size": 64, "d_state": 32}
-    kernel_test_config = {"d_state": 16, "chunk_size": 16}  # head dim follows num_heads
-    sweep_knobs = {"d_state": (32, 128)}
+
+    class Tooling(Mixer.Tooling):
+        small_config = {"d_state": 8, "expand": 2, "chunk_size": 4}  # HEADS heads of width expand * DIM / HEADS
+        gates = ("tests/test_mamba2.py",)
+        backend_gates = {
+            "fla": ("tests/test_mamba2.py::test_fla_chunk_simple_gla_is_ssd",
+                    "tests/test_mamba2.py::test_layer_fla_backend_matches_torch"),
+            "mamba_ssm": ("tests/test_mamba2.py::test_mamba_chunk_scan_combined_is_ssd",),
+        }
+        state_knob = "d_state"  # state H P N + (K-1)(E + 2GN) grows with N
+        param_knob = "expand"  # every projection grows with E = expand * D
+        bench_quick_config = {"chunk_size": 64, "d_state": 32}
+        kernel_test_config = {"d_state": 16, "chunk_size": 16}  # head dim follows num_heads
+        sweep_knobs = {"d_state": (32, 128)}
 
     @dataclass(kw_only=True)
     class Config(MixerConfig):
@@ -213,10 +216,9 @@ class Mamba2(Mixer):
             raise ValueError(f"mamba2: ngroups={c.ngroups} must divide the number of heads {nheads}; allowed: {allowed}")
         self.d_inner, self.nheads, self.headdim = d_inner, nheads, headdim
         self.d_state, self.ngroups, self.d_conv = c.d_state, c.ngroups, c.d_conv
-        self.conv_dim = d_inner + 2 * c.ngroups * c.d_state
 
         # Created in mamba-ssm's order so that the same seed gives the same initial weights.
-        self.in_proj = nn.Linear(dim, 2 * d_inner + 2 * c.ngroups * c.d_state + nheads, bias=c.bias)
+        self.in_proj = nn.Linear(dim, d_inner + self.conv_dim + nheads, bias=c.bias)
         self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, kernel_size=c.d_conv, groups=self.conv_dim,
                                 padding=c.d_conv - 1, bias=c.conv_bias)
         if c.conv_init is not None:
@@ -229,10 +231,26 @@ class Mamba2(Mixer):
         self.norm = GatedRMSNorm(d_inner, group_size=d_inner // c.ngroups, eps=c.norm_eps)
         self.out_proj = nn.Linear(d_inner, dim, bias=c.bias)
 
-    def head_shard_spec(self) -> None:
-        """Not split by tensor parallelism: the one fused input projection ``[z | x B C | dt]`` is not head-major as a
-        whole and the gated norm spans a group of heads; every tensor-parallel rank runs the layer whole."""
-        return None
+    def head_shard_spec(self) -> HeadShardSpec:
+        """Split by heads: a rank reads its heads' rows of the fused input projection ``[z | x | B | C | dt]`` and of
+        the conv over ``[x | B | C]`` (``segments``: the parameters keep mamba-ssm's layout; B and C by group, a
+        group shared by the ranks whose heads read it), and its heads' ``dt_bias``, ``A_log``, ``D``. The gated
+        RMSNorm spans a group of heads (all of them with ``ngroups=1``): its inputs are gathered, and the norm and
+        ``out_proj`` run replicated."""
+        E, GN, H, G = self.d_inner, self.ngroups * self.d_state, self.nheads, self.ngroups
+        fused = (0, ((E, H), (E, H), (GN, G), (GN, G), (H, H)))
+        conv = (0, ((E, H), (GN, G), (GN, G)))
+        segments = {"in_proj.weight": fused, "conv1d.weight": conv}
+        segments |= {"in_proj.bias": fused} if self.in_proj.bias is not None else {}
+        segments |= {"conv1d.bias": conv} if self.conv1d.bias is not None else {}
+        return HeadShardSpec(head_params={"dt_bias": 0, "A_log": 0, "D": 0}, segments=segments,
+                             gather_inputs=("norm",), head_attrs=("num_heads", "nheads", "d_inner"),
+                             group_attrs=("ngroups",))
+
+    @property
+    def conv_dim(self) -> int:
+        """Channels of the depthwise conv, ``[x | B | C]``: ``E + 2 G N``."""
+        return self.d_inner + 2 * self.ngroups * self.d_state
 
     @staticmethod
     def _validate(c: "Mamba2.Config") -> None:

@@ -1,8 +1,8 @@
 """Size a layer to a matched parameter count or a matched state size, as fair comparisons need.
 
-Every mixer class names the config field that grows its state (``state_knob``: TTT head dim, Mamba2 d_state,
-sliding window, ...) and its parameters (``param_knob``). :func:`match_size` scans that field's candidate values,
-builds each candidate on the meta device (no memory) and returns the config closest to the target.
+Every mixer class names, in its ``Tooling``, the config field that grows its state (``state_knob``: TTT head dim,
+Mamba2 d_state, sliding window, ...) and its parameters (``param_knob``). :func:`match_size` scans that field's
+candidate values, builds each candidate on the meta device (no memory) and returns the config closest to the target.
 
 >>> cfg, got = match_size("mamba2", dim=512, num_heads=8, target=layer.state_size(), by="state")
 >>> seqmix.build("mamba2", dim=512, num_heads=8, **cfg)
@@ -66,7 +66,7 @@ def match_size(
     if target <= 0:
         raise ValueError(f"target must be a positive count, got {target}")
     cls = _lookup(name)
-    knob = knob or (cls.state_knob if by == "state" else cls.param_knob)
+    knob = knob or (cls.Tooling.state_knob if by == "state" else cls.Tooling.param_knob)
     if knob is None:
         raise ValueError(f"mixer {name!r} has no {by} knob to vary; pass knob= (a config field) explicitly")
     fields = {f.name: f for f in dataclasses.fields(cls.Config)}

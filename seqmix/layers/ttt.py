@@ -218,14 +218,18 @@ class _TTTBase(Mixer):
     takes_positions = True
     # only eta_order="public" reads it (the public code's storage positions); frames and segments are not used
     takes_layout = True
-    gates = ("tests/test_ttt.py",)
-    backend_gates = {"triton": ("tests/test_ttt_triton.py",)}
-    state_knob = "head_dim"
-    param_knob = "head_dim"
-    bench_quick_config = {"mini_batch_size": 16}
-    # The paper checkpoints the scan along the sequence; without it 63 s training does not fit in the DiT benchmark.
-    bench_paper_config = {"scan_checkpoint_group": 16}
-    sweep_knobs = {"base_lr": (0.1, 1.0), "mini_batch_size": (16, 32)}  # the paper's two base lrs; Zoology's mini-batches
+
+    class Tooling(Mixer.Tooling):
+        gates = ("tests/test_ttt.py",)
+        backend_gates = {"triton": ("tests/test_ttt_triton.py",)}
+        state_knob = "head_dim"
+        param_knob = "head_dim"
+        bench_quick_config = {"mini_batch_size": 16}
+        # The paper checkpoints the scan along the sequence; without it 63 s training does not fit in the DiT
+        # benchmark.
+        bench_paper_config = {"scan_checkpoint_group": 16}
+        # the paper's two base lrs; Zoology's mini-batches
+        sweep_knobs = {"base_lr": (0.1, 1.0), "mini_batch_size": (16, 32)}
 
     def __init__(self, dim: int, num_heads: int, config: TTTConfig):
         super().__init__(dim, num_heads, config)
@@ -514,8 +518,10 @@ class TTTLinear(_TTTBase):
 
     kind = "linear"
     default_base_lr = 1.0
-    small_config = {"mini_batch_size": 4}
-    kernel_test_config = {"mini_batch_size": 16}
+
+    class Tooling(_TTTBase.Tooling):
+        small_config = {"mini_batch_size": 4}
+        kernel_test_config = {"mini_batch_size": 16}
 
     @dataclass(kw_only=True)
     class Config(TTTConfig):
@@ -532,11 +538,13 @@ class TTTMLP(_TTTBase):
 
     kind = "mlp"
     default_base_lr = 0.1
-    small_config = {"mini_batch_size": 4, "mlp_expansion": 2}
-    kernel_test_config = {"mini_batch_size": 16, "mlp_expansion": 4}
     # "tp": the on-chip tensor-parallel Hopper kernel, explicit only until a committed GPU result validates it.
     backend_table = (Backend("tp", _ttt_scan_tp, _tp_supports), *_TTTBase.backend_table)
-    backend_gates = {**_TTTBase.backend_gates, "tp": ("tests/test_ttt_tp.py",)}
+
+    class Tooling(_TTTBase.Tooling):
+        small_config = {"mini_batch_size": 4, "mlp_expansion": 2}
+        kernel_test_config = {"mini_batch_size": 16, "mlp_expansion": 4}
+        backend_gates = {**_TTTBase.Tooling.backend_gates, "tp": ("tests/test_ttt_tp.py",)}
 
     @dataclass(kw_only=True)
     class Config(TTTConfig):

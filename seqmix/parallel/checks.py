@@ -107,6 +107,12 @@ def check_model(model: nn.Module, tp: int) -> None:
                 raise ValueError(
                     f"{path} ({type(m).__name__}): {a}={v} is not divisible by the tensor-parallel size {tp}; "
                     f"allowed tp: {', '.join(str(d) for d in range(1, v + 1) if v % d == 0)}")
+        for a in spec.group_attrs:
+            v = getattr(m, a)
+            if v % tp and tp % v:
+                raise ValueError(
+                    f"{path} ({type(m).__name__}): {a}={v} groups of heads cannot be split over tp={tp} ranks (one "
+                    f"must divide the other); with {a}={v}, tp must be a divisor or a multiple of {v}")
 
 
 def meta_model(build) -> nn.Module:

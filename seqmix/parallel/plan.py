@@ -6,8 +6,8 @@ Tensor parallel (Megatron's split, written with DTensor): every block's window a
 run ``H / P`` heads per rank on the full (replicated) input; Q/K/V (and the mixer's per-head parameters) are split
 head-major, the output projection is row parallel (partial products summed over the ranks), the MLP is column /
 row parallel. Gates, adaLN linears, embeddings and norms stay replicated. What splits in a mixer is declared on its
-class (:meth:`seqmix.layers.Mixer.head_shard_spec`); a mixer without a spec (Mamba2: one fused input projection)
-runs whole on every rank. FSDP2 (``fully_shard``) then shards every block and the rest over the data-parallel
+class (:meth:`seqmix.layers.Mixer.head_shard_spec`); a mixer without a spec (the block-wise TTT) runs whole on
+every rank. FSDP2 (``fully_shard``) then shards every block and the rest over the data-parallel
 ranks; activation checkpointing recomputes each block in backward.
 
 :func:`parallelize` is what ``LightningModule.configure_model`` calls with the strategy's device mesh
@@ -25,8 +25,7 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
-from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput, RowwiseParallel,
-                                               parallelize_module)
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
 from seqmix.layers.sharding import HeadShardSpec
 
@@ -92,6 +91,7 @@ def shard_heads(module: nn.Module, spec: HeadShardSpec, tp_mesh: DeviceMesh) -> 
         v = getattr(module, a)
         if v % P:
             raise ValueError(f"{type(module).__name__}.{a}={v} is not divisible by the tensor-parallel size {P}")
+    groups = {a: spec.local_count(getattr(module, a), P) for a in spec.group_attrs}
     sharded = []
     for name, dim in spec.head_params.items():
         owner, leaf = _owner(module, name)
@@ -103,13 +103,17 @@ def shard_heads(module: nn.Module, spec: HeadShardSpec, tp_mesh: DeviceMesh) -> 
         owner._parameters[leaf] = new
         sharded.append((owner, leaf))
     local = [_owner(module, name) for name in spec.head_local]
+    rank = tp_mesh.get_local_rank()
+    segments = [(*_owner(module, name), dim, torch.tensor(spec.local_rows(name, rank, P)))
+                for name, (dim, _) in spec.segments.items()]
     for a in spec.head_attrs:
         setattr(module, a, getattr(module, a) // P)
+    for a, v in groups.items():
+        setattr(module, a, v)
     for name in spec.rowwise:
         parallelize_module(module.get_submodule(name), tp_mesh, RowwiseParallel())
     for name in spec.gather_inputs:
-        parallelize_module(module.get_submodule(name), tp_mesh, PrepareModuleInput(
-            input_layouts=(Shard(-1),), desired_input_layouts=(Replicate(),), use_local_output=True))
+        module.get_submodule(name).register_forward_pre_hook(_gather_heads(tp_mesh))
     stack: list[list] = []
 
     def pre(mod, args, kwargs):
@@ -122,6 +126,10 @@ def shard_heads(module: nn.Module, spec: HeadShardSpec, tp_mesh: DeviceMesh) -> 
             p = owner._parameters[leaf]
             saved.append((owner, leaf, p))
             owner._parameters[leaf] = _SumGrad.apply(p, group)
+        for owner, leaf, dim, rows in segments:  # this rank's rows of a fused parameter (a copy; grads summed)
+            p = owner._parameters[leaf]
+            saved.append((owner, leaf, p))
+            owner._parameters[leaf] = _SumGrad.apply(p, group).index_select(dim, rows.to(p.device))
         stack.append(saved)
         args = tuple(_SumGrad.apply(a, group) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
                      for a in args)
@@ -134,6 +142,17 @@ def shard_heads(module: nn.Module, spec: HeadShardSpec, tp_mesh: DeviceMesh) -> 
     module.register_forward_pre_hook(pre, with_kwargs=True)
     module.register_forward_hook(post, always_call=True)
     module._seqmix_head_sharded = P
+
+
+def _gather_heads(tp_mesh: DeviceMesh):
+    """Forward pre-hook: every floating-point positional input, split head-major (last dim) over ``tp_mesh``, is
+    gathered whole; in backward each rank keeps its slice of the (replicated) gradient."""
+
+    def pre(mod, args):
+        return tuple(DTensor.from_local(a, tp_mesh, [Shard(a.dim() - 1)], run_check=False).full_tensor()
+                     if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+
+    return pre
 
 
 def _mlp_plan(mlp: nn.Module) -> dict[str, object]:
