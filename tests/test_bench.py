@@ -68,6 +68,23 @@ def test_layers_quick_validates_and_covers_every_layer(layers_doc):
     assert {(e["name"], e["mode"]) for e in ex} >= {(n, "fwd") for n in L.sequence_mixers()}
 
 
+def test_layers_compile_times_the_compiled_layer_and_its_compilation(tmp_path):
+    """``--compile true``: each point's first (compiling) call is timed on its own (``compile_seconds``), the
+    timed calls run the compiled graph (a recompilation for the backward, not an eager fallback), and the
+    document validates."""
+    import torch._dynamo.utils as dyn_utils
+
+    out = tmp_path / "compiled"
+    dyn_utils.counters.clear()
+    main(["bench", "layers", "--quick", "--layers", "[swa]", "--modes", "[fwd, fwd+bwd]", "--lengths", "[32]",
+          "--backends", "[auto]", "--compile", "true", "--out", str(out)])
+    doc = json.loads((out / "results.json").read_text())
+    ok = [r for r in doc["records"] if r["status"] == "ok"]
+    assert {r["mode"] for r in ok} == {"fwd", "fwd+bwd"} and all(r["extra"]["compile_seconds"] > 0.5 for r in ok)
+    assert dyn_utils.counters["stats"]["unique_graphs"] == 2  # no grad, then with autograd
+    assert "## torch.compile (dynamic=False)" in (out / "results.md").read_text()
+
+
 def test_dit_quick_validates_and_reports_ratios(dit_doc):
     validate(dit_doc)
     rel = dit_doc["summary"]["relative"]

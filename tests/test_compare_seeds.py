@@ -218,7 +218,7 @@ def test_mqar_default_layers_have_a_causal_form(monkeypatch):
 def test_video_readings_speed_and_level_from_curves():
     """A long run's two readings: recall at the equal budget and the first step the seed mean reaches the level
     (from the curves), final values from the validation, seconds per step; 'never' where the mean stays below."""
-    from seqmix.compare.curves import curve_at, first_crossing
+    from seqmix.compare.curves import curve_at, first_crossing, tail_change
     from seqmix.compare.video import VideoComparison, _video_markdown, add_readings, video_rows
 
     steps = [0, 250, 500, 750, 1000]
@@ -236,6 +236,10 @@ def test_video_readings_speed_and_level_from_curves():
     add_readings(rows, cmp)
     assert rows[0]["readings"]["first_step_at_level"] == 500 and rows[1]["readings"]["first_step_at_level"] is None
     assert rows[0]["readings"]["seconds_per_step"] == pytest.approx(0.5)
+    # last 25% = steps 750 and 1000: a's mean 0.8 -> 0.85 (flat within 0.05), b's 0.375 -> 0.425 (flat)
+    assert rows[0]["readings"]["tail_change"] == pytest.approx(0.05) and rows[0]["readings"]["flat"]
+    assert tail_change([{"steps": steps, "values": [0.0, 0.0, 0.0, 0.2, 0.6]}]) == pytest.approx(0.4)
+    assert tail_change([{"steps": [0, 10], "values": [0.0, 1.0]}], fraction=0.01) is None
     md = _video_markdown(rows, cmp, "cmd")
-    assert "## How fast and how far (1000 steps)" in md and "| never |" in md
+    assert "## How fast and how far (1000 steps)" in md and "| never |" in md and "| +0.050 |" in md
     assert "Recall at step 500, pairs whose intervals separate" in md and "a > b" in md.split("Recall at step 500")[-1]

@@ -22,6 +22,20 @@ def test_quick_comparison_writes_table_plot_gifs(tmp_path):
     assert "Memory (the metric that isolates it)" in res["markdown"]
 
 
+def test_resume_keeps_finished_runs_and_trains_the_missing(tmp_path):
+    """``resume``: runs logged in ``runs.jsonl`` by an earlier call with the same settings are kept (not trained
+    again); a model added to the call is trained; without ``resume`` the log starts over."""
+    import dataclasses
+
+    first = WorldModelComparison(out=str(tmp_path / "cmp"), models=["frame_local_attn"]).quick()
+    kept = run_worldmodel_comparison(first, progress=False)["records"][0]
+    more = dataclasses.replace(first, models=["frame_local_attn", "causal_transformer"], resume=True)
+    recs = {r["model"]: r for r in run_worldmodel_comparison(more, progress=False)["records"]}
+    assert recs["frame_local_attn"]["train_seconds"] == kept["train_seconds"]  # the logged record, not a new run
+    assert set(recs) == {"frame_local_attn", "causal_transformer"}
+    assert len((tmp_path / "cmp/runs.jsonl").read_text().splitlines()) == 2
+
+
 def test_bad_selection_and_recipes(tmp_path):
     assert recipe_models()[0] == "blockwise_ssm" and len(recipe_models()) == 6
     with pytest.raises(ValueError, match="unknown world model.*valid"):

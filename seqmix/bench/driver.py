@@ -95,16 +95,17 @@ class PointLoop:
 
     def time(self, rec: Measurement, key: tuple, size: int, make_fn: Callable[[], Callable[[], object]], *,
              flops: float | None, label: str, calls: int = 1, tokens_per_unit: int | None = None,
-             cleanup: Callable[[], None] | None = None) -> bool:
+             cleanup: Callable[[], None] | None = None, memory: bool = True) -> bool:
         """Time ``make_fn()`` (built inside the failure bookkeeping) and fill ``rec``; False if it failed.
 
         ``calls``: units (tokens, frames) per timed call; ``tokens_per_unit``: tokens per unit for tokens/s
-        (default ``rec.tokens_per_unit``). ``cleanup`` runs after the point, success or not."""
+        (default ``rec.tokens_per_unit``). ``cleanup`` runs after the point, success or not. ``memory``: record
+        the peak (see :func:`~seqmix.bench.core.measure`)."""
         fn = None
         try:
             fn = make_fn()
             times, peak = measure(fn, repeats=self.cfg.repeats, warmup=self.cfg.warmup, device=self.device,
-                                  max_seconds=self.cfg.max_seconds_per_point)
+                                  max_seconds=self.cfg.max_seconds_per_point, memory=memory)
         except Exception as e:  # noqa: BLE001 - record and go on with the other points
             if not record_failure(rec, e, self.series, key, size):
                 logger.warning("%s failed: %s", label, rec.reason)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,6 +76,8 @@ class LayerBenchConfig(BenchConfig):
             lengths), ``quick`` (``bench_quick_config``) or ``defaults`` (its config defaults, the paper's sizes).
         layer_configs: per-layer config overrides on top of ``layer_sizes``, e.g.
             ``{"ttt_mlp": {"mini_batch_size": 16}}``.
+        compile: time ``torch.compile(layer, dynamic=False)`` instead of the eager layer; every point records the
+            seconds of its first (compiling) call as ``compile_seconds`` (one compilation per length and mode).
     """
 
     layers: list[str] | None = None
@@ -89,6 +92,7 @@ class LayerBenchConfig(BenchConfig):
     fit_points: int = 3
     layer_sizes: str = "bench"
     layer_configs: dict[str, dict] = field(default_factory=dict)
+    compile: bool = False
 
     @classmethod
     def gpu(cls, **kw) -> "LayerBenchConfig":
@@ -191,8 +195,9 @@ def _inputs(B: int, T: int, D: int, device, dtype, seed: int) -> torch.Tensor:
     return torch.randn(B, T, D, generator=g, device=device, dtype=dtype)
 
 
-def _point(layer: L.Mixer, mode: str, T: int, cfg: LayerBenchConfig):
-    """Closure to time for one point: ``(fn, units per call, unit, tokens per unit)``."""
+def _point(layer, mode: str, T: int, cfg: LayerBenchConfig):
+    """Closure to time for one point: ``(fn, units per call, unit, tokens per unit)``; ``layer``: the mixer or its
+    compiled callable."""
     device, dtype = torch.device(cfg.device), getattr(torch, cfg.dtype)
     B, D = cfg.batch, cfg.dim
     x = _inputs(B, T, D, device, dtype, seed=T)
@@ -252,6 +257,7 @@ def _run(cfg: LayerBenchConfig, names: list[str], progress: bool, command: str |
     points = [(n, b, r, m, T) for T in lengths for n in names for b, r in plans[n][1] for m in cfg.modes]
     bar = tqdm(points, desc="layers", disable=not progress, file=sys.stderr)
     built: dict[tuple, L.Mixer] = {}
+    compiled: dict[tuple, object] = {}
     first = next(((n, b) for n, b, r, _, _ in points if r is None), None)
     if first is not None:  # process warm-up (untimed): lazy initialisation would otherwise bias the first point
         _point(_build(first[0], cfg, first[1], None), "fwd", lengths[0], cfg)[0]()
@@ -270,8 +276,13 @@ def _run(cfg: LayerBenchConfig, names: list[str], progress: bool, command: str |
         if bkey not in built:
             if any(k[0] != name for k in built):  # free the previous layer's instances (GPU memory)
                 built.clear()
+                compiled.clear()
             built[bkey] = _build(name, cfg, backend, causal)
+            if cfg.compile:
+                torch.compiler.reset()  # no cache limit across layers; each layer's graphs compile afresh
+                compiled[bkey] = torch.compile(built[bkey], dynamic=False)
         layer = built[bkey]
+        run_fn = compiled.get(bkey, layer)
         if decode and not layer.causal:
             rec.status, rec.reason = "skipped", "layer is not causal (no causal option): no decode"
             continue
@@ -284,11 +295,21 @@ def _run(cfg: LayerBenchConfig, names: list[str], progress: bool, command: str |
         if loop.over_budget(rec, key, T, call_flops):
             continue
         calls = {"decode": cfg.decode_steps, "decode-frame": cfg.decode_frames}.get(mode, 1)
-        if not loop.time(rec, key, T, lambda: _point(layer, mode, T, cfg)[0], flops=call_flops, calls=calls,
+        if cfg.compile:  # the first call of a new shape / mode compiles: timed on its own, then excluded
+            t0 = time.perf_counter()
+            _point(run_fn, mode, T, cfg)[0]()
+            rec.extra["compile_seconds"] = time.perf_counter() - t0
+        # A compiled call under the CPU tensor accounting (a dispatch mode) makes Dynamo skip the layer's frame for
+        # good: every later call would run eager. CUDA's allocator statistics are safe.
+        memory = not (cfg.compile and loop.device.type == "cpu")
+        if not loop.time(rec, key, T, lambda: _point(run_fn, mode, T, cfg)[0], flops=call_flops, calls=calls,
+                         memory=memory,
                          label=f"{name}/{backend} {mode} T={T}"):
             continue
         if rec.peak_bytes is None:
-            rec.extra["memory_note"] = "not recorded: the CPU tensor accounting cannot follow this call"
+            rec.extra["memory_note"] = ("not recorded: the CPU tensor accounting would make compiled calls run eager"
+                                        if not memory else "not recorded: the CPU tensor accounting cannot follow "
+                                        "this call")
         rec.backend_used = getattr(layer, "last_backend", None) or backend
 
     loop.finish()
@@ -378,6 +399,13 @@ def markdown_table(res: LayerBenchResult | list[Measurement], fit_points: int | 
             f"{m.tokens_per_s:,.0f} | {_f(m.peak_bytes and m.peak_bytes / 2**20, '.1f')} | "
             f"{_f(m.flops and m.flops / 1e9, '.3g')} | {_f(m.frac_matmul_peak and 100 * m.frac_matmul_peak, '.1f')} | "
             f"{_f(m.frac_bandwidth and 100 * m.frac_bandwidth, '.1f')} | {m.extra.get('state_size', '')} |")
+    comp = [m for m in ms if m.ok and "compile_seconds" in m.extra]
+    if comp:
+        lines += ["", "## torch.compile (dynamic=False): seconds of the first, compiling call", "",
+                  "| layer | backend | mode | T | compile s | compiled time (ms) |", "|---|---|---|---:|---:|---:|"]
+        for m in sorted(comp, key=lambda m: (m.name, m.backend, MODES.index(m.mode), m.T)):
+            lines.append(f"| {m.name} | {m.backend_used or m.backend} | {m.mode} | {m.T} | "
+                         f"{m.extra['compile_seconds']:.1f} | {m.median_s * 1e3:.3g} |")
     if s["backend_ratios"]:
         lines += ["", "## Backends side by side (time / time of the automatic choice, same run)", "",
                   "| layer | mode | T | backend | vs | time ratio |", "|---|---|---:|---|---|---:|"]

@@ -141,6 +141,23 @@ def first_crossing(curves: list[dict], level: float) -> int | None:
     return next((s for s, m in zip(band["steps"], band["mean"]) if m >= level), None)
 
 
+def tail_change(curves: list[dict], fraction: float = 0.25) -> float | None:
+    """How much the seed-mean curve still moves over the last ``fraction`` of its steps: the least-squares line's
+    rise across that window (value units; about 0: flat). Robust to the single-point noise of short evaluations,
+    which a max - min would report as movement. None with fewer than 2 points in the window."""
+    band = curve_band(curves)
+    if not band["steps"]:
+        return None
+    end = band["steps"][-1]
+    pts = [(s, m) for s, m in zip(band["steps"], band["mean"]) if s >= end * (1 - fraction)]
+    if len(pts) < 2:
+        return None
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return slope * (xs[-1] - xs[0])
+
+
 def plot_curves(groups: dict[str, list[dict]], path: Path, ylabel: str, title: str,
                 chance: float | None = None, mark_step: int | None = None) -> Path | None:
     """One line per name (mean over its seeds' curves) with a shaded interval; ``groups`` = ``{name: [curve]}``;

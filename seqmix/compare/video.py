@@ -15,7 +15,7 @@ from pathlib import Path
 
 from seqmix.compare.common import RunLog, _check_layers, _default_jobs, _fit_recipe, _map_runs, base_recipe, \
     curve_matches, layer_args, longest_first, token_mixers
-from seqmix.compare.curves import LearningCurve, curve_at, first_crossing, plot_curves, video_recall
+from seqmix.compare.curves import LearningCurve, curve_at, first_crossing, plot_curves, tail_change, video_recall
 from seqmix.compare.seeds import aggregate, interval_note, parse_seeds, ranking, seed_args, summary_of
 from seqmix.utils.plots import pyplot, save_figure
 from seqmix.utils.stats import SeedSummary
@@ -147,16 +147,25 @@ def _video_markdown(rows: list[dict], cmp: VideoComparison, command: str) -> str
     return "\n".join(lines)
 
 
+#: A learning curve is flat when its seed-mean recall moves by at most this much over the last 25% of the steps
+#: (a curve point scores ``curve_batches`` validation batches of 32 videos: steps of 1/32 or finer per seed).
+FLAT = 0.05
+
+
 def add_readings(rows: list[dict], cmp: VideoComparison) -> None:
     """Add each row's ``readings``: how fast (``recall_at_budget``, the seeds' learning-curve recall at step
     ``equal_budget``, None where no curve point falls there; ``first_step_at_level``, the first curve step whose
-    seed-mean recall reaches ``recall_level``, None: never) and ``seconds_per_step`` (training wall time / steps)."""
+    seed-mean recall reaches ``recall_level``, None: never), how settled (``tail_change``: the seed-mean recall's
+    rise over the last 25% of the steps, from a least-squares line; ``flat``: within ``FLAT``) and
+    ``seconds_per_step`` (training wall time / steps)."""
     for r in rows:
         curves = r.get("curves") or []
         at = curve_at(curves, cmp.equal_budget) if cmp.equal_budget else None
+        change = tail_change(curves) if curves else None
         r["readings"] = {"equal_budget": cmp.equal_budget, "recall_at_budget": at.as_dict() if at else None,
                          "recall_level": cmp.recall_level,
                          "first_step_at_level": first_crossing(curves, cmp.recall_level) if curves else None,
+                         "tail_change": change, "flat": None if change is None else abs(change) <= FLAT + 1e-9,
                          "seconds_per_step": r["train_seconds"] / max(1, r.get("steps") or cmp.max_steps)}
 
 
@@ -172,18 +181,22 @@ def _speed_and_level(rows: list[dict], cmp: VideoComparison, S: int) -> list[str
              f"Recall at step {budget} (the equal budget) and the first curve step at which the seed-mean recall "
              f"reaches {cmp.recall_level} come from the learning curves (appearance recall on the first "
              f"{cmp.curve_batches} validation batches, every {cmp.max_steps // cmp.curve_points} steps); final recall "
-             f"and the returning segment's loss (segment {S}) from the full validation at step {cmp.max_steps}. "
-             f"Cells: {interval_note(len(parse_seeds(cmp.seeds)))}.", "",
+             f"and the returning segment's loss (segment {S}) from the full validation at step {cmp.max_steps}; "
+             f"last 25%: the seed-mean recall's rise over the last quarter of the steps (least-squares line; flat "
+             f"within {FLAT}). Cells: {interval_note(len(parse_seeds(cmp.seeds)))}.", "",
              f"| global layer | recall @ {budget} | first step >= {cmp.recall_level} | final recall | "
-             f"loss seg {S} (final) | s / step |", "|---|---:|---:|---:|---:|---:|"]
+             f"loss seg {S} (final) | last 25% | s / step |", "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         rd = r["readings"]
         at = SeedSummary(**rd["recall_at_budget"]).format("{:.3f}") if rd["recall_at_budget"] else "n/a"
         first = rd["first_step_at_level"]
         final = summary_of(r, "val/consistency").format("{:.3f}") if "val/consistency" in r["summary"] else "nan"
         loss = summary_of(r, last).format("{:.4f}") if last in r["summary"] else "nan"
+        tail = "n/a" if rd.get("tail_change") is None else f"{rd['tail_change']:+.3f}" + (
+            "" if rd["flat"] else " (rising)" if rd["tail_change"] > 0 else " (falling)")
         lines.append(f"| {r['mixer'] or 'none (local attention)'} | {at} | "
-                     f"{first if first is not None else 'never'} | {final} | {loss} | {rd['seconds_per_step']:.3f} |")
+                     f"{first if first is not None else 'never'} | {final} | {loss} | {tail} | "
+                     f"{rd['seconds_per_step']:.3f} |")
     if len(parse_seeds(cmp.seeds)) >= 2 and all(r["readings"]["recall_at_budget"] for r in rows):
         stmts = ranking([{"name": r["name"], "summary": {"b": r["readings"]["recall_at_budget"]}} for r in rows],
                         "b", lambda r: r["name"])

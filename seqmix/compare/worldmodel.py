@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seqmix.backbones.wm_config import world_model, world_model_names
-from seqmix.compare.common import _default_jobs, _fit_recipe, _map_runs, base_recipe, cost_estimate, recipe_dir, \
-    recipe_overrides
+from seqmix.compare.common import RunLog, _default_jobs, _fit_recipe, _map_runs, base_recipe, cost_estimate, \
+    recipe_dir, recipe_overrides
 from seqmix.utils.plots import pyplot, save_figure
 from seqmix.utils.stats import summarize
 
@@ -82,6 +82,8 @@ class WorldModelComparison:
         gifs: rollouts written as GIFs per model (first seed).
         data_overrides: extra CLI arguments for the data (e.g. ``--data.init_args.generate.explore_frames=8``).
         jobs: runs trained at once in separate processes (0 = one per CPU core without a GPU, else 1).
+        resume: keep the finished runs of an earlier call with the same settings (``out/runs.jsonl``, one record
+            per run, appended as each finishes) and train only the missing ones.
         out: output directory.
         data: where the trajectories are written once and read by every run (default ``out/data``).
     """
@@ -96,6 +98,7 @@ class WorldModelComparison:
     gifs: int = 2
     data_overrides: list[str] = field(default_factory=list)
     jobs: int = 0
+    resume: bool = False
     out: str = "runs/compare-worldmodel"
     data: str | None = None
 
@@ -189,15 +192,20 @@ def _window(config) -> int | None:
     return max(ks) if ks else None
 
 
+def _run_args(name: str, seed: int, cmp: WorldModelComparison) -> tuple[list[str], list[str]]:
+    """``(recipe arguments, overrides)`` of one run: what its record stores and resume matches."""
+    over = [f"--seed_everything={seed}", f"--model.init_args.seed={seed}", f"--data.init_args.seed={seed}",
+            *cmp.data_args(), "--trainer.val_check_interval=null", "--trainer.check_val_every_n_epoch=1000000"]
+    return ["--config", str(cmp.recipe(name))], over
+
+
 def _run(name: str, seed: int, cmp: WorldModelComparison) -> dict:
     """Train one model with one seed, score it on retrieval; returns its record."""
     import torch
 
     from seqmix.tasks.worldmodel_eval import memory_probe, retrieval, write_rollout_gif
 
-    args = ["--config", str(cmp.recipe(name))]
-    over = [f"--seed_everything={seed}", f"--model.init_args.seed={seed}", f"--data.init_args.seed={seed}",
-            *cmp.data_args(), "--trainer.val_check_interval=null", "--trainer.check_val_every_n_epoch=1000000"]
+    args, over = _run_args(name, seed, cmp)
     cli, train_s, metrics = _fit_recipe(args, over, cmp.max_steps)
     task, dm = cli.model, cli.datamodule
     items = [dm._val[i] for i in range(len(dm._val))]
@@ -363,15 +371,20 @@ def run_worldmodel_comparison(cmp: WorldModelComparison, progress: bool = True) 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     _prepare_data(cmp)
-    records: list[dict] = []
+    log = RunLog(out)
+    runs = [(m, s, cmp) for m in cmp.models for s in range(cmp.seeds)]
+    # same arguments (recipe, seed, data) and, where the call fixes it, the same step budget
+    records, runs = log.start(runs, lambda m, s, c: sum(_run_args(m, s, c), []),
+                              lambda rec: cmp.max_steps is None or rec.get("steps") == cmp.max_steps, cmp.resume)
 
     def done(rec: dict) -> None:
         records.append(rec)
+        log.append(rec)
         logger.info("%s seed %d: retrieval PSNR %.2f dB", rec["model"], rec["seed"], _mean(rec["psnr"]))
 
     # the most expensive models first (their layers' cost estimates), so parallel processes finish close together
     cost = {m: sum(cost_estimate(n) for n in world_model(m).layers) for m in cmp.models}
-    runs = sorted([(m, s, cmp) for m in cmp.models for s in range(cmp.seeds)], key=lambda r: (-cost[r[0]], r[1]))
+    runs.sort(key=lambda r: (-cost[r[0]], r[1]))
     _map_runs(_run, runs, cmp.num_jobs(), lambda r: f"{r[0]} seed {r[1]}", "worldmodel", progress, done)
     order = {m: i for i, m in enumerate(cmp.models)}
     records.sort(key=lambda r: (order[r["model"]], r["seed"]))

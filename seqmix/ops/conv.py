@@ -89,9 +89,12 @@ class _DepthwiseConvTime(torch.autograd.Function):
                 gx[:, : T - s].addcmul_(g[:, s:], w[:, K - 1 - s])
         if ctx.needs_input_grad[1]:
             gw = torch.zeros_like(w)
-            buf = torch.empty_like(g)
+            # Eager reuses one buffer for the K products; a compiled graph fuses each product into its sum
+            # instead (and Dynamo cannot trace `out=` into a non-contiguous view: it would break the graph).
+            buf = None if torch.compiler.is_compiling() else torch.empty_like(g)
             for s in range(min(K, T)):
-                prod = torch.mul(g[:, s:], x[:, : T - s], out=buf[:, : T - s])
+                prod = (g[:, s:] * x[:, : T - s] if buf is None
+                        else torch.mul(g[:, s:], x[:, : T - s], out=buf[:, : T - s]))
                 gw[:, K - 1 - s] = prod.sum((0, 1))
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g.sum((0, 1))
