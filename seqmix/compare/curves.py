@@ -160,27 +160,57 @@ def tail_change(curves: list[dict], fraction: float = 0.25) -> float | None:
 
 def plot_curves(groups: dict[str, list[dict]], path: Path, ylabel: str, title: str,
                 chance: float | None = None, mark_step: int | None = None) -> Path | None:
-    """One line per name (mean over its seeds' curves) with a shaded interval; ``groups`` = ``{name: [curve]}``;
-    ``mark_step``: a dotted vertical line there (e.g. the equal budget of a longer run)."""
+    """Learning curves, ``groups`` = ``{name: [curve per seed]}``; ``mark_step``: a dotted vertical line there (e.g.
+    the equal budget of a longer run).
+
+    Up to 4 names share one axes (seed mean per name, the seeds' range shaded); more get one small panel each
+    (every seed thin, the mean thick, the same axes), where overlapping bands would hide each other."""
     plt = pyplot(path)
     if plt is None:
         return None
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for name, curves in groups.items():
-        band = curve_band([c for c in curves if c and c.get("steps")])
-        if not band["steps"]:
+    groups = {n: [c for c in cs if c and c.get("steps")] for n, cs in groups.items()}
+    groups = {n: cs for n, cs in groups.items() if cs}
+    if not groups:
+        return None
+    panels = len(groups) > 4
+    cols = min(3, len(groups)) if panels else 1
+    rows = -(-len(groups) // cols) if panels else 1
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows + 0.6) if panels else (6.5, 4.2),
+                             sharex=True, sharey=True, squeeze=False)
+    flat = list(axes.flat)
+    for i, (name, curves) in enumerate(groups.items()):
+        ax = flat[i] if panels else flat[0]
+        band = curve_band(curves)
+        color = f"C{i % 10}"
+        if panels:
+            for c in curves:
+                ax.plot(c["steps"], c["values"], color=color, lw=0.8, alpha=0.45)
+            ax.plot(band["steps"], band["mean"], color=color, lw=2.2, label=f"mean of {len(curves)}")
+            ax.set_title(name, fontsize=9)
+        else:
+            ax.plot(band["steps"], band["mean"], marker=".", color=color, label=name)
+            if len(curves) > 1:
+                lo = [min(c["values"][c["steps"].index(s)] for c in curves) for s in band["steps"]]
+                hi = [max(c["values"][c["steps"].index(s)] for c in curves) for s in band["steps"]]
+                ax.fill_between(band["steps"], lo, hi, color=color, alpha=0.2)
+    for j, ax in enumerate(flat):
+        if panels and j >= len(groups):
+            ax.set_visible(False)
             continue
-        (line,) = ax.plot(band["steps"], band["mean"], marker=".", label=name)
-        if len(curves) > 1:
-            ax.fill_between(band["steps"], band["low"], band["high"], color=line.get_color(), alpha=0.2)
-    if chance is not None:
-        ax.axhline(chance, color="k", ls="--", lw=1, label="chance")
-    if mark_step:
-        ax.axvline(mark_step, color="k", ls=":", lw=1, label=f"step {mark_step}")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title(title)
+        if chance is not None:
+            ax.axhline(chance, color="k", ls="--", lw=1, label="chance")
+        if mark_step:
+            ax.axvline(mark_step, color="k", ls=":", lw=1, label=f"step {mark_step}")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(True, alpha=0.3)
+    for ax in (axes[-1] if panels else flat):
+        ax.set_xlabel("optimizer step")
+    for ax in (axes[:, 0] if panels else flat):
+        ax.set_ylabel(ylabel, fontsize=8 if panels else None)
+    flat[0].legend(fontsize=7)
+    if panels:
+        fig.suptitle(f"{title} (thin: each seed; thick: their mean)", fontsize=10)
+    else:
+        flat[0].set_title(f"{title} (band: the seeds' range)" if any(len(c) > 1 for c in groups.values())
+                          else title)
     return save_figure(fig, path)
