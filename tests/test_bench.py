@@ -80,7 +80,9 @@ def test_layers_compile_times_the_compiled_layer_and_its_compilation(tmp_path):
           "--backends", "[auto]", "--compile", "true", "--out", str(out)])
     doc = json.loads((out / "results.json").read_text())
     ok = [r for r in doc["records"] if r["status"] == "ok"]
-    assert {r["mode"] for r in ok} == {"fwd", "fwd+bwd"} and all(r["extra"]["compile_seconds"] > 0.5 for r in ok)
+    assert {r["mode"] for r in ok} == {"fwd", "fwd+bwd"}
+    # the compiling call outlasts a compiled one (even with inductor's caches warm from earlier tests)
+    assert all(r["extra"]["compile_seconds"] > r["median_s"] for r in ok), [(r["extra"], r["median_s"]) for r in ok]
     assert dyn_utils.counters["stats"]["unique_graphs"] == 2  # no grad, then with autograd
     assert "## torch.compile (dynamic=False)" in (out / "results.md").read_text()
 
