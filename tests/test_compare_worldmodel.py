@@ -19,6 +19,8 @@ def test_quick_comparison_writes_table_plot_gifs(tmp_path):
     assert len(list((tmp_path / "cmp/gifs").glob("*.gif"))) == 2
     mem = doc["summary"]["frame_local_attn"]["memory"]  # the memory metric beside its model-free references
     assert set(mem) == {"model", "mean_frame", "last_context", "best_window"}
+    run = doc["runs"][0]  # each run's own memory figures, flat: {"model", "seed", "psnr_within", ...}
+    assert {"model", "seed", "psnr_within", "psnr_beyond", "ssim_within", "ssim_beyond", "params", "steps"} <= set(run)
     assert "Memory (the metric that isolates it)" in res["markdown"]
 
 

@@ -395,6 +395,8 @@ def run_worldmodel_comparison(cmp: WorldModelComparison, progress: bool = True) 
         "; ".join(f"{n}: PSNR {r['psnr']:.2f} dB (far {r['psnr_far'] or float('nan'):.2f}), SSIM {r['ssim']:.3f}"
                   for n, r in refs.items()) + "."
     wall = time.perf_counter() - t0
+    for r in records:  # the memory metric of the model itself, flat in each run's record
+        r.update({k: v for k, v in r.get("memory", {}).get("model", {}).items()})
     doc = {"schema": "seqmix.compare.worldmodel/v1", "command": command,
            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "wall_seconds": wall, "window": k,
            "references": refs, "comparison": dataclasses.asdict(cmp), "summary": summary, "runs": records}
