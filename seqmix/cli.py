@@ -3,7 +3,7 @@
     seqmix fit|validate|test|predict --config RECIPE.yaml [--key value ...]   Lightning CLI over a recipe
     seqmix compare video [--quick] [--layers [..]] [--max_steps N]             t2v baselines, equal budgets (main job)
     seqmix compare mqar [--quick] [--widths [..]] [--lrs [..]] [--jobs N]     MQAR accuracy vs state size
-    seqmix compare worldmodel [--quick] [--models [..]] [--seeds S]           world-model retrieval vs distance
+    seqmix compare worldmodel [--quick] [--models [..]] [--seeds S]           world-model memory beyond the window
     seqmix bench layers [--quick] [--lengths [..]] [--layers [..]]             layer speed / memory vs T
     seqmix bench rollout [--quick] [--frames N] [--models [..]]               world-model per-frame rollout cost
     seqmix prepare storyboards|videos ...                                      write latent shard datasets
@@ -222,8 +222,10 @@ best validation accuracy per (layer, width) is reported against the layer's stat
               "the options given override it."),)),
         "worldmodel": config_command(WorldModelComparison, _run_worldmodel, _COMPARE_HELP["worldmodel"] + """
 
-Models are recipes/worldmodel/*.yaml (recipes/base/worldmodel.yaml + each model's mixers); each held-out return
-path is generated from its exploration and scored (PSNR / SSIM against the distance to the last sighting).
+Models are recipes/<recipes>/*.yaml (default recipes/worldmodel/memory/: the memory study's setting, on
+recipes/base/worldmodel-memory.yaml; --recipes worldmodel: the first comparison's); each held-out return path is
+scored by the memory metric (one-step prediction at maximum noise, within / beyond the window) and generated from
+its exploration (PSNR / SSIM against the distance to the last sighting).
 """),
     }
 

@@ -8,7 +8,8 @@ from seqmix.compare.worldmodel import WorldModelComparison, model_overrides, rec
 
 
 def test_quick_comparison_writes_table_plot_gifs(tmp_path):
-    cmp = WorldModelComparison(out=str(tmp_path / "cmp"), models=["frame_local_attn", "causal_transformer"]).quick()
+    cmp = WorldModelComparison(recipes="worldmodel", out=str(tmp_path / "cmp"),
+                               models=["frame_local_attn", "causal_transformer"]).quick()
     res = run_worldmodel_comparison(cmp, progress=False)
     doc = json.loads((tmp_path / "cmp/results.json").read_text())
     assert set(doc["summary"]) == {"frame_local_attn", "causal_transformer"} and doc["window"] == 4

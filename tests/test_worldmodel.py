@@ -392,7 +392,7 @@ def test_a_new_world_model_is_one_entry_and_one_recipe(tmp_path, monkeypatch):
     assert [[n for n, _ in layer] for layer in W.mixer_stack("gdn_frame_local", 2, grid=(4, 4))] == \
         [["gated_deltanet", "frame_local_attn"]] * 2
     assert "gdn_frame_local" in CW.recipe_models()
-    cmp = CW.WorldModelComparison(models=["gdn_frame_local"])
+    cmp = CW.WorldModelComparison(recipes="worldmodel", models=["gdn_frame_local"])
     cmp.validate()
     assert "gdn_frame_local" in RolloutBenchConfig().models
     assert model_config(RolloutBenchConfig.quick_config(), "gdn_frame_local")[0] is not None
