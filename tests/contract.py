@@ -125,6 +125,24 @@ def check_bad_inputs(name: str, layer: layers.Mixer) -> None:
                                                          "backend": "no-such-backend"})
 
 
+def check_dynamic_export(layer: layers.Mixer, traced_steps: int = 16, lengths=(1, 7, 37)) -> None:
+    """``torch.export`` with a symbolic length (in causal steps; frame layers need 2 frames or more): one program
+    traced at ``traced_steps`` equals eager in fp64 at every length in ``lengths`` (README, "Export and compile")."""
+    from torch.export import Dim, export
+
+    layer = layer.double().eval()
+    st = layer.step_tokens
+    dim = Dim("steps", min=2, max=1024) * st if st > 1 else Dim.DYNAMIC
+    prog = export(layer, (rand_x(2, steps(layer, traced_steps), torch.float64),), dynamic_shapes=({1: dim},))
+    assert any(not isinstance(r.lower, int) or r.upper > steps(layer, traced_steps)
+               for r in prog.range_constraints.values()), f"{layer.name}: length not symbolic {prog.range_constraints}"
+    mod = prog.module()
+    for n in (max(n, 2) if st > 1 else n for n in lengths):
+        x = rand_x(2, steps(layer, n), torch.float64, seed=n)
+        assert_close(f"{layer.name} exported, T={steps(layer, n)}", mod(x), layer(x), 1e-10)
+    layer.float().train()
+
+
 def check_all(name: str) -> None:
     """Every check of the harness on mixer ``name`` (what ``test_contract.py`` runs, parametrised, per name)."""
     for check in (check_shape_dtype, check_backward):
@@ -141,3 +159,4 @@ def check_all(name: str) -> None:
             check_causality(causal)
         check_state_carry(causal)
     check_bidirectional(make(name, **(over or {})))
+    check_dynamic_export(make(name), lengths=(1, 7))

@@ -1,8 +1,8 @@
-"""torch.export and torch.compile of every registry layer: the attention family (and the identity) export with a
-symbolic sequence length and equal eager at other lengths; the scans (TTT, LaCT, Gated DeltaNet, Mamba2, the
-block-wise world-model layers) loop over their chunks in Python, which fixes the chunk count, so they export one
-program per length and equal eager there; every layer traces to one graph without a break, and compiled forward and
-backward equal eager per layer family (README, "Export and compile")."""
+"""torch.export and torch.compile of every registry layer: every layer exports with a symbolic sequence length
+(the scans - TTT, LaCT, Gated DeltaNet, Mamba2, the block-wise world-model layers - through torch's scan op,
+seqmix.ops.scan) and equals eager at other lengths; the padded arithmetic the exported scans use equals the eager
+one, final states included; every layer traces to one graph without a break, and compiled forward and backward
+equal eager per layer family (README, "Export and compile")."""
 
 from __future__ import annotations
 
@@ -10,45 +10,67 @@ import dataclasses
 
 import pytest
 import torch
-from torch.export import Dim, export
 
 from seqmix import layers as L
 from seqmix.utils.testing import assert_close
 
-#: Layers whose exported program keeps the length symbolic (the README's list).
-DYNAMIC = ("full_attn", "swa", "local_attn", "frame_local_attn", "identity")
+import contract as C
+
+#: Exported forms beyond each layer's small config: TTT's causal language-model form, LaCT's causal form.
+FORMS = {"ttt_mlp@lm": ("ttt_mlp", dict(causal=True, variant="lm", mini_batch_size=4, mlp_expansion=2)),
+         "ttt_linear@lm": ("ttt_linear", dict(causal=True, variant="lm", mini_batch_size=4)),
+         "lact@causal": ("lact", dict(causal=True, chunk_size=4, momentum=True))}
 
 
-def _layer(name: str) -> tuple[torch.nn.Module, int]:
+def _layer(name: str, dtype=torch.float32) -> tuple[torch.nn.Module, int]:
     """``(layer in eval mode, tokens per frame)`` built small (frame layers get their small grid)."""
+    name, given = FORMS.get(name, (name, None))
     cls = L.mixer_class(name)
-    given = dict(cls.Tooling.small_config)
+    given = dict(cls.Tooling.small_config) if given is None else given
     grid = given.get("grid")
     torch.manual_seed(0)
-    return L.build(name, dim=32, num_heads=2, **given).eval(), (grid[0] * grid[1] if grid else 1)
+    return L.build(name, dim=32, num_heads=2, **given).to(dtype).eval(), (grid[0] * grid[1] if grid else 1)
 
 
-def test_dynamic_list_names_registry_layers():
-    assert set(DYNAMIC) <= set(L.available())
-
-
-@pytest.mark.parametrize("name", DYNAMIC)
+@pytest.mark.parametrize("name", sorted(L.available()) + [
+    pytest.param(n, marks=pytest.mark.slow) if n.startswith("lact") else n for n in sorted(FORMS)])
 def test_dynamic_length_export_equals_eager(name):
-    layer, ft = _layer(name)
-    x = torch.randn(2, 16 * ft, 32)
-    dim = Dim("frames", min=1, max=1024) * ft if ft > 1 else Dim("T", min=2, max=4096)
-    prog = export(layer, (x,), dynamic_shapes=({1: dim},)).module()
-    for n in (5, 24):  # other lengths than the traced one, shorter and longer than the windows
-        y = torch.randn(2, n * ft, 32)
-        assert_close(f"{name} exported at T={n * ft}", prog(y), layer(y), 1e-5)
+    """One program exported at one length runs every other length (shorter than a chunk, not a multiple of it,
+    longer than the windows) and equals eager in fp64 (the contract harness's check)."""
+    C.check_dynamic_export(_layer(name)[0])
 
 
-@pytest.mark.parametrize("name", [n for n in L.available() if n not in DYNAMIC])
-def test_fixed_length_export_equals_eager(name):
-    layer, ft = _layer(name)
-    x = torch.randn(2, 24 * ft if ft > 1 else 80, 32)
-    prog = export(layer, (x,)).module()
-    assert_close(f"{name} exported", prog(x), layer(x), 1e-5)
+#: op modules whose exported arithmetic (padding to whole chunks, at least two of them) is switched on below
+_EXPORT_PATHS = ("seqmix.ops.delta_rule", "seqmix.ops.ssd", "seqmix.ops.ttt", "seqmix.ops.lact", "seqmix.ops.conv",
+                 "seqmix.layers.mamba2")
+
+
+@pytest.mark.parametrize("name", ["gated_deltanet", "mamba2", "ttt_linear@lm", "ttt_mlp@lm", "lact@causal",
+                                  "ttt_mlp", "lact", "blockwise_ssm", "blockwise_ttt"])
+def test_exported_arithmetic_equals_eager_with_states(name, monkeypatch):
+    """The ops' export arithmetic run eagerly (the chunk loop stays a Python loop): tails padded to whole chunks,
+    incomplete chunks skipped in the carried state, equals the eager arithmetic in fp64 at lengths around the chunk
+    size, and so do the carried states (causal layers, ``return_state=True``) and chunked calls that continue them."""
+    import importlib
+
+    layer, ft = _layer(name, torch.float64)
+    for mod in _EXPORT_PATHS:
+        monkeypatch.setattr(importlib.import_module(mod), "exporting", lambda: True)
+    for n in ((1, 3) if ft > 1 else (1, 3, 4, 9)):
+        x = torch.randn(2, n * ft, 32, dtype=torch.float64)
+        with monkeypatch.context() as m:
+            for mod in _EXPORT_PATHS:
+                m.setattr(importlib.import_module(mod), "exporting", lambda: False)
+            ref = layer(x, return_state=True) if layer.causal else (layer(x), None)
+        got = layer(x, return_state=True) if layer.causal else (layer(x), None)
+        assert_close(f"{name} T={n * ft}", got[0], ref[0], 1e-10)
+        if ref[1] is not None:
+            leaves = [[t for t in torch.utils._pytree.tree_leaves(st) if isinstance(t, torch.Tensor)] for st in (got[1], ref[1])]
+            assert len(leaves[0]) == len(leaves[1]) > 0
+            for a, b in zip(*leaves):
+                assert_close(f"{name} T={n * ft} state", a, b, 1e-10)
+            x2 = torch.randn(2, 2 * ft, 32, dtype=torch.float64)
+            assert_close(f"{name} continued", layer(x2, state=got[1]), layer(x2, state=ref[1]), 1e-10)
 
 
 # ------------------------------------------------------------------------------------------- torch.compile

@@ -52,6 +52,7 @@ from torch import nn
 from seqmix.ops import external
 from seqmix.ops import ssd as ssd_ops
 from seqmix.ops.conv import causal_depthwise_conv1d, conv_tail
+from seqmix.ops.scan import exporting
 
 from .base import Backend, Mixer, MixerConfig, register, triton_device_reason
 from .cost import FP32_BYTES, Cost
@@ -346,7 +347,7 @@ class Mamba2(Mixer):
             A = -torch.exp(self.A_log.to(acc))  # [H]
             # 4. SSD scan (+ D skip). A single decode token takes the recurrent step: no chunk padding needed.
             # (the torch backend's one-token call is the recurrent step of its naive twin)
-            scan = ssd_ops.ssd_naive if backend.name == "torch" and T == 1 else backend.fn
+            scan = ssd_ops.ssd_naive if backend.name == "torch" and not exporting() and T == 1 else backend.fn
             y, h = scan(
                 xs.reshape(b, T, H, P), dt, A, Bm.reshape(b, T, G, N), Cm.reshape(b, T, G, N),
                 chunk_size=self.config.chunk_size, D=self.D, initial_state=ssm_state,

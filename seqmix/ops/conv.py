@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .scan import exporting
+
 
 def causal_depthwise_conv1d(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, history: torch.Tensor | None = None
@@ -44,6 +46,12 @@ def causal_depthwise_conv1d(
         xp = torch.cat([history.to(x.dtype) if history is not None else x.new_zeros(x.shape[0], K - 1, x.shape[2]),
                         x], dim=1)
         return F.conv1d(xp.transpose(1, 2), w[:, None], b, groups=w.shape[0]).transpose(1, 2)
+    if exporting():  # K shifted multiply-adds as plain ops: the Function's loops would branch on a symbolic T
+        xp = torch.cat([history.to(x.dtype) if history is not None else x.new_zeros(x.shape[0], K - 1, x.shape[2]),
+                        x], dim=1)
+        T = x.shape[1]
+        y = sum(xp[:, k : k + T] * w[:, k] for k in range(K))
+        return y if b is None else y + b
     if history is None:
         return _DepthwiseConvTime.apply(x, w, b)
     # With a carried tail: the zero-history conv of [history; x], whose first K-1 outputs (which would see the

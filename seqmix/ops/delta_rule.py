@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 __all__ = ["chunk_gated_delta_rule", "naive_recurrent_gated_delta_rule"]
 from . import acc_dtype
+from .scan import chunk_scan, exporting, num_chunks
 
 
 
@@ -140,10 +141,10 @@ def chunk_gated_delta_rule(
     acc = acc_dtype(q)
     scale = K**-0.5 if scale is None else scale
     q_, k_, v_, g_, b_ = _heads_first(q, k, v, g, beta, HV, acc)  # [B, HV, T, *]
-    C = min(chunk_size, T)
-    N = -(-T // C)
+    C = chunk_size if exporting() else min(chunk_size, T)  # exported: no branch on a symbolic T
+    N = num_chunks(T, C)
     pad = N * C - T
-    if pad:
+    if exporting() or pad:  # exported, T is symbolic: pad always
         q_, k_, v_ = (F.pad(t, (0, 0, 0, pad)) for t in (q_, k_, v_))
         g_, b_ = F.pad(g_, (0, pad)), F.pad(b_, (0, pad))
     q_c = q_.reshape(B, HV, N, C, K) * scale
@@ -169,14 +170,16 @@ def chunk_gated_delta_rule(
     k_decay = k_c * (gam[..., -1:] - gam).exp()[..., None]  # writes decayed to the chunk end
     chunk_decay = gam[..., -1].exp()  # [B, HV, N]
 
-    S = q_.new_zeros(B, HV, K, V) if initial_state is None else initial_state.to(acc)
-    outs = []
-    # One unbind per tensor: indexing chunk n inside the loop would make autograd allocate a full-size gradient
-    # per chunk in backward (O(T^2) memory traffic); unbind's backward is a single stack.
-    us, ws, qds, atts, cds, kds = (t.unbind(2) for t in (u_tilde, w, q_decay, attn_CC, chunk_decay, k_decay))
-    for n in range(N):  # the only sequential part: hand the [K, V] state from chunk to chunk
-        u = us[n] - ws[n] @ S  # [B, HV, C, V]
-        outs.append(qds[n] @ S + atts[n] @ u)
-        S = S * cds[n][..., None, None] + kds[n].transpose(-1, -2) @ u
-    o = torch.stack(outs, dim=2).reshape(B, HV, N * C, V)[:, :, :T]
+    S0 = q_.new_zeros(B, HV, K, V) if initial_state is None else initial_state.to(acc)
+
+    def step(carry, x):  # the only sequential part: hand the [K, V] state from chunk to chunk
+        (S,), (u_t, w_, qd, att, cd, kdT) = carry, x
+        u = u_t - w_ @ S  # [B, HV, C, V]
+        return (S * cd[..., None, None] + kdT @ u,), (qd @ S + att @ u,)
+
+    # [N, B, HV, ...]; k_decay enters transposed ([.., K, C]; a transpose inside a compiled scan's body breaks
+    # its backward)
+    chunks = (t.movedim(2, 0) for t in (u_tilde, w, q_decay, attn_CC, chunk_decay, k_decay.transpose(-1, -2)))
+    (S,), (outs,) = chunk_scan(step, (S0,), tuple(chunks))
+    o = outs.movedim(0, 2).reshape(B, HV, N * C, V)[:, :, :T]
     return o.transpose(1, 2).to(q.dtype), (S if output_final_state else None)

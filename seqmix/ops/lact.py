@@ -50,6 +50,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .scan import chunk_scan, exporting, num_chunks
+
 State = tuple[torch.Tensor, ...]
 
 __all__ = [
@@ -248,6 +250,9 @@ def lact_scan(
     """
     lrs = (lr0, lr1, lr2)
     _check(q, k, v, lrs, momentum, state, prenorm)
+    if exporting() and chunk_bounds is None:
+        return _lact_scan_padded(q, k, v, lrs, state, chunk_size, causal, momentum, muon_steps,
+                                 _target_norms(state[:3], renorm, norms), prenorm)
     chunks = chunk_spans(q.shape[2], chunk_size, chunk_bounds, causal)
     main, used, prev = _unpack(state, momentum, prenorm)
     norms = _target_norms(main, renorm, norms)
@@ -262,6 +267,40 @@ def lact_scan(
         if not causal:
             outs.append(swiglu_apply(*used, q[:, :, s:e]))
     return torch.cat(outs, dim=2), _pack(main, used, prev, prenorm)
+
+
+def _lact_scan_padded(q, k, v, lrs, state, C, causal, momentum, muon_steps, norms, prenorm):
+    """:func:`lact_scan` with ``chunk_size`` under ``torch.export``: the chunk steps as one
+    :func:`~seqmix.ops.scan.chunk_scan`, so T stays symbolic. The tail is padded to whole chunks with learning rates
+    0 (no ascent direction), momentum averages over the real tokens, and a chunk updates the state exactly when it
+    would eagerly (causal: complete chunks; non-causal: every chunk holding a real token)."""
+    if not isinstance(C, int) or isinstance(C, bool) or C < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {C!r}")
+    T = q.shape[2]
+    n = num_chunks(T, C)
+    pad = n * C - T
+    q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+    per_token = tuple(F.pad(t, (0, pad)) for t in lrs + ((momentum,) if momentum is not None else ()))
+    count = (T - torch.arange(n, device=q.device) * C).clamp(0, C)  # [n] real tokens per chunk
+    xs = tuple(t.unflatten(2, (n, C)).movedim(2, 0) for t in (q, k, v) + per_token)  # [n, B, H, C, ...]
+    main, used, prev = _unpack(state, momentum, prenorm)
+
+    def step(carry, x):
+        main, used, prev = _unpack(carry, momentum, prenorm)
+        qc, kc, vc, *rest = x[:-1]
+        cnt = x[-1]
+        m = rest[3].sum(-1) / cnt.clamp(min=1) if momentum is not None else None
+        out = swiglu_apply(*used, qc) if causal else None
+        new = _pack(*_advance(main, chunk_update(used, kc, vc, tuple(rest[:3])), prev, m, muon_steps, norms,
+                              prenorm), prenorm)
+        keep = cnt == C if causal else cnt > 0
+        new = tuple(torch.where(keep, a, b) for a, b in zip(new, carry))
+        if not causal:
+            out = swiglu_apply(*_unpack(new, momentum, prenorm)[1], qc)
+        return new, (out,)
+
+    carry, (o,) = chunk_scan(step, _pack(main, used, prev, prenorm), xs + (count,))
+    return o.movedim(0, 2).flatten(2, 3)[:, :, :T], carry
 
 
 def lact_scan_naive(

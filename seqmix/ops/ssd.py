@@ -35,6 +35,7 @@ from seqmix.utils.triton_compat import patch_triton_interpreter
 
 from . import acc_dtype
 from .external import mamba_chunk_scan_combined
+from .scan import chunk_scan, exporting, num_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -126,15 +127,17 @@ def ssd_chunk(
     """
     b, T, H, P, G, N = _check(x, dt, A, B, C, chunk_size, D, initial_state)
     acc = acc_dtype(x)
-    Q = min(chunk_size, T)  # a chunk longer than the input would only multiply zero padding (Q^2 work per chunk)
+    # a chunk longer than the input would only multiply zero padding (Q^2 work per chunk); exported, T may be symbolic
+    Q = chunk_size if exporting() else min(chunk_size, T)
     xdt = x.to(acc) * dt.to(acc)[..., None]  # [B, T, H, P] discretised input dt x
     a = dt.to(acc) * A.to(acc)  # [B, T, H] log decay of each step (<= 0)
     Bh, Ch = _heads(B, H).to(acc), _heads(C, H).to(acc)  # [B, T, H, N]
-    pad = (-T) % Q
-    if pad:  # dt = 0 on the padding: decay exp(0) = 1 and no input, so it changes nothing before it
+    c = num_chunks(T, Q)
+    pad = c * Q - T
+    if exporting() or pad:  # dt = 0 on the padding: decay exp(0) = 1 and no input, so it changes nothing before it
+        # (exported, T is symbolic: pad always)
         xdt, Bh, Ch = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (xdt, Bh, Ch))
         a = F.pad(a, (0, 0, 0, pad))
-    c = (T + pad) // Q
     xdt, Bh, Ch = (t.reshape(b, c, Q, H, t.shape[-1]) for t in (xdt, Bh, Ch))  # [B, c, Q, H, .] (explicit: B may be 0)
     a = a.reshape(b, c, Q, H).permute(0, 3, 1, 2)  # [B, H, c, Q]
     a_cs = torch.cumsum(a, dim=-1)  # [B, H, c, Q] log decay from the chunk start to each token
@@ -151,13 +154,14 @@ def ssd_chunk(
     # 3. Recurrence over chunk boundaries: the state entering chunk i. A loop over c chunks (not the c x c segsum
     #    matrix of Listing 1) keeps the cost linear in T and carries the initial state naturally.
     chunk_decay = torch.exp(a_cs[..., -1])  # [B, H, c]
-    h = x.new_zeros(b, H, P, N, dtype=acc) if initial_state is None else initial_state.to(acc)
-    entering = []
-    # unbind once (see delta_rule.chunk_gated_delta_rule: per-chunk indexing makes backward O(T^2))
-    for cd, cs in zip(chunk_decay.unbind(2), chunk_states.unbind(1)):
-        entering.append(h)
-        h = h * cd[..., None, None] + cs
-    states = torch.stack(entering, dim=1)  # [B, c, H, P, N]
+    h0 = x.new_zeros(b, H, P, N, dtype=acc) if initial_state is None else initial_state.to(acc)
+
+    def step(carry, xs):
+        (h,), (cd, cs) = carry, xs
+        return (h * cd[..., None, None] + cs,), (h,)
+
+    (h,), (states,) = chunk_scan(step, (h0,), (chunk_decay.movedim(2, 0), chunk_states.movedim(1, 0)))
+    states = states.movedim(0, 1)  # [B, c, H, P, N]
 
     # 4. Entering state -> outputs (left factor of the off-diagonal blocks), decayed to each token.
     y = y + torch.einsum("bclhn,bchpn,bhcl->bclhp", Ch, states, torch.exp(a_cs))

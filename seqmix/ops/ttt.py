@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .scan import chunk_scan, exporting, num_chunks
+
 Kind = Literal["linear", "mlp"]
 State = tuple[torch.Tensor, ...]
 
@@ -78,7 +80,8 @@ class _GeluTanh(torch.autograd.Function):
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    return _GeluTanh.apply(x)
+    # exported, the plain op (export cannot nest the Function in a scan)
+    return F.gelu(x, approximate="tanh") if exporting() else _GeluTanh.apply(x)
 
 
 def gelu_tanh_grad(x: torch.Tensor) -> torch.Tensor:
@@ -145,12 +148,14 @@ def init_state(params: tuple[torch.Tensor, ...], batch: int, dtype: torch.dtype)
 
 
 def step_weights(
-    eta: torch.Tensor, causal: bool, token_weights: torch.Tensor | None = None
+    eta: torch.Tensor, causal: bool, token_weights: torch.Tensor | None = None, count: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """eta: [B, H, N] -> (E [B, H, N, N] read-out step sizes, last [B, H, N] state-update step sizes).
 
     ``token_weights`` ([>= N], causal form only): per-position weights ``w_i`` of row ``i`` (default ``1/(i+1)``).
     Row-wise rates ``eta [B, H, N, N]`` (non-causal form): ``E = eta / N``, ``last = E[..., -1, :]``.
+    ``count``: the mini-batch's real tokens (a 0-dim tensor) when its tail is padding with ``eta = 0``; the
+    averages divide by it instead of N, so a padded mini-batch steps as its unpadded part would.
     """
     N = eta.shape[-1]
     if eta.dim() == 4:
@@ -159,7 +164,7 @@ def step_weights(
     if causal and token_weights is not None:
         w = token_weights[:N].to(eta.dtype)
         return torch.tril(w[:, None] * eta[..., None, :]), w[N - 1] * eta
-    last = eta / N
+    last = eta / (N if count is None else count.to(eta.dtype))
     if causal:
         pos = 1.0 / torch.arange(1, N + 1, device=eta.device, dtype=eta.dtype)  # token-position weighting
         E = torch.tril(pos[:, None] * eta[..., None, :])
@@ -181,12 +186,13 @@ def _mb_step(
     causal: bool,
     dual: bool,
     token_weights: torch.Tensor | None = None,
+    count: torch.Tensor | None = None,
 ) -> tuple[State, torch.Tensor]:
     """One mini-batch: inner gradient at the current state, read-out for the queries, updated state.
 
-    q, k, r: [B, H, N, K]; eta: [B, H, N]. Returns (new state, z [B, H, N, K]).
+    q, k, r: [B, H, N, K]; eta: [B, H, N]; count: see :func:`step_weights`. Returns (new state, z [B, H, N, K]).
     """
-    E, last = step_weights(eta, causal, token_weights)
+    E, last = step_weights(eta, causal, token_weights, count)
     lw = last.unsqueeze(-1)  # [B, H, N, 1]
     if kind == "linear":
         W1, b1 = state
@@ -287,6 +293,9 @@ def ttt_scan(
         raise ValueError("row-wise rates read every token with its own weights: they need the dual read-out")
     if causal and not dual:
         raise ValueError("the causal form needs the dual read-out (dual=True or None): primal read-out is per mini-batch")
+    if exporting():
+        return _ttt_scan_padded(q, k, r, eta, ln_w, ln_b, state, kind, causal, mini_batch_size, eps, dual,
+                                token_weights)
     B, H, T, K = q.shape
     N = mini_batch_size
     n_full = T // N
@@ -322,6 +331,31 @@ def ttt_scan(
         _, z = _mb_step(kind, state, *chunks[n_full], *args, token_weights)
         outs.append(z)
     return torch.cat(outs, dim=2), boundary_state
+
+
+def _ttt_scan_padded(q, k, r, eta, ln_w, ln_b, state, kind, causal, N, eps, dual, token_weights):
+    """:func:`ttt_scan` under ``torch.export``: the same mini-batch steps as one
+    :func:`~seqmix.ops.scan.chunk_scan`, so T stays symbolic. The tail is padded to whole mini-batches with
+    ``eta = 0`` (a padded token updates nothing; causal reads never look ahead; the non-causal average divides by
+    the real count), and the carried state skips incomplete mini-batches, so it is the state after the last complete
+    one, as eagerly. ``checkpoint_group`` does not apply here."""
+    T = q.shape[2]
+    n = num_chunks(T, N)
+    pad = n * N - T
+    q, k, r = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, r))
+    eta = F.pad(eta, (0, 0, 0, pad) if eta.dim() == 4 else (0, pad))
+    count = (T - torch.arange(n, device=q.device) * N).clamp(0, N)  # [n] real tokens per mini-batch
+    xs = tuple(t.unflatten(2, (n, N)).movedim(2, 0) for t in (q, k, r, eta))  # [n, B, H, N, ...]
+    eps = torch.full((), eps, dtype=q.dtype, device=q.device)  # the scan op closes over tensors and ints only
+
+    def step(st, x):
+        qc, kc, rc, ec, cnt = x
+        # (an all-padding mini-batch divides its zero rates by 1, not 0: no NaN reaches the backward of `where`)
+        new, z = _mb_step(kind, st, qc, kc, rc, ec, ln_w, ln_b, eps, causal, dual, token_weights, cnt.clamp(min=1))
+        return tuple(torch.where(cnt == N, a, b) for a, b in zip(new, st)), (z,)
+
+    st, (z,) = chunk_scan(step, state, xs + (count,))
+    return z.movedim(0, 2).flatten(2, 3)[:, :, :T], tuple(st)
 
 
 def ttt_scan_naive(
