@@ -109,10 +109,12 @@ def check_model(model: nn.Module, tp: int) -> None:
                     f"allowed tp: {', '.join(str(d) for d in range(1, v + 1) if v % d == 0)}")
         for a in spec.group_attrs:
             v = getattr(m, a)
-            if v % tp and tp % v:
+            try:
+                spec.local_count(v, tp)
+            except ValueError:
                 raise ValueError(
                     f"{path} ({type(m).__name__}): {a}={v} groups of heads cannot be split over tp={tp} ranks (one "
-                    f"must divide the other); with {a}={v}, tp must be a divisor or a multiple of {v}")
+                    f"must divide the other); with {a}={v}, tp must be a divisor or a multiple of {v}") from None
 
 
 def meta_model(build) -> nn.Module:
