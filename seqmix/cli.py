@@ -243,8 +243,8 @@ def _compare_summaries() -> dict:
 
 
 def plan(model: str, duration: int | None = None, gpus: int = 8, gpu_memory: str = "80GB", strategy: str = "fsdp+tp",
-         tp: int | None = None, mixer: str = "ttt_mlp", batch: int = 64, mfu: float = 0.4,
-         fsdp_precision: str = "full", json: bool = False) -> None:
+         tp: int | None = None, mixer: str = "ttt_mlp", mixer_config: dict | None = None, batch: int = 64,
+         mfu: float = 0.4, fsdp_precision: str = "full", json: bool = False) -> None:
     """Per-GPU memory (parameters, gradients, optimizer, activations) and step time of a training layout for the
     paper's five stages; bad layouts fail here, before any process starts.
 
@@ -254,6 +254,8 @@ def plan(model: str, duration: int | None = None, gpus: int = 8, gpu_memory: str
         gpus: GPUs in all. gpu_memory: memory per GPU (80GB). strategy: ddp, fsdp, tp or fsdp+tp.
         tp: tensor-parallel size (tp and fsdp+tp; default: all GPUs of one 8-GPU node, at most `gpus`).
         mixer: the DiT's global layer (the world model's mixer stack). batch: global batch.
+        mixer_config: the DiT global layer's config fields (e.g. '{scan_checkpoint_group: 16}': TTT recomputes
+            its scan in groups of 16 mini-batches; the activation estimate is measured from the configured layer).
         mfu: assumed fraction of the bf16 peak.
         fsdp_precision: full (FSDP2 gathers fp32 parameters) or bf16 (the recipe's model.init_args.fsdp_precision).
         json: print the estimate as JSON ({"stages": [{"stage": "63 s", "total_gb": ..., "fits": ...}, ...]}).
@@ -264,7 +266,8 @@ def plan(model: str, duration: int | None = None, gpus: int = 8, gpu_memory: str
         tp = min(gpus, 8) if gpus >= 1 else gpus  # the paper's layout: tensor parallel inside one node
     try:
         p = estimate(model, gpus=gpus, strategy=strategy, tp=tp, gpu_memory=gpu_memory, batch=batch,
-                     durations=[duration] if duration else None, mixer=mixer, mfu=mfu, fsdp_precision=fsdp_precision)
+                     durations=[duration] if duration else None, mixer=mixer, mixer_config=mixer_config, mfu=mfu,
+                     fsdp_precision=fsdp_precision)
     except ValueError as e:  # a bad layout is the user's input, not a bug: one line, argparse's exit status
         print(f"seqmix plan: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -11,11 +11,16 @@ each mixer's ``cost``). Memory, per GPU, in the layout :func:`seqmix.parallel.pl
   dtype, autocast computes in bf16); ddp keeps a full copy;
 * gradients: fp32 of the trainable parameters, split / sharded as the parameters;
 * optimizer: AdamW's two fp32 moments of the trainable parameters, split / sharded as the parameters;
-* activations (bf16, per example): with activation checkpointing, every block's input (``T D``; tensor parallel
-  does not split activations: the plan has no sequence parallelism) plus the working set of one block recomputed
-  in backward, ``T D (R + S / P)`` with R = 4 + 4 per token-mixing pass (norm outputs, mixer outputs, gated
-  residuals, replicated) and S = 8 (MLP hidden) + 12 per pass that TP splits (Q/K/V, their fp32 copies inside the
-  mixer, outputs), doubled for the gradients of that working set. Without checkpointing every block's working set.
+* activations (per example): with activation checkpointing, every block's inputs (tensor parallel does not split
+  them: the plan has no sequence parallelism) plus what autograd saves in one block's forward, recomputed in
+  backward; without checkpointing what every block saves. DiT: those bytes are MEASURED from the code, not
+  counted by hand: one block of the model runs forward under bf16 autocast on fake tensors (``FakeTensorMode``:
+  shapes only, no memory) at one 3 s segment, with a hook on autograd's saved tensors (each storage once,
+  parameters excluded); what is saved inside head-split mixers and the MLP counts ``1 / P`` per tensor-parallel
+  rank, the rest whole; a longer layout scales it by its tokens (every part is linear in the segments).
+  ``tests/test_scale_out.py`` checks the result against a real step's peak on CPU. World model: an analytic count,
+  ``T D (R + S / P)`` with R = 4 + 4 per token-mixing pass and S = 8 (MLP hidden) + 12 per split pass, bf16,
+  doubled for the working set's gradients.
 
 Step time: analytic FLOPs (forward + backward = 3 forwards, + 1 forward recomputed under checkpointing) of
 ``batch / data-parallel`` examples per rank, split by P, at ``mfu`` of the peak bf16 rate, plus collectives at the
@@ -29,6 +34,7 @@ from __future__ import annotations
 import functools
 from dataclasses import asdict, dataclass, field
 
+import torch
 from torch import nn
 
 from .checks import blocks_of, check_layout, check_model, meta_model, shardable
@@ -146,6 +152,94 @@ def _dit(mixer: str, mixer_config: tuple, overrides: tuple = ()):
                                                      gradient_checkpointing=True, **dict(overrides))))
 
 
+@dataclass(frozen=True)
+class BlockActivations:
+    """Bytes one example keeps for one block in training (bf16 autocast): ``inputs`` (what a checkpointed block
+    keeps: its input activations), ``replicated`` and ``split`` (what autograd saves in the block's forward,
+    outside / inside the parts tensor parallelism splits by heads: the global and attention mixers, the MLP)."""
+
+    inputs: float
+    replicated: float
+    split: float
+
+    def scaled(self, factor: float) -> "BlockActivations":
+        return BlockActivations(self.inputs * factor, self.replicated * factor, self.split * factor)
+
+
+def measure_block_activations(build, layout) -> BlockActivations:
+    """What autograd saves in the first block of ``build()`` (a seqmix backbone) for one example of ``layout``.
+
+    The model is built and run under ``FakeTensorMode`` (no memory, no compute: every op runs its shape function),
+    forward under bf16 autocast as training runs, with activation checkpointing off so the block's saved tensors are
+    visible; a ``saved_tensors_hooks`` pack hook records each saved storage once (parameters excluded), tagged by
+    whether it was saved inside a head-split mixer (``head_shard_spec``) or the MLP. Returns
+    :class:`BlockActivations` in bytes.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with mode:
+        model = build().train()
+    model.gradient_checkpointing = False
+    # The layout's index tensors have data-dependent shapes: computed for real, outside the fake mode (and cached
+    # on the model), then read as constants by the fake forward.
+    model._plan(layout, torch.device("cpu"))
+    params = {p.untyped_storage()._cdata for p in model.parameters()}
+    block = blocks_of(model)[0]
+    split_mods = [m for _, m, spec in shardable(model) if spec is not None and _inside(m, block)]
+    split_mods.append(block.ff if hasattr(block, "ff") else block.mlp)
+    depth, inside, saved, inputs = [0], [False], {}, [0.0]
+
+    def enter(_m, args):
+        depth[0] += 1
+
+    def leave(_m, _args, _out):
+        depth[0] -= 1
+
+    def block_in(_m, args):
+        inside[0] = True
+        inputs[0] = float(sum(a.numel() * a.element_size() for a in args if isinstance(a, torch.Tensor)))
+
+    def block_out(_m, _args, _out):
+        inside[0] = False
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        if inside[0] and st._cdata not in params and st._cdata not in saved:
+            saved[st._cdata] = (st.nbytes(), depth[0] > 0)
+        return t
+
+    handles = [m.register_forward_pre_hook(enter) for m in split_mods]
+    handles += [m.register_forward_hook(leave) for m in split_mods]
+    handles += [block.register_forward_pre_hook(block_in), block.register_forward_hook(block_out)]
+    try:
+        with mode, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                torch.autocast("cpu", dtype=torch.bfloat16):
+            c = model.config
+            latents = torch.randn(1, layout.num_frames, c.in_channels, layout.latent_height, layout.latent_width)
+            text = torch.randn(1, layout.text_tokens, c.text_embed_dim)
+            model(latents, torch.tensor([500.0]), text, layout)
+    finally:
+        for h in handles:
+            h.remove()
+    split = sum(n for n, s in saved.values() if s)
+    return BlockActivations(inputs[0], sum(n for n, _ in saved.values()) - split, split)
+
+
+def _inside(m: nn.Module, block: nn.Module) -> bool:
+    return any(m is x for x in block.modules())
+
+
+@functools.lru_cache(maxsize=16)
+def _dit_block_activations(mixer: str, mixer_config: tuple, overrides: tuple, layout_kw: tuple) -> BlockActivations:
+    """:func:`measure_block_activations` of a one-block copy of the DiT at one 3 s segment (cached)."""
+    from seqmix.backbones.dit import DiTConfig, SegmentedDiT
+    from seqmix.backbones.layout import VideoLayout
+
+    cfg = DiTConfig(mixer=mixer, mixer_config=dict(mixer_config), **{**dict(overrides), "num_layers": 1})
+    return measure_block_activations(lambda: SegmentedDiT(cfg), VideoLayout.paper(3, **dict(layout_kw)))
+
+
 @functools.lru_cache(maxsize=4)
 def _worldmodel(mixers: str):
     from seqmix.backbones.wm_config import WorldModelConfig
@@ -158,7 +252,8 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
              gpu_memory: float | str = "80GB", durations: list[int] | None = None, batch: int = 64,
              mixer: str = "ttt_mlp", mixer_config: dict | None = None, activation_checkpointing: bool = True,
              tflops: float = 790.0, mfu: float = 0.4, nvlink_gbs: float = 450.0, network_gbs: float = 50.0,
-             latent_fps: int = 4, dit_overrides: dict | None = None, fsdp_precision: str = "full") -> Plan:
+             latent_fps: int = 4, dit_overrides: dict | None = None, fsdp_precision: str = "full",
+             layout_overrides: dict | None = None) -> Plan:
     """Estimate per-GPU memory and step time for each duration (default: the paper's five stages).
 
     Args:
@@ -176,6 +271,8 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
         dit_overrides: other DiTConfig fields (e.g. ``num_layers`` for a shallow model measured on one GPU).
         fsdp_precision: ``"full"`` (FSDP2 gathers fp32 parameters) or ``"bf16"`` (gathers them in bf16, as
             :func:`seqmix.parallel.plan.parallelize` does with that option): the gathered block buffers halve.
+        layout_overrides: other :class:`~seqmix.backbones.layout.VideoLayout` fields of every stage (e.g. a smaller
+            ``latent_height`` / ``latent_width`` for a step measured on CPU).
     """
     from seqmix.backbones.layout import VideoLayout
     from seqmix.bench.costs import dit_cost, layer_cost
@@ -211,7 +308,7 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
     stages = {s: (steps, tr) for s, steps, tr in PAPER_STAGES}
     for sec in durations or [s for s, _, _ in PAPER_STAGES]:
         if model == "dit":
-            lay = VideoLayout.paper(sec) if sec in VideoLayout.PAPER_DURATIONS else None
+            lay = VideoLayout.paper(sec, **(layout_overrides or {})) if sec in VideoLayout.PAPER_DURATIONS else None
             if lay is None:
                 raise ValueError(f"no paper layout for {sec} s; valid: {sorted(VideoLayout.PAPER_DURATIONS)}")
             T, D = lay.total_tokens, m.config.inner_dim
@@ -231,10 +328,18 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
         params = 4 * per_gpu(n_all, n_split) + (2 * gather_bytes * n_block / P if fsdp else 0)
         grads = 4 * per_gpu(tr_all, tr_split)
         optim = 8 * per_gpu(tr_all, tr_split)
-        R, S = 4 + 4 * passes, 8 + 12 * split_passes
-        work = T * D * 2 * (R + (S + 12 * (passes - split_passes)) / P) * 2
         nb = len(blocks)
-        acts = (nb * T * D * 2 + work) if activation_checkpointing else nb * work / 2
+        if model == "dit":  # measured from the code at one segment, scaled to this layout's tokens
+            one = VideoLayout.paper(3, **(layout_overrides or {}))
+            b = _dit_block_activations(mixer, tuple(sorted((mixer_config or {}).items())),
+                                       tuple(sorted((dit_overrides or {}).items())),
+                                       tuple(sorted((layout_overrides or {}).items()))).scaled(T / one.total_tokens)
+            work = b.replicated + b.split / P
+            acts = (nb * b.inputs + work) if activation_checkpointing else nb * work
+        else:
+            R, S = 4 + 4 * passes, 8 + 12 * split_passes
+            work = T * D * 2 * (R + (S + 12 * (passes - split_passes)) / P) * 2
+            acts = (nb * T * D * 2 + work) if activation_checkpointing else nb * work / 2
         total = params + grads + optim + acts
         # time: forward + backward (3x) + recompute (1x) per example; examples per rank = batch / dp
         per_example = flops * (4.0 if activation_checkpointing else 3.0) / P
