@@ -244,7 +244,8 @@ def _compare_summaries() -> dict:
 
 def plan(model: str, duration: int | None = None, gpus: int = 8, gpu_memory: str = "80GB", strategy: str = "fsdp+tp",
          tp: int | None = None, mixer: str = "ttt_mlp", mixer_config: dict | None = None, batch: int = 64,
-         mfu: float = 0.4, fsdp_precision: str = "full", json: bool = False) -> None:
+         mfu: float = 0.4, fsdp_precision: str = "full", sequence_parallel: bool | None = None,
+         json: bool = False) -> None:
     """Per-GPU memory (parameters, gradients, optimizer, activations) and step time of a training layout for the
     paper's five stages; bad layouts fail here, before any process starts.
 
@@ -255,19 +256,25 @@ def plan(model: str, duration: int | None = None, gpus: int = 8, gpu_memory: str
         tp: tensor-parallel size (tp and fsdp+tp; default: all GPUs of one 8-GPU node, at most `gpus`).
         mixer: the DiT's global layer (the world model's mixer stack). batch: global batch.
         mixer_config: the DiT global layer's config fields (e.g. '{scan_checkpoint_group: 16}': TTT recomputes
-            its scan in groups of 16 mini-batches; the activation estimate is measured from the configured layer).
+            its scan in groups of 16 mini-batches; the activation estimate is measured from the configured layer);
+            default: the paper-scale recipe's (recipes/t2v/paper/<mixer>.yaml) if there is one.
         mfu: assumed fraction of the bf16 peak.
         fsdp_precision: full (FSDP2 gathers fp32 parameters) or bf16 (the recipe's model.init_args.fsdp_precision).
+        sequence_parallel: the DiT's residual stream sharded over the tensor-parallel ranks between blocks (the
+            recipe's model.init_args.sequence_parallel); default: on with tensor parallelism, as the paper recipe.
         json: print the estimate as JSON ({"stages": [{"stage": "63 s", "total_gb": ..., "fits": ...}, ...]}).
     """
     from seqmix.parallel.estimate import estimate, markdown
 
+    if mixer_config is None and model == "dit":
+        mixer_config = _paper_mixer_config(mixer)
     if tp is None and "tp" in strategy.split("+"):
         tp = min(gpus, 8) if gpus >= 1 else gpus  # the paper's layout: tensor parallel inside one node
     try:
         p = estimate(model, gpus=gpus, strategy=strategy, tp=tp, gpu_memory=gpu_memory, batch=batch,
                      durations=[duration] if duration else None, mixer=mixer, mixer_config=mixer_config, mfu=mfu,
-                     fsdp_precision=fsdp_precision)
+                     fsdp_precision=fsdp_precision,
+                     sequence_parallel=(model == "dit") if sequence_parallel is None else sequence_parallel)
     except ValueError as e:  # a bad layout is the user's input, not a bug: one line, argparse's exit status
         print(f"seqmix plan: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -277,6 +284,20 @@ def plan(model: str, duration: int | None = None, gpus: int = 8, gpu_memory: str
         print(json_lib.dumps(p.to_json(), indent=1))
     else:
         print(markdown(p))
+
+
+def _paper_mixer_config(mixer: str) -> dict | None:
+    """The global layer's settings of the paper-scale recipe ``t2v/paper/<mixer>.yaml``, if there is one."""
+    import yaml
+
+    from seqmix.utils.recipes import builtin_recipe
+
+    try:
+        path = builtin_recipe(f"t2v/paper/{mixer}")
+    except FileNotFoundError:
+        return None
+    doc = yaml.safe_load(path.read_text())
+    return doc["model"]["init_args"]["model"]["mixer_config"]
 
 
 def _plan_dashes(argv: list[str]) -> list[str]:

@@ -114,21 +114,23 @@ def _compare(tag, ref, par, ref_losses, par_losses):
     assert n > 0
 
 
-def _job(mixer: str, dp: int, tp: int):
-    """One process's part of (dp x tp) training vs the one-process reference; raises on a mismatch."""
+def _job(mixer: str, dp: int, tp: int, sp: bool = False):
+    """One process's part of (dp x tp) training (``sp``: with the residual stream sharded over the tensor-parallel
+    ranks) vs the one-process reference; raises on a mismatch."""
     from seqmix.parallel.plan import make_mesh, parallelize
 
     ref = _model(mixer)
     par = copy.deepcopy(ref)
     ref_losses = _train(ref, _optim(ref), STEPS)
     mesh = make_mesh(dp, tp)
-    rep = parallelize(par, mesh, activation_checkpointing=True)
+    rep = parallelize(par, mesh, activation_checkpointing=True, sequence_parallel=sp)
+    assert rep.sequence_parallel == sp
     if tp > 1:
         assert (len(rep.head_sharded), len(rep.replicated)) == (TINY["num_layers"] * 2, 0), rep
     rank, per = mesh["data_parallel"].get_local_rank(), BATCH // dp
     part = slice(rank * per, (rank + 1) * per)
     par_losses = _train(par, _optim(par), STEPS, part, mesh["data_parallel"].get_group(), dp)
-    _compare(f"{mixer} dp={dp} tp={tp}", ref, par, ref_losses, par_losses)
+    _compare(f"{mixer} dp={dp} tp={tp} sp={sp}", ref, par, ref_losses, par_losses)
 
 
 def _bf16_job(dp: int):
@@ -258,13 +260,16 @@ def _spawn(world: int, jobs: list) -> None:
 
 @pytest.mark.slow
 def test_two_processes_fsdp_tp_and_checkpoint_save_then_four_processes_resume(tmp_path):
-    """2 processes: FSDP2 only (TTT-MLP, Gated DeltaNet) and TP only for every global layer, the world-model
-    backbone under TP and FSDP2, then a checkpoint;
-    4 processes: FSDP2 x TP (2 x 2) for every global layer, TP x 4, and the 2-process checkpoint resumed at 2 x 2."""
+    """2 processes: FSDP2 only (TTT-MLP, Gated DeltaNet) and TP only for every global layer, TP with sequence
+    parallelism (TTT-MLP, Gated DeltaNet, Mamba2, full and sliding-window attention), the world-model backbone under
+    TP and FSDP2, then a checkpoint; 4 processes: FSDP2 x TP (2 x 2) for every global layer, TP x 4, sequence
+    parallelism at 2 x 2 and TP x 4, and the 2-process checkpoint resumed at 2 x 2."""
     jobs2 = [("job", m, 2, 1) for m in ("ttt_mlp", "gated_deltanet")] + [("job", m, 1, 2) for m in MIXERS]
+    jobs2 += [("job", m, 1, 2, True) for m in ("ttt_mlp", "gated_deltanet", "mamba2", "full_attn", "swa")]
     jobs2 += [("wm", 1, 2), ("wm", 2, 1), ("save", str(tmp_path / "ckpt"))]
     _spawn(2, jobs2)
     jobs4 = [("job", m, 2, 2) for m in MIXERS] + [("job", m, 1, 4) for m in ("ttt_mlp", "mamba2@groups2")]
+    jobs4 += [("job", "ttt_mlp", 2, 2, True), ("job", "swa", 1, 4, True)]  # 4 shards: some ranks hold padding
     jobs4 += [("resume", str(tmp_path / "ckpt"), 2, 2)]
     _spawn(4, jobs4)
 
@@ -418,24 +423,55 @@ def test_plan_json_and_bf16_gather(capsys):
     assert bf16["fsdp_precision"] == "bf16" and full["data_parallel"] == 32
 
 
-@pytest.mark.parametrize("mixer", ["ttt_mlp", pytest.param("mamba2", marks=pytest.mark.slow),
-                                   pytest.param("gated_deltanet", marks=pytest.mark.slow)])
-def test_plan_memory_estimate_matches_a_measured_step_on_cpu(mixer):
+def test_plan_sizes_the_paper_recipe_and_every_stage_fits(capsys):
+    """The issue's target: `seqmix plan dit --gpus 256 --gpu-memory 80GB --strategy fsdp+tp --tp 8 --json` sizes
+    the layout the paper recipe builds (sequence parallelism on; the global layer's settings from
+    recipes/t2v/paper/ttt_mlp.yaml) and every stage fits in 80 GB; without sequence parallelism the 63 s stage does
+    not."""
+    import json
+
+    import yaml
+
+    from seqmix.cli import main
+    from seqmix.utils.recipes import builtin_recipe
+
+    args = ["plan", "dit", "--gpus", "256", "--gpu-memory", "80GB", "--strategy", "fsdp+tp", "--tp", "8", "--json"]
+    main(args)
+    doc = json.loads(capsys.readouterr().out)
+    recipe = yaml.safe_load(builtin_recipe("t2v/paper/ttt_mlp").read_text())
+    assert doc["mixer_config"] == recipe["model"]["init_args"]["model"]["mixer_config"]
+    base = yaml.safe_load(builtin_recipe("t2v/paper/base").read_text())
+    assert doc["sequence_parallel"] is base["model"]["init_args"]["sequence_parallel"] is True
+    assert [s["stage"] for s in doc["stages"]] == ["3 s", "9 s", "18 s", "30 s", "63 s"]
+    assert all(s["fits"] for s in doc["stages"]), doc["stages"]
+    main(args + ["--sequence-parallel", "false", "--duration", "63"])
+    (last,) = json.loads(capsys.readouterr().out)["stages"]
+    assert not last["fits"] and last["activations_gb"] > 2 * doc["stages"][-1]["activations_gb"]
+
+
+@pytest.mark.parametrize("mixer,low,high", [
+    ("ttt_mlp", 0.9, 1.1), pytest.param("mamba2", 0.9, 1.1, marks=pytest.mark.slow),
+    pytest.param("gated_deltanet", 0.9, 1.1, marks=pytest.mark.slow),
+    pytest.param("ttt_mlp@scan_checkpoint", 1.0, 1.35, marks=pytest.mark.slow)])
+def test_plan_memory_estimate_matches_a_measured_step_on_cpu(mixer, low, high):
     """`seqmix plan`'s memory model against a real training step on CPU: a 2-block DiT (2 heads x 32, a small 3 s
     layout, bf16 autocast, per-block checkpointing, AdamW), the peak of live tensors of its second step (the
-    optimizer's states exist) by torch's MemTracker, within 10% of the estimate (measured: 0.99 TTT-MLP, 1.01
-    Gated DeltaNet, 1.04 Mamba2)."""
+    optimizer's states exist) by torch's MemTracker over the estimate (measured: 0.99 TTT-MLP, 1.01 Gated DeltaNet,
+    1.04 Mamba2). With TTT's scan recomputed in groups the estimate is low (1.24): what the inner checkpoints hold
+    and the recomputed group's working set in backward are not counted (README, Scale-out)."""
     from torch.distributed._tools.mem_tracker import MemTracker
 
     from seqmix.parallel.estimate import estimate
 
+    mixer, _, inner = mixer.partition("@")
+    mc = {"scan_checkpoint_group": 2} if inner else {}
     over = dict(num_layers=2, num_attention_heads=2, attention_head_dim=32)
     small = dict(latent_height=10, latent_width=20)
-    est = estimate("dit", gpus=1, strategy="ddp", batch=1, durations=[3], mixer=mixer, dit_overrides=over,
-                   layout_overrides=small).rows[0]
+    est = estimate("dit", gpus=1, strategy="ddp", batch=1, durations=[3], mixer=mixer, mixer_config=mc,
+                   dit_overrides=over, layout_overrides=small).rows[0]
     lay = VideoLayout.paper(3, **small)
     torch.manual_seed(0)
-    model = SegmentedDiT(DiTConfig(mixer=mixer, gradient_checkpointing=True, **over)).train()
+    model = SegmentedDiT(DiTConfig(mixer=mixer, mixer_config=mc, gradient_checkpointing=True, **over)).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     x = torch.randn(1, lay.num_frames, 16, lay.latent_height, lay.latent_width)
     text = torch.randn(1, lay.text_tokens, 4096)
@@ -456,7 +492,7 @@ def test_plan_memory_estimate_matches_a_measured_step_on_cpu(mixer):
     msg = (f"{mixer}: measured peak {peak / 1e6:.1f} MB vs estimated {est.total / 1e6:.1f} MB (params "
            f"{est.params / 1e6:.1f}, grads {est.grads / 1e6:.1f}, AdamW {est.optimizer / 1e6:.1f}, activations "
            f"{est.activations / 1e6:.1f})")
-    assert 0.9 <= peak / est.total <= 1.1, msg
+    assert low <= peak / est.total <= high, msg
 
 
 @pytest.mark.gpu

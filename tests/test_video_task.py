@@ -134,8 +134,9 @@ def test_cpu_stage_fast_dev_run(stage, tmp_path):
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_paper_stage_composes(stage, tmp_path):
-    """Baseline recipe + paper base + stage parse into the paper's settings (instantiated at tiny width on
-    a tiny latent dataset of the stage's length, since the 5B weights are not here)."""
+    """Baseline recipe + paper base + the global layer's paper settings + stage parse into the paper's settings
+    (instantiated at tiny width on a tiny latent dataset of the stage's length, since the 5B weights are not
+    here)."""
     from seqmix.lightning_cli import run_lightning
     from seqmix.data.shards import ShardWriter
 
@@ -145,6 +146,7 @@ def test_paper_stage_composes(stage, tmp_path):
             w.add(torch.randn(12 * S + 1, 16, 4, 4), torch.randn(2 * S, 32))
     cli = run_lightning([
         "--config", str(ROOT / "recipes/t2v/ttt_mlp.yaml"), "--config", str(ROOT / "recipes/t2v/paper/base.yaml"),
+        "--config", str(ROOT / "recipes/t2v/paper/ttt_mlp.yaml"),
         "--config", str(ROOT / f"recipes/t2v/paper/stages/{stage}.yaml"),
         "--model.init_args.pretrained=null", "--model.init_args.init_from=null", "--model.init_args.model.num_layers=1",
         "--model.init_args.model.num_attention_heads=2", "--model.init_args.model.attention_head_dim=16",
@@ -160,3 +162,5 @@ def test_paper_stage_composes(stage, tmp_path):
     assert h.trainable == ("all" if stage == "3s" else "attention+global")
     assert h.lr_global == (1e-4 if stage == "3s" else 1e-5)
     assert cli.model.dit.config.mixer == "ttt_mlp" and cli.model.dit.config.gradient_checkpointing
+    assert cli.model.dit.config.mixer_config == {"mini_batch_size": 64, "scan_checkpoint_group": 16}
+    assert h.sequence_parallel

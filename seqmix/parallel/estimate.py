@@ -97,6 +97,8 @@ class Plan:
     tp_split_params: int
     rows: list[PlanRow] = field(default_factory=list)
     fsdp_precision: str = "full"
+    sequence_parallel: bool = False
+    mixer_config: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -253,7 +255,7 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
              mixer: str = "ttt_mlp", mixer_config: dict | None = None, activation_checkpointing: bool = True,
              tflops: float = 790.0, mfu: float = 0.4, nvlink_gbs: float = 450.0, network_gbs: float = 50.0,
              latent_fps: int = 4, dit_overrides: dict | None = None, fsdp_precision: str = "full",
-             layout_overrides: dict | None = None) -> Plan:
+             layout_overrides: dict | None = None, sequence_parallel: bool = False) -> Plan:
     """Estimate per-GPU memory and step time for each duration (default: the paper's five stages).
 
     Args:
@@ -273,6 +275,9 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
             :func:`seqmix.parallel.plan.parallelize` does with that option): the gathered block buffers halve.
         layout_overrides: other :class:`~seqmix.backbones.layout.VideoLayout` fields of every stage (e.g. a smaller
             ``latent_height`` / ``latent_width`` for a step measured on CPU).
+        sequence_parallel: the DiT's residual stream sharded over the tensor-parallel ranks between blocks
+            (:func:`~seqmix.parallel.plan.parallelize`'s option): the checkpointed block inputs divide by P, for
+            three all-gathers of the stream per block (forward, recompute, backward).
     """
     from seqmix.backbones.layout import VideoLayout
     from seqmix.bench.costs import dit_cost, layer_cost
@@ -304,7 +309,11 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
     def per_gpu(numel_all: int, numel_split: int) -> float:
         return (numel_all - numel_split + numel_split / P) / shard
 
-    plan = Plan(model, strategy, gpus, dp, P, mem, batch, n_all, n_split, fsdp_precision=fsdp_precision)
+    if sequence_parallel and model != "dit":
+        raise ValueError("sequence_parallel is the segmented DiT's option (model='dit')")
+    sequence_parallel = sequence_parallel and P > 1
+    plan = Plan(model, strategy, gpus, dp, P, mem, batch, n_all, n_split, fsdp_precision=fsdp_precision,
+                sequence_parallel=sequence_parallel, mixer_config=dict(mixer_config or {}))
     stages = {s: (steps, tr) for s, steps, tr in PAPER_STAGES}
     for sec in durations or [s for s, _, _ in PAPER_STAGES]:
         if model == "dit":
@@ -335,7 +344,8 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
                                        tuple(sorted((dit_overrides or {}).items())),
                                        tuple(sorted((layout_overrides or {}).items()))).scaled(T / one.total_tokens)
             work = b.replicated + b.split / P
-            acts = (nb * b.inputs + work) if activation_checkpointing else nb * work
+            kept = b.inputs / P if sequence_parallel else b.inputs
+            acts = (nb * kept + work) if activation_checkpointing else nb * work
         else:
             R, S = 4 + 4 * passes, 8 + 12 * split_passes
             work = T * D * 2 * (R + (S + 12 * (passes - split_passes)) / P) * 2
@@ -350,6 +360,8 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
         if P > 1:
             ar = 2 * (P - 1) / P * T * D * 2 / (nvlink_gbs * _GB)  # one ring all-reduce of T D bf16
             comm += ar * 2 * (passes + 1) * nb * (batch // dp) * (3 if activation_checkpointing else 2) / 2
+            if sequence_parallel and model == "dit":  # all-gather of the stream: half a ring all-reduce each
+                comm += ar / 2 * 3 * nb * (batch // dp)
         step = compute + comm
         plan.rows.append(PlanRow(sec, T, trainable, params, grads, optim, acts, total, total <= mem, step, compute,
                                  comm, steps, None if steps is None else steps * step / 3600))
@@ -363,7 +375,9 @@ def markdown(plan: Plan) -> str:
     head = (f"{plan.model}: {plan.num_params / 1e9:.2f}B parameters ({plan.tp_split_params / 1e9:.2f}B split by TP); "
             f"{plan.strategy} on {plan.gpus} GPUs = {plan.data_parallel} data-parallel x {plan.tensor_parallel} "
             f"tensor-parallel; {plan.gpu_memory / _GB:.0f} GB per GPU; global batch {plan.batch}; FSDP2 gather "
-            f"{'bf16' if plan.fsdp_precision == 'bf16' else 'fp32'}\n\n")
+            f"{'bf16' if plan.fsdp_precision == 'bf16' else 'fp32'}; sequence parallel "
+            f"{'on' if plan.sequence_parallel else 'off'}"
+            + (f"; global layer {plan.mixer_config}" if plan.mixer_config else "") + "\n\n")
     lines = ["| stage | tokens | trains | params GB | grads GB | AdamW GB | activations GB | total GB | fits | "
              "step s (compute + comm) | stage h |",
              "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|"]

@@ -47,11 +47,83 @@ class ParallelReport:
     fsdp_units: int
     activation_checkpointing: bool
     fsdp_precision: str = "full"
+    sequence_parallel: bool = False
 
 
 def make_mesh(data_parallel: int, tensor_parallel: int, device_type: str = "cpu") -> DeviceMesh:
     """A ``(data_parallel, tensor_parallel)`` mesh with Lightning's dimension names (needs an initialised group)."""
     return init_device_mesh(device_type, (data_parallel, tensor_parallel), mesh_dim_names=(DP, TP))
+
+
+def _token_chunk(n: int, size: int) -> int:
+    """Tokens per rank when ``n`` tokens are sharded over ``size`` ranks (the last shard zero-padded)."""
+    return -(-n // size)
+
+
+class _GatherTokens(torch.autograd.Function):
+    """``[B, c, D]`` this rank's token shard -> ``[B, n, D]`` the whole sequence (all-gather over the group);
+    backward keeps this rank's shard of the gradient (the blocks compute replicated, so every rank holds the
+    whole gradient): Megatron's gather from the sequence-parallel region."""
+
+    @staticmethod
+    def forward(ctx, shard: torch.Tensor, n: int, group) -> torch.Tensor:
+        size, rank = dist.get_world_size(group), dist.get_rank(group)
+        parts = [torch.empty_like(shard) for _ in range(size)]
+        dist.all_gather(parts, shard.contiguous(), group=group)
+        ctx.rank, ctx.c = rank, shard.shape[1]
+        return torch.cat(parts, dim=1)[:, :n]
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        c, r = ctx.c, ctx.rank
+        g = g[:, r * c:(r + 1) * c]
+        return torch.nn.functional.pad(g, (0, 0, 0, c - g.shape[1])), None, None
+
+
+class _SplitTokens(torch.autograd.Function):
+    """``[B, n, D]`` whole sequence -> this rank's shard ``[B, ceil(n / P), D]`` (zero-padded at the end); backward
+    all-gathers the ranks' gradient shards into the whole gradient: Megatron's scatter to the sequence-parallel
+    region."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        size, rank = dist.get_world_size(group), dist.get_rank(group)
+        n, c = x.shape[1], _token_chunk(x.shape[1], size)
+        ctx.n, ctx.group = n, group
+        x = x[:, rank * c:(rank + 1) * c]
+        return torch.nn.functional.pad(x, (0, 0, 0, c - x.shape[1])).contiguous()
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        parts = [torch.empty_like(g) for _ in range(dist.get_world_size(ctx.group))]
+        dist.all_gather(parts, g.contiguous(), group=ctx.group)
+        return torch.cat(parts, dim=1)[:, :ctx.n], None
+
+
+def _sequence_parallel_blocks(blocks: list[nn.Module], group) -> None:
+    """Shard the DiT's residual stream (video and text tokens) over the tensor-parallel ranks between blocks.
+
+    Each block gathers its token shards, computes as before (replicated norms / gates / adaLN, head-split mixers
+    and MLP) and keeps its own shard of the output, so what activation checkpointing saves per block (its inputs)
+    is ``1 / P`` on every rank. The first block takes the whole sequence and the last returns it, so the model's
+    embedding and output layers are unchanged. Gradients stay exact (tested against one process)."""
+    lengths: dict[str, int] = {}
+    last = len(blocks) - 1
+    for i, block in enumerate(blocks):
+        inner = block.forward
+
+        def forward(vid, txt, emb, plan, _inner=inner, _i=i):
+            if _i == 0:
+                lengths["vid"], lengths["txt"] = vid.shape[1], txt.shape[1]
+            else:
+                vid = _GatherTokens.apply(vid, lengths["vid"], group)
+                txt = _GatherTokens.apply(txt, lengths["txt"], group)
+            vid, txt = _inner(vid, txt, emb, plan)
+            if _i != last:
+                vid, txt = _SplitTokens.apply(vid, group), _SplitTokens.apply(txt, group)
+            return vid, txt
+
+        block.forward = forward
 
 
 class _SumGrad(torch.autograd.Function):
@@ -179,7 +251,7 @@ FSDP_PRECISIONS = {"full": (None, None), "bf16": (torch.bfloat16, torch.float32)
 
 def parallelize(model: nn.Module, mesh: DeviceMesh, *, fsdp: bool | None = None,
                 activation_checkpointing: bool | None = None, reshard_after_forward: bool = True,
-                fsdp_precision: str = "full") -> ParallelReport:
+                fsdp_precision: str = "full", sequence_parallel: bool = False) -> ParallelReport:
     """Apply the plan to ``model`` (a SegmentedDiT or WorldModel) in place, on every rank with the same seed.
 
     Args:
@@ -192,6 +264,9 @@ def parallelize(model: nn.Module, mesh: DeviceMesh, *, fsdp: bool | None = None,
         fsdp_precision: ``"full"`` (gather and compute in the parameters' dtype) or ``"bf16"`` (FSDP2's
             ``MixedPrecisionPolicy``: bf16 parameter gather and compute, fp32 gradient reduction; fp32 master
             weights and optimizer state stay sharded): half the gather traffic and gathered-weight memory.
+        sequence_parallel: shard the residual stream over the tensor-parallel ranks between blocks (segmented DiT;
+            nothing to do without tensor parallelism): what activation checkpointing keeps per block divides by the
+            tensor-parallel size, for one all-gather per block and direction.
 
     Returns:
         A :class:`ParallelReport`.
@@ -204,6 +279,10 @@ def parallelize(model: nn.Module, mesh: DeviceMesh, *, fsdp: bool | None = None,
     dp = dp_mesh.size() if dp_mesh is not None else 1
     tp = tp_mesh.size() if tp_mesh is not None else 1
     blocks = blocks_of(model)
+    if sequence_parallel and not hasattr(model, "transformer_blocks"):
+        raise ValueError("sequence_parallel shards the segmented DiT's residual stream over tensor-parallel ranks; "
+                         f"{type(model).__name__} does not support it")
+    sequence_parallel = sequence_parallel and tp > 1  # one tensor-parallel rank: the stream is already whole
     sharded, whole = [], []
     if tp > 1:
         for path, module, spec in shardable(model):
@@ -215,6 +294,8 @@ def parallelize(model: nn.Module, mesh: DeviceMesh, *, fsdp: bool | None = None,
         for block in blocks:
             mlp = block.ff if hasattr(block, "ff") else block.mlp
             parallelize_module(mlp, tp_mesh, _mlp_plan(mlp))
+        if sequence_parallel:
+            _sequence_parallel_blocks(blocks, tp_mesh.get_group())
         if whole:
             logger.info("tensor parallel x%d: %d module(s) without a head split run whole on every rank: %s", tp,
                         len(whole), ", ".join(sorted({type(model.get_submodule(p)).__name__ for p in whole})))
@@ -240,7 +321,7 @@ def parallelize(model: nn.Module, mesh: DeviceMesh, *, fsdp: bool | None = None,
                          "or fsdp=True)")
         units = len(blocks) + 1
     report = ParallelReport(dp, tp, sharded, whole, units, bool(getattr(model, "gradient_checkpointing", False)),
-                            fsdp_precision if use_fsdp else "full")
+                            fsdp_precision if use_fsdp else "full", sequence_parallel)
     model._seqmix_parallel = report
     logger.info("parallel plan: %s", report)
     return report

@@ -65,6 +65,9 @@ class VideoDiffusionTask(pl.LightningModule):
         fsdp_precision: under a model-parallel strategy, ``"full"`` (FSDP2 gathers and computes in the parameters'
             dtype) or ``"bf16"`` (bf16 gather and compute, fp32 gradient reduction, fp32 master weights and
             optimizer state; :func:`seqmix.parallel.plan.parallelize`).
+        sequence_parallel: under a model-parallel strategy, shard the residual stream over the tensor-parallel ranks
+            between blocks (what per-block checkpointing keeps divides by the tensor-parallel size; the paper
+            recipe's setting).
     """
 
     def __init__(
@@ -90,6 +93,7 @@ class VideoDiffusionTask(pl.LightningModule):
         sample_dir: str | None = None,
         seed: int = 0,
         fsdp_precision: Literal["full", "bf16"] = "full",
+        sequence_parallel: bool = False,
     ):
         super().__init__()
         if trainable not in ("all", "attention+global", "global"):
@@ -170,7 +174,7 @@ class VideoDiffusionTask(pl.LightningModule):
         from seqmix.parallel.plan import parallelize
 
         parallelize(self.dit, self.device_mesh, activation_checkpointing=self.dit.config.gradient_checkpointing,
-                    fsdp_precision=self.hparams.fsdp_precision)
+                    fsdp_precision=self.hparams.fsdp_precision, sequence_parallel=self.hparams.sequence_parallel)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         # FSDP2 x TP gradients mix DTensors of two meshes and plain tensors, which torch's clip cannot norm at once
