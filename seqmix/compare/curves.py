@@ -11,6 +11,7 @@ small on purpose: with the comparisons' defaults the curve costs a few percent o
 from __future__ import annotations
 
 import logging
+import textwrap
 from pathlib import Path
 from typing import Callable
 
@@ -211,6 +212,6 @@ def plot_curves(groups: dict[str, list[dict]], path: Path, ylabel: str, title: s
     if panels:
         fig.suptitle(f"{title} (thin: each seed; thick: their mean)", fontsize=10)
     else:
-        flat[0].set_title(f"{title} (band: the seeds' range)" if any(len(c) > 1 for c in groups.values())
-                          else title)
+        full = f"{title} (band: the seeds' range)" if any(len(c) > 1 for c in groups.values()) else title
+        flat[0].set_title(textwrap.fill(full, 70), fontsize=10)  # long titles wrap instead of running off the figure
     return save_figure(fig, path)
