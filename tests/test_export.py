@@ -126,6 +126,24 @@ def test_compiled_forward_and_backward_equal_eager(name):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", ["ttt_linear"])
+def test_dynamic_compile_of_a_scan_equals_eager_at_new_lengths(name):
+    """``torch.compile(dynamic=True)`` of a scan (chunk loop unrolled, so a new chunk count compiles again: one
+    compilation per count, not per call) equals eager in fp64, forward and backward, at lengths of 2 and 5 chunks."""
+    import torch._dynamo as dynamo
+
+    layer, _ = _grad_input(name, torch.float64)
+    dynamo.reset()
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True, dynamic=True)
+    for T in (13, 37):
+        xt = torch.randn(2, T, 32, dtype=torch.float64, requires_grad=True)
+        y, g = _fwd_bwd(compiled, xt)
+        y_ref, g_ref = _fwd_bwd(layer, xt)
+        assert_close(f"{name} dynamic compile T={T}", y, y_ref, 1e-10)
+        assert_close(f"{name} dynamic compile grad T={T}", g, g_ref, 1e-10)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name,dynamic", [("gated_deltanet", False), ("swa", True)])
 def test_inductor_compile_equals_eager(name, dynamic):
     """The default backend (inductor, C++ code generation on CPU), forward and backward: Gated DeltaNet (which
