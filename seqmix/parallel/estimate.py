@@ -11,9 +11,9 @@ each mixer's ``cost``). Memory, per GPU, in the layout :func:`seqmix.parallel.pl
   dtype, autocast computes in bf16); ddp keeps a full copy;
 * gradients: fp32 of the trainable parameters, split / sharded as the parameters;
 * optimizer: AdamW's two fp32 moments of the trainable parameters, split / sharded as the parameters;
-* activations (per example): with activation checkpointing, every block's inputs (tensor parallel does not split
-  them: the plan has no sequence parallelism) plus what autograd saves in one block's forward, recomputed in
-  backward; without checkpointing what every block saves. DiT: those bytes are MEASURED from the code, not
+* activations (per example): with activation checkpointing, every block's inputs (whole on every tensor-parallel
+  rank, or ``1 / P`` of them with sequence parallelism) plus what autograd saves in one block's forward,
+  recomputed in backward; without checkpointing what every block saves. DiT: those bytes are MEASURED from the code, not
   counted by hand: one block of the model runs forward under bf16 autocast on fake tensors (``FakeTensorMode``:
   shapes only, no memory) at one 3 s segment, with a hook on autograd's saved tensors (each storage once,
   parameters excluded); what is saved inside head-split mixers and the MLP counts ``1 / P`` per tensor-parallel
@@ -169,7 +169,7 @@ class BlockActivations:
 
 
 def measure_block_activations(build, layout) -> BlockActivations:
-    """What autograd saves in the first block of ``build()`` (a seqmix backbone) for one example of ``layout``.
+    """What autograd saves in the first block of ``build()`` (a segmented DiT) for one example of ``layout``.
 
     The model is built and run under ``FakeTensorMode`` (no memory, no compute: every op runs its shape function),
     forward under bf16 autocast as training runs, with activation checkpointing off so the block's saved tensors are
