@@ -10,6 +10,6 @@ SEQMIX=${SEQMIX:-.venv/bin/seqmix}
 $SEQMIX compare mqar --preset cpu --resume --out "$OUT"
 # TTT-MLP learns only at the grid's highest lr (one seed of three): one step further up, lr 3e-2, three seeds.
 $SEQMIX compare mqar --preset cpu --resume --layers '[ttt_mlp]' --lrs '[3e-2]' --out "$OUT/ttt-mlp-lr3e-2"
-# TTT-MLP's inner step size: base lr 10 and 30 (the published 1.0 is in the main table) at the three outer lrs.
+# TTT-MLP's inner step size: base lr 3, 10 and 30 (the published 1.0 is in the main table) at the three outer lrs.
 $SEQMIX compare mqar --preset cpu --resume --layers '[ttt_mlp]' --lrs '[3e-3, 1e-2, 3e-2]' \
-  --knobs '{ttt_mlp: {base_lr: [10.0, 30.0]}}' --out "$OUT/ttt-mlp-inner-lr"
+  --knobs '{ttt_mlp: {base_lr: [3.0, 10.0, 30.0]}}' --out "$OUT/ttt-mlp-inner-lr"
