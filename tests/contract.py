@@ -143,6 +143,16 @@ def check_dynamic_export(layer: layers.Mixer, traced_steps: int = 16, lengths=(1
     layer.float().train()
 
 
+def check_fixed_export(layer: layers.Mixer, n: int = 9) -> None:
+    """``torch.export`` at one length equals eager in fp64 (a mixer whose ``Tooling.symbolic_export`` is False)."""
+    from torch.export import export
+
+    layer = layer.double().eval()
+    x = rand_x(2, steps(layer, n), torch.float64)
+    assert_close(f"{layer.name} exported", export(layer, (x,)).module()(x), layer(x), 1e-10)
+    layer.float().train()
+
+
 def check_all(name: str) -> None:
     """Every check of the harness on mixer ``name`` (what ``test_contract.py`` runs, parametrised, per name)."""
     for check in (check_shape_dtype, check_backward):
@@ -159,4 +169,7 @@ def check_all(name: str) -> None:
             check_causality(causal)
         check_state_carry(causal)
     check_bidirectional(make(name, **(over or {})))
-    check_dynamic_export(make(name), lengths=(1, 7))
+    if layers.mixer_class(name).Tooling.symbolic_export:
+        check_dynamic_export(make(name), lengths=(1, 7))
+    else:
+        check_fixed_export(make(name))

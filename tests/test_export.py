@@ -36,7 +36,9 @@ def _layer(name: str, dtype=torch.float32) -> tuple[torch.nn.Module, int]:
     pytest.param(n, marks=pytest.mark.slow) if n.startswith("lact") else n for n in sorted(FORMS)])
 def test_dynamic_length_export_equals_eager(name):
     """One program exported at one length runs every other length (shorter than a chunk, not a multiple of it,
-    longer than the windows) and equals eager in fp64 (the contract harness's check)."""
+    longer than the windows) and equals eager in fp64 (the contract harness's check); every registry layer declares
+    it (``Tooling.symbolic_export``)."""
+    assert L.mixer_class(FORMS.get(name, (name,))[0]).Tooling.symbolic_export
     C.check_dynamic_export(_layer(name)[0])
 
 

@@ -266,6 +266,10 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
         #: Config fields a comparison may sweep beside the outer learning rate, with the values tried (``seqmix
         #: compare mqar --knobs declared``), so each layer is compared at its best setting; none by default.
         sweep_knobs: ClassVar[dict[str, tuple]] = {}
+        #: Whether ``torch.export`` keeps the sequence length symbolic (the contract harness checks it at several
+        #: lengths; False: a Python loop over tokens fixes the length, so it checks one exported length). The
+        #: built-in scans hand their state on with :func:`seqmix.ops.scan.chunk_scan` to make this True.
+        symbolic_export: ClassVar[bool] = True
 
     def __init__(self, dim: int, num_heads: int, config: MixerConfig):
         super().__init__()

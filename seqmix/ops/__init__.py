@@ -3,8 +3,9 @@
 Convention (every op module follows it; a new op starts here):
 
 * One module per mixer family (``attention``, ``frame_attention``, ``ttt``, ``lact``, ``ssd``, ``delta_rule``) and
-  shared pieces (``rope``, ``conv``: the causal depthwise convolution); third-party kernels are reached only
-  through :mod:`seqmix.ops.external`. No ``nn.Module`` here: parameters come in as tensors.
+  shared pieces (``rope``, ``conv``: the causal depthwise convolution; ``scan``: the chunk-to-chunk hand-off of the
+  recurrences, a loop eagerly and torch's scan op when exported); third-party kernels are reached only through
+  :mod:`seqmix.ops.external`. No ``nn.Module`` here: parameters come in as tensors.
 * Twins. Every fast form has a naive twin with the SAME signature beside it (``attention_sdpa`` /
   ``attention_naive``, ``ttt_scan`` / ``ttt_scan_naive``, ``ssd_chunk`` / ``ssd_naive``,
   ``chunk_gated_delta_rule`` / ``naive_recurrent_gated_delta_rule``); the naive twin is a plain loop or dense
