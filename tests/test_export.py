@@ -67,7 +67,8 @@ def test_exported_arithmetic_equals_eager_with_states(name, monkeypatch):
         got = layer(x, return_state=True) if layer.causal else (layer(x), None)
         assert_close(f"{name} T={n * ft}", got[0], ref[0], 1e-10)
         if ref[1] is not None:
-            leaves = [[t for t in torch.utils._pytree.tree_leaves(st) if isinstance(t, torch.Tensor)] for st in (got[1], ref[1])]
+            leaves = [[t for t in torch.utils._pytree.tree_leaves(st) if isinstance(t, torch.Tensor)]
+                      for st in (got[1], ref[1])]
             assert len(leaves[0]) == len(leaves[1]) > 0
             for a, b in zip(*leaves):
                 assert_close(f"{name} T={n * ft} state", a, b, 1e-10)
