@@ -397,7 +397,7 @@ def run_worldmodel_comparison(cmp: WorldModelComparison, progress: bool = True) 
                   for n, r in refs.items()) + "."
     wall = time.perf_counter() - t0
     for r in records:  # the memory metric of the model itself, flat in each run's record
-        r.update({k: v for k, v in r.get("memory", {}).get("model", {}).items()})
+        r.update(r.get("memory", {}).get("model", {}))
     doc = {"schema": "seqmix.compare.worldmodel/v1", "command": command,
            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "wall_seconds": wall, "window": k,
            "references": refs, "comparison": dataclasses.asdict(cmp), "summary": summary, "runs": records}

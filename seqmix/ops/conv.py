@@ -42,13 +42,12 @@ def causal_depthwise_conv1d(
                          f"{(x.shape[0], K - 1, x.shape[2])}, got {tuple(history.shape)}")
     w = weight.to(x.dtype)
     b = None if bias is None else bias.to(x.dtype)
-    if x.is_cuda:
+    if x.is_cuda or exporting():
         xp = torch.cat([history.to(x.dtype) if history is not None else x.new_zeros(x.shape[0], K - 1, x.shape[2]),
                         x], dim=1)
-        return F.conv1d(xp.transpose(1, 2), w[:, None], b, groups=w.shape[0]).transpose(1, 2)
-    if exporting():  # K shifted multiply-adds as plain ops: the Function's loops would branch on a symbolic T
-        xp = torch.cat([history.to(x.dtype) if history is not None else x.new_zeros(x.shape[0], K - 1, x.shape[2]),
-                        x], dim=1)
+        if x.is_cuda:
+            return F.conv1d(xp.transpose(1, 2), w[:, None], b, groups=w.shape[0]).transpose(1, 2)
+        # exported on CPU: K shifted multiply-adds as plain ops (the Function's loops would branch on a symbolic T)
         T = x.shape[1]
         y = sum(xp[:, k : k + T] * w[:, k] for k in range(K))
         return y if b is None else y + b

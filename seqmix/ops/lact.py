@@ -50,7 +50,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .scan import chunk_scan, exporting, num_chunks
+from .scan import chunk_scan, exporting, padded_chunks
 
 State = tuple[torch.Tensor, ...]
 
@@ -277,13 +277,8 @@ def _lact_scan_padded(q, k, v, lrs, state, C, causal, momentum, muon_steps, norm
     if not isinstance(C, int) or isinstance(C, bool) or C < 1:
         raise ValueError(f"chunk_size must be a positive int, got {C!r}")
     T = q.shape[2]
-    n = num_chunks(T, C)
-    pad = n * C - T
-    q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-    per_token = tuple(F.pad(t, (0, pad)) for t in lrs + ((momentum,) if momentum is not None else ()))
-    count = (T - torch.arange(n, device=q.device) * C).clamp(0, C)  # [n] real tokens per chunk
-    xs = tuple(t.unflatten(2, (n, C)).movedim(2, 0) for t in (q, k, v) + per_token)  # [n, B, H, C, ...]
-    main, used, prev = _unpack(state, momentum, prenorm)
+    per_token = lrs + ((momentum,) if momentum is not None else ())
+    xs, count = padded_chunks((q, k, v) + per_token, C)  # [n, B, H, C, ...], count [n]
 
     def step(carry, x):
         main, used, prev = _unpack(carry, momentum, prenorm)
@@ -299,7 +294,7 @@ def _lact_scan_padded(q, k, v, lrs, state, C, causal, momentum, muon_steps, norm
             out = swiglu_apply(*_unpack(new, momentum, prenorm)[1], qc)
         return new, (out,)
 
-    carry, (o,) = chunk_scan(step, _pack(main, used, prev, prenorm), xs + (count,))
+    carry, (o,) = chunk_scan(step, tuple(state), xs + (count,))
     return o.movedim(0, 2).flatten(2, 3)[:, :, :T], carry
 
 

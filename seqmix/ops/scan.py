@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["chunk_scan", "exporting", "num_chunks"]
+__all__ = ["chunk_scan", "exporting", "num_chunks", "padded_chunks"]
 
 Tensors = tuple[torch.Tensor, ...]
 
@@ -33,6 +33,23 @@ def num_chunks(T: int, C: int) -> int:
     specialises a program to one chunk or to several, so the exported count is at least 2 for every T (the one or
     two extra chunks are padding, which the recurrences pass through unchanged)."""
     return T // C + 2 if exporting() else -(-T // C)
+
+
+def padded_chunks(tensors: Sequence[torch.Tensor], C: int, dim: int = 2) -> tuple[Tensors, torch.Tensor]:
+    """Tensors with T tokens along ``dim`` -> the same tensors zero-padded to :func:`num_chunks` whole chunks of
+    ``C``, chunk index first (``[n, ..., C, ...]``: ``dim`` split into ``(n, C)``, ``n`` moved to the front, as
+    :func:`chunk_scan` takes them), and ``count [n]``: the real tokens of each chunk (``C``, a partial tail, then
+    0 for padding chunks)."""
+    T = tensors[0].shape[dim]
+    n = num_chunks(T, C)
+    pad = n * C - T
+    out = []
+    for t in tensors:
+        d = dim % t.dim()
+        t = torch.nn.functional.pad(t, (0, 0) * (t.dim() - d - 1) + (0, pad))
+        out.append(t.unflatten(d, (n, C)).movedim(d, 0))
+    count = (T - torch.arange(n, device=tensors[0].device) * C).clamp(0, C)
+    return tuple(out), count
 
 
 def chunk_scan(step: Callable[[Tensors, Tensors], tuple[Tensors, Tensors]], init: Sequence[torch.Tensor],

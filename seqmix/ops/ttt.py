@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .scan import chunk_scan, exporting, num_chunks
+from .scan import chunk_scan, exporting, padded_chunks
 
 Kind = Literal["linear", "mlp"]
 State = tuple[torch.Tensor, ...]
@@ -340,12 +340,7 @@ def _ttt_scan_padded(q, k, r, eta, ln_w, ln_b, state, kind, causal, N, eps, dual
     the real count), and the carried state skips incomplete mini-batches, so it is the state after the last complete
     one, as eagerly. ``checkpoint_group`` does not apply here."""
     T = q.shape[2]
-    n = num_chunks(T, N)
-    pad = n * N - T
-    q, k, r = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, r))
-    eta = F.pad(eta, (0, 0, 0, pad) if eta.dim() == 4 else (0, pad))
-    count = (T - torch.arange(n, device=q.device) * N).clamp(0, N)  # [n] real tokens per mini-batch
-    xs = tuple(t.unflatten(2, (n, N)).movedim(2, 0) for t in (q, k, r, eta))  # [n, B, H, N, ...]
+    xs, count = padded_chunks((q, k, r, eta), N)  # [n, B, H, N, ...], count [n]
     eps = torch.full((), eps, dtype=q.dtype, device=q.device)  # the scan op closes over tensors and ints only
 
     def step(st, x):

@@ -234,12 +234,13 @@ def _inside(m: nn.Module, block: nn.Module) -> bool:
 
 @functools.lru_cache(maxsize=16)
 def _dit_block_activations(mixer: str, mixer_config: tuple, overrides: tuple, layout_kw: tuple) -> BlockActivations:
-    """:func:`measure_block_activations` of a one-block copy of the DiT at one 3 s segment (cached)."""
+    """:func:`measure_block_activations` of a one-block copy of the DiT at one 3 s segment, per token (cached)."""
     from seqmix.backbones.dit import DiTConfig, SegmentedDiT
     from seqmix.backbones.layout import VideoLayout
 
     cfg = DiTConfig(mixer=mixer, mixer_config=dict(mixer_config), **{**dict(overrides), "num_layers": 1})
-    return measure_block_activations(lambda: SegmentedDiT(cfg), VideoLayout.paper(3, **dict(layout_kw)))
+    one = VideoLayout.paper(3, **dict(layout_kw))
+    return measure_block_activations(lambda: SegmentedDiT(cfg), one).scaled(1 / one.total_tokens)
 
 
 @functools.lru_cache(maxsize=4)
@@ -339,10 +340,9 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
         optim = 8 * per_gpu(tr_all, tr_split)
         nb = len(blocks)
         if model == "dit":  # measured from the code at one segment, scaled to this layout's tokens
-            one = VideoLayout.paper(3, **(layout_overrides or {}))
             b = _dit_block_activations(mixer, tuple(sorted((mixer_config or {}).items())),
                                        tuple(sorted((dit_overrides or {}).items())),
-                                       tuple(sorted((layout_overrides or {}).items()))).scaled(T / one.total_tokens)
+                                       tuple(sorted((layout_overrides or {}).items()))).scaled(T)
             work = b.replicated + b.split / P
             kept = b.inputs / P if sequence_parallel else b.inputs
             acts = (nb * kept + work) if activation_checkpointing else nb * work

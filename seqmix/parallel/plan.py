@@ -55,11 +55,6 @@ def make_mesh(data_parallel: int, tensor_parallel: int, device_type: str = "cpu"
     return init_device_mesh(device_type, (data_parallel, tensor_parallel), mesh_dim_names=(DP, TP))
 
 
-def _token_chunk(n: int, size: int) -> int:
-    """Tokens per rank when ``n`` tokens are sharded over ``size`` ranks (the last shard zero-padded)."""
-    return -(-n // size)
-
-
 class _GatherTokens(torch.autograd.Function):
     """``[B, c, D]`` this rank's token shard -> ``[B, n, D]`` the whole sequence (all-gather over the group);
     backward keeps this rank's shard of the gradient (the blocks compute replicated, so every rank holds the
@@ -88,7 +83,8 @@ class _SplitTokens(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
         size, rank = dist.get_world_size(group), dist.get_rank(group)
-        n, c = x.shape[1], _token_chunk(x.shape[1], size)
+        n = x.shape[1]
+        c = -(-n // size)  # tokens per rank, the last shard zero-padded
         ctx.n, ctx.group = n, group
         x = x[:, rank * c:(rank + 1) * c]
         return torch.nn.functional.pad(x, (0, 0, 0, c - x.shape[1])).contiguous()
