@@ -154,8 +154,9 @@ def _bf16_job(dp: int):
             assert_close(f"bf16 grad {name}", _full(p.grad), ref_p[name].grad, 5e-2)
 
 
-def _wm_job(dp: int, tp: int):
-    """The world-model backbone (block-wise SSM + frame-local attention, both split by heads)."""
+def _wm_job(dp: int, tp: int, sp: bool = False):
+    """The world-model backbone (block-wise SSM + frame-local attention, both split by heads; ``sp``: its frame
+    tokens sharded over the tensor-parallel ranks between layers)."""
     from seqmix.backbones.wm_config import WorldModelConfig
     from seqmix.backbones.worldmodel import WorldModel
     from seqmix.parallel.plan import make_mesh, parallelize
@@ -176,8 +177,9 @@ def _wm_job(dp: int, tp: int):
 
     ref_loss = step(ref, slice(None))
     mesh = make_mesh(dp, tp)
-    rep = parallelize(par, mesh, activation_checkpointing=True)
+    rep = parallelize(par, mesh, activation_checkpointing=True, sequence_parallel=sp)
     assert tp == 1 or (len(rep.head_sharded), len(rep.replicated)) == (4, 0), rep  # the SSM's inner Mamba2 too
+    assert rep.sequence_parallel == (sp and tp > 1) and rep.fsdp_units == (len(par.layers) + 1 if dp > 1 else 0), rep
     rank, per = mesh["data_parallel"].get_local_rank(), BATCH // dp
     loss = step(par, slice(rank * per, (rank + 1) * per))
     if dp > 1:
@@ -185,7 +187,7 @@ def _wm_job(dp: int, tp: int):
 
         dist.all_reduce(loss, group=mesh["data_parallel"].get_group())
         loss /= dp
-    _compare(f"world model dp={dp} tp={tp}", ref, par, [ref_loss.item()], [loss.item()])
+    _compare(f"world model dp={dp} tp={tp} sp={sp}", ref, par, [ref_loss.item()], [loss.item()])
 
 
 def _state(model, opt):
@@ -262,14 +264,16 @@ def _spawn(world: int, jobs: list) -> None:
 def test_two_processes_fsdp_tp_and_checkpoint_save_then_four_processes_resume(tmp_path):
     """2 processes: FSDP2 only (TTT-MLP, Gated DeltaNet) and TP only for every global layer, TP with sequence
     parallelism (TTT-MLP, Gated DeltaNet, Mamba2, full and sliding-window attention), the world-model backbone under
-    TP and FSDP2, then a checkpoint; 4 processes: FSDP2 x TP (2 x 2) for every global layer, TP x 4, sequence
-    parallelism at 2 x 2 and TP x 4, and the 2-process checkpoint resumed at 2 x 2."""
+    TP (with and without sequence parallelism) and FSDP2, then a checkpoint; 4 processes: FSDP2 x TP (2 x 2) for every
+    global layer, TP x 4, sequence parallelism at 2 x 2 (DiT and world model) and TP x 4, and the 2-process
+    checkpoint resumed at 2 x 2."""
     jobs2 = [("job", m, 2, 1) for m in ("ttt_mlp", "gated_deltanet")] + [("job", m, 1, 2) for m in MIXERS]
     jobs2 += [("job", m, 1, 2, True) for m in ("ttt_mlp", "gated_deltanet", "mamba2", "full_attn", "swa")]
-    jobs2 += [("wm", 1, 2), ("wm", 2, 1), ("save", str(tmp_path / "ckpt"))]
+    jobs2 += [("wm", 1, 2), ("wm", 1, 2, True), ("wm", 2, 1), ("save", str(tmp_path / "ckpt"))]
     _spawn(2, jobs2)
     jobs4 = [("job", m, 2, 2) for m in MIXERS] + [("job", m, 1, 4) for m in ("ttt_mlp", "mamba2@groups2")]
     jobs4 += [("job", "ttt_mlp", 2, 2, True), ("job", "swa", 1, 4, True)]  # 4 shards: some ranks hold padding
+    jobs4 += [("wm", 2, 2, True)]
     jobs4 += [("resume", str(tmp_path / "ckpt"), 2, 2)]
     _spawn(4, jobs4)
 
@@ -351,6 +355,16 @@ def test_layout_checks_say_what_is_allowed():
         check_layout("fsdp", 0)
 
 
+def test_sequence_parallel_needs_declared_token_streams():
+    from seqmix.backbones.lm import LMConfig, MixerLM
+    from seqmix.parallel.plan import parallelize
+
+    mesh = type("Mesh", (), {"ndim": 1, "mesh_dim_names": ("data_parallel",), "size": lambda self: 1})()
+    with pytest.raises(ValueError, match="MixerLM declares no token_streams"):
+        parallelize(MixerLM(LMConfig(vocab_size=8, dim=8, num_layers=1, mixer="full_attn")), mesh,
+                    sequence_parallel=True)
+
+
 def test_heads_not_divisible_by_tp_fail_on_a_meta_model():
     m = meta_model(lambda: SegmentedDiT(DiTConfig(**{**TINY, "num_attention_heads": 6}, mixer="ttt_mlp")))
     assert next(m.parameters()).device.type == "meta"
@@ -384,6 +398,10 @@ def test_plan_estimate_for_the_paper_stages_on_a_meta_model():
     assert parse_bytes("80GB") == 80e9 and parse_bytes("1GiB") == 2**30
     wm = estimate("worldmodel", gpus=8, strategy="fsdp+tp", tp=4, durations=[3])
     assert wm.rows[0].tokens == 3 * 4 * 64 and wm.rows[0].fits
+    wm_sp = estimate("worldmodel", gpus=8, strategy="fsdp+tp", tp=4, durations=[3], sequence_parallel=True)
+    T, D, nb = 3 * 4 * 64, 768, 14  # the kept layer inputs (bf16) shrink to a quarter, nothing else
+    assert wm_sp.rows[0].activations == pytest.approx(wm.rows[0].activations - nb * T * D * 2 * 3 / 4)
+    assert wm_sp.rows[0].comm_s > wm.rows[0].comm_s
     with pytest.raises(ValueError, match="is not divisible by the tensor-parallel size 32"):
         estimate("dit", gpus=64, strategy="fsdp+tp", tp=32)
     with pytest.raises(ValueError, match="cannot read a memory size from 'lots'"):

@@ -161,6 +161,10 @@ class WorldModel(nn.Module):
     ``sample(...)`` for history-conditioned generation.
     """
 
+    #: Positions of the layers' ``[B, n, D]`` token-stream arguments, returned at the same positions: what sequence
+    #: parallelism shards between layers (:func:`seqmix.parallel.plan.parallelize`).
+    token_streams: tuple[int, ...] = (0,)
+
     def __init__(self, config: WorldModelConfig):
         super().__init__()
         if not isinstance(config, WorldModelConfig):

@@ -276,7 +276,7 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
             :func:`seqmix.parallel.plan.parallelize` does with that option): the gathered block buffers halve.
         layout_overrides: other :class:`~seqmix.backbones.layout.VideoLayout` fields of every stage (e.g. a smaller
             ``latent_height`` / ``latent_width`` for a step measured on CPU).
-        sequence_parallel: the DiT's residual stream sharded over the tensor-parallel ranks between blocks
+        sequence_parallel: the residual stream sharded over the tensor-parallel ranks between blocks
             (:func:`~seqmix.parallel.plan.parallelize`'s option): the checkpointed block inputs divide by P, for
             three all-gathers of the stream per block (forward, recompute, backward).
     """
@@ -310,8 +310,6 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
     def per_gpu(numel_all: int, numel_split: int) -> float:
         return (numel_all - numel_split + numel_split / P) / shard
 
-    if sequence_parallel and model != "dit":
-        raise ValueError("sequence_parallel is the segmented DiT's option (model='dit')")
     sequence_parallel = sequence_parallel and P > 1
     plan = Plan(model, strategy, gpus, dp, P, mem, batch, n_all, n_split, fsdp_precision=fsdp_precision,
                 sequence_parallel=sequence_parallel, mixer_config=dict(mixer_config or {}))
@@ -349,7 +347,8 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
         else:
             R, S = 4 + 4 * passes, 8 + 12 * split_passes
             work = T * D * 2 * (R + (S + 12 * (passes - split_passes)) / P) * 2
-            acts = (nb * T * D * 2 + work) if activation_checkpointing else nb * work / 2
+            kept = T * D * 2 / P if sequence_parallel else T * D * 2  # a layer's bf16 input
+            acts = (nb * kept + work) if activation_checkpointing else nb * work / 2
         total = params + grads + optim + acts
         # time: forward + backward (3x) + recompute (1x) per example; examples per rank = batch / dp
         per_example = flops * (4.0 if activation_checkpointing else 3.0) / P
@@ -360,7 +359,7 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
         if P > 1:
             ar = 2 * (P - 1) / P * T * D * 2 / (nvlink_gbs * _GB)  # one ring all-reduce of T D bf16
             comm += ar * 2 * (passes + 1) * nb * (batch // dp) * (3 if activation_checkpointing else 2) / 2
-            if sequence_parallel and model == "dit":  # all-gather of the stream: half a ring all-reduce each
+            if sequence_parallel:  # all-gather of the stream: half a ring all-reduce each
                 comm += ar / 2 * 3 * nb * (batch // dp)
         step = compute + comm
         plan.rows.append(PlanRow(sec, T, trainable, params, grads, optim, acts, total, total <= mem, step, compute,

@@ -96,28 +96,32 @@ class _SplitTokens(torch.autograd.Function):
         return torch.cat(parts, dim=1)[:, :ctx.n], None
 
 
-def _sequence_parallel_blocks(blocks: list[nn.Module], group) -> None:
-    """Shard the DiT's residual stream (video and text tokens) over the tensor-parallel ranks between blocks.
+def _sequence_parallel_blocks(blocks: list[nn.Module], streams: tuple[int, ...], group) -> None:
+    """Shard the residual stream (the blocks' positional arguments and outputs at ``streams``: the DiT's video and
+    text tokens, the world model's frame tokens) over the tensor-parallel ranks between blocks.
 
     Each block gathers its token shards, computes as before (replicated norms / gates / adaLN, head-split mixers
     and MLP) and keeps its own shard of the output, so what activation checkpointing saves per block (its inputs)
     is ``1 / P`` on every rank. The first block takes the whole sequence and the last returns it, so the model's
-    embedding and output layers are unchanged. Gradients stay exact (tested against one process)."""
-    lengths: dict[str, int] = {}
+    embedding and output layers (and a rollout's carried states, computed inside the blocks on the whole stream)
+    are unchanged. Gradients stay exact (tested against one process)."""
+    lengths: dict[int, int] = {}
     last = len(blocks) - 1
     for i, block in enumerate(blocks):
         inner = block.forward
 
-        def forward(vid, txt, emb, plan, _inner=inner, _i=i):
-            if _i == 0:
-                lengths["vid"], lengths["txt"] = vid.shape[1], txt.shape[1]
-            else:
-                vid = _GatherTokens.apply(vid, lengths["vid"], group)
-                txt = _GatherTokens.apply(txt, lengths["txt"], group)
-            vid, txt = _inner(vid, txt, emb, plan)
+        def forward(*args, _inner=inner, _i=i):
+            args = list(args)
+            for k in streams:
+                if _i == 0:
+                    lengths[k] = args[k].shape[1]
+                else:
+                    args[k] = _GatherTokens.apply(args[k], lengths[k], group)
+            out = list(_inner(*args))
             if _i != last:
-                vid, txt = _SplitTokens.apply(vid, group), _SplitTokens.apply(txt, group)
-            return vid, txt
+                for k in streams:
+                    out[k] = _SplitTokens.apply(out[k], group)
+            return tuple(out)
 
         block.forward = forward
 
@@ -260,8 +264,8 @@ def parallelize(model: nn.Module, mesh: DeviceMesh, *, fsdp: bool | None = None,
         fsdp_precision: ``"full"`` (gather and compute in the parameters' dtype) or ``"bf16"`` (FSDP2's
             ``MixedPrecisionPolicy``: bf16 parameter gather and compute, fp32 gradient reduction; fp32 master
             weights and optimizer state stay sharded): half the gather traffic and gathered-weight memory.
-        sequence_parallel: shard the residual stream over the tensor-parallel ranks between blocks (segmented DiT;
-            nothing to do without tensor parallelism): what activation checkpointing keeps per block divides by the
+        sequence_parallel: shard the residual stream over the tensor-parallel ranks between blocks (the backbone's
+            ``token_streams``; nothing to do without tensor parallelism): what activation checkpointing keeps per block divides by the
             tensor-parallel size, for one all-gather per block and direction.
 
     Returns:
@@ -275,9 +279,10 @@ def parallelize(model: nn.Module, mesh: DeviceMesh, *, fsdp: bool | None = None,
     dp = dp_mesh.size() if dp_mesh is not None else 1
     tp = tp_mesh.size() if tp_mesh is not None else 1
     blocks = blocks_of(model)
-    if sequence_parallel and not hasattr(model, "transformer_blocks"):
-        raise ValueError("sequence_parallel shards the segmented DiT's residual stream over tensor-parallel ranks; "
-                         f"{type(model).__name__} does not support it")
+    streams = getattr(type(model), "token_streams", None)
+    if sequence_parallel and not streams:
+        raise ValueError(f"sequence_parallel shards a backbone's residual stream between its blocks; "
+                         f"{type(model).__name__} declares no token_streams (SegmentedDiT and WorldModel do)")
     sequence_parallel = sequence_parallel and tp > 1  # one tensor-parallel rank: the stream is already whole
     sharded, whole = [], []
     if tp > 1:
@@ -291,7 +296,7 @@ def parallelize(model: nn.Module, mesh: DeviceMesh, *, fsdp: bool | None = None,
             mlp = block.ff if hasattr(block, "ff") else block.mlp
             parallelize_module(mlp, tp_mesh, _mlp_plan(mlp))
         if sequence_parallel:
-            _sequence_parallel_blocks(blocks, tp_mesh.get_group())
+            _sequence_parallel_blocks(blocks, streams, tp_mesh.get_group())
         if whole:
             logger.info("tensor parallel x%d: %d module(s) without a head split run whole on every rank: %s", tp,
                         len(whole), ", ".join(sorted({type(model.get_submodule(p)).__name__ for p in whole})))
@@ -312,10 +317,10 @@ def parallelize(model: nn.Module, mesh: DeviceMesh, *, fsdp: bool | None = None,
             fully_shard(block, **kw, mp_policy=MixedPrecisionPolicy(param_dtype, reduce_dtype,
                                                                     cast_forward_inputs=False))
         fully_shard(model, **kw, mp_policy=MixedPrecisionPolicy(param_dtype, reduce_dtype))
+        units = len(blocks) + 1
     elif fsdp_precision != "full":
         raise ValueError(f"fsdp_precision={fsdp_precision!r} needs FSDP2 (a data-parallel mesh of more than one rank "
                          "or fsdp=True)")
-        units = len(blocks) + 1
     report = ParallelReport(dp, tp, sharded, whole, units, bool(getattr(model, "gradient_checkpointing", False)),
                             fsdp_precision if use_fsdp else "full", sequence_parallel)
     model._seqmix_parallel = report

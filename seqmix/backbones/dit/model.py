@@ -62,6 +62,10 @@ class SegmentedDiT(nn.Module):
     See the module docstring for the architecture and parameter counts.
     """
 
+    #: Positions of the blocks' ``[B, n, D]`` token-stream arguments, returned at the same positions (video, text):
+    #: what sequence parallelism shards between blocks (:func:`seqmix.parallel.plan.parallelize`).
+    token_streams: tuple[int, ...] = (0, 1)
+
     def __init__(self, config: DiTConfig):
         super().__init__()
         if not isinstance(config, DiTConfig):
