@@ -121,7 +121,9 @@ def test_mqar_presets():
     assert z.widths == [64, 128, 256] and z.num_layers == 2 and z.vocab_size == 8192  # Zoology's standard task
     assert z.lrs == pytest.approx([10 ** x for x in (-3, -2.5, -2, -1.5)])
     cpu = MQARSweep.preset("cpu", layers=["swa"])
-    assert len(cpu.lrs) >= 3 and len(parse_seeds(cpu.seeds)) >= 2 and cpu.layers == ["swa"]
+    assert len(cpu.lrs) >= 3 and len(parse_seeds(cpu.seeds)) >= 3 and cpu.layers == ["swa"]
+    assert cpu.num_train == 3 * 38_400 and cpu.curve_points == 18  # three epochs' worth, a curve point per 200 steps
+    assert MQARSweep.preset("cpu-1epoch").num_train is None  # the recipe's one epoch (the earlier study's folder)
     with pytest.raises(ValueError, match="valid: zoology, cpu"):
         MQARSweep.preset("nope")
 

@@ -197,3 +197,42 @@ def test_compare_quick_writes_table(tmp_path):
     assert all(r["threads"] == max(1, (os.cpu_count() or 1) // 2) for r in res["records"])
     with pytest.raises(ValueError, match="jobs"):
         MQARSweep(jobs=-1).validate()
+
+
+def _zoology_attention(x, wqkv, bqkv, wo, bo, heads: int, back: int | None = None):
+    """TEST-ONLY transcription of Zoology's MQAR attention (``zoology/mixers/attention.py`` ``MHA``; with ``back``,
+    ``zoology/mixers/slide_attn.py`` ``SlidingAttn`` with ``block_size=back``, one head): a fused QKV projection with
+    bias, softmax over ``q k / sqrt(K)`` with an additive -10000 mask (future keys; with ``back`` also keys more than
+    ``back`` tokens before the query), an output projection with bias, no positional encoding. ``x [B, T, D]``."""
+    import math
+
+    B, T, D = x.shape
+    q, k, v = (x @ wqkv.T + bqkv).view(B, T, 3, heads, D // heads).unbind(2)  # [B, T, H, K] each
+    scores = torch.einsum("bthd,bshd->bhts", q, k / math.sqrt(D // heads))
+    t, s = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    hidden = (s > t) | ((s < t - back) if back is not None else torch.zeros_like(s > t))
+    scores = scores + torch.where(hidden, -10000.0, 0.0).to(x.dtype)
+    out = torch.einsum("bhts,bshd->bthd", scores.softmax(-1), v)
+    return out.reshape(B, T, D) @ wo.T + bo
+
+
+@pytest.mark.parametrize("name", ["full_attn", "swa", "local_attn"])
+def test_mqar_attention_recipes_build_zoologys_attention(name):
+    """The MQAR recipes' attention is Zoology's: the LM block passes it no RoPE positions, and its output equals the
+    public MHA / sliding-window equations (transcribed above) on the same weights in fp64. Zoology's ``block_size``
+    b lets a query see b tokens back (b + 1 keys), seqmix's ``window`` w counts the keys: b = w - 1."""
+    from seqmix.lightning_cli import run_lightning
+    from seqmix.utils.recipes import builtin_recipe
+
+    cli = run_lightning(["--config", str(builtin_recipe(f"mqar/{name}")), "--trainer.logger=false"], run=False)
+    (lm,) = [m for m in cli.model.modules() if isinstance(m, MixerLM)]
+    assert not lm.config.rope and all(not b.rope for b in lm.blocks)
+    mixer = lm.blocks[0].mixer.double().eval()
+    torch.manual_seed(0)
+    x = torch.randn(2, 41, mixer.dim, dtype=torch.float64)
+    wqkv = torch.cat([mixer.wq.weight, mixer.wk.weight, mixer.wv.weight])
+    bqkv = torch.cat([mixer.wq.bias, mixer.wk.bias, mixer.wv.bias])
+    back = mixer.config.window - 1 if name == "swa" else None
+    with torch.no_grad():
+        want = _zoology_attention(x, wqkv, bqkv, mixer.wo.weight, mixer.wo.bias, mixer.num_heads, back)
+        C.assert_close(f"{name} vs Zoology's attention", mixer(x), want, 1e-12)

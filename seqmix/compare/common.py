@@ -72,7 +72,7 @@ def longest_first(names: list[str | None], dim: int = 32, num_heads: int = 2, to
 
 #: Keys (dotted, under the recipe root) a per-layer recipe may change relative to its task's base recipe.
 _LAYER_KEYS = ("model.init_args.model.mixer", "model.init_args.model.mixer_config",
-               "model.init_args.model.num_heads", "trainer.default_root_dir")
+               "model.init_args.model.num_heads", "model.init_args.model.rope", "trainer.default_root_dir")
 
 
 def _flat(doc: dict, prefix: str = "") -> dict:

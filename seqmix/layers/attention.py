@@ -32,9 +32,11 @@ Legend: B batch, T tokens, D model dim, H heads, K head dim.
 
 References (registry name, task form: public code; the test that equals it on the same weights in fp64):
 
-- full_attn / swa / local_attn, lm: softmax attention as PyTorch's dense ``scaled_dot_product_attention`` math
-  (Zoology's and CogVideoX's attention compute the same), causal or windowed by mask;
-  tests/test_attention.py::test_sdpa_matches_naive_and_torch_dense
+- full_attn / swa / local_attn, lm: softmax attention as PyTorch's dense ``scaled_dot_product_attention`` math,
+  causal or windowed by mask; tests/test_attention.py::test_sdpa_matches_naive_and_torch_dense. On MQAR, Zoology's
+  attention (``MHA`` / ``SlidingAttn``: projections with bias, no RoPE - the MQAR recipes set the backbone's
+  ``rope: false``; Zoology's ``block_size`` b is ``window`` b + 1 here);
+  tests/test_mqar.py::test_mqar_attention_recipes_build_zoologys_attention
 - full_attn / swa / local_attn, video: the same, in the DiT's window and span layouts;
   tests/test_attention.py::test_block_align_is_full_attention_inside_each_span
 - identity, lm: no token mixing (the "no global layer" baseline);
