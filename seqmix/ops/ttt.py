@@ -303,11 +303,15 @@ def ttt_scan(
     # allocate a full-size gradient per slice, O(T^2) memory traffic.
     chunks = list(zip(*(torch.split(t, N, dim=2) for t in (q, k, r, eta))))
     args = (ln_w, ln_b, eps, causal, dual)
+    n_state = len(state)
 
     def run_group(n: int, *flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        # token_weights travel as a trailing input (when given) so that checkpointing differentiates them too
+        # token_weights travel as a trailing input (when given) so that checkpointing differentiates them too.
+        # No reference to the loop's `state` (reassigned below): a checkpoint keeps this function, and a group's
+        # later states in its closure would make an autograd reference cycle that an outer checkpoint's
+        # recomputation never frees (each training step would leak a block's recomputed graph).
         tw = flat[-1] if token_weights is not None else None
-        st, mbs = tuple(flat[: len(state)]), flat[len(state):]
+        st, mbs = tuple(flat[:n_state]), flat[n_state:]
         zs = []
         for i in range(n):
             st, z = _mb_step(kind, st, *mbs[4 * i : 4 * i + 4], *args, tw)
