@@ -150,7 +150,10 @@ def test_video_two_seeds_quick(tmp_path):
     assert [r["seed"] for r in again["runs"]] == [0, 1, 2] and len(log.read_text().splitlines()) == 3
     other = run_video_comparison(dataclasses.replace(more, num_train=16, seeds=1), progress=False)
     assert other["runs"][0]["train_seconds"] != res["runs"][0]["train_seconds"]
-    assert other["runs"][0]["num_train"] == 16 and len(log.read_text().splitlines()) == 1
+    assert other["runs"][0]["num_train"] == 16 and len(other["runs"]) == 1
+    assert len(log.read_text().splitlines()) == 4  # the other settings' runs stay logged for the calls that want them
+    fresh = run_video_comparison(dataclasses.replace(more, resume=False, seeds=1), progress=False)
+    assert len(fresh["runs"]) == 1 and len(log.read_text().splitlines()) == 1  # without resume the log starts over
 
 
 def test_longest_first_queues_expensive_layers_first_and_none_last():

@@ -155,26 +155,34 @@ class RunLog:
 
     def start(self, runs: list[tuple], args_of, same, resume: bool) -> tuple[list[dict], list[tuple]]:
         """``(kept records, runs still to train)``: with ``resume`` the logged records of ``runs`` (each run's
-        recipe arguments are ``args_of(*run)``; each run kept at most once), else none. The log is rewritten to
-        hold just the kept records; later runs are appended with :meth:`append`."""
+        recipe arguments are ``args_of(*run)``; each run kept at most once), else none. With ``resume`` the log
+        keeps every record it holds - runs of other layers or settings stay for the calls that want them (a call
+        over some of a study's layers must not drop the others'); only a line cut by an interruption goes. Without
+        ``resume`` it starts empty. Later runs are appended with :meth:`append`."""
         keys = [json.dumps(portable_args(args_of(*r))) for r in runs]
         kept = self._finished(set(keys), same) if resume else []
+        logged = self._records() if resume else []
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in logged))
         if kept:
             logger.info("resuming: %d of %d runs already in %s", len(kept), len(runs), self.path)
         done = {json.dumps(portable_args(r["args"])) for r in kept}
         return kept, [r for r, k in zip(runs, keys) if k not in done]
 
-    def _finished(self, wanted: set[str], same) -> list[dict]:
+    def _records(self) -> list[dict]:
         if not self.path.is_file():
             return []
-        kept, seen = [], set()
+        out = []
         for line in self.path.read_text().splitlines():
             try:
-                rec = json.loads(line)
+                out.append(json.loads(line))
             except json.JSONDecodeError:  # a line cut by the interruption
                 continue
+        return out
+
+    def _finished(self, wanted: set[str], same) -> list[dict]:
+        kept, seen = [], set()
+        for rec in self._records():
             key = json.dumps(portable_args(rec.get("args") or []))
             if key in wanted and key not in seen and same(rec):
                 kept.append(rec)
