@@ -265,8 +265,8 @@ def parallelize(model: nn.Module, mesh: DeviceMesh, *, fsdp: bool | None = None,
             ``MixedPrecisionPolicy``: bf16 parameter gather and compute, fp32 gradient reduction; fp32 master
             weights and optimizer state stay sharded): half the gather traffic and gathered-weight memory.
         sequence_parallel: shard the residual stream over the tensor-parallel ranks between blocks (the backbone's
-            ``token_streams``; nothing to do without tensor parallelism): what activation checkpointing keeps per block divides by the
-            tensor-parallel size, for one all-gather per block and direction.
+            ``token_streams``; nothing to do without tensor parallelism): what activation checkpointing keeps per
+            block divides by the tensor-parallel size, for one all-gather per block and direction.
 
     Returns:
         A :class:`ParallelReport`.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The earlier CPU MQAR comparison (README.md in this folder): the `cpu-1epoch` preset over every default layer (width 64,
-# learning rates 1e-3 / 3e-3 / 1e-2, seeds 0-2), each layer in the published form for language tasks (TTT: the
-# ttt-lm-pytorch layer). Resumes from runs.jsonl when interrupted: run the script again to finish it.
+# The earlier CPU MQAR comparison (README.md in this folder): the `cpu-1epoch` preset over every default layer
+# (width 64, learning rates 1e-3 / 3e-3 / 1e-2, seeds 0-2), each layer in the published form for language tasks
+# (TTT: the ttt-lm-pytorch layer). Resumes from runs.jsonl when interrupted: run the script again to finish it.
 # Run from the repository root: bash benchmarks/results/compare-mqar-cpu-1epoch/run.sh
 # (Superseded by ../compare-mqar-cpu, three epochs. The attention rows here ran with RoPE, before the recipes took
 # Zoology's attention form; with the current recipes, resuming retrains them.)
