@@ -210,7 +210,9 @@ def _zoology_attention(x, wqkv, bqkv, wo, bo, heads: int, back: int | None = Non
     q, k, v = (x @ wqkv.T + bqkv).view(B, T, 3, heads, D // heads).unbind(2)  # [B, T, H, K] each
     scores = torch.einsum("bthd,bshd->bhts", q, k / math.sqrt(D // heads))
     t, s = torch.arange(T)[:, None], torch.arange(T)[None, :]
-    hidden = (s > t) | ((s < t - back) if back is not None else torch.zeros_like(s > t))
+    hidden = s > t
+    if back is not None:
+        hidden |= s < t - back
     scores = scores + torch.where(hidden, -10000.0, 0.0).to(x.dtype)
     out = torch.einsum("bhts,bshd->bthd", scores.softmax(-1), v)
     return out.reshape(B, T, D) @ wo.T + bo

@@ -160,8 +160,8 @@ class RunLog:
         over some of a study's layers must not drop the others'); only a line cut by an interruption goes. Without
         ``resume`` it starts empty. Later runs are appended with :meth:`append`."""
         keys = [json.dumps(portable_args(args_of(*r))) for r in runs]
-        kept = self._finished(set(keys), same) if resume else []
         logged = self._records() if resume else []
+        kept = self._finished(logged, set(keys), same)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text("".join(json.dumps(r) + "\n" for r in logged))
         if kept:
@@ -180,9 +180,10 @@ class RunLog:
                 continue
         return out
 
-    def _finished(self, wanted: set[str], same) -> list[dict]:
+    @staticmethod
+    def _finished(records: list[dict], wanted: set[str], same) -> list[dict]:
         kept, seen = [], set()
-        for rec in self._records():
+        for rec in records:
             key = json.dumps(portable_args(rec.get("args") or []))
             if key in wanted and key not in seen and same(rec):
                 kept.append(rec)

@@ -341,14 +341,14 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
             b = _dit_block_activations(mixer, tuple(sorted((mixer_config or {}).items())),
                                        tuple(sorted((dit_overrides or {}).items())),
                                        tuple(sorted((layout_overrides or {}).items()))).scaled(T)
-            work = b.replicated + b.split / P
-            kept = b.inputs / P if sequence_parallel else b.inputs
-            acts = (nb * kept + work) if activation_checkpointing else nb * work
+            inputs, work = b.inputs, b.replicated + b.split / P
+            every_block = nb * work
         else:
             R, S = 4 + 4 * passes, 8 + 12 * split_passes
             work = T * D * 2 * (R + (S + 12 * (passes - split_passes)) / P) * 2
-            kept = T * D * 2 / P if sequence_parallel else T * D * 2  # a layer's bf16 input
-            acts = (nb * kept + work) if activation_checkpointing else nb * work / 2
+            inputs, every_block = T * D * 2, nb * work / 2  # a layer's bf16 input
+        kept = inputs / P if sequence_parallel else inputs
+        acts = (nb * kept + work) if activation_checkpointing else every_block
         total = params + grads + optim + acts
         # time: forward + backward (3x) + recompute (1x) per example; examples per rank = batch / dp
         per_example = flops * (4.0 if activation_checkpointing else 3.0) / P
