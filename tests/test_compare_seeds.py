@@ -248,3 +248,76 @@ def test_video_readings_speed_and_level_from_curves():
     md = _video_markdown(rows, cmp, "cmd")
     assert "## How fast and how far (1000 steps)" in md and "| never |" in md and "| +0.050 |" in md
     assert "Recall at step 500, pairs whose intervals separate" in md and "a > b" in md.split("Recall at step 500")[-1]
+
+
+def test_mqar_per_layer_learning_rates():
+    from seqmix.compare import MQARSweep
+
+    sweep = MQARSweep(layers=["swa", "full_attn"], widths=[16], lrs={"swa": [1e-3], "full_attn": [3e-3, 1e-2]},
+                      seeds=2)
+    sweep.validate()
+    runs = [(r[0], r[2], r[4]) for r in sweep.runs()]
+    assert runs == [("swa", 1e-3, 0), ("swa", 1e-3, 1), ("full_attn", 3e-3, 0), ("full_attn", 3e-3, 1),
+                    ("full_attn", 1e-2, 0), ("full_attn", 1e-2, 1)]
+    assert sweep.quick().lrs == {"swa": [1e-3], "full_attn": [3e-3]}
+    with pytest.raises(ValueError, match=r"no learning rate for \['full_attn'\]; they name \['mamba2', 'swa'\]"):
+        MQARSweep(layers=["swa", "full_attn"], lrs={"swa": [1e-3], "mamba2": [1e-3]}).validate()
+    MQARSweep(layers=["swa"], lrs={"swa": [1e-3], "mamba2": [1e-3]}).validate()  # a preset's others are ignored
+    with pytest.raises(ValueError, match="positive"):
+        MQARSweep(layers=["swa"], lrs={"swa": []}).validate()
+
+
+def _sleep_forever(pid_dir: str) -> None:
+    import os
+    import pathlib
+    import time
+
+    pathlib.Path(pid_dir, str(os.getpid())).touch()
+    time.sleep(600)
+
+
+def test_stopping_a_comparison_ends_its_worker_processes(tmp_path):
+    """SIGTERM to a comparison (or its death by SIGKILL) ends the runs it started in worker processes; they used to
+    train on as orphans."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    script = textwrap.dedent(f"""
+        from seqmix.compare.common import _map_runs
+        from tests.test_compare_seeds import _sleep_forever
+        if __name__ == "__main__":
+            _map_runs(_sleep_forever, [({str(tmp_path)!r},)] * 2, 2, str, "t", False, print)
+    """)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in tmp_path.iterdir():
+            p.unlink()
+        proc = subprocess.Popen([sys.executable, "-c", script], cwd=os.path.dirname(os.path.dirname(__file__)))
+        deadline = time.time() + 120
+        while len(list(tmp_path.iterdir())) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        workers = [int(p.name) for p in tmp_path.iterdir()]
+        assert len(workers) == 2, "the workers did not start"
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+        deadline = time.time() + 15
+        while any(_alive(w) for w in workers) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers), f"workers left running after {sig.name}"
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its new parent) counts as ended
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -74,6 +74,9 @@ def test_non_causal_chunks_see_their_own_tokens_causal_chunks_do_not():
     (dict(base_lr=0.0), "base_lr"),
     (dict(muon_steps=0), "muon_steps"),
     (dict(head_dim=-1), "head_dim"),
+    (dict(window=-1), "window must be an int >= 0"),
+    (dict(window=4), "the public LM layer's, which is causal"),
+    (dict(window=4, causal=True, window_heads=3), "window_heads must be a positive int dividing"),
 ])
 def test_bad_config(kw, msg):
     with pytest.raises(ValueError, match=msg):
@@ -92,3 +95,108 @@ def test_bad_state_and_inputs():
         layer(x, positions=torch.arange(5))
     with pytest.raises(ValueError, match="return_state needs causal"):
         layers.build("lact", dim=D, num_heads=H)(x, return_state=True)
+
+
+# ------------------------------------------------------------------------------------------ the public LM layer
+def _public_lact_lm_layer(x, p, *, heads, attn_heads, window, chunk_size, base_lr, muon, momentum, ttt_scale):
+    """TEST-ONLY transcription of the public LaCT LM layer's forward (``LaCTSWIGLULayer`` of the public LaCT code,
+    ``attn_qk_norm=False`` as its released configs, full-rank fast weights) in fp64, with the rotary embedding
+    left out (seqmix's LaCT takes no positions). ``p``: its parameters in the public layout (``qkv [3d, d]``,
+    ``lr_proj`` rows head-major ``(head, 3)``, ``qk_scale / qk_offset [d, 2]``, ``w0, w2 [nh, dh, din]``,
+    ``w1 [nh, dout, dh]``, ...)."""
+    import torch.nn.functional as F
+    from einops import rearrange
+
+    from tests.test_lact_ops import _public_block_causal_lact
+
+    b, s, d = x.shape
+    q, k, v = F.linear(x, p["qkv"]).chunk(3, dim=-1)
+    fast_q = q * p["qk_scale"][:, 0] + p["qk_offset"][:, 0]
+    fast_k = k * p["qk_scale"][:, 1] + p["qk_offset"][:, 1]
+    fast_v = v
+    # window attention: flash_attn_func(q, k, v, causal=True, window_size=(window - 1, 0)), scale 1/sqrt(head dim)
+    qa, ka, va = (t.view(b, s, attn_heads, -1).transpose(1, 2) for t in (q, k, v))
+    i = torch.arange(s)
+    allowed = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - window)
+    scores = (qa @ ka.transpose(-1, -2)) / qa.shape[-1] ** 0.5
+    o = scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ va
+    o = o.transpose(1, 2).reshape(b, s, d)
+    fast_q, fast_k, fast_v = (F.silu(rearrange(t, "b s (n_h d) -> (b n_h) s d", n_h=heads))
+                              for t in (fast_q, fast_k, fast_v))
+    fast_q, fast_k = F.normalize(fast_q, dim=-1), F.normalize(fast_k, dim=-1)
+    ws = (p["w0"].repeat(b, 1, 1), p["w1"].repeat(b, 1, 1), p["w2"].repeat(b, 1, 1))
+    inv = base_lr + torch.log(-torch.expm1(torch.tensor(-base_lr, dtype=torch.float64)))  # inv_softplus
+    lr = F.softplus(F.linear(x, p["lr_proj.weight"], p["lr_proj.bias"]) + inv)
+    lr1, lr2, lr3 = rearrange(lr, "b s (n_h lr_dim) -> (b n_h) s lr_dim", n_h=heads).chunk(3, dim=-1)
+    mom = None
+    if momentum:
+        mom = torch.sigmoid(F.linear(x, p["momentum_proj.weight"], p["momentum_proj.bias"]))
+        mom = rearrange(mom, "b s (n_h d) -> (b n_h) s d", n_h=heads)
+    fw_x = _public_block_causal_lact(*ws, fast_q, fast_k, fast_v, lr1, lr2, lr3, chunk_size=chunk_size,
+                                     use_muon=muon, momentum=mom)
+    ttt = F.rms_norm(fw_x, (fw_x.shape[-1],), p["ttt_norm"], eps=1e-5)  # fla's RMSNorm default eps
+    if ttt_scale:
+        sc = F.silu(F.linear(x, p["ttt_scale_proj.weight"], p["ttt_scale_proj.bias"]))
+        ttt = ttt * rearrange(sc, "b s (n_h d) -> (b n_h) s d", n_h=heads)
+    ttt = rearrange(ttt, "(b n_h) s d -> b s (n_h d)", n_h=heads)
+    return F.linear(o + ttt, p["o_proj"])
+
+
+def _public_layout(layer) -> dict:
+    """seqmix's LaCT parameters in the public LM layer's layout (its rate projection rows are head-major)."""
+    H = layer.num_heads
+    head_major = lambda t: t.view(3, H, *t.shape[1:]).transpose(0, 1).reshape(t.shape)  # noqa: E731
+    p = {"qkv": layer.qkv.weight, "qk_scale": layer.qk_scale, "qk_offset": layer.qk_offset, "w0": layer.w0,
+         "w1": layer.w1, "w2": layer.w2, "lr_proj.weight": head_major(layer.lr_proj.weight),
+         "lr_proj.bias": head_major(layer.lr_proj.bias), "ttt_norm": layer.o_norm.weight, "o_proj": layer.o_proj.weight}
+    for ours, theirs in (("momentum_proj", "momentum_proj"), ("scale_proj", "ttt_scale_proj")):
+        m = getattr(layer, ours)
+        if m is not None:
+            p[f"{theirs}.weight"], p[f"{theirs}.bias"] = m.weight, m.bias
+    return p
+
+
+@pytest.mark.parametrize("backend", ["torch", "naive"])
+@pytest.mark.parametrize("cfg", [
+    dict(muon=False, momentum=True, ttt_scale=True, window=4, window_heads=4),  # the released LM configs' options
+    dict(muon=True, momentum=False, ttt_scale=False, window=3),
+], ids=["released", "muon"])
+def test_lm_layer_equals_the_public_lact_lm_layer(cfg, backend):
+    """With ``window`` set LaCT is the public LM layer: window attention over the shared projection plus the fast
+    weights' read-out; it equals a transcription of the public layer in fp64 on the same weights (random scale /
+    offset / biases / norm so that every parameter matters), T = 11 with chunks of 4 (a partial last chunk)."""
+    torch.manual_seed(3)
+    layer = layers.build("lact", dim=D, num_heads=H, causal=True, chunk_size=4, base_lr=1e-3, backend=backend,
+                         **cfg).double()
+    with torch.no_grad():
+        for n, t in layer.named_parameters():
+            if n in ("qk_scale", "qk_offset", "o_norm.weight") or n.endswith("bias"):
+                t.copy_(torch.randn_like(t) * 0.5 + (1.0 if n in ("qk_scale", "o_norm.weight") else 0.0))
+    x = torch.randn(2, 11, D, dtype=torch.float64)
+    ref = _public_lact_lm_layer(x, _public_layout(layer), heads=H, attn_heads=cfg.get("window_heads", H),
+                                window=cfg["window"], chunk_size=4, base_lr=1e-3, muon=cfg["muon"],
+                                momentum=cfg["momentum"], ttt_scale=cfg["ttt_scale"])
+    assert_close("y", layer(x), ref, 1e-12)
+
+
+def test_lm_layer_state_carry_and_bad_state():
+    """The LM layer carries the window's last keys and values beside the fast weights: calls split anywhere equal
+    one pass; its state size counts both; a state that does not fit is refused."""
+    torch.manual_seed(0)
+    layer = layers.build("lact", dim=D, num_heads=H, causal=True, chunk_size=4, window=5, momentum=True,
+                         ttt_scale=True).double()
+    x = torch.randn(2, 15, D, dtype=torch.float64)
+    full = layer(x)
+    ys, st = [], None
+    for s, e in [(0, 3), (3, 9), (9, 10), (10, 15)]:
+        y, st = layer(x[:, s:e], state=st, return_state=True)
+        ys.append(y)
+    assert_close("chunked", torch.cat(ys, 1), full, 1e-12)
+    assert [tuple(t.shape) for t in st.window_kv] == [(2, H, 4, D // H)] * 2
+    fw = 2 * 3 * H * layer.hidden * layer.head_dim  # fast weights + momentum
+    assert layer.state_size(15) == fw + 2 * H * layer.head_dim * 5 and layer.state_size(3) == fw + 2 * D * 3
+    with pytest.raises(ValueError, match="carried window keys / values"):
+        layer(x[:, :2], state=st._replace(window_kv=(st.window_kv[0],)))
+    bare = layers.build("lact", dim=D, num_heads=H, causal=True, chunk_size=4, momentum=True).double()
+    with pytest.raises(ValueError, match="has window=0"):
+        bare(x[:, :2], state=st._replace(weights=bare._initial_state(2, torch.float64)))

@@ -238,3 +238,24 @@ def test_mqar_attention_recipes_build_zoologys_attention(name):
     with torch.no_grad():
         want = _zoology_attention(x, wqkv, bqkv, mixer.wo.weight, mixer.wo.bias, mixer.num_heads, back)
         C.assert_close(f"{name} vs Zoology's attention", mixer(x), want, 1e-12)
+
+
+def test_mqar_lact_recipe_builds_the_public_lm_layer():
+    """The MQAR recipe's LaCT is the public LM layer (window attention beside the fast weights, the released
+    configs' options) and equals its transcription (tests/test_lact.py) on the recipe-built weights in fp64."""
+    from seqmix.lightning_cli import run_lightning
+    from seqmix.utils.recipes import builtin_recipe
+    from tests.test_lact import _public_lact_lm_layer, _public_layout
+
+    cli = run_lightning(["--config", str(builtin_recipe("mqar/lact")), "--trainer.logger=false"], run=False)
+    (lm,) = [m for m in cli.model.modules() if isinstance(m, MixerLM)]
+    mixer = lm.blocks[0].mixer.double().eval()
+    c = mixer.config
+    assert c.causal and c.window == c.chunk_size > 0 and c.momentum and c.ttt_scale and not c.muon
+    torch.manual_seed(0)
+    x = torch.randn(2, 37, mixer.dim, dtype=torch.float64)
+    with torch.no_grad():
+        want = _public_lact_lm_layer(x, _public_layout(mixer), heads=mixer.num_heads, attn_heads=mixer.window_heads,
+                                     window=c.window, chunk_size=c.chunk_size, base_lr=c.base_lr, muon=c.muon,
+                                     momentum=c.momentum, ttt_scale=c.ttt_scale)
+        C.assert_close("lact vs the public LM layer", mixer(x), want, 1e-12)

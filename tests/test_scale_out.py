@@ -286,11 +286,14 @@ def test_fsdp2_bf16_policy_two_processes():
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _lightning_losses(tmp_path, name: str, extra: list[str]) -> list[float]:
+def _lightning_losses(tmp_path, name: str, extra: list[str], recipe: str = "t2v/ttt_linear.yaml",
+                      data: tuple[str, ...] = ("--data.init_args.num_train=16", "--data.init_args.batch_size=2")
+                      ) -> tuple[list[float], str]:
+    """The training losses of a 3-step ``seqmix fit`` of ``recipe`` and its log (stderr)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     env.pop("TRITON_INTERPRET", None)
-    subprocess.run([sys.executable, "-m", "seqmix.cli", "fit", "--config", str(ROOT / "recipes/t2v/ttt_linear.yaml"),
-                    "--data.init_args.num_train=16", "--data.init_args.batch_size=2", "--trainer.max_steps=3",
+    proc = subprocess.run([sys.executable, "-m", "seqmix.cli", "fit", "--config", str(ROOT / "recipes" / recipe), *data,
+                    "--trainer.max_steps=3",
                     "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false",
                     "--trainer.enable_model_summary=false", "--trainer.enable_checkpointing=false",
                     "--trainer.accelerator=cpu", "--trainer.deterministic=true", "--trainer.log_every_n_steps=1",
@@ -299,7 +302,11 @@ def _lightning_losses(tmp_path, name: str, extra: list[str]) -> list[float]:
                    check=True, env=env, capture_output=True, timeout=600)
     (metrics,) = (tmp_path / name).rglob("metrics.csv")
     rows = list(csv.DictReader(metrics.open()))
-    return [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    return [float(r["train/loss"]) for r in rows if r.get("train/loss")], proc.stderr.decode()
+
+
+TP2 = ["--trainer.devices=2", "--trainer.strategy=seqmix.parallel.lightning.ModelParallel",
+       "--trainer.strategy.tensor_parallel_size=2"]
 
 
 @pytest.mark.slow
@@ -307,10 +314,26 @@ def test_lightning_model_parallel_strategy_runs_the_plan_on_cpu(tmp_path):
     """The recipe path: Lightning's ModelParallelStrategy (seqmix's ModelParallel) with 2 tensor-parallel CPU
     processes calls configure_model -> parallelize, feeds both ranks the same examples and clips the mixed
     DTensor / tensor gradients; its losses equal one process's."""
-    one = _lightning_losses(tmp_path, "one", ["--trainer.devices=1"])
-    tp = _lightning_losses(tmp_path, "tp", ["--trainer.devices=2",
-                                            "--trainer.strategy=seqmix.parallel.lightning.ModelParallel",
-                                            "--trainer.strategy.tensor_parallel_size=2"])
+    one, _ = _lightning_losses(tmp_path, "one", ["--trainer.devices=1"])
+    tp, log = _lightning_losses(tmp_path, "tp", TP2)
+    assert "parallel plan: ParallelReport(data_parallel=1, tensor_parallel=2" in log
+    assert len(one) == 3 and len(tp) == 3
+    for a, b in zip(tp, one):
+        assert abs(a - b) <= 1e-4 * abs(b), (tp, one)
+
+
+@pytest.mark.slow
+def test_lightning_model_parallel_strategy_trains_the_world_model_on_cpu(tmp_path):
+    """The world-model recipe under Lightning's ModelParallelStrategy: 2 tensor-parallel CPU processes with sequence
+    parallelism and per-layer activation checkpointing; its losses equal one process's."""
+    data = (f"--data.init_args.path={tmp_path / 'mazes'}", "--data.init_args.num_trajectories=12",
+            "--data.init_args.val_trajectories=2", "--data.init_args.batch_size=2")
+    one, _ = _lightning_losses(tmp_path, "one", ["--trainer.devices=1"], "worldmodel/blockwise_ssm.yaml", data)
+    tp, log = _lightning_losses(tmp_path, "tp", TP2 + ["--model.init_args.sequence_parallel=true",
+                                                  "--model.init_args.activation_checkpointing=true"],
+                           "worldmodel/blockwise_ssm.yaml", data)
+    (plan,) = {line.split("parallel plan: ")[1] for line in log.splitlines() if "parallel plan: " in line}
+    assert "tensor_parallel=2" in plan and "activation_checkpointing=True" in plan and "sequence_parallel=True" in plan
     assert len(one) == 3 and len(tp) == 3
     for a, b in zip(tp, one):
         assert abs(a - b) <= 1e-4 * abs(b), (tp, one)

@@ -280,6 +280,20 @@ def _default_jobs() -> int:
     return 1 if torch.cuda.is_available() else max(1, os.cpu_count() or 1)
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Pool-worker initializer: end this worker when the process that started it is gone (killed, even with
+    SIGKILL), instead of training on as an orphan. Runs checkpoint atomically, so stopping mid-run loses at most
+    the steps since the last checkpoint."""
+    import threading
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _in_worker(fn, args: tuple, threads: int):
     """Process-pool entry point: ``fn(*args)`` with ``threads`` intra-op threads and Lightning's banners silenced."""
     import warnings
@@ -310,13 +324,47 @@ def _map_runs(fn, runs: list[tuple], jobs: int, label, desc: str, progress: bool
 
         threads = max(1, (os.cpu_count() or 1) // jobs)
         logger.info("%s: %d runs in %d processes x %d threads", desc, len(runs), jobs, threads)
-        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(_in_worker, fn, run, threads): run for run in runs}
-            for fut in as_completed(futures):
-                on_done(fut.result())
-                bar.set_postfix_str(label(futures[fut]))
-                bar.update()
+        pool = ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_exit_with_parent,
+                                   initargs=(os.getpid(),))
+        try:
+            with _sigterm_raises():
+                futures = {pool.submit(_in_worker, fn, run, threads): run for run in runs}
+                for fut in as_completed(futures):
+                    on_done(fut.result())
+                    bar.set_postfix_str(label(futures[fut]))
+                    bar.update()
+        except BaseException:
+            # stopped (SIGTERM, Ctrl-C) or a run failed: end the other runs now rather than wait for them to finish
+            # (hours); the executor has no public way to stop a running task before Python 3.14
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.kill()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     bar.close()
+
+
+class _sigterm_raises:
+    """Within the block, SIGTERM raises SystemExit in the main thread (so cleanup runs) instead of ending the
+    process at once; a no-op off the main thread."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.old = None
+        if threading.current_thread() is threading.main_thread():
+            self.old = signal.signal(signal.SIGTERM, self._raise)
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise SystemExit(128 + signum)
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.old is not None:
+            signal.signal(signal.SIGTERM, self.old)
 
 
 class _QuietLightning:

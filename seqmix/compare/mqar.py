@@ -47,7 +47,9 @@ class MQARSweep:
 
     Attributes:
         layers, widths, lrs: the grid (every combination is one training run per seed); layers are registry names
-            (default: every layer that mixes tokens), each run is :func:`layer_args` of ``"mqar"``.
+            (default: every layer that mixes tokens), each run is :func:`layer_args` of ``"mqar"``. ``lrs`` is one
+            list for every layer or ``{layer: [lrs]}`` (every layer of ``layers`` named; others ignored), for
+            budgets too short to sweep: each layer at the learning rate it learns at.
         seeds: a count ``S`` (seeds 0..S-1) or a list; each seed sets the Lightning seed and the data seed.
         knobs: per-layer knobs swept beside the lr: ``None`` (the recipes' settings), ``"declared"`` (each layer's
             :attr:`~seqmix.layers.Mixer.Tooling.sweep_knobs`) or ``{layer: {field: [values]}}``.
@@ -71,7 +73,7 @@ class MQARSweep:
 
     layers: list[str] = field(default_factory=lambda: token_mixers(causal=True))
     widths: list[int] = field(default_factory=lambda: [32, 64])
-    lrs: list[float] = field(default_factory=lambda: [3e-3])
+    lrs: list[float] | dict[str, list[float]] = field(default_factory=lambda: [3e-3])
     seeds: int | list[int] = 1
     knobs: dict | str | None = None
     num_layers: int | None = None
@@ -100,6 +102,10 @@ class MQARSweep:
     def seed_list(self) -> list[int]:
         return parse_seeds(self.seeds)
 
+    def lrs_of(self, layer: str) -> list[float]:
+        """The learning rates ``layer`` is trained at."""
+        return list(self.lrs[layer] if isinstance(self.lrs, dict) else self.lrs)
+
     @classmethod
     def quick_config(cls, **kw) -> "MQARSweep":
         """The smoke run (:meth:`quick`) of ``MQARSweep(**kw)``."""
@@ -107,7 +113,10 @@ class MQARSweep:
 
     def quick(self) -> "MQARSweep":
         """A smoke-sized copy: first two layers, one width, one lr, one seed, 3 steps."""
-        return dataclasses.replace(self, layers=self.layers[:2], widths=self.widths[:1], lrs=self.lrs[:1],
+        layers = self.layers[:2]
+        return dataclasses.replace(self, layers=layers, widths=self.widths[:1],
+                                   lrs={n: self.lrs_of(n)[:1] for n in layers} if isinstance(self.lrs, dict)
+                                   else self.lrs[:1],
                                    seeds=self.seed_list()[:1], max_steps=3, num_train=256, curve_points=1,
                                    jobs=1)
 
@@ -117,8 +126,14 @@ class MQARSweep:
             raise FileNotFoundError(f"base recipe {base_recipe('mqar')} does not exist")
         if not self.widths or min(self.widths) < 1:
             raise ValueError(f"widths must be positive ints, got {self.widths}")
-        if not self.lrs or min(self.lrs) <= 0:
-            raise ValueError(f"lrs must be positive, got {self.lrs}")
+        if isinstance(self.lrs, dict):
+            missing = [n for n in self.layers if n not in self.lrs]
+            if missing:
+                raise ValueError(f"per-layer lrs give no learning rate for {missing}; they name "
+                                 f"{sorted(self.lrs)} (a list instead applies to every layer)")
+        for n in self.layers:
+            if not self.lrs_of(n) or min(self.lrs_of(n)) <= 0:
+                raise ValueError(f"lrs must be non-empty lists of positive numbers, got {self.lrs}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0 (0 = no checkpoints), got {self.checkpoint_every}")
         if self.jobs < 0:
@@ -134,7 +149,7 @@ class MQARSweep:
 
     def runs(self) -> list[tuple]:
         """Every run of the grid: ``(layer, width, lr, knob setting, seed, sweep)``."""
-        return [(n, w, lr, k, s, self) for n in self.layers for w in self.widths for lr in self.lrs
+        return [(n, w, lr, k, s, self) for n in self.layers for w in self.widths for lr in self.lrs_of(n)
                 for k in knob_grid(n, self.knobs) for s in self.seed_list()]
 
 
@@ -232,6 +247,14 @@ def _markdown(best: list[dict], points: list[dict], sweep: MQARSweep, command: s
         lines.append(f"| {r['mixer']} | {r['width']} | {r['state_size']:,} | {r['params']:,} | {r['lr']:g} | "
                      f"{_knob_text(r['knobs'])} | {r['steps']} | {acc} | {r['val_loss']:.3f} | "
                      f"{r['train_seconds']:.0f} |")
+    pairs = task.get("num_kv_pairs")
+    if pairs and best:
+        # the plateau every layer sits on first: one of the values in context, guessed
+        chance = 1 / pairs
+        stuck = [f"{r['mixer']} (width {r['width']})" for r in best if r["val_acc"] < 2 * chance]
+        lines += ["", f"Chance: {chance:.3f} (one of the {pairs} values in context, guessed: the plateau every layer "
+                  f"starts on). Left it (best mean accuracy >= {2 * chance:.2f}): "
+                  + ("every layer." if not stuck else f"all but {', '.join(stuck)}.")]
     if S >= 2:
         lines += ["", "Separated (intervals of the best settings do not overlap; no statement where they do):", ""]
         for w in sweep.widths:

@@ -13,8 +13,10 @@ and an output projection.
 
 Forms: non-causal (``causal=False``, the bidirectional / video form): each chunk first updates the weights, then
 its queries read the updated weights. Causal: each chunk reads the weights from before it, then updates them,
-so a token never sees its own chunk: pair the layer with window attention (the DiT's local attention, or a
-hybrid ``swa`` / ``lact`` stack in ``MixerLM``) for precision inside a chunk, as LaCT does.
+so a token never sees its own chunk. The public LM layer therefore adds sliding-window attention over the same
+projection inside the layer (``window`` > 0, language tasks): the window recalls the current chunk, the fast
+weights what lies before it. Without ``window`` pair the causal layer with window attention elsewhere (the DiT's
+local attention, or a hybrid ``swa`` / ``lact`` stack in ``MixerLM``).
 
 Chunks: ``chunk_size`` tokens each, or (``chunk_align="frame"`` / ``"segment"``) the frames or segments of the
 sequence, read from the :class:`~seqmix.layers.spans.TokenSpans` a backbone passes as ``layout`` (the class declares
@@ -24,13 +26,19 @@ first and updates the fast weights together with the frames it describes. The 3 
 latent frames for the first, 12 for the others), so a fixed ``chunk_size`` could not follow them.
 
 Parameters (dim D, H heads, head dim K, hidden width F = ``inter_multi`` K): ``3 D H K`` (Q/K/V), ``H K D``
-(output), ``3 D H`` (+``D H`` with momentum) rates, ``H K`` norm, and the initial fast weights ``3 H F K``.
-State per sequence: ``3 H F K`` fast weights (+ as many momentum elements).
+(output), ``3 D H`` (+``D H`` with momentum, +``D H`` with ``ttt_scale``) rates, ``H K`` norm, and the initial
+fast weights ``3 H F K``; the LM layer adds ``4 H K`` (q / k scale and offset) and the projections' biases.
+State per sequence: ``3 H F K`` fast weights (+ as many momentum elements; + the window's ``2 H K min(T, window)``
+keys and values).
 
 References (registry name, task form: public code; the test that equals it on the same weights in fp64):
 
-- lact, lm: the public LaCT LM operators (``block_causal_lact_swiglu``: apply, then update; renormalised to the
-  initial row norms; ``prenorm=True``: ``prenorm_block_causal_lact_swiglu``);
+- lact, lm: the public LaCT LM layer (``LaCTSWIGLULayer`` as its released configs: no q/k RMSNorm, full-rank fast
+  weights; ``window`` > 0, ``window_heads``, ``ttt_scale``) with its rotary embedding left out (this layer takes
+  no positions; order comes from the backbone's short convolution);
+  tests/test_lact.py::test_lm_layer_equals_the_public_lact_lm_layer
+- lact, lm: its causal operators (``block_causal_lact_swiglu``: apply, then update; renormalised to the initial
+  row norms; ``prenorm=True``: ``prenorm_block_causal_lact_swiglu``);
   tests/test_lact_ops.py::test_causal_scan_equals_public_lact_equations
 - lact, video: the public LaCT bidirectional operator (update, then apply, every chunk);
   tests/test_lact_ops.py::test_noncausal_scan_equals_public_lact_equations
@@ -56,17 +64,24 @@ from .spans import TokenSpans, aligned_bounds
 __all__ = ["LaCT", "LaCTState"]
 
 
+def _linear(x: torch.Tensor, lin: nn.Linear) -> torch.Tensor:
+    """``lin(x)`` in ``x``'s dtype (the rate projections run in fp32 / fp64 whatever the layer's dtype)."""
+    return F.linear(x, lin.weight.to(x.dtype), None if lin.bias is None else lin.bias.to(x.dtype))
+
+
 class LaCTState(NamedTuple):
     """Carried state of a causal LaCT layer between calls.
 
     ``weights``: fast weights after the last complete chunk ``(w0, w1, w2[, g0, g1, g2])`` (``[B, H, ...]``,
     fp32); ``pending``: ``k, v [B, H, n, K]``, ``lr0, lr1, lr2[, momentum] [B, H, n]`` of the ``0 <= n < C``
     tokens of the unfinished chunk. The next call re-feeds them: their outputs were already emitted and did not
-    depend on them (apply-then-update), so continuing equals one full pass.
+    depend on them (apply-then-update), so continuing equals one full pass. ``window_kv``: the window branch's
+    keys and values ``[B, Ha, n, H K / Ha]`` of the last ``n <= window - 1`` tokens (``()`` without the branch).
     """
 
     weights: tuple[torch.Tensor, ...]
     pending: tuple[torch.Tensor, ...]
+    window_kv: tuple[torch.Tensor, ...] = ()
     layer: str = ""
 
 
@@ -115,6 +130,15 @@ class LaCT(Mixer):
                 reads and inner gradients use their renormalised copy (post-norm, the default: the renormalised
                 weights are the state). Needs ``renorm``.
             momentum: momentum on the chunk updates with a learned per-token coefficient (chunk mean).
+            window: > 0 builds the public LM layer (``LaCTSWIGLULayer``; causal only): a sliding-window attention
+                branch (``window`` keys per query, itself included; the public LM: 2048, the chunk size) over the
+                same Q/K/V projection before its SiLU, summed with the fast-weight read-out before the output
+                projection, so tokens of the current chunk, which the fast weights have not seen yet, are still
+                recalled; per-channel scale and offset on the fast-weight Q and K; biases on the rate, momentum
+                and scale projections. 0: the fast-weight operator alone (the video / bidirectional form).
+            window_heads: attention heads of the window branch over the projection's ``H K`` width (default
+                ``num_heads``; the public 760M LM: 24 attention heads beside 4 fast-weight heads).
+            ttt_scale: the public ``learnable_ttt_scale``: the read-out of each head scaled by ``silu(x W + b)``.
             backend: ``"auto"``, ``"torch"`` (chunked matmuls) or ``"naive"`` (per-token reference).
         """
 
@@ -129,6 +153,9 @@ class LaCT(Mixer):
         renorm: bool = True
         prenorm: bool = False
         momentum: bool = False
+        window: int = 0
+        window_heads: int | None = None
+        ttt_scale: bool = False
 
     def __init__(self, dim: int, num_heads: int, config: "LaCT.Config"):
         super().__init__(dim, num_heads, config)
@@ -147,11 +174,25 @@ class LaCT(Mixer):
             raise ValueError(f"muon_steps must be a positive int when muon=True, got {c.muon_steps!r}")
         if c.prenorm and not c.renorm:
             raise ValueError("prenorm=True uses the renormalised weights: it needs renorm=True")
-        self.head_dim, self.hidden = K, Fw
         H = num_heads
+        if not isinstance(c.window, int) or isinstance(c.window, bool) or c.window < 0:
+            raise ValueError(f"window must be an int >= 0 (0: no attention branch), got {c.window!r}")
+        lm = c.window > 0
+        if lm and not c.causal:
+            raise ValueError(f"window={c.window}: the window-attention branch is the public LM layer's, which is "
+                             "causal; set causal=True or window=0 (the non-causal form)")
+        Ha = c.window_heads or H
+        if lm and (not isinstance(Ha, int) or Ha < 1 or (H * K) % Ha):
+            raise ValueError(f"window_heads must be a positive int dividing the projection width H K = {H * K}, "
+                             f"got {c.window_heads!r}")
+        self.head_dim, self.hidden, self.window_heads = K, Fw, Ha
         self.qkv = nn.Linear(dim, 3 * H * K, bias=False)
-        self.lr_proj = nn.Linear(dim, 3 * H, bias=False)
-        self.momentum_proj = nn.Linear(dim, H, bias=False) if c.momentum else None
+        self.lr_proj = nn.Linear(dim, 3 * H, bias=lm)
+        self.momentum_proj = nn.Linear(dim, H, bias=lm) if c.momentum else None
+        self.scale_proj = nn.Linear(dim, H, bias=lm) if c.ttt_scale else None
+        # the public LM layer's per-channel scale and offset of the fast-weight q, k: [H K, (q, k)]
+        self.qk_scale = nn.Parameter(torch.ones(H * K, 2)) if lm else None
+        self.qk_offset = nn.Parameter(torch.zeros(H * K, 2)) if lm else None
         self.w0 = nn.Parameter(torch.empty(H, Fw, K))
         self.w1 = nn.Parameter(torch.empty(H, K, Fw))
         self.w2 = nn.Parameter(torch.empty(H, Fw, K))
@@ -161,8 +202,14 @@ class LaCT(Mixer):
 
     def reset_parameters(self) -> None:
         K, Fw = self.head_dim, self.hidden
-        for lin in (self.qkv, self.o_proj, self.lr_proj) + ((self.momentum_proj,) if self.momentum_proj else ()):
-            nn.init.normal_(lin.weight, std=0.02)
+        for lin in (self.qkv, self.o_proj, self.lr_proj, self.momentum_proj, self.scale_proj):
+            if lin is not None:
+                nn.init.normal_(lin.weight, std=0.02)
+                if lin.bias is not None:
+                    nn.init.zeros_(lin.bias)
+        if self.qk_scale is not None:
+            nn.init.ones_(self.qk_scale)
+            nn.init.zeros_(self.qk_offset)
         nn.init.normal_(self.w0, std=1 / math.sqrt(K))
         nn.init.normal_(self.w2, std=1 / math.sqrt(K))
         nn.init.normal_(self.w1, std=1 / math.sqrt(Fw))
@@ -170,7 +217,11 @@ class LaCT(Mixer):
 
     def state_size(self, seq_len: int | None = None) -> int:
         n = 3 * self.num_heads * self.hidden * self.head_dim  # the fast weights
-        return n * (1 + self.config.prenorm + self.config.momentum)  # + the weights in use, + the last updates
+        n *= 1 + self.config.prenorm + self.config.momentum  # + the weights in use, + the last updates
+        w = self.config.window
+        if w:  # + the window branch's keys and values a query sees (as swa counts them)
+            n += 2 * self.num_heads * self.head_dim * (w if seq_len is None else min(seq_len, w))
+        return n
 
     def core_cost(self, n: int, ctx: int, batch: int, elem: int, layout: TokenSpans | None = None) -> Cost:
         """Per head and token: ``4 K F`` (f(k)), ``8 K F`` (update), ``6 K F`` (read-out); per update, Newton-Schulz
@@ -190,33 +241,51 @@ class LaCT(Mixer):
         muon = 3 * c.muon_steps * (4.0 * lo * lo * hi + 2.0 * lo**3) if c.muon else 0.0
         flops = H * batch * (18.0 * K * F_ * m + updates * muon)
         # q, k, v and three rates read (fp32), o written; the fast weights read and written once per update
-        nbytes = FP32_BYTES * batch * (H * m * (3 * K + 3) + H * n * K + self.state_size() * (1 + updates))
-        return Cost(flops, nbytes, f"lact: 18 K F per token, chunks of C={C}")
+        fw = 3 * H * F_ * K * (1 + c.prenorm + c.momentum)
+        nbytes = FP32_BYTES * batch * (H * m * (3 * K + 3) + H * n * K + fw * (1 + updates))
+        if c.window:  # the window branch: 4 H K flops per visible (query, key) pair; keys and values read once
+            seen = min(c.window, ctx + n)
+            flops += 4.0 * batch * H * K * n * seen
+            nbytes += FP32_BYTES * batch * 2 * H * K * (n + min(ctx, c.window - 1))
+        return Cost(flops, nbytes, f"lact: 18 K F per token, chunks of C={C}"
+                    + (f", window attention of {c.window}" if c.window else ""))
 
     def extra_repr(self) -> str:
         c = self.config
         chunks = f"chunk_size={c.chunk_size}" if c.chunk_align == "tokens" else f"chunk_align={c.chunk_align}"
         return (f"{super().extra_repr()}, head_dim={self.head_dim}, hidden={self.hidden}, {chunks}, "
-                f"muon={c.muon}, renorm={c.renorm}, prenorm={c.prenorm}, momentum={c.momentum}")
+                f"muon={c.muon}, renorm={c.renorm}, prenorm={c.prenorm}, momentum={c.momentum}"
+                + (f", window={c.window}, window_heads={self.window_heads}" if c.window else "")
+                + (", ttt_scale=True" if c.ttt_scale else ""))
 
     # ------------------------------------------------------------------------------------------------ forward
-    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """``x [B, T, D]`` -> ``q, k, v [B, H, T, K]``, ``lr0, lr1, lr2[, momentum] [B, H, T]`` in fp32/fp64."""
+    def _project(self, x: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """``x [B, T, D]`` -> the scan inputs ``q, k, v [B, H, T, K]``, ``lr0, lr1, lr2[, momentum] [B, H, T]`` in
+        fp32/fp64, and (window branch only, else ``()``) the attention's ``q, k, v [B, Ha, T, H K / Ha]`` in the
+        projection's dtype: the projection before the fast weights' SiLU, as the public LM layer."""
         B, T, _ = x.shape
         H, K = self.num_heads, self.head_dim
         acc = acc_dtype(x)
-        qkv = F.silu(self.qkv(x))  # autocast applies here
+        qkv = self.qkv(x)  # [B, T, 3 H K]; autocast applies here
+        attn = ()
+        if self.config.window:
+            Ha = self.window_heads
+            attn = tuple(t.reshape(B, T, Ha, -1).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
+            fq, fk, fv = qkv.chunk(3, dim=-1)
+            qkv = torch.cat([fq * self.qk_scale[:, 0] + self.qk_offset[:, 0],
+                             fk * self.qk_scale[:, 1] + self.qk_offset[:, 1], fv], dim=-1)
+        qkv = F.silu(qkv)
         with torch.autocast(device_type=x.device.type, enabled=False):
             q, k, v = qkv.to(acc).view(B, T, 3, H, K).permute(2, 0, 3, 1, 4)
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
             x32 = x.to(acc)
             offset = self.config.base_lr + math.log(-math.expm1(-self.config.base_lr))  # inv_softplus(base_lr)
-            lr = F.softplus(F.linear(x32, self.lr_proj.weight.to(acc)) + offset)  # [B, T, 3H]
+            lr = F.softplus(_linear(x32, self.lr_proj) + offset)  # [B, T, 3H]
             lrs = tuple(lr.view(B, T, 3, H).permute(2, 0, 3, 1))  # 3 x [B, H, T]
             extra = ()
             if self.momentum_proj is not None:
-                extra = (torch.sigmoid(F.linear(x32, self.momentum_proj.weight.to(acc))).transpose(1, 2),)
-        return (q, k, v) + lrs + extra
+                extra = (torch.sigmoid(_linear(x32, self.momentum_proj)).transpose(1, 2),)
+        return (q, k, v) + lrs + extra, attn
 
     def _initial_state(self, B: int, acc: torch.dtype) -> tuple[torch.Tensor, ...]:
         ws = tuple(w.to(acc).unsqueeze(0).expand(B, *w.shape) for w in (self.w0, self.w1, self.w2))
@@ -241,8 +310,8 @@ class LaCT(Mixer):
         c = self.config
         B, T, _ = x.shape
         acc = acc_dtype(x)
-        scan = self.select_backend(x.device).fn
-        inputs = self._project(x)
+        backend = self.select_backend(x.device)
+        inputs, attn = self._project(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
             if state is not None:
                 weights = self._check_state(state, B, x.device, acc)
@@ -257,19 +326,45 @@ class LaCT(Mixer):
             q, k, v, lr0, lr1, lr2 = inputs[:6]
             mom = inputs[6] if c.momentum else None
             chunking = {"chunk_size": c.chunk_size} if bounds is None else {"chunk_bounds": bounds}
-            o, new_weights = scan(q, k, v, lr0, lr1, lr2, weights, **chunking, causal=c.causal, momentum=mom,
-                                  muon_steps=c.muon_steps if c.muon else 0, renorm=c.renorm,
-                                  norms=self._initial_norms(acc) if c.renorm else None, prenorm=c.prenorm)
+            o, new_weights = backend.fn(q, k, v, lr0, lr1, lr2, weights, **chunking, causal=c.causal, momentum=mom,
+                                        muon_steps=c.muon_steps if c.muon else 0, renorm=c.renorm,
+                                        norms=self._initial_norms(acc) if c.renorm else None, prenorm=c.prenorm)
             o = self.o_norm(o[:, :, n_pend:].to(self.o_norm.weight.dtype))  # [B, H, T, K]
-        y = self.o_proj(o.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
+        if self.scale_proj is not None:  # [B, T, H] -> per head
+            o = o * F.silu(self.scale_proj(x)).transpose(1, 2).unsqueeze(-1).to(o.dtype)
+        o = o.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)
+        window_kv = ()
+        if attn:
+            o_attn, window_kv = self._window_attention(*attn, state, return_state, naive=backend.name == "naive")
+            o = o + o_attn.to(o.dtype)
+        y = self.o_proj(o)
         new_state = None
         if return_state:
             if not c.causal:
                 raise ValueError(f"{self.name}: return_state needs causal=True (the non-causal form has no carry)")
             total = k.shape[2]
             tail = slice(total if bounds is not None else total - total % c.chunk_size, total)
-            new_state = LaCTState(new_weights, tuple(t[:, :, tail] for t in inputs[1:]))
+            new_state = LaCTState(new_weights, tuple(t[:, :, tail] for t in inputs[1:]), window_kv)
         return y, new_state
+
+    def _window_attention(self, q, k, v, state, return_state: bool, naive: bool):
+        """The LM layer's window branch: ``q, k, v [B, Ha, T, Ka]`` (the carried keys and values of up to
+        ``window - 1`` earlier tokens put in front) -> ``[B, T, Ha Ka]`` and the keys / values to carry (``()``
+        unless ``return_state``). The naive scan backend pairs with the dense attention reference."""
+        from seqmix.ops.attention import attention_naive, attention_sdpa
+
+        B, Ha, T, Ka = q.shape
+        if state is not None and state.window_kv:
+            ck, cv = state.window_kv
+            k, v = torch.cat([ck.to(k), k], dim=2), torch.cat([cv.to(v), v], dim=2)
+        fn = attention_naive if naive else attention_sdpa
+        o = fn(q, k, v, kind="swa", window=self.config.window, causal=True)  # [B, Ha, T, Ka]
+        kv = ()
+        if return_state:
+            keep = min(k.shape[2], self.config.window - 1)
+            # clone: a slice would keep the whole concatenated [carried + new] tensor alive
+            kv = (k[:, :, k.shape[2] - keep:].clone(), v[:, :, v.shape[2] - keep:].clone())
+        return o.transpose(1, 2).reshape(B, T, Ha * Ka), kv
 
     def _check_state(self, state, B: int, device: torch.device, acc: torch.dtype) -> tuple[torch.Tensor, ...]:
         if not isinstance(state, LaCTState):
@@ -279,4 +374,14 @@ class LaCT(Mixer):
         got = [tuple(t.shape) for t in state.weights]
         if got != expect:
             raise ValueError(f"{self.name}: carried state shapes {got} != expected {expect}")
+        w = self.config.window
+        if w:
+            kv = state.window_kv
+            shape = (B, self.window_heads, None, self.num_heads * self.head_dim // self.window_heads)
+            if (len(kv) != 2 or any(t.dim() != 4 or tuple(t.shape[:2]) + t.shape[3:] != shape[:2] + shape[3:]
+                                    for t in kv) or kv[0].shape != kv[1].shape or kv[0].shape[2] > w - 1):
+                raise ValueError(f"{self.name}: carried window keys / values {[tuple(t.shape) for t in kv]} do not "
+                                 f"fit [B={B}, Ha={shape[1]}, n <= window - 1 = {w - 1}, {shape[3]}] (two tensors)")
+        elif state.window_kv:
+            raise ValueError(f"{self.name}: the state carries window keys / values but this layer has window=0")
         return tuple(t.to(device=device, dtype=acc) for t in state.weights)

@@ -33,7 +33,7 @@ from .checks import DP, TP, blocks_of, shardable
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ParallelReport", "make_mesh", "parallelize", "shard_heads"]
+__all__ = ["ParallelReport", "clip_grad_norm_", "make_mesh", "parallelize", "shard_heads", "split_by_layout"]
 
 
 @dataclass
@@ -335,21 +335,30 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0) -> torc
     Returns the total norm (a plain scalar tensor, equal on every rank)."""
     from torch.nn.utils import get_total_norm
 
-    groups: dict[object, list[torch.Tensor]] = {}
-    for p in parameters:
-        if p.grad is not None:
-            g = p.grad
-            key = (g.device_mesh, tuple(g.placements)) if isinstance(g, DTensor) else None
-            groups.setdefault(key, []).append(g)
+    groups = split_by_layout([p.grad for p in parameters if p.grad is not None])
     if not groups:
         return torch.tensor(0.0)
     norms = []
-    for grads in groups.values():
+    for grads in groups:
         n = get_total_norm(grads, norm_type, foreach=False)
         norms.append(n.full_tensor() if isinstance(n, DTensor) else n)
     total = torch.linalg.vector_norm(torch.stack([n.float() for n in norms]), norm_type)
     coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-    for grads in groups.values():
+    for grads in groups:
         for g in grads:
             g.mul_(coef.item())
     return total
+
+
+def split_by_layout(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """``tensors`` split by distributed layout (plain tensors; DTensors per mesh and placements), in first-seen
+    order.
+
+    Under model parallelism a model's parameters are DTensors of two meshes (FSDP2 x TP, FSDP2 only) and plain
+    tensors (replicated). Multi-tensor kernels (AdamW's foreach path, norms) cannot mix them, so each layout gets its
+    own list: tasks give each its own optimizer parameter group (same hyperparameters) and the fast path stays on."""
+    parts: dict[object, list[torch.Tensor]] = {}
+    for t in tensors:
+        key = (id(t.device_mesh), tuple(t.placements)) if isinstance(t, DTensor) else None
+        parts.setdefault(key, []).append(t)
+    return list(parts.values())

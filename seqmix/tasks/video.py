@@ -276,6 +276,8 @@ class VideoDiffusionTask(pl.LightningModule):
 
     # ------------------------------------------------------------------------------------------------ optim
     def configure_optimizers(self):
+        from seqmix.parallel.plan import split_by_layout
+
         h = self.hparams
         named = self.dit.param_groups()
         lrs = {"pretrained": h.lr, "attention_qkvo": h.lr_attention if h.lr_attention is not None else h.lr,
@@ -288,7 +290,7 @@ class VideoDiffusionTask(pl.LightningModule):
             decay = [p for p in ps if p.dim() >= 2]
             no_decay = [p for p in ps if p.dim() < 2]
             for sub, wd in ((decay, h.weight_decay), (no_decay, 0.0)):
-                for part in _by_layout(sub):
+                for part in split_by_layout(sub):
                     groups.append({"params": part, "lr": lrs[g], "weight_decay": wd, "name": g})
         # model parallel: the multi-tensor path (CUDA's default) on every device, so CPU runs exercise the grouping
         kw = {"foreach": True} if self.device_mesh is not None else {}
@@ -305,21 +307,6 @@ class VideoDiffusionTask(pl.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, [make(g["name"]) for g in groups])
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def _by_layout(params: list[torch.Tensor]) -> list[list[torch.Tensor]]:
-    """``params`` split by distributed layout (plain tensors; DTensors per mesh and placements), in first-seen order.
-
-    Under model parallelism the parameters are DTensors of two meshes (FSDP2 x TP, FSDP2 only) and plain tensors
-    (replicated); AdamW's foreach kernels run per parameter group and cannot mix them, so each layout gets its own
-    group (same hyperparameters) and the fast multi-tensor path stays on."""
-    from torch.distributed.tensor import DTensor
-
-    parts: dict[object, list[torch.Tensor]] = {}
-    for p in params:
-        key = (id(p.device_mesh), tuple(p.placements)) if isinstance(p, DTensor) else None
-        parts.setdefault(key, []).append(p)
-    return list(parts.values())
 
 
 class _Indexed(Dataset):

@@ -22,6 +22,7 @@ import logging
 import math
 from dataclasses import asdict
 from pathlib import Path
+from typing import Literal
 
 import lightning as pl
 import torch
@@ -87,13 +88,21 @@ class WorldModelTask(pl.LightningModule):
         init_from: a Lightning checkpoint of a previous stage to take the weights from (verified; optimizer state
             is not taken), e.g. the 400-frame stage for the 800-frame one.
         seed: seed of the per-example training / evaluation randomness.
+        fsdp_precision: under a model-parallel strategy (:class:`seqmix.parallel.lightning.ModelParallel`),
+            ``"full"`` (FSDP2 gathers and computes in the parameters' dtype) or ``"bf16"`` (bf16 gather and compute,
+            fp32 gradient reduction and master weights; :func:`seqmix.parallel.plan.parallelize`).
+        sequence_parallel: under a model-parallel strategy, shard the frame tokens over the tensor-parallel ranks
+            between layers (what per-layer checkpointing keeps divides by the tensor-parallel size).
+        activation_checkpointing: recompute every layer in backward in training (keeps each layer's input only;
+            about one more forward of compute).
     """
 
     def __init__(self, model: WorldModelConfig, *, schedule: ScheduleConfig | None = None,
                  long_context_prob: float = 0.5, min_prefix: float = 0.5, lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.01, warmup_steps: int = 0,
                  cosine: bool = False, eval_timesteps: list[int] | None = None, init_from: str | None = None,
-                 seed: int = 0):
+                 seed: int = 0, fsdp_precision: Literal["full", "bf16"] = "full", sequence_parallel: bool = False,
+                 activation_checkpointing: bool = False):
         super().__init__()
         if not 0.0 <= long_context_prob <= 1.0:
             raise ValueError(f"model.init_args.long_context_prob must lie in [0, 1], got {long_context_prob}")
@@ -111,6 +120,7 @@ class WorldModelTask(pl.LightningModule):
             self.model = WorldModel(model)
         except (ValueError, TypeError) as e:
             raise ValueError(f"model.init_args.model: {e}") from e
+        self.model.gradient_checkpointing = activation_checkpointing
         if init_from:
             if not Path(init_from).is_file():
                 raise FileNotFoundError(f"model.init_args.init_from={init_from!r} does not exist")
@@ -122,6 +132,25 @@ class WorldModelTask(pl.LightningModule):
         if dm is None or not hasattr(dm, "maze_spec"):
             raise ValueError("WorldModelTask needs a maze data module (seqmix.tasks.MazeData)")
         check_fits(self.model.config, dm.maze_spec())
+
+    def configure_model(self) -> None:
+        """Under a model-parallel strategy (:class:`seqmix.parallel.lightning.ModelParallel`) shard the world model
+        with the strategy's mesh: FSDP2 x tensor parallel by heads (sequence parallel between layers if set)."""
+        if self.device_mesh is None:
+            return
+        from seqmix.parallel.plan import parallelize
+
+        h = self.hparams
+        parallelize(self.model, self.device_mesh, fsdp_precision=h.fsdp_precision,
+                    sequence_parallel=h.sequence_parallel)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # FSDP2 x TP gradients mix DTensors of two meshes and plain tensors, which torch's clip cannot norm at once
+        if self.device_mesh is None or not gradient_clip_val or gradient_clip_algorithm not in (None, "norm"):
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        from seqmix.parallel.plan import clip_grad_norm_
+
+        clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], gradient_clip_val)
 
     # ------------------------------------------------------------------------------------------------ steps
     def _draw(self, batch: dict, step: int, long_context_prob: float):
@@ -194,11 +223,16 @@ class WorldModelTask(pl.LightningModule):
 
     # ------------------------------------------------------------------------------------------------ optim
     def configure_optimizers(self):
+        from seqmix.parallel.plan import split_by_layout
+
         h = self.hparams
         ps = [p for p in self.model.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in ps if p.dim() >= 2], "weight_decay": h.weight_decay},
-                  {"params": [p for p in ps if p.dim() < 2], "weight_decay": 0.0}]
-        opt = torch.optim.AdamW(groups, lr=h.lr, betas=tuple(h.betas))
+        decay, no_decay = [p for p in ps if p.dim() >= 2], [p for p in ps if p.dim() < 2]
+        groups = [{"params": part, "weight_decay": wd}
+                  for sub, wd in ((decay, h.weight_decay), (no_decay, 0.0)) for part in split_by_layout(sub)]
+        # model parallel: the multi-tensor path (CUDA's default) on every device, so CPU runs exercise the grouping
+        kw = {"foreach": True} if self.device_mesh is not None else {}
+        opt = torch.optim.AdamW(groups, lr=h.lr, betas=tuple(h.betas), **kw)
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
 
         def f(step: int) -> float:
