@@ -124,6 +124,14 @@ def test_mqar_presets():
     assert len(cpu.lrs) >= 3 and len(parse_seeds(cpu.seeds)) >= 3 and cpu.layers == ["swa"]
     assert cpu.num_train == 3 * 38_400 and cpu.curve_points == 18  # three epochs' worth, a curve point per 200 steps
     assert MQARSweep.preset("cpu-1epoch").num_train is None  # the recipe's one epoch (the earlier study's folder)
+    from seqmix.compare.common import token_mixers
+
+    smoke = MQARSweep.preset("smoke")
+    smoke.validate()
+    # every causal layer but the 8-token window (it cannot reach the keys), each at one learning rate and one seed
+    assert set(smoke.layers) == set(token_mixers(causal=True)) - {"swa"}
+    assert all(len(smoke.lrs_of(n)) == 1 for n in smoke.layers) and len(smoke.runs()) == len(smoke.layers)
+    assert smoke.task().num_kv_pairs == 4 and smoke.max_steps * 32 == smoke.num_train
     with pytest.raises(ValueError, match="valid: zoology, cpu"):
         MQARSweep.preset("nope")
 
@@ -263,6 +271,8 @@ def test_mqar_per_layer_learning_rates():
     with pytest.raises(ValueError, match=r"no learning rate for \['full_attn'\]; they name \['mamba2', 'swa'\]"):
         MQARSweep(layers=["swa", "full_attn"], lrs={"swa": [1e-3], "mamba2": [1e-3]}).validate()
     MQARSweep(layers=["swa"], lrs={"swa": [1e-3], "mamba2": [1e-3]}).validate()  # a preset's others are ignored
+    with pytest.raises(ValueError, match="vocab_size=64 must exceed seq_len=64"):  # before any process starts
+        MQARSweep(layers=["swa"], seq_len=64, vocab_size=64).validate()
     with pytest.raises(ValueError, match="positive"):
         MQARSweep(layers=["swa"], lrs={"swa": []}).validate()
 

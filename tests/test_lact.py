@@ -18,10 +18,11 @@ def _pair(**cfg):
     return a, b
 
 
-@pytest.mark.parametrize("causal", [False, True], ids=["video", "causal"])
+@pytest.mark.parametrize("causal", [False, True, "lm"], ids=["video", "causal", "lm-layer"])
 @pytest.mark.parametrize("muon", [False, True], ids=["sgd", "muon"])
 def test_chunked_backend_equals_naive_twin(causal, muon):
-    a, b = _pair(chunk_size=3, causal=causal, muon=muon, momentum=causal, inter_multi=2.0)
+    lm = dict(window=4, ttt_scale=True) if causal == "lm" else {}
+    a, b = _pair(chunk_size=3, causal=bool(causal), muon=muon, momentum=bool(causal), inter_multi=2.0, **lm)
     x = torch.randn(2, 8, D, dtype=torch.float64, requires_grad=True)
     ya, yb = a(x), b(x)
     assert_close("y", ya, yb, 1e-10)

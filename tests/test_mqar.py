@@ -259,3 +259,55 @@ def test_mqar_lact_recipe_builds_the_public_lm_layer():
                                      window=c.window, chunk_size=c.chunk_size, base_lr=c.base_lr, muon=c.muon,
                                      momentum=c.momentum, ttt_scale=c.ttt_scale)
         C.assert_close("lact vs the public LM layer", mixer(x), want, 1e-12)
+
+
+def _recipe_mixer(name: str):
+    from seqmix.lightning_cli import run_lightning
+    from seqmix.utils.recipes import builtin_recipe
+
+    cli = run_lightning(["--config", str(builtin_recipe(f"mqar/{name}")), "--trainer.logger=false"], run=False)
+    (lm,) = [m for m in cli.model.modules() if isinstance(m, MixerLM)]
+    return lm.blocks[0].mixer
+
+
+def test_mqar_gated_deltanet_recipe_builds_fla_layer():
+    """The MQAR recipe's Gated DeltaNet is ``fla.layers.GatedDeltaNet`` at the recipe's width and heads: the same
+    parameter names, shapes and dtypes, strict loads both ways (its outputs equal fla's layer:
+    tests/test_gated_deltanet.py)."""
+    fla_layers = pytest.importorskip("fla.layers")
+    mixer = _recipe_mixer("gated_deltanet")
+    c = mixer.config
+    peer = fla_layers.GatedDeltaNet(hidden_size=mixer.dim, num_heads=mixer.num_heads, head_dim=mixer.head_k_dim,
+                                    expand_v=c.expand_v, use_short_conv=c.use_short_conv, conv_size=c.conv_size,
+                                    use_gate=c.use_gate)
+    mine, theirs = mixer.state_dict(), peer.state_dict()
+    assert {n: (tuple(t.shape), t.dtype) for n, t in mine.items()} == \
+        {n: (tuple(t.shape), t.dtype) for n, t in theirs.items()}
+    mixer.load_state_dict(theirs, strict=True)
+    peer.load_state_dict(mine, strict=True)
+
+
+def test_mqar_mamba2_recipe_equals_fla_mamba2():
+    """The MQAR recipe's Mamba2 is ``mamba_ssm.Mamba2(d_model=64)`` with its defaults (d_state 128, expand 2, head
+    dim 64, one group): on fla's Mamba2 of those settings (mamba-ssm's names) its weights load strictly and the
+    outputs equal fla's PyTorch forward."""
+    from seqmix.ops import external
+
+    if external.fla_unavailable() is not None:
+        pytest.skip(str(external.fla_unavailable()))
+    from fla.layers import Mamba2 as FlaMamba2
+
+    external.patch_triton_interpreter()
+    mixer = _recipe_mixer("mamba2")
+    c = mixer.config
+    assert (c.d_state, c.expand, c.ngroups, c.d_conv) == (128, 2, 1, 4) and mixer.headdim == 64
+    torch.manual_seed(0)
+    peer = FlaMamba2(num_heads=None, head_dim=64, hidden_size=mixer.dim, state_size=128, expand=2, n_groups=1,
+                     chunk_size=c.chunk_size)
+    with torch.no_grad():
+        for p in peer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    mixer.load_state_dict(peer.state_dict(), strict=True)
+    x = torch.randn(2, 37, mixer.dim)
+    with torch.no_grad():
+        C.assert_close("mamba2 vs fla Mamba2", mixer(x), peer.torch_forward(x)[0], 1e-5)
