@@ -356,15 +356,10 @@ def _main(args: list[str]) -> None:
         from seqmix.lightning_cli import RecipeError, run_lightning
         from seqmix.training import CheckpointCorruptError, CheckpointFolderInUseError, NonFiniteLossError
 
-        # seqmix's own INFO lines (the video layout, the parallel plan, resumes) beside Lightning's, which keeps its
-        # own handler; other libraries stay at their defaults
-        log = logging.getLogger("seqmix")
-        if not log.handlers:  # main() may run more than once in a process
-            handler = logging.StreamHandler()
-            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-            log.addHandler(handler)
-            log.setLevel(logging.INFO)
-            log.propagate = False
+        # seqmix's own INFO lines (the video layout, the parallel plan, resumes) beside Lightning's, which has its
+        # own handler since its import above; other libraries' warnings as before (no-op if logging is configured)
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger("seqmix").setLevel(logging.INFO)
         try:
             run_lightning(_resolve_configs(args))
         except RecipeError as e:  # as a misspelled key: one line, argparse's exit status

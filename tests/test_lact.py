@@ -47,8 +47,10 @@ def test_state_carry_with_momentum_and_pending_tokens(prenorm):
     assert sum(t.numel() for t in st.weights) == a.state_size()  # what is carried is what is reported
 
 
-def test_fp32_fast_weights_under_bf16_autocast():
-    layer = layers.build("lact", dim=D, num_heads=H, chunk_size=4)
+@pytest.mark.parametrize("cfg", [{}, dict(causal=True, window=4, ttt_scale=True, momentum=True)],
+                         ids=["video", "lm-layer"])
+def test_fp32_fast_weights_under_bf16_autocast(cfg):
+    layer = layers.build("lact", dim=D, num_heads=H, chunk_size=4, **cfg)
     x = torch.randn(2, 10, D)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = layer(x)
@@ -201,3 +203,15 @@ def test_lm_layer_state_carry_and_bad_state():
     bare = layers.build("lact", dim=D, num_heads=H, causal=True, chunk_size=4, momentum=True).double()
     with pytest.raises(ValueError, match="has window=0"):
         bare(x[:, :2], state=st._replace(weights=bare._initial_state(2, torch.float64)))
+
+
+def test_lm_layer_cost_counts_the_window_branch():
+    """The LM layer's cost adds its window attention: 4 H K flops per visible (query, key) pair (8 queries and a
+    4-key window: 1 + 2 + 3 + 5 x 4 = 26 pairs from the start, 32 after 20 tokens of context) and its keys / values
+    read."""
+    kw = dict(dim=D, num_heads=H, causal=True, chunk_size=4, muon=False)
+    bare, lm = layers.build("lact", **kw), layers.build("lact", window=4, **kw)
+    for ctx, pairs in ((0, 26), (20, 32)):
+        a, b = bare.core_cost(8, ctx, 1, 4), lm.core_cost(8, ctx, 1, 4)
+        assert b.flops - a.flops == 4 * H * (D // H) * pairs
+        assert b.bytes > a.bytes and "window attention of 4" in b.model

@@ -58,7 +58,7 @@ from seqmix.ops import acc_dtype
 from seqmix.ops import lact as lact_ops
 
 from .base import Backend, Mixer, MixerConfig, register
-from .cost import FP32_BYTES, Cost
+from .cost import FP32_BYTES, Cost, attention_pairs
 from .spans import TokenSpans, aligned_bounds
 
 __all__ = ["LaCT", "LaCTState"]
@@ -244,8 +244,7 @@ class LaCT(Mixer):
         fw = 3 * H * F_ * K * (1 + c.prenorm + c.momentum)
         nbytes = FP32_BYTES * batch * (H * m * (3 * K + 3) + H * n * K + fw * (1 + updates))
         if c.window:  # the window branch: 4 H K flops per visible (query, key) pair; keys and values read once
-            seen = min(c.window, ctx + n)
-            flops += 4.0 * batch * H * K * n * seen
+            flops += 4.0 * batch * H * K * attention_pairs("swa", c.window, True, n, ctx)
             nbytes += FP32_BYTES * batch * 2 * H * K * (n + min(ctx, c.window - 1))
         return Cost(flops, nbytes, f"lact: 18 K F per token, chunks of C={C}"
                     + (f", window attention of {c.window}" if c.window else ""))

@@ -18,7 +18,7 @@ from .checks import Layout, check_layout, check_model
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ModelParallel"]
+__all__ = ["MixedLayoutClipping", "ModelParallel"]
 
 
 def _size(name: str, v: Any) -> Any:
@@ -88,3 +88,16 @@ class _CheckedLauncher(_Launcher):
 
     def kill(self, signum) -> None:
         self.inner.kill(signum)
+
+
+class MixedLayoutClipping:
+    """LightningModule mixin for tasks that run under :class:`ModelParallel`: gradient-norm clipping over
+    gradients that mix DTensors of two meshes (FSDP2 x TP) and plain tensors, which torch's clip cannot norm at
+    once (:func:`seqmix.parallel.plan.clip_grad_norm_`); Lightning's own clipping otherwise."""
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        if self.device_mesh is None or not gradient_clip_val or gradient_clip_algorithm not in (None, "norm"):
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        from seqmix.parallel.plan import clip_grad_norm_
+
+        clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], gradient_clip_val)

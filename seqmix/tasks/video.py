@@ -30,6 +30,7 @@ from seqmix.backbones.layout import VideoLayout
 from seqmix.data.shards import LatentShards
 from seqmix.data.storyboard import StoryboardConfig, StoryboardDataset, consistency, write_gif
 from seqmix.diffusion import ScheduleConfig, VDiffusion
+from seqmix.parallel.lightning import MixedLayoutClipping
 from seqmix.training import (ResumableLoader, data_parallel_rank, example_generator, load_checkpoint,
                              trainer_progress)
 
@@ -40,7 +41,7 @@ __all__ = ["VideoDiffusionTask", "StoryboardVideoData", "LatentVideoData"]
 Trainable = Literal["all", "attention+global", "global"]
 
 
-class VideoDiffusionTask(pl.LightningModule):
+class VideoDiffusionTask(MixedLayoutClipping, pl.LightningModule):
     """Fine-tune / evaluate / sample a segmented DiT with a pluggable global layer.
 
     Args:
@@ -175,14 +176,6 @@ class VideoDiffusionTask(pl.LightningModule):
 
         parallelize(self.dit, self.device_mesh, activation_checkpointing=self.dit.config.gradient_checkpointing,
                     fsdp_precision=self.hparams.fsdp_precision, sequence_parallel=self.hparams.sequence_parallel)
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        # FSDP2 x TP gradients mix DTensors of two meshes and plain tensors, which torch's clip cannot norm at once
-        if self.device_mesh is None or not gradient_clip_val or gradient_clip_algorithm not in (None, "norm"):
-            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        from seqmix.parallel.plan import clip_grad_norm_
-
-        clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], gradient_clip_val)
 
     # ------------------------------------------------------------------------------------------------ steps
     def _draw(self, batch: dict, step: int, train: bool):

@@ -30,6 +30,7 @@ import torch
 from seqmix.backbones.worldmodel import WorldModel, WorldModelConfig
 from seqmix.data.maze_data import MazeDataConfig
 from seqmix.diffusion import ScheduleConfig, VDiffusion
+from seqmix.parallel.lightning import MixedLayoutClipping
 from seqmix.training import example_generator, load_checkpoint
 
 from .video import _Indexed, _VideoData
@@ -73,7 +74,7 @@ def masked_v_loss(v_hat: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
     return (err * m).sum() / denom.clamp_min(1.0)
 
 
-class WorldModelTask(pl.LightningModule):
+class WorldModelTask(MixedLayoutClipping, pl.LightningModule):
     """Train / evaluate a :class:`WorldModel` with diffusion forcing and long-context training.
 
     Args:
@@ -143,14 +144,6 @@ class WorldModelTask(pl.LightningModule):
         h = self.hparams
         parallelize(self.model, self.device_mesh, fsdp_precision=h.fsdp_precision,
                     sequence_parallel=h.sequence_parallel)
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        # FSDP2 x TP gradients mix DTensors of two meshes and plain tensors, which torch's clip cannot norm at once
-        if self.device_mesh is None or not gradient_clip_val or gradient_clip_algorithm not in (None, "norm"):
-            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        from seqmix.parallel.plan import clip_grad_norm_
-
-        clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], gradient_clip_val)
 
     # ------------------------------------------------------------------------------------------------ steps
     def _draw(self, batch: dict, step: int, long_context_prob: float):
