@@ -364,6 +364,7 @@ def run_mqar_sweep(sweep: MQARSweep, progress: bool = True) -> dict:
         wmax = max(sweep.widths)
         curves = plot_curves({r["mixer"]: r["curves"] for r in best if r["width"] == wmax}, out / "curves.png",
                              "MQAR query accuracy (fixed validation batches)",
-                             f"MQAR learning curves, width {wmax} (best setting per layer)")
+                             f"MQAR learning curves, width {wmax} (best setting per layer)",
+                             chance=1 / sweep.task().num_kv_pairs)
     return {"markdown": md, "records": records, "points": points, "best": best,
             "paths": {"json": out / "results.json", "md": out / "results.md", "png": png, "curves": curves}}
