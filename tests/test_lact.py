@@ -215,3 +215,18 @@ def test_lm_layer_cost_counts_the_window_branch():
         a, b = bare.core_cost(8, ctx, 1, 4), lm.core_cost(8, ctx, 1, 4)
         assert b.flops - a.flops == 4 * H * (D // H) * pairs
         assert b.bytes > a.bytes and "window attention of 4" in b.model
+
+
+def test_lm_layer_is_causal():
+    """Changing token t leaves every output before t unchanged (window branch and fast weights alike)."""
+    torch.manual_seed(1)
+    layer = layers.build("lact", dim=D, num_heads=H, causal=True, chunk_size=4, window=3, momentum=True,
+                         ttt_scale=True).double()
+    x = torch.randn(1, 13, D, dtype=torch.float64)
+    y = layer(x)
+    for t in (0, 5, 8, 12):
+        x2 = x.clone()
+        x2[:, t] += 1.0
+        y2 = layer(x2)
+        assert_close(f"outputs before {t}", y2[:, :t], y[:, :t], 1e-13)
+        assert (y2[:, t] - y[:, t]).abs().max() > 1e-6  # the token itself is read (window includes it)
