@@ -33,11 +33,13 @@ PROFILE = settings(max_examples=15, deadline=None, derandomize=True, database=No
 def cases(draw, name: str) -> dict:
     cfg = dict(layers.mixer_class(name).Tooling.small_config)
     defaults = {f.name: f.default for f in dataclasses.fields(layers.config_class(name))}
-    for knob in _CHUNK_KNOBS:
-        if knob in defaults:
-            cfg[knob] = draw(st.sampled_from(sorted({1, 3, cfg.get(knob, defaults[knob])})), label=knob)
     causal_over = C.causal_overrides(name)
     causal = causal_over is not None and draw(st.booleans(), label="causal")
+    for knob in _CHUNK_KNOBS:
+        if knob in defaults:
+            if knob == "window" and defaults[knob] == 0 and not causal:
+                continue  # an optional window (0: off; LaCT's LM layer) exists in the causal form only
+            cfg[knob] = draw(st.sampled_from(sorted({1, 3, cfg.get(knob, defaults[knob])})), label=knob)
     if causal:
         cfg.update(causal_over)
     elif layers.mixer_class(name).can_be_non_causal():
