@@ -124,6 +124,10 @@ def test_mqar_presets():
     assert len(cpu.lrs) >= 3 and len(parse_seeds(cpu.seeds)) >= 3 and cpu.layers == ["swa"]
     assert cpu.num_train == 3 * 38_400 and cpu.curve_points == 18  # three epochs' worth, a curve point per 200 steps
     assert MQARSweep.preset("cpu-1epoch").num_train is None  # the recipe's one epoch (the earlier study's folder)
+    v = MQARSweep.preset("cpu-vocab8192")
+    v.validate()
+    assert v.vocab_size == 8192 and v.num_layers == 2 and v.task().vocab_size == 8192 and v.widths == [64]
+    assert {"full_attn", "gated_deltanet", "mamba2", "ttt_linear", "ttt_mlp", "lact"} <= set(v.layers)
     from seqmix.compare.common import token_mixers
 
     smoke = MQARSweep.preset("smoke")

@@ -80,6 +80,10 @@ def test_non_causal_chunks_see_their_own_tokens_causal_chunks_do_not():
     (dict(window=-1), "window must be an int >= 0"),
     (dict(window=4), "the public LM layer's, which is causal"),
     (dict(window=4, causal=True, window_heads=3), "window_heads must be a positive int dividing"),
+    (dict(rope=True, causal=True), "rope=True is the public LM layer's rotary embedding: it needs window > 0"),
+    (dict(window=4, causal=True, ttt_nope=True), "ttt_nope=True .* needs rope=True"),
+    (dict(window=4, causal=True, rope=True, rope_theta=0.0), "rope_theta must be a positive number"),
+    (dict(window=4, causal=True, rope=True, window_heads=16), "even attention head width"),
 ])
 def test_bad_config(kw, msg):
     with pytest.raises(ValueError, match=msg):
@@ -94,19 +98,32 @@ def test_bad_state_and_inputs():
     _, st = layer(x, return_state=True)
     with pytest.raises(ValueError, match="carried state shapes"):
         layer(torch.randn(2, 5, D), state=st)
-    with pytest.raises(ValueError, match="takes no positions"):
-        layer(x, positions=torch.arange(5))
+    # positions are the LM form's rotary embedding: the other forms ignore them (the DiT passes them alike)
+    assert torch.equal(layer(x, positions=torch.arange(5)), layer(x))
     with pytest.raises(ValueError, match="return_state needs causal"):
         layers.build("lact", dim=D, num_heads=H)(x, return_state=True)
 
 
 # ------------------------------------------------------------------------------------------ the public LM layer
-def _public_lact_lm_layer(x, p, *, heads, attn_heads, window, chunk_size, base_lr, muon, momentum, ttt_scale):
+def _fla_rotary(t, theta, offset=0):
+    """fla's ``RotaryEmbedding`` (non-interleaved: the halves of a head rotate together) on ``t [b, s, h, d]`` at
+    positions ``offset .. offset + s - 1``, through fla's own reference op, with the angles in fp64."""
+    from fla.modules.rotary.ops import rotary_embedding_ref
+
+    d = t.shape[-1]
+    inv_freq = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    ang = torch.arange(offset, offset + t.shape[1], dtype=torch.float64)[:, None] * inv_freq  # [s, d / 2]
+    return rotary_embedding_ref(t, ang.cos(), ang.sin(), interleaved=False)
+
+
+def _public_lact_lm_layer(x, p, *, heads, attn_heads, window, chunk_size, base_lr, muon, momentum, ttt_scale,
+                          rope_theta=None, ttt_nope=False):
     """TEST-ONLY transcription of the public LaCT LM layer's forward (``LaCTSWIGLULayer`` of the public LaCT code,
-    ``attn_qk_norm=False`` as its released configs, full-rank fast weights) in fp64, with the rotary embedding
-    left out (seqmix's LaCT takes no positions). ``p``: its parameters in the public layout (``qkv [3d, d]``,
-    ``lr_proj`` rows head-major ``(head, 3)``, ``qk_scale / qk_offset [d, 2]``, ``w0, w2 [nh, dh, din]``,
-    ``w1 [nh, dout, dh]``, ...)."""
+    ``attn_qk_norm=False`` as its released configs, full-rank fast weights) in fp64; ``rope_theta`` None: without
+    its rotary embedding, else with it (fla's, on the window's q, k and, unless ``ttt_nope``, on the fast weights'
+    q, k after their L2 norm, in the attention heads' layout). ``p``: its parameters in the public layout
+    (``qkv [3d, d]``, ``lr_proj`` rows head-major ``(head, 3)``, ``qk_scale / qk_offset [d, 2]``,
+    ``w0, w2 [nh, dh, din]``, ``w1 [nh, dout, dh]``, ...)."""
     import torch.nn.functional as F
     from einops import rearrange
 
@@ -117,6 +134,9 @@ def _public_lact_lm_layer(x, p, *, heads, attn_heads, window, chunk_size, base_l
     fast_q = q * p["qk_scale"][:, 0] + p["qk_offset"][:, 0]
     fast_k = k * p["qk_scale"][:, 1] + p["qk_offset"][:, 1]
     fast_v = v
+    if rope_theta is not None:
+        q, k = (rearrange(_fla_rotary(rearrange(t, "b s (h d) -> b s h d", h=attn_heads), rope_theta),
+                          "b s h d -> b s (h d)") for t in (q, k))
     # window attention: flash_attn_func(q, k, v, causal=True, window_size=(window - 1, 0)), scale 1/sqrt(head dim)
     qa, ka, va = (t.view(b, s, attn_heads, -1).transpose(1, 2) for t in (q, k, v))
     i = torch.arange(s)
@@ -127,6 +147,10 @@ def _public_lact_lm_layer(x, p, *, heads, attn_heads, window, chunk_size, base_l
     fast_q, fast_k, fast_v = (F.silu(rearrange(t, "b s (n_h d) -> (b n_h) s d", n_h=heads))
                               for t in (fast_q, fast_k, fast_v))
     fast_q, fast_k = F.normalize(fast_q, dim=-1), F.normalize(fast_k, dim=-1)
+    if rope_theta is not None and not ttt_nope:  # the public layer's "(b n_h) s d -> b s (n_h d)" round trip
+        fast_q, fast_k = (rearrange(_fla_rotary(rearrange(t, "(b n_h) s d -> b s (n_h d)", n_h=heads)
+                                                .unflatten(-1, (attn_heads, -1)), rope_theta).flatten(-2),
+                                    "b s (n_h d) -> (b n_h) s d", n_h=heads) for t in (fast_q, fast_k))
     ws = (p["w0"].repeat(b, 1, 1), p["w1"].repeat(b, 1, 1), p["w2"].repeat(b, 1, 1))
     inv = base_lr + torch.log(-torch.expm1(torch.tensor(-base_lr, dtype=torch.float64)))  # inv_softplus
     lr = F.softplus(F.linear(x, p["lr_proj.weight"], p["lr_proj.bias"]) + inv)
@@ -163,11 +187,14 @@ def _public_layout(layer) -> dict:
 @pytest.mark.parametrize("cfg", [
     dict(muon=False, momentum=True, ttt_scale=True, window=4, window_heads=4),  # the released LM configs' options
     dict(muon=True, momentum=False, ttt_scale=False, window=3),
-], ids=["released", "muon"])
+    dict(muon=False, momentum=True, ttt_scale=True, window=4, window_heads=2, rope=True, rope_theta=20.0),
+    dict(muon=False, momentum=True, ttt_scale=False, window=4, rope=True, rope_theta=20.0, ttt_nope=True),
+], ids=["released", "muon", "rope", "ttt_nope"])
 def test_lm_layer_equals_the_public_lact_lm_layer(cfg, backend):
     """With ``window`` set LaCT is the public LM layer: window attention over the shared projection plus the fast
     weights' read-out; it equals a transcription of the public layer in fp64 on the same weights (random scale /
-    offset / biases / norm so that every parameter matters), T = 11 with chunks of 4 (a partial last chunk)."""
+    offset / biases / norm so that every parameter matters), T = 11 with chunks of 4 (a partial last chunk); with
+    ``rope`` against fla's own rotary reference (a small base, so that every frequency turns visibly)."""
     torch.manual_seed(3)
     layer = layers.build("lact", dim=D, num_heads=H, causal=True, chunk_size=4, base_lr=1e-3, backend=backend,
                          **cfg).double()
@@ -178,8 +205,16 @@ def test_lm_layer_equals_the_public_lact_lm_layer(cfg, backend):
     x = torch.randn(2, 11, D, dtype=torch.float64)
     ref = _public_lact_lm_layer(x, _public_layout(layer), heads=H, attn_heads=cfg.get("window_heads", H),
                                 window=cfg["window"], chunk_size=4, base_lr=1e-3, muon=cfg["muon"],
-                                momentum=cfg["momentum"], ttt_scale=cfg["ttt_scale"])
-    assert_close("y", layer(x), ref, 1e-12)
+                                momentum=cfg["momentum"], ttt_scale=cfg["ttt_scale"],
+                                rope_theta=cfg.get("rope_theta") if cfg.get("rope") else None,
+                                ttt_nope=cfg.get("ttt_nope", False))
+    kw = {"positions": torch.arange(11)} if cfg.get("rope") else {}
+    assert_close("y", layer(x, **kw), ref, 1e-12)
+    if cfg.get("rope"):  # absolute positions matter to the fast weights (the window sees relative ones only);
+        # batched positions [B, T] are the same positions
+        shifted = layer(x, positions=torch.arange(11) + 3)
+        assert torch.allclose(shifted, ref, atol=1e-12) == cfg.get("ttt_nope", False)
+        assert_close("y[B, T]", layer(x, positions=torch.arange(11).expand(2, 11)), ref, 1e-12)
 
 
 def test_lm_layer_state_carry_and_bad_state():
@@ -203,6 +238,36 @@ def test_lm_layer_state_carry_and_bad_state():
     bare = layers.build("lact", dim=D, num_heads=H, causal=True, chunk_size=4, momentum=True).double()
     with pytest.raises(ValueError, match="has window=0"):
         bare(x[:, :2], state=st._replace(weights=bare._initial_state(2, torch.float64)))
+
+
+def test_lm_layer_with_rope_carries_state_and_needs_positions():
+    """With its rotary embedding the LM layer continues from a carried state at the next positions exactly as one
+    pass (the window's carried keys are rotated already); calls without positions, or with ones that do not fit,
+    are refused; MixerLM passes its positions."""
+    from seqmix.backbones import LMConfig, MixerLM
+
+    torch.manual_seed(0)
+    layer = layers.build("lact", dim=D, num_heads=H, causal=True, chunk_size=4, window=5, momentum=True,
+                         rope=True, rope_theta=30.0).double()
+    x = torch.randn(2, 15, D, dtype=torch.float64)
+    full = layer(x, positions=torch.arange(15))
+    ys, st = [], None
+    for s, e in [(0, 3), (3, 9), (9, 10), (10, 15)]:
+        y, st = layer(x[:, s:e], state=st, return_state=True, positions=torch.arange(s, e))
+        ys.append(y)
+    assert_close("chunked", torch.cat(ys, 1), full, 1e-12)
+    with pytest.raises(ValueError, match="rope=True needs token positions"):
+        layer(x)
+    with pytest.raises(ValueError, match="positions must be an integer tensor"):
+        layer(x, positions=torch.arange(14))
+    lm = MixerLM(LMConfig(vocab_size=20, dim=D, num_heads=H, mixer="lact", max_len=0,
+                          mixer_config={"causal": True, "window": 4, "chunk_size": 4, "rope": True})).double()
+    tokens = torch.randint(0, 20, (2, 9))
+    a, st = lm(tokens[:, :5], return_state=True)
+    assert_close("lm chunked", torch.cat([a, lm(tokens[:, 5:], state=st, offset=5)], 1), lm(tokens), 1e-12)
+    with pytest.raises(ValueError, match="rope=True needs token positions"):
+        MixerLM(LMConfig(vocab_size=20, dim=D, num_heads=H, mixer="lact", rope=False,
+                         mixer_config={"causal": True, "window": 4, "chunk_size": 4, "rope": True}))(tokens)
 
 
 def test_lm_layer_cost_counts_the_window_branch():

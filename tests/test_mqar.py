@@ -140,6 +140,32 @@ def test_lm_chunked_inference_with_state_equals_full_pass():
     assert torch.allclose(torch.cat([a, b, c], 1), full, atol=1e-10)
 
 
+def test_scored_logits_and_task_loss_equal_the_full_head():
+    """Training computes the head only at the scored positions: logits, loss, gradients and accuracy equal the full
+    head's (cross-entropy with ``ignore_index``)."""
+    import torch.nn.functional as F
+
+    from seqmix.tasks import LMTask
+
+    torch.manual_seed(0)
+    task = LMTask(LMConfig(vocab_size=40, dim=16, num_layers=2, mixer="full_attn")).double()
+    cfg = MQARConfig(vocab_size=40, seq_len=24, num_kv_pairs=3)
+    inputs, labels = (torch.as_tensor(a) for a in make_mqar(cfg, 4, seed=0))
+    scored = labels != IGNORE_INDEX
+    full = task.lm(inputs)
+    assert torch.equal(task.lm.scored_logits(inputs, scored), full[scored])
+    ref = F.cross_entropy(full.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+    ref_grads = torch.autograd.grad(ref, list(task.parameters()))
+    loss, logits, kept = task._loss((inputs, labels))
+    assert torch.allclose(loss, ref, atol=1e-12) and torch.equal(kept, labels[scored])
+    for g, r in zip(torch.autograd.grad(loss, list(task.parameters())), ref_grads):
+        assert torch.allclose(g, r, atol=1e-12)
+    none = torch.full_like(labels, IGNORE_INDEX)  # nothing scored: a zero loss, not NaN
+    assert task._loss((inputs, none))[0].item() == 0.0
+    with pytest.raises(ValueError, match="bool mask"):
+        task.lm.scored_logits(inputs, scored.long())
+
+
 @pytest.mark.parametrize("mixer", [["full_attn", "mamba2"], ["ttt_linear", "gated_deltanet"]], ids="+".join)
 def test_short_conv_is_causal_and_carries_state(mixer):
     torch.manual_seed(0)
@@ -242,7 +268,8 @@ def test_mqar_attention_recipes_build_zoologys_attention(name):
 
 def test_mqar_lact_recipe_builds_the_public_lm_layer():
     """The MQAR recipe's LaCT is the public LM layer (window attention beside the fast weights, the released
-    configs' options) and equals its transcription (tests/test_lact.py) on the recipe-built weights in fp64."""
+    configs' options, its rotary embedding at the positions the LM block passes) and equals its transcription
+    (tests/test_lact.py) on the recipe-built weights in fp64."""
     from seqmix.lightning_cli import run_lightning
     from seqmix.utils.recipes import builtin_recipe
     from tests.test_lact import _public_lact_lm_layer, _public_layout
@@ -252,13 +279,14 @@ def test_mqar_lact_recipe_builds_the_public_lm_layer():
     mixer = lm.blocks[0].mixer.double().eval()
     c = mixer.config
     assert c.causal and c.window == c.chunk_size > 0 and c.momentum and c.ttt_scale and not c.muon
+    assert c.rope and not c.ttt_nope and c.rope_theta == 500_000 and lm.blocks[0].rope
     torch.manual_seed(0)
     x = torch.randn(2, 37, mixer.dim, dtype=torch.float64)
     with torch.no_grad():
         want = _public_lact_lm_layer(x, _public_layout(mixer), heads=mixer.num_heads, attn_heads=mixer.window_heads,
                                      window=c.window, chunk_size=c.chunk_size, base_lr=c.base_lr, muon=c.muon,
-                                     momentum=c.momentum, ttt_scale=c.ttt_scale)
-        C.assert_close("lact vs the public LM layer", mixer(x), want, 1e-12)
+                                     momentum=c.momentum, ttt_scale=c.ttt_scale, rope_theta=c.rope_theta)
+        C.assert_close("lact vs the public LM layer", mixer(x, positions=torch.arange(37)), want, 1e-12)
 
 
 def _recipe_mixer(name: str):

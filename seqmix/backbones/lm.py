@@ -167,6 +167,26 @@ class MixerLM(nn.Module):
 
         ``offset``: absolute position of ``tokens[:, 0]`` (for chunked inference with carried state).
         """
+        x, new_states = self._trunk(tokens, state, return_state, offset)
+        logits = self.head(x)
+        return (logits, new_states) if return_state else logits
+
+    def scored_logits(self, tokens: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+        """Logits at the ``scored`` positions only: tokens ``[B, T]``, scored ``[B, T]`` bool -> ``[N, V]`` (N = the
+        scored count, in row-major order), equal to ``forward(tokens)[scored]``. Training on tasks that score a few
+        positions (MQAR: the queries) uses it because the tied head costs ``T V D`` per sequence, which at Zoology's
+        vocabulary of 8192 outweighs the blocks many times over."""
+        if scored.shape != tokens.shape or scored.dtype != torch.bool:
+            raise ValueError(f"scored must be a bool mask shaped like tokens {tuple(tokens.shape)}, "
+                             f"got {tuple(scored.shape)} {scored.dtype}")
+        return self.head(self._trunk(tokens, None, False, 0)[0][scored])
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Final norm and the tied output head: ``[..., D]`` -> ``[..., V]``."""
+        return self.norm(x) @ self.embed.weight.T
+
+    def _trunk(self, tokens: torch.Tensor, state: list | None, return_state: bool, offset: int):
+        """Embedding and blocks: tokens ``[B, T]`` -> (features ``[B, T, D]``, per-block states or [])."""
         if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"tokens must be an integer tensor [B, T], got {tuple(tokens.shape)} {tokens.dtype}")
         B, T = tokens.shape
@@ -189,5 +209,4 @@ class MixerLM(nn.Module):
                 new_states.append(st)
             else:
                 x = blk(x, state=st, positions=positions)
-        logits = self.norm(x) @ self.embed.weight.T  # tied head
-        return (logits, new_states) if return_state else logits
+        return x, new_states

@@ -87,9 +87,9 @@ def mqar_accuracy(task, batches: list) -> float:
 
     hit = n = 0
     for inputs, labels in batches:
-        pred = task.lm(inputs).argmax(-1)  # [B, T]
         scored = labels != IGNORE_INDEX
-        hit += int((pred[scored] == labels[scored]).sum())
+        pred = task.lm.scored_logits(inputs, scored).argmax(-1)  # [N]
+        hit += int((pred == labels[scored]).sum())
         n += int(scored.sum())
     return hit / max(1, n)
 

@@ -34,8 +34,8 @@ keys and values).
 References (registry name, task form: public code; the test that equals it on the same weights in fp64):
 
 - lact, lm: the public LaCT LM layer (``LaCTSWIGLULayer`` as its released configs: no q/k RMSNorm, full-rank fast
-  weights; ``window`` > 0, ``window_heads``, ``ttt_scale``) with its rotary embedding left out (this layer takes
-  no positions; order comes from the backbone's short convolution);
+  weights; ``window`` > 0, ``window_heads``, ``ttt_scale``, ``rope``: its rotary embedding, fla's
+  ``RotaryEmbedding``, on the window's and the fast weights' q and k; ``ttt_nope``);
   tests/test_lact.py::test_lm_layer_equals_the_public_lact_lm_layer
 - lact, lm: its causal operators (``block_causal_lact_swiglu``: apply, then update; renormalised to the initial
   row norms; ``prenorm=True``: ``prenorm_block_causal_lact_swiglu``);
@@ -56,6 +56,7 @@ from torch import nn
 
 from seqmix.ops import acc_dtype
 from seqmix.ops import lact as lact_ops
+from seqmix.ops.rope import apply_rope, rope_angles
 
 from .base import Backend, Mixer, MixerConfig, register
 from .cost import FP32_BYTES, Cost, attention_pairs
@@ -96,6 +97,7 @@ class LaCT(Mixer):
     )
     causal_modes = (False, True)
     takes_layout = True
+    takes_positions = True  # used by the LM layer's rotary embedding (rope=True); the other forms ignore them
 
     class Tooling(Mixer.Tooling):
         small_config = {"chunk_size": 4, "inter_multi": 1.5, "momentum": True}
@@ -139,6 +141,13 @@ class LaCT(Mixer):
             window_heads: attention heads of the window branch over the projection's ``H K`` width (default
                 ``num_heads``; the public 760M LM: 24 attention heads beside 4 fast-weight heads).
             ttt_scale: the public ``learnable_ttt_scale``: the read-out of each head scaled by ``silu(x W + b)``.
+            rope: the LM layer's rotary embedding (needs ``window``): the window attention's q and k, and after
+                their L2 norm the fast weights' q and k (in the attention heads' layout, as the public layer), turn
+                by the token positions a backbone passes (``positions [T]`` or ``[B, T]``; calls without them are
+                refused); the halves of a head rotate together (fla's ``RotaryEmbedding``). Off: positions are
+                ignored, and the order comes from the chunk scan and the backbone's short convolution.
+            rope_theta: its base (the public layer's default 500,000; its 760M config 1e6).
+            ttt_nope: the public ``ttt_nope``: the rotary embedding on the window attention only.
             backend: ``"auto"``, ``"torch"`` (chunked matmuls) or ``"naive"`` (per-token reference).
         """
 
@@ -156,6 +165,9 @@ class LaCT(Mixer):
         window: int = 0
         window_heads: int | None = None
         ttt_scale: bool = False
+        rope: bool = False
+        rope_theta: float = 500_000.0
+        ttt_nope: bool = False
 
     def __init__(self, dim: int, num_heads: int, config: "LaCT.Config"):
         super().__init__(dim, num_heads, config)
@@ -181,10 +193,18 @@ class LaCT(Mixer):
         if lm and not c.causal:
             raise ValueError(f"window={c.window}: the window-attention branch is the public LM layer's, which is "
                              "causal; set causal=True or window=0 (the non-causal form)")
+        if c.rope and not lm:
+            raise ValueError("rope=True is the public LM layer's rotary embedding: it needs window > 0")
+        if c.ttt_nope and not c.rope:
+            raise ValueError("ttt_nope=True leaves the fast weights out of the rotary embedding: it needs rope=True")
+        if c.rope and not (isinstance(c.rope_theta, (int, float)) and c.rope_theta > 0):
+            raise ValueError(f"rope_theta must be a positive number, got {c.rope_theta!r}")
         Ha = c.window_heads or H
         if lm and (not isinstance(Ha, int) or Ha < 1 or (H * K) % Ha):
             raise ValueError(f"window_heads must be a positive int dividing the projection width H K = {H * K}, "
                              f"got {c.window_heads!r}")
+        if c.rope and (H * K // Ha) % 2:
+            raise ValueError(f"rope=True needs an even attention head width H K / window_heads, got {H * K // Ha}")
         self.head_dim, self.hidden, self.window_heads = K, Fw, Ha
         self.qkv = nn.Linear(dim, 3 * H * K, bias=False)
         self.lr_proj = nn.Linear(dim, 3 * H, bias=lm)
@@ -255,13 +275,16 @@ class LaCT(Mixer):
         return (f"{super().extra_repr()}, head_dim={self.head_dim}, hidden={self.hidden}, {chunks}, "
                 f"muon={c.muon}, renorm={c.renorm}, prenorm={c.prenorm}, momentum={c.momentum}"
                 + (f", window={c.window}, window_heads={self.window_heads}" if c.window else "")
-                + (", ttt_scale=True" if c.ttt_scale else ""))
+                + (", ttt_scale=True" if c.ttt_scale else "")
+                + (f", rope_theta={c.rope_theta:g}" + (", ttt_nope=True" if c.ttt_nope else "") if c.rope else ""))
 
     # ------------------------------------------------------------------------------------------------ forward
-    def _project(self, x: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    def _project(self, x: torch.Tensor, angles: torch.Tensor | None
+                 ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
         """``x [B, T, D]`` -> the scan inputs ``q, k, v [B, H, T, K]``, ``lr0, lr1, lr2[, momentum] [B, H, T]`` in
         fp32/fp64, and (window branch only, else ``()``) the attention's ``q, k, v [B, Ha, T, H K / Ha]`` in the
-        projection's dtype: the projection before the fast weights' SiLU, as the public LM layer."""
+        projection's dtype: the projection before the fast weights' SiLU, as the public LM layer. ``angles``
+        (``rope``): RoPE angles ``[T | B T, H K / Ha / 2]`` for the attention's q, k and the fast weights' q, k."""
         B, T, _ = x.shape
         H, K = self.num_heads, self.head_dim
         acc = acc_dtype(x)
@@ -269,7 +292,11 @@ class LaCT(Mixer):
         attn = ()
         if self.config.window:
             Ha = self.window_heads
-            attn = tuple(t.reshape(B, T, Ha, -1).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
+            attn = tuple(t.reshape(B, T, Ha, -1) for t in qkv.chunk(3, dim=-1))  # [B, T, Ha, Ka]
+            if angles is not None:
+                attn = (apply_rope(attn[0], angles, interleaved=False), apply_rope(attn[1], angles, interleaved=False),
+                        attn[2])
+            attn = tuple(t.transpose(1, 2) for t in attn)
             fq, fk, fv = qkv.chunk(3, dim=-1)
             qkv = torch.cat([fq * self.qk_scale[:, 0] + self.qk_offset[:, 0],
                              fk * self.qk_scale[:, 1] + self.qk_offset[:, 1], fv], dim=-1)
@@ -277,6 +304,9 @@ class LaCT(Mixer):
         with torch.autocast(device_type=x.device.type, enabled=False):
             q, k, v = qkv.to(acc).view(B, T, 3, H, K).permute(2, 0, 3, 1, 4)
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+            if angles is not None and not self.config.ttt_nope:  # after the norm, in the attention heads' layout
+                q, k = (apply_rope(t.transpose(1, 2).reshape(B, T, self.window_heads, -1), angles, interleaved=False)
+                        .view(B, T, H, K).transpose(1, 2) for t in (q, k))
             x32 = x.to(acc)
             offset = self.config.base_lr + math.log(-math.expm1(-self.config.base_lr))  # inv_softplus(base_lr)
             lr = F.softplus(_linear(x32, self.lr_proj) + offset)  # [B, T, 3H]
@@ -304,13 +334,11 @@ class LaCT(Mixer):
 
     def _forward(self, x, *, layout, positions, state, return_state):
         bounds = self._chunk_bounds(layout, x.shape[1])
-        if positions is not None:
-            raise ValueError(f"{self.name}: takes no positions (LaCT's fast weights need none)")
         c = self.config
         B, T, _ = x.shape
         acc = acc_dtype(x)
         backend = self.select_backend(x.device)
-        inputs, attn = self._project(x)
+        inputs, attn = self._project(x, self._angles(positions, B, T) if c.rope else None)
         with torch.autocast(device_type=x.device.type, enabled=False):
             if state is not None:
                 weights = self._check_state(state, B, x.device, acc)
@@ -345,6 +373,17 @@ class LaCT(Mixer):
             tail = slice(total if bounds is not None else total - total % c.chunk_size, total)
             new_state = LaCTState(new_weights, tuple(t[:, :, tail] for t in inputs[1:]), window_kv)
         return y, new_state
+
+    def _angles(self, positions: torch.Tensor | None, B: int, T: int) -> torch.Tensor:
+        """RoPE angles ``[T | B T, Ka / 2]`` (fp64) of the positions a backbone passes (``rope``)."""
+        if positions is None:
+            raise ValueError(f"{self.name}: rope=True needs token positions (positions=[T] or [B, T]); MixerLM "
+                             "passes them with its rope=True")
+        if not isinstance(positions, torch.Tensor) or positions.is_floating_point() or \
+                positions.shape not in ((T,), (B, T)):
+            raise ValueError(f"{self.name}: positions must be an integer tensor [T={T}] or [B={B}, T={T}], got "
+                             f"{getattr(positions, 'shape', type(positions).__name__)}")
+        return rope_angles(positions, self.num_heads * self.head_dim // self.window_heads, self.config.rope_theta)
 
     def _window_attention(self, q, k, v, state, return_state: bool, naive: bool):
         """The LM layer's window branch: ``q, k, v [B, Ha, T, Ka]`` (the carried keys and values of up to

@@ -1,7 +1,8 @@
 """Rotary position embeddings: 1D and the 3D (t, h, w) variant of CogVideoX / the TTT video code.
 
-Pairs are interleaved (``x[..., 2i], x[..., 2i+1]`` rotate together), as in both references. Tokens whose
-position is negative (text tokens in a video sequence) are left unrotated.
+Pairs are interleaved (``x[..., 2i], x[..., 2i+1]`` rotate together), as in both references; ``interleaved=False``
+rotates the halves together instead (``x[..., i], x[..., i + K/2]``: GPT-NeoX / fla's ``RotaryEmbedding``, which the
+public LaCT LM layer uses). Tokens whose position is negative (text tokens in a video sequence) are left unrotated.
 """
 
 from __future__ import annotations
@@ -50,12 +51,18 @@ def rope_angles(positions: torch.Tensor, head_dim: int, theta: float = 1e4) -> t
     return ang * valid[..., None]
 
 
-def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs of ``x [B, T, H, K]`` by ``angles [T, K/2]`` or ``[B, T, K/2]``."""
+def apply_rope(x: torch.Tensor, angles: torch.Tensor, *, interleaved: bool = True) -> torch.Tensor:
+    """Rotate the pairs of ``x [B, T, H, K]`` by ``angles [T, K/2]`` or ``[B, T, K/2]``: interleaved pairs
+    ``(2i, 2i+1)``, or with ``interleaved=False`` the halves ``(i, i + K/2)``; pair i turns by ``angles[..., i]``."""
     if angles.dim() == 2:
         angles = angles[None]
     if angles.shape[-2] != x.shape[1] or angles.shape[-1] * 2 != x.shape[-1]:
         raise ValueError(f"RoPE angles {tuple(angles.shape)} do not fit input {tuple(x.shape)} [B, T, H, K]")
+    if not interleaved:
+        cos = angles.cos().to(x.dtype)[:, :, None, :]  # [B|1, T, 1, K/2]
+        sin = angles.sin().to(x.dtype)[:, :, None, :]
+        x0, x1 = x.chunk(2, dim=-1)
+        return torch.cat((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
     if x.dtype in _COMPLEX:
         # A pair (x0, x1) is the complex number x0 + i x1, rotated by one complex product: the same arithmetic as
         # below, on contiguous memory (the strided halves below make forward + backward ~5x slower on CPU).

@@ -58,19 +58,24 @@ class LMTask(pl.LightningModule):
             )
 
     def _loss(self, batch):
+        """(mean cross-entropy over the scored positions, their logits ``[N, V]``, their labels ``[N]``)."""
         inputs, labels = batch
-        logits = self.lm(inputs)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
-        return loss, logits
+        scored = labels != IGNORE_INDEX
+        logits = self.lm.scored_logits(inputs, scored)  # the head only where a label is scored
+        labels = labels[scored]
+        if labels.numel() == 0:  # a batch without scored positions: a zero loss that still reaches every weight
+            return logits.sum() * 0.0, logits, labels
+        # at least fp32 for the softmax (bf16 logits under autocast), fp64 stays fp64
+        return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), labels), logits, labels
 
     def training_step(self, batch, batch_idx):
-        loss, _ = self._loss(batch)
+        loss, _, _ = self._loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch[0].shape[0])
         return loss
 
     def validation_step(self, batch, batch_idx):
-        loss, logits = self._loss(batch)
-        self.val_acc.update(logits.argmax(-1).flatten(), batch[1].flatten())
+        loss, logits, labels = self._loss(batch)
+        self.val_acc.update(logits.argmax(-1), labels)
         self.log("val/loss", loss, prog_bar=True, batch_size=batch[0].shape[0], sync_dist=True)
         self.log("val/acc", self.val_acc, prog_bar=True, batch_size=batch[0].shape[0])
 
