@@ -43,7 +43,8 @@ class LMConfig:
         mlp_ratio: hidden width of the MLP as a multiple of D (0 = no MLP).
         max_len: number of learned absolute positions (0 = none; then only the mixers see order).
         rope: pass token positions to the mixers that take RoPE positions (mixers whose class declares
-            ``takes_positions``: attention, TTT); position-free recurrences see order through their scan.
+            ``takes_positions``: attention, TTT, LaCT, which uses them with its ``rope``); position-free recurrences
+            see order through their scan.
         short_conv: taps K of the causal depthwise convolution before every mixer (``y = x + conv_K(x)``, weights
             initialised to zero so it starts as the identity); 0 = none.
         norm_eps: LayerNorm eps.

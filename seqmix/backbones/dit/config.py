@@ -55,7 +55,8 @@ class DiTConfig:
         mixer_config: config fields of the mixer (``causal=False`` is added where the mixer has a non-causal form).
         mixer_num_heads: heads of the global layer (default: ``num_attention_heads``).
         mixer_positions: pass the global 3D RoPE positions to the mixer; None = automatic (mixers whose class declares
-            ``takes_positions``, i.e. TTT and attention, get them; position-free recurrences do not).
+            ``takes_positions``, i.e. TTT and attention, get them - and LaCT, whose video form ignores them;
+            position-free recurrences do not).
         gate_init: initial value of the four tanh-gate vectors per block (paper: 0.1).
         mixer_reverse_positions: positions of the global layer's reversed pass: ``"mirrored"`` (default; by index
             over the reversed sequence, as the public ttt-video-dit code) or ``"own"`` (every token keeps its
