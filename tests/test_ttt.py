@@ -249,6 +249,21 @@ def test_rope_pairs_rotate_by_hand():
     assert_close("rope bf16", apply_rope(x.bfloat16(), ang).double(), want, 3e-2)
 
 
+def test_rope_halves_equal_fla_rotary_reference():
+    """``interleaved=False`` rotates the halves of a head together: it equals fla's own rotary reference op
+    (``rotary_embedding_ref``, GPT-NeoX style, which fla's ``RotaryEmbedding`` computes) and, with the channels
+    permuted to interleaved order, the interleaved rotation."""
+    from fla.modules.rotary.ops import rotary_embedding_ref
+
+    ang = torch.rand(2, 5, 3, dtype=torch.float64) * 6  # per batch row
+    x = torch.randn(2, 5, 4, 6, dtype=torch.float64)
+    want = rotary_embedding_ref(x, ang.cos(), ang.sin(), interleaved=False)
+    assert_close("halves vs fla", apply_rope(x, ang, interleaved=False), want, 1e-14)
+    perm = torch.arange(6).view(2, 3).T.flatten()  # [x0, x3, x1, x4, x2, x5]: halves -> interleaved pairs
+    assert_close("halves vs interleaved", apply_rope(x, ang, interleaved=False)[..., perm],
+                 apply_rope(x[..., perm], ang), 1e-14)
+
+
 def test_rope_3d_rotates_video_tokens_only():
     ang = rope_angles(torch.tensor([[-1, -1, -1], [0, 0, 0], [3, 1, 2]]), 64)
     assert ang.shape == (3, 32)
