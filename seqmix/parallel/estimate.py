@@ -11,16 +11,19 @@ each mixer's ``cost``). Memory, per GPU, in the layout :func:`seqmix.parallel.pl
   dtype, autocast computes in bf16); ddp keeps a full copy;
 * gradients: fp32 of the trainable parameters, split / sharded as the parameters;
 * optimizer: AdamW's two fp32 moments of the trainable parameters, split / sharded as the parameters;
-* activations (per example): with activation checkpointing, every block's inputs (whole on every tensor-parallel
-  rank, or ``1 / P`` of them with sequence parallelism) plus what autograd saves in one block's forward,
-  recomputed in backward; without checkpointing what every block saves. DiT: those bytes are MEASURED from the code, not
-  counted by hand: one block of the model runs forward under bf16 autocast on fake tensors (``FakeTensorMode``:
-  shapes only, no memory) at one 3 s segment, with a hook on autograd's saved tensors (each storage once,
-  parameters excluded); what is saved inside head-split mixers and the MLP counts ``1 / P`` per tensor-parallel
-  rank, the rest whole; a longer layout scales it by its tokens (every part is linear in the segments).
-  ``tests/test_scale_out.py`` checks the result against a real step's peak on CPU. World model: an analytic count,
-  ``T D (R + S / P)`` with R = 4 + 4 per token-mixing pass and S = 8 (MLP hidden) + 12 per split pass, bf16,
-  doubled for the working set's gradients.
+* activations (per example): with activation checkpointing, every block's inputs plus what autograd saves in one
+  block's forward, recomputed in backward; without checkpointing what every block saves. DiT: those bytes are
+  MEASURED from the code, not counted by hand, for ONE tensor-parallel rank of the layout the code builds: a
+  1-block model (2 with sequence parallelism, whose second block, fed token shards, is measured) is built under
+  ``FakeTensorMode`` (shapes only, no memory) and, for P > 1, split by the real :func:`~seqmix.parallel.plan.
+  parallelize` on torch's fake process group of P ranks (collectives return without communicating), then runs
+  forward under bf16 autocast at one 3 s segment with a hook on autograd's saved tensors (each storage once,
+  parameters excluded). So a rank's share is what the code keeps on it: its heads' mixer and MLP activations, the
+  whole-sequence inputs every rank holds in front of a head-split region, the token shards of the residual stream
+  with sequence parallelism. A longer layout scales it by its tokens (every part is linear in the segments).
+  ``tests/test_scale_out.py`` checks the result against real steps' peaks on CPU, one process and two
+  tensor-parallel processes. World model: an analytic count, ``T D (R + S / P)`` with R = 4 + 4 per token-mixing
+  pass and S = 8 (MLP hidden) + 12 per split pass, bf16, doubled for the working set's gradients.
 
 Step time: analytic FLOPs (forward + backward = 3 forwards, + 1 forward recomputed under checkpointing) of
 ``batch / data-parallel`` examples per rank, split by P, at ``mfu`` of the peak bf16 rate, plus collectives at the
@@ -31,11 +34,14 @@ figure against a measured step); they are meant for choosing a layout, not for r
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from .checks import blocks_of, check_layout, check_model, meta_model, shardable
 
@@ -156,9 +162,10 @@ def _dit(mixer: str, mixer_config: tuple, overrides: tuple = ()):
 
 @dataclass(frozen=True)
 class BlockActivations:
-    """Bytes one example keeps for one block in training (bf16 autocast): ``inputs`` (what a checkpointed block
-    keeps: its input activations), ``replicated`` and ``split`` (what autograd saves in the block's forward,
-    outside / inside the parts tensor parallelism splits by heads: the global and attention mixers, the MLP)."""
+    """Bytes one example keeps for one block on one tensor-parallel rank in training (bf16 autocast): ``inputs``
+    (what a checkpointed block keeps: its input activations, token shards under sequence parallelism),
+    ``replicated`` and ``split`` (what autograd saves in the block's forward outside / inside the head-split
+    mixers and the MLP; ``split`` includes the whole-sequence inputs those regions keep on every rank)."""
 
     inputs: float
     replicated: float
@@ -167,9 +174,15 @@ class BlockActivations:
     def scaled(self, factor: float) -> "BlockActivations":
         return BlockActivations(self.inputs * factor, self.replicated * factor, self.split * factor)
 
+    @property
+    def saved(self) -> float:
+        """What one forward of the block saves for backward (the recomputed working set under checkpointing)."""
+        return self.replicated + self.split
 
-def measure_block_activations(build, layout) -> BlockActivations:
-    """What autograd saves in the first block of ``build()`` (a segmented DiT) for one example of ``layout``.
+
+def measure_block_activations(build, layout, block: int = 0) -> BlockActivations:
+    """What autograd saves in block ``block`` of ``build()`` (a segmented DiT, split over tensor-parallel ranks or
+    not) for one example of ``layout``, on this rank.
 
     The model is built and run under ``FakeTensorMode`` (no memory, no compute: every op runs its shape function),
     forward under bf16 autocast as training runs, with activation checkpointing off so the block's saved tensors are
@@ -186,10 +199,10 @@ def measure_block_activations(build, layout) -> BlockActivations:
     # The layout's index tensors have data-dependent shapes: computed for real, outside the fake mode (and cached
     # on the model), then read as constants by the fake forward.
     model._plan(layout, torch.device("cpu"))
-    params = {p.untyped_storage()._cdata for p in model.parameters()}
-    block = blocks_of(model)[0]
-    split_mods = [m for _, m, spec in shardable(model) if spec is not None and _inside(m, block)]
-    split_mods.append(block.ff if hasattr(block, "ff") else block.mlp)
+    params = {(p.to_local() if isinstance(p, DTensor) else p).untyped_storage()._cdata for p in model.parameters()}
+    the_block = blocks_of(model)[block]
+    split_mods = [m for _, m, spec in shardable(model) if spec is not None and _inside(m, the_block)]
+    split_mods.append(the_block.ff if hasattr(the_block, "ff") else the_block.mlp)
     depth, inside, saved, inputs = [0], [False], {}, [0.0]
 
     def enter(_m, args):
@@ -206,14 +219,14 @@ def measure_block_activations(build, layout) -> BlockActivations:
         inside[0] = False
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        st = t.untyped_storage()
+        st = (t.to_local() if isinstance(t, DTensor) else t).untyped_storage()
         if inside[0] and st._cdata not in params and st._cdata not in saved:
             saved[st._cdata] = (st.nbytes(), depth[0] > 0)
         return t
 
     handles = [m.register_forward_pre_hook(enter) for m in split_mods]
     handles += [m.register_forward_hook(leave) for m in split_mods]
-    handles += [block.register_forward_pre_hook(block_in), block.register_forward_hook(block_out)]
+    handles += [the_block.register_forward_pre_hook(block_in), the_block.register_forward_hook(block_out)]
     try:
         with mode, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
                 torch.autocast("cpu", dtype=torch.bfloat16):
@@ -232,15 +245,55 @@ def _inside(m: nn.Module, block: nn.Module) -> bool:
     return any(m is x for x in block.modules())
 
 
+@contextlib.contextmanager
+def one_rank_of(tensor_parallel: int):
+    """A ``(1, tensor_parallel)`` mesh in this one process on torch's fake process group (collectives return at
+    once without communicating; every rank's shapes are rank 0's), so that one rank's share of a model can be
+    built by :func:`~seqmix.parallel.plan.parallelize` and run under ``FakeTensorMode``; yields None for 1.
+    Needs a process without a default process group (the plan runs before training starts)."""
+    if tensor_parallel == 1:
+        yield None
+        return
+    if dist.is_initialized():
+        raise RuntimeError("the plan measures one tensor-parallel rank on a fake process group and needs a process "
+                           "without a default process group; run it before torch.distributed.init_process_group")
+    from torch.testing._internal.distributed.fake_pg import FakeStore  # importing it registers the "fake" backend
+
+    from .plan import make_mesh
+
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=tensor_parallel)
+    try:
+        yield make_mesh(1, tensor_parallel)
+    finally:
+        dist.destroy_process_group()
+
+
 @functools.lru_cache(maxsize=16)
-def _dit_block_activations(mixer: str, mixer_config: tuple, overrides: tuple, layout_kw: tuple) -> BlockActivations:
-    """:func:`measure_block_activations` of a one-block copy of the DiT at one 3 s segment, per token (cached)."""
+def _dit_block_activations(mixer: str, mixer_config: tuple, overrides: tuple, layout_kw: tuple,
+                           tensor_parallel: int = 1, sequence_parallel: bool = False) -> BlockActivations:
+    """:func:`measure_block_activations` of one rank of ``tensor_parallel`` running a copy of the DiT at one 3 s
+    segment, per token (cached). One block; with sequence parallelism two, the second measured (the first block
+    takes the whole stream; every later one its token shards), the first without its global layer (it only makes
+    the second one's input, and the global scan is most of the measurement's time)."""
     from seqmix.backbones.dit import DiTConfig, SegmentedDiT
     from seqmix.backbones.layout import VideoLayout
 
-    cfg = DiTConfig(mixer=mixer, mixer_config=dict(mixer_config), **{**dict(overrides), "num_layers": 1})
+    from .plan import parallelize
+
+    cfg = DiTConfig(mixer=mixer, mixer_config=dict(mixer_config),
+                    **{**dict(overrides), "num_layers": 2 if sequence_parallel else 1})
     one = VideoLayout.paper(3, **dict(layout_kw))
-    return measure_block_activations(lambda: SegmentedDiT(cfg), one).scaled(1 / one.total_tokens)
+    with one_rank_of(tensor_parallel) as mesh:
+        def build():
+            model = SegmentedDiT(cfg)
+            if mesh is not None:
+                parallelize(model, mesh, sequence_parallel=sequence_parallel)
+            if sequence_parallel:
+                blocks_of(model)[0].global_layer = None
+            return model
+
+        b = measure_block_activations(build, one, block=1 if sequence_parallel else 0)
+    return b.scaled(1 / one.total_tokens)
 
 
 @functools.lru_cache(maxsize=4)
@@ -276,9 +329,10 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
             :func:`seqmix.parallel.plan.parallelize` does with that option): the gathered block buffers halve.
         layout_overrides: other :class:`~seqmix.backbones.layout.VideoLayout` fields of every stage (e.g. a smaller
             ``latent_height`` / ``latent_width`` for a step measured on CPU).
-        sequence_parallel: the residual stream sharded over the tensor-parallel ranks between blocks
-            (:func:`~seqmix.parallel.plan.parallelize`'s option): the checkpointed block inputs divide by P, for
-            three all-gathers of the stream per block (forward, recompute, backward).
+        sequence_parallel: the residual stream sharded over the tensor-parallel ranks by tokens
+            (:func:`~seqmix.parallel.plan.parallelize`'s option; in the DiT inside the blocks too): the checkpointed
+            block inputs divide by P, for three all-gathers of the stream per block (forward, recompute, backward)
+            and per tensor-parallel region in the DiT (two).
     """
     from seqmix.backbones.layout import VideoLayout
     from seqmix.bench.costs import dit_cost, layer_cost
@@ -337,17 +391,17 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
         grads = 4 * per_gpu(tr_all, tr_split)
         optim = 8 * per_gpu(tr_all, tr_split)
         nb = len(blocks)
-        if model == "dit":  # measured from the code at one segment, scaled to this layout's tokens
+        if model == "dit":  # measured from the code on one rank of this layout, scaled to this layout's tokens
             b = _dit_block_activations(mixer, tuple(sorted((mixer_config or {}).items())),
                                        tuple(sorted((dit_overrides or {}).items())),
-                                       tuple(sorted((layout_overrides or {}).items()))).scaled(T)
-            inputs, work = b.inputs, b.replicated + b.split / P
+                                       tuple(sorted((layout_overrides or {}).items())), P,
+                                       sequence_parallel).scaled(T)
+            kept, work = b.inputs, b.saved
             every_block = nb * work
         else:
             R, S = 4 + 4 * passes, 8 + 12 * split_passes
             work = T * D * 2 * (R + (S + 12 * (passes - split_passes)) / P) * 2
-            inputs, every_block = T * D * 2, nb * work / 2  # a layer's bf16 input
-        kept = inputs / P if sequence_parallel else inputs
+            kept, every_block = T * D * 2 / (P if sequence_parallel else 1), nb * work / 2  # a layer's bf16 input
         acts = (nb * kept + work) if activation_checkpointing else every_block
         total = params + grads + optim + acts
         # time: forward + backward (3x) + recompute (1x) per example; examples per rank = batch / dp
@@ -359,8 +413,9 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
         if P > 1:
             ar = 2 * (P - 1) / P * T * D * 2 / (nvlink_gbs * _GB)  # one ring all-reduce of T D bf16
             comm += ar * 2 * (passes + 1) * nb * (batch // dp) * (3 if activation_checkpointing else 2) / 2
-            if sequence_parallel:  # all-gather of the stream: half a ring all-reduce each
-                comm += ar / 2 * 3 * nb * (batch // dp)
+            if sequence_parallel:  # all-gathers of the stream (half a ring all-reduce each) per block: forward,
+                # recompute and backward, in front of each of the DiT's two tensor-parallel regions
+                comm += ar / 2 * 3 * (2 if model == "dit" else 1) * nb * (batch // dp)
         step = compute + comm
         plan.rows.append(PlanRow(sec, T, trainable, params, grads, optim, acts, total, total <= mem, step, compute,
                                  comm, steps, None if steps is None else steps * step / 3600))

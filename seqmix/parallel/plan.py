@@ -5,10 +5,12 @@
 Tensor parallel (Megatron's split, written with DTensor): every block's window attention and global-layer mixer
 run ``H / P`` heads per rank on the full (replicated) input; Q/K/V (and the mixer's per-head parameters) are split
 head-major, the output projection is row parallel (partial products summed over the ranks), the MLP is column /
-row parallel. Gates, adaLN linears, embeddings and norms stay replicated. What splits in a mixer is declared on its
-class (:meth:`seqmix.layers.Mixer.head_shard_spec`); a mixer without a spec (the block-wise TTT) runs whole on
-every rank. FSDP2 (``fully_shard``) then shards every block and the rest over the data-parallel
-ranks; activation checkpointing recomputes each block in backward.
+row parallel. Gates, adaLN linears, embeddings and norms stay replicated; with sequence parallelism the residual
+stream is sharded by tokens between blocks and, in the DiT, inside them too (adaLN norms, gates and residual adds
+on each rank's tokens; the whole sequence gathered only in front of attention + global layer and the MLP). What
+splits in a mixer is declared on its class (:meth:`seqmix.layers.Mixer.head_shard_spec`); a mixer without a spec
+(the block-wise TTT) runs whole on every rank. FSDP2 (``fully_shard``) then shards every block and the rest over
+the data-parallel ranks; activation checkpointing recomputes each block in backward.
 
 :func:`parallelize` is what ``LightningModule.configure_model`` calls with the strategy's device mesh
 (:class:`~seqmix.parallel.lightning.ModelParallel`); it works the same on a mesh built by hand (tests, scripts).
@@ -96,31 +98,61 @@ class _SplitTokens(torch.autograd.Function):
         return torch.cat(parts, dim=1)[:, :ctx.n], None
 
 
+class TokenShards:
+    """Sequence parallelism's pair over the tensor-parallel ``group``: :meth:`split` (whole sequence -> this rank's
+    token shard) and :meth:`gather` (shard -> whole sequence), autograd-exact for replicated computation between
+    them (see :class:`_SplitTokens`, :class:`_GatherTokens`)."""
+
+    def __init__(self, group):
+        self.group = group
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, n, D]`` -> ``[B, ceil(n / P), D]`` (the last shards zero-padded)."""
+        return _SplitTokens.apply(x, self.group)
+
+    def gather(self, shard: torch.Tensor, n: int) -> torch.Tensor:
+        """``[B, ceil(n / P), D]`` -> ``[B, n, D]``."""
+        return _GatherTokens.apply(shard, n, self.group)
+
+
 def _sequence_parallel_blocks(blocks: list[nn.Module], streams: tuple[int, ...], group) -> None:
     """Shard the residual stream (the blocks' positional arguments and outputs at ``streams``: the DiT's video and
-    text tokens, the world model's frame tokens) over the tensor-parallel ranks between blocks.
+    text tokens, the world model's frame tokens) over the tensor-parallel ranks.
 
-    Each block gathers its token shards, computes as before (replicated norms / gates / adaLN, head-split mixers
-    and MLP) and keeps its own shard of the output, so what activation checkpointing saves per block (its inputs)
-    is ``1 / P`` on every rank. The first block takes the whole sequence and the last returns it, so the model's
+    A block class that declares ``token_shards`` (the DiT's) gets the pair and keeps the stream sharded inside
+    too: its norms, gates and residual adds run on the shards and it gathers the whole sequence only in front of its
+    tensor-parallel regions (Megatron's sequence parallelism); the first block splits the whole stream it is given
+    and the last gathers what it returns. Any other block (the world model's layers) gathers its shards, computes as
+    before and keeps its own shard of the output; the first takes and the last returns the whole stream. Either
+    way what activation checkpointing saves per block (its inputs) is ``1 / P`` on every rank, and the model's
     embedding and output layers (and a rollout's carried states, computed inside the blocks on the whole stream)
     are unchanged. Gradients stay exact (tested against one process)."""
+    tokens = TokenShards(group)
     lengths: dict[int, int] = {}
     last = len(blocks) - 1
     for i, block in enumerate(blocks):
+        inside = hasattr(type(block), "token_shards")
+        if inside:
+            block.token_shards = tokens
+            for name, replicated in type(block).token_shard_modules.items():
+                _sum_grads(block.get_submodule(name), replicated, group)
         inner = block.forward
 
-        def forward(*args, _inner=inner, _i=i):
+        def forward(*args, _inner=inner, _i=i, _inside=inside):
             args = list(args)
             for k in streams:
                 if _i == 0:
                     lengths[k] = args[k].shape[1]
-                else:
-                    args[k] = _GatherTokens.apply(args[k], lengths[k], group)
+                    if _inside:
+                        args[k] = tokens.split(args[k])
+                elif not _inside:
+                    args[k] = tokens.gather(args[k], lengths[k])
             out = list(_inner(*args))
-            if _i != last:
-                for k in streams:
-                    out[k] = _SplitTokens.apply(out[k], group)
+            for k in streams:
+                if _inside and _i == last:
+                    out[k] = tokens.gather(out[k], lengths[k])
+                elif not _inside and _i != last:
+                    out[k] = tokens.split(out[k])
             return tuple(out)
 
         block.forward = forward
@@ -140,6 +172,31 @@ class _SumGrad(torch.autograd.Function):
         g = g.contiguous().clone()
         dist.all_reduce(g, group=ctx.group)
         return g, None
+
+
+def _sum_grads(module: nn.Module, inputs: tuple[int, ...], group) -> None:
+    """``module`` runs on this rank's token shard with replicated parameters and replicated inputs at positions
+    ``inputs``: their gradients cover this rank's tokens only, so each forward swaps the parameters (and passes
+    those inputs) through :class:`_SumGrad`, which sums the gradients over ``group`` in backward."""
+    params = [(owner, leaf) for owner in module.modules() for leaf, p in owner._parameters.items() if p is not None]
+    stack: list[list] = []
+
+    def pre(mod, args):
+        saved = []
+        for owner, leaf in params:
+            p = owner._parameters[leaf]
+            saved.append((owner, leaf, p))
+            owner._parameters[leaf] = _SumGrad.apply(p, group)
+        stack.append(saved)
+        return tuple(_SumGrad.apply(a, group) if k in inputs and isinstance(a, torch.Tensor) else a
+                     for k, a in enumerate(args))
+
+    def post(mod, args, out):
+        for owner, leaf, p in stack.pop():
+            owner._parameters[leaf] = p
+
+    module.register_forward_pre_hook(pre)
+    module.register_forward_hook(post, always_call=True)
 
 
 def _owner(module: nn.Module, name: str) -> tuple[nn.Module, str]:

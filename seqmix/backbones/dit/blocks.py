@@ -200,7 +200,21 @@ class SegmentedDiTBlock(nn.Module):
 
     Order: adaLN-zero (norm1) -> window self-attention -> global layer (forward, backward) -> gated residual ->
     adaLN-zero (norm2) -> MLP over ``[text | video]`` -> gated residual.
+
+    Sequence parallelism inside the block: when :attr:`token_shards` is set (by :func:`seqmix.parallel.plan.
+    parallelize`), ``vid`` and ``txt`` arrive and leave as this rank's token shards ``[B, ceil(n / P), D]``; the
+    adaLN norms, gates and residual adds run on the shards, and the whole sequence is gathered only in front of the
+    tensor-parallel regions (attention + global layer, the MLP) and split again after them (Megatron's sequence
+    parallelism), so what the block keeps outside those regions divides by P.
     """
+
+    #: The sequence-parallel pair ``split(x [B, n, D]) -> [B, ceil(n / P), D]`` and ``gather(shard, n) -> [B, n, D]``
+    #: (autograd functions over the tensor-parallel group), or None: the block sees whole sequences.
+    token_shards = None
+    #: Under sequence parallelism, the submodules that run on token shards with replicated parameters, and the
+    #: positions of their replicated (not token-sharded) tensor inputs (``temb``): each rank's gradients of those
+    #: cover its own tokens only, so the plan sums them over the tensor-parallel ranks.
+    token_shard_modules = {"norm1": (2,), "norm2": (2,)}
 
     def __init__(self, c: DiTConfig, global_layer: GlobalLayer | None):
         super().__init__()
@@ -212,20 +226,33 @@ class SegmentedDiTBlock(nn.Module):
         self.global_layer = global_layer
 
     def forward(self, vid: torch.Tensor, txt: torch.Tensor, temb: torch.Tensor, plan: _Plan):
-        n_txt = txt.shape[1]
+        """``vid [B, F N, D], txt [B, S L, D]`` (token shards under sequence parallelism), ``temb [B, D_t]`` ->
+        ``(vid, txt)`` of the same shapes."""
+        sp, lay = self.token_shards, plan.layout
+        n_txt = lay.text_tokens
+
+        def whole(v, t):  # in front of a tensor-parallel region: the whole sequence
+            return (v, t) if sp is None else (sp.gather(v, lay.video_tokens), sp.gather(t, n_txt))
+
+        def shards(v, t):  # after it: this rank's tokens of the (replicated) result
+            return (v, t) if sp is None else (sp.split(v), sp.split(t))
+
         # 1. attention branch
         nv, nt, gate_msa, t_gate_msa = self.norm1(vid, txt, temb)
-        av, at = self.attn1(nv, nt, plan)
+        av, at = self.attn1(*whole(nv, nt), plan)
         # 2. global layer on the attention output, before CogVideoX's gate adds it to the stream
         if self.global_layer is not None:
             av, at = self.global_layer(av, at, plan)
+        av, at = shards(av, at)
         vid = vid + gate_msa * av
         txt = txt + t_gate_msa * at
         # 3. MLP branch (text and video share the MLP, modulated separately)
         nv, nt, gate_ff, t_gate_ff = self.norm2(vid, txt, temb)
+        nv, nt = whole(nv, nt)
         ff = self.ff(torch.cat([nt, nv], dim=1))
-        vid = vid + gate_ff * ff[:, n_txt:]
-        txt = txt + t_gate_ff * ff[:, :n_txt]
+        fv, ft = shards(ff[:, n_txt:], ff[:, :n_txt])
+        vid = vid + gate_ff * fv
+        txt = txt + t_gate_ff * ft
         return vid, txt
 
 
