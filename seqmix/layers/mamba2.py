@@ -237,7 +237,7 @@ class Mamba2(Mixer):
         the conv over ``[x | B | C]`` (``segments``: the parameters keep mamba-ssm's layout; B and C by group, a
         group shared by the ranks whose heads read it), and its heads' ``dt_bias``, ``A_log``, ``D``. The gated
         RMSNorm spans a group of heads (all of them with ``ngroups=1``): its inputs are gathered, and the norm and
-        ``out_proj`` run replicated."""
+        ``out_proj`` run replicated, or on token shards under sequence parallelism (both act per token)."""
         E, GN, H, G = self.d_inner, self.ngroups * self.d_state, self.nheads, self.ngroups
         fused = (0, ((E, H), (E, H), (GN, G), (GN, G), (H, H)))
         conv = (0, ((E, H), (GN, G), (GN, G)))
@@ -245,7 +245,8 @@ class Mamba2(Mixer):
         segments |= {"in_proj.bias": fused} if self.in_proj.bias is not None else {}
         segments |= {"conv1d.bias": conv} if self.conv1d.bias is not None else {}
         return HeadShardSpec(head_params={"dt_bias": 0, "A_log": 0, "D": 0}, segments=segments,
-                             gather_inputs=("norm",), head_attrs=("num_heads", "nheads", "d_inner"),
+                             gather_inputs=("norm",), tail_end="out_proj",
+                             head_attrs=("num_heads", "nheads", "d_inner"),
                              group_attrs=("ngroups",))
 
     @property

@@ -32,9 +32,14 @@ class HeadShardSpec:
             P divides ``parts``, else (``parts`` divides P) the one part its heads read, shared with ``P / parts``
             ranks. The parameter itself stays whole on every rank (checkpoints keep its layout); gradients are
             summed over the ranks.
-        gather_inputs: submodules that mix all heads (a norm over ``H K``): their floating-point positional inputs,
-            split head-major over the ranks, are gathered whole before they run (they and everything after them
-            run replicated).
+        gather_inputs: submodules that mix all heads (a norm over ``H K``): their floating-point positional inputs
+            ``[B, T, ...]``, split head-major (last dim) over the ranks, are gathered whole before they run (they and
+            everything after them run replicated).
+        tail_end: with ``gather_inputs``, the last module of the part that runs after the gather (the output
+            projection), when that part acts on each token alone. Under sequence parallelism the plan then runs
+            it on each rank's token shard instead of replicated: the gather hands a rank every head of its own
+            tokens, ``tail_end``'s output is all-gathered back to the whole sequence, and the tail's replicated
+            parameters get their gradients summed over the ranks. None: always replicated.
         head_attrs: integer attributes that count heads or head-major widths (``num_heads``, ``key_dim``); each
             is divided by P on a sharded layer and must be divisible by it.
         group_attrs: integer attributes that count groups of heads (Mamba2's ``ngroups``): divided by P when P
@@ -46,6 +51,7 @@ class HeadShardSpec:
     rowwise: tuple[str, ...] = ()
     segments: dict[str, tuple[int, tuple[tuple[int, int], ...]]] = field(default_factory=dict)
     gather_inputs: tuple[str, ...] = ()
+    tail_end: str | None = None
     head_attrs: tuple[str, ...] = ("num_heads",)
     group_attrs: tuple[str, ...] = ()
 

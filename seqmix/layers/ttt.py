@@ -316,10 +316,12 @@ class _TTTBase(Mixer):
     def head_shard_spec(self) -> HeadShardSpec:
         """Heads are independent up to the post-norm over all ``H K`` features: Q/K/V, the learning-rate gate, the
         inner-loss LN and the inner model split by heads; the post-norm's input is gathered, so it and ``wo`` run
-        replicated."""
+        replicated, or on token shards under sequence parallelism (both act per token; not with the LM form's
+        output gate, which reads the whole layer input)."""
         heads = {f"{n}.{p}": 0 for n in ("wq", "wk", "wv") for p in ("weight", "bias")}
         heads.update({n: 0 for n in ("lr_weight", "lr_bias", "ttt_norm_weight", "ttt_norm_bias", *self.inner_params())})
-        return HeadShardSpec(head_params=heads, gather_inputs=("post_norm",))
+        return HeadShardSpec(head_params=heads, gather_inputs=("post_norm",),
+                             tail_end="wo" if self.gate_proj is None else None)
 
     def inner_params(self) -> dict[str, nn.Parameter]:
         """The learnable initial inner model, ``{"W1": [H, K, F], "b1": [H, 1, F], ...}``."""

@@ -57,6 +57,11 @@ def make_mesh(data_parallel: int, tensor_parallel: int, device_type: str = "cpu"
     return init_device_mesh(device_type, (data_parallel, tensor_parallel), mesh_dim_names=(DP, TP))
 
 
+def _pad_tokens(x: torch.Tensor, c: int) -> torch.Tensor:
+    """``x [B, m, ...]`` zero-padded to ``c`` tokens (dim 1)."""
+    return torch.nn.functional.pad(x, (0, 0) * (x.dim() - 2) + (0, c - x.shape[1])).contiguous()
+
+
 class _GatherTokens(torch.autograd.Function):
     """``[B, c, D]`` this rank's token shard -> ``[B, n, D]`` the whole sequence (all-gather over the group);
     backward keeps this rank's shard of the gradient (the blocks compute replicated, so every rank holds the
@@ -73,8 +78,7 @@ class _GatherTokens(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         c, r = ctx.c, ctx.rank
-        g = g[:, r * c:(r + 1) * c]
-        return torch.nn.functional.pad(g, (0, 0, 0, c - g.shape[1])), None, None
+        return _pad_tokens(g[:, r * c:(r + 1) * c], c), None, None
 
 
 class _SplitTokens(torch.autograd.Function):
@@ -88,8 +92,7 @@ class _SplitTokens(torch.autograd.Function):
         n = x.shape[1]
         c = -(-n // size)  # tokens per rank, the last shard zero-padded
         ctx.n, ctx.group = n, group
-        x = x[:, rank * c:(rank + 1) * c]
-        return torch.nn.functional.pad(x, (0, 0, 0, c - x.shape[1])).contiguous()
+        return _pad_tokens(x[:, rank * c:(rank + 1) * c], c)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
@@ -207,12 +210,14 @@ def _owner(module: nn.Module, name: str) -> tuple[nn.Module, str]:
     return owner, leaf
 
 
-def shard_heads(module: nn.Module, spec: HeadShardSpec, tp_mesh: DeviceMesh) -> None:
+def shard_heads(module: nn.Module, spec: HeadShardSpec, tp_mesh: DeviceMesh, token_tail: bool = False) -> None:
     """Split ``module`` over the ranks of ``tp_mesh`` by heads as ``spec`` describes (see :class:`HeadShardSpec`).
 
     The head-split parameters become ``Shard(dim)`` DTensors (checkpoints keep their full shapes); during
     ``module``'s forward they are swapped for their local slices, and the module's floating-point positional
-    inputs pass through :class:`_SumGrad`, so that input gradients from the ranks' heads add up.
+    inputs pass through :class:`_SumGrad`, so that input gradients from the ranks' heads add up. With
+    ``token_tail`` (sequence parallelism) the part after a head gather that declares ``tail_end`` runs on each
+    rank's tokens (:func:`_token_tail`) instead of whole on every rank.
     """
     P = tp_mesh.size()
     group = tp_mesh.get_group()
@@ -241,8 +246,11 @@ def shard_heads(module: nn.Module, spec: HeadShardSpec, tp_mesh: DeviceMesh) -> 
         setattr(module, a, v)
     for name in spec.rowwise:
         parallelize_module(module.get_submodule(name), tp_mesh, RowwiseParallel())
-    for name in spec.gather_inputs:
-        module.get_submodule(name).register_forward_pre_hook(_gather_heads(tp_mesh))
+    if token_tail and spec.tail_end is not None and spec.gather_inputs:
+        _token_tail(module, spec, group)
+    else:
+        for name in spec.gather_inputs:
+            module.get_submodule(name).register_forward_pre_hook(_gather_heads(tp_mesh))
     stack: list[list] = []
 
     def pre(mod, args, kwargs):
@@ -271,6 +279,56 @@ def shard_heads(module: nn.Module, spec: HeadShardSpec, tp_mesh: DeviceMesh) -> 
     module.register_forward_pre_hook(pre, with_kwargs=True)
     module.register_forward_hook(post, always_call=True)
     module._seqmix_head_sharded = P
+
+
+class _HeadsToTokens(torch.autograd.Function):
+    """``[B, n, ..., F / P]`` this rank's heads (features, head-major) of every token -> ``[B, ceil(n / P), ..., F]``
+    every head of this rank's tokens (zero-padded at the end): one all-to-all over the ranks (each sends its heads
+    of rank r's tokens to rank r). Backward: the reverse all-to-all."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        size = dist.get_world_size(group)
+        n = x.shape[1]
+        c = -(-n // size)
+        ctx.n, ctx.group = n, group
+        send = [t.contiguous() for t in _pad_tokens(x, c * size).split(c, dim=1)]  # rank r's tokens, my heads
+        recv = [torch.empty_like(send[0]) for _ in range(size)]  # my tokens, rank r's heads
+        dist.all_to_all(recv, send, group=group)
+        return torch.cat(recv, dim=-1)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        size = dist.get_world_size(ctx.group)
+        send = [t.contiguous() for t in g.chunk(size, dim=-1)]  # my tokens, rank r's heads
+        recv = [torch.empty_like(send[0]) for _ in range(size)]  # rank r's tokens, my heads
+        dist.all_to_all(recv, send, group=ctx.group)
+        return torch.cat(recv, dim=1)[:, :ctx.n].contiguous(), None
+
+
+def _token_tail(module: nn.Module, spec: HeadShardSpec, group) -> None:
+    """Run ``module``'s part from ``spec.gather_inputs`` to ``spec.tail_end`` (TTT's post-norm and ``wo``, Mamba2's
+    gated norm and ``out_proj``) on this rank's token shard: its head-split inputs go through :class:`_HeadsToTokens`
+    (every head of this rank's tokens), ``tail_end``'s output is all-gathered back to the whole sequence
+    (:class:`_GatherTokens`), and the tail's replicated parameters, which see only this rank's tokens, get their
+    gradients summed over the ranks. What the tail saves for backward, and its compute, divide by P; the gather of
+    the heads becomes an all-to-all (1 / P of its traffic) and the layer's output is all-gathered."""
+    length: list[int] = [0]
+
+    def to_tokens(mod, args):
+        floats = [a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()]
+        length[0] = floats[0].shape[1]
+        return tuple(_HeadsToTokens.apply(a, group) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                     for a in args)
+
+    def to_whole(mod, args, out):
+        return _GatherTokens.apply(out, length[0], group)
+
+    for name in spec.gather_inputs:
+        module.get_submodule(name).register_forward_pre_hook(to_tokens)
+    for name in (*spec.gather_inputs, spec.tail_end):
+        _sum_grads(module.get_submodule(name), (), group)
+    module.get_submodule(spec.tail_end).register_forward_hook(to_whole)
 
 
 def _gather_heads(tp_mesh: DeviceMesh):
@@ -347,7 +405,7 @@ def parallelize(model: nn.Module, mesh: DeviceMesh, *, fsdp: bool | None = None,
             if spec is None:
                 whole.append(path)
             else:
-                shard_heads(module, spec, tp_mesh)
+                shard_heads(module, spec, tp_mesh, token_tail=sequence_parallel)
                 sharded.append(path)
         for block in blocks:
             mlp = block.ff if hasattr(block, "ff") else block.mlp
