@@ -352,15 +352,17 @@ def test_two_processes_fsdp_tp_and_checkpoint_save_then_four_processes_resume(tm
     """2 processes: FSDP2 only (TTT-MLP, Gated DeltaNet) and TP only for every global layer, TP with sequence
     parallelism (TTT-MLP, Gated DeltaNet, Mamba2 with one and two groups, full and sliding-window attention), the
     world-model backbone under TP (with and without sequence parallelism) and FSDP2, then a checkpoint; 4
-    processes: FSDP2 x TP (2 x 2) for every global layer, TP x 4, sequence parallelism at 2 x 2 (DiT and world
-    model) and TP x 4 (sliding window, Mamba2 with two groups), and the 2-process checkpoint resumed at 2 x 2."""
+    processes: FSDP2 x TP (2 x 2) for every global layer, TP x 4, sequence parallelism at 2 x 2 (the DiT with
+    TTT-MLP, Gated DeltaNet, Mamba2 and full attention, and the world model) and TP x 4 (sliding window, Mamba2
+    with two groups), and the 2-process checkpoint resumed at 2 x 2."""
     jobs2 = [("job", m, 2, 1) for m in ("ttt_mlp", "gated_deltanet")] + [("job", m, 1, 2) for m in MIXERS]
     jobs2 += [("job", m, 1, 2, True) for m in ("ttt_mlp", "gated_deltanet", "mamba2", "mamba2@groups2", "full_attn",
                                                 "swa")]
     jobs2 += [("wm", 1, 2), ("wm", 1, 2, True), ("wm", 2, 1), ("save", str(tmp_path / "ckpt"))]
     _spawn(2, jobs2)
     jobs4 = [("job", m, 2, 2) for m in MIXERS] + [("job", m, 1, 4) for m in ("ttt_mlp", "mamba2@groups2")]
-    jobs4 += [("job", "ttt_mlp", 2, 2, True), ("job", "swa", 1, 4, True),  # 4 shards: some ranks hold padding
+    jobs4 += [("job", m, 2, 2, True) for m in ("ttt_mlp", "gated_deltanet", "mamba2", "full_attn")]
+    jobs4 += [("job", "swa", 1, 4, True),  # 4 shards: some ranks hold padding
               ("job", "mamba2@groups2", 1, 4, True)]  # the gated norm of one group, on token shards
     jobs4 += [("wm", 2, 2, True)]
     jobs4 += [("resume", str(tmp_path / "ckpt"), 2, 2)]
