@@ -58,12 +58,7 @@ def apply_rope(x: torch.Tensor, angles: torch.Tensor, *, interleaved: bool = Tru
         angles = angles[None]
     if angles.shape[-2] != x.shape[1] or angles.shape[-1] * 2 != x.shape[-1]:
         raise ValueError(f"RoPE angles {tuple(angles.shape)} do not fit input {tuple(x.shape)} [B, T, H, K]")
-    if not interleaved:
-        cos = angles.cos().to(x.dtype)[:, :, None, :]  # [B|1, T, 1, K/2]
-        sin = angles.sin().to(x.dtype)[:, :, None, :]
-        x0, x1 = x.chunk(2, dim=-1)
-        return torch.cat((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
-    if x.dtype in _COMPLEX:
+    if interleaved and x.dtype in _COMPLEX:
         # A pair (x0, x1) is the complex number x0 + i x1, rotated by one complex product: the same arithmetic as
         # below, on contiguous memory (the strided halves below make forward + backward ~5x slower on CPU).
         rot = torch.polar(torch.ones_like(angles), angles).to(_COMPLEX[x.dtype])[:, :, None, :]  # [B|1, T, 1, K/2]
@@ -73,8 +68,11 @@ def apply_rope(x: torch.Tensor, angles: torch.Tensor, *, interleaved: bool = Tru
         return torch.view_as_real(torch.view_as_complex(pairs) * rot).flatten(-2)
     cos = angles.cos().to(x.dtype)[:, :, None, :]  # [B|1, T, 1, K/2]
     sin = angles.sin().to(x.dtype)[:, :, None, :]
-    x0, x1 = x[..., 0::2], x[..., 1::2]
-    return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
+    if interleaved:
+        x0, x1 = x[..., 0::2], x[..., 1::2]
+        return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
+    x0, x1 = x.chunk(2, dim=-1)
+    return torch.cat((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
 
 
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
