@@ -260,9 +260,9 @@ def plan(model: str, duration: int | None = None, gpus: int = 8, gpu_memory: str
             default: the paper-scale recipe's (recipes/t2v/paper/<mixer>.yaml) if there is one.
         mfu: assumed fraction of the bf16 peak.
         fsdp_precision: full (FSDP2 gathers fp32 parameters) or bf16 (the recipe's model.init_args.fsdp_precision).
-        sequence_parallel: the residual stream sharded over the tensor-parallel ranks between blocks (the DiT
-            recipe's model.init_args.sequence_parallel); default: on for the DiT (as its paper recipe), off for
-            the world model.
+        sequence_parallel: the residual stream sharded over the tensor-parallel ranks by tokens, between blocks
+            and, in the DiT, inside them (the recipe's model.init_args.sequence_parallel); default: on for the DiT
+            (as its paper recipe), off for the world model.
         json: print the estimate as JSON ({"stages": [{"stage": "63 s", "total_gb": ..., "fits": ...}, ...]}).
     """
     from seqmix.parallel.estimate import estimate, markdown

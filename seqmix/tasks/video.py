@@ -67,8 +67,9 @@ class VideoDiffusionTask(MixedLayoutClipping, pl.LightningModule):
             dtype) or ``"bf16"`` (bf16 gather and compute, fp32 gradient reduction, fp32 master weights and
             optimizer state; :func:`seqmix.parallel.plan.parallelize`).
         sequence_parallel: under a model-parallel strategy, shard the residual stream over the tensor-parallel ranks
-            between blocks (what per-block checkpointing keeps divides by the tensor-parallel size; the paper
-            recipe's setting).
+            by tokens, between blocks and inside them (norms, gates, residual adds, the per-token tails of TTT and
+            Mamba2): what per-block checkpointing keeps divides by the tensor-parallel size, and most of what a
+            recomputed block saves outside the head-split layers (the paper recipe's setting).
     """
 
     def __init__(

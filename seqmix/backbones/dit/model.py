@@ -63,7 +63,8 @@ class SegmentedDiT(nn.Module):
     """
 
     #: Positions of the blocks' ``[B, n, D]`` token-stream arguments, returned at the same positions (video, text):
-    #: what sequence parallelism shards between blocks (:func:`seqmix.parallel.plan.parallelize`).
+    #: what sequence parallelism shards by tokens (:func:`seqmix.parallel.plan.parallelize`; inside the blocks
+    #: too, see :class:`~seqmix.backbones.dit.blocks.SegmentedDiTBlock`).
     token_streams: tuple[int, ...] = (0, 1)
 
     def __init__(self, config: DiTConfig):
