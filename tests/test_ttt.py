@@ -205,6 +205,32 @@ def test_inner_state_is_fp32_under_bf16_autocast():
     assert st.pending_k.dtype == torch.float32 and st.pending_k.shape[2] == 10 % 4
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_lr_gate_equals_its_twin_and_keeps_its_input_in_its_own_dtype(dtype):
+    """The learning-rate gate (fp32, or the input's fp64) equals plain autograd in value and every gradient, and
+    keeps x for backward as it came (bf16 under autocast): no fp32 copy of the layer input (4 bytes a value, whole
+    on every tensor-parallel rank)."""
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, 7, 16, generator=g).to(dtype)
+    w0, b0, up = torch.randn(3, 16, generator=g), torch.randn(3, generator=g), torch.randn(2, 7, 3, generator=g)
+    out, grads = {}, {}
+    for name, fn in (("fast", ops.lr_gate), ("naive", ops.lr_gate_naive)):
+        x, w, b = x0.clone().requires_grad_(), w0.clone().requires_grad_(), b0.clone().requires_grad_()
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            out[name] = fn(x, w, b, acc)
+        (out[name].to(up.dtype) * up).sum().backward()
+        grads[name] = (x.grad, w.grad, b.grad)
+        if name == "fast":
+            assert out[name].dtype == acc and x.grad.dtype == dtype and w.grad.dtype == w0.dtype
+            assert not any(t.shape == x0.shape and t.dtype != dtype for t in saved), [t.dtype for t in saved]
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    assert_close("lr gate", out["fast"], out["naive"], tol)
+    for what, a, b in zip(("x", "w", "b"), grads["fast"], grads["naive"]):
+        assert_close(f"lr gate grad {what}", a, b, 1e-2 if what == "x" and dtype == torch.bfloat16 else tol)
+
+
 def test_paper_defaults_and_state_size():
     mlp = layers.build("ttt_mlp", dim=128, num_heads=2)
     lin = layers.build("ttt_linear", dim=128, num_heads=2)

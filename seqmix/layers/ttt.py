@@ -411,7 +411,7 @@ class _TTTBase(Mixer):
                 raise ValueError(f"{self.name}: positions {tuple(positions.shape)} do not match T={T}")
             ang = rope_angles(positions.to(x.device), K, self.config.rope_theta)
             q, k = apply_rope(q, ang), apply_rope(k, ang)
-        gate = torch.einsum("btd,hd->bth", x.to(acc), self.lr_weight.to(acc)) + self.lr_bias.to(acc)
+        gate = ttt_ops.lr_gate(x, self.lr_weight, self.lr_bias, acc)
         eta = (self.base_lr / K) * torch.sigmoid(gate)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         if lm:  # raw reconstruction target

@@ -58,6 +58,8 @@ __all__ = [
     "ttt_scan",
     "ttt_scan_naive",
     "check_scan_inputs",
+    "lr_gate",
+    "lr_gate_naive",
 ]
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -82,6 +84,37 @@ class _GeluTanh(torch.autograd.Function):
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     # exported, the plain op (export cannot nest the Function in a scan)
     return F.gelu(x, approximate="tanh") if exporting() else _GeluTanh.apply(x)
+
+
+class _LrGate(torch.autograd.Function):
+    """``x W^T + b`` in ``acc`` (fp32) that keeps ``x`` for backward in its own dtype: autograd would keep the fp32
+    copy (under bf16 autocast twice the input's bytes, on every tensor-parallel rank, where the bf16 input is kept
+    anyway by the Q/K/V projections); backward remakes it, exactly (upcasting is exact)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+        ctx.save_for_backward(x, w)
+        ctx.acc, ctx.b_dtype = acc, b.dtype
+        return torch.einsum("btd,hd->bth", x.to(acc), w.to(acc)) + b.to(acc)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x, w = ctx.saved_tensors
+        gx = torch.einsum("bth,hd->btd", g, w.to(ctx.acc)).to(x.dtype) if ctx.needs_input_grad[0] else None
+        gw = torch.einsum("bth,btd->hd", g, x.to(ctx.acc)).to(w.dtype) if ctx.needs_input_grad[1] else None
+        gb = g.sum((0, 1)).to(ctx.b_dtype) if ctx.needs_input_grad[2] else None
+        return gx, gw, gb, None
+
+
+def lr_gate(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """The inner learning-rate gate's logits ``[B, T, H]`` of ``x [B, T, D]``, ``w [H, D]``, ``b [H]``, computed in
+    ``acc``; equal to :func:`lr_gate_naive` (tested) without its fp32 copy of ``x`` kept for backward."""
+    return lr_gate_naive(x, w, b, acc) if exporting() else _LrGate.apply(x, w, b, acc)
+
+
+def lr_gate_naive(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """Twin of :func:`lr_gate` (plain autograd)."""
+    return torch.einsum("btd,hd->bth", x.to(acc), w.to(acc)) + b.to(acc)
 
 
 def gelu_tanh_grad(x: torch.Tensor) -> torch.Tensor:
