@@ -238,6 +238,24 @@ class _LivePeak:
         self.now -= self.live.pop(key)
 
 
+def _adamw_step(model, lay):
+    """A training step of ``model`` (a DiT) on one random example of ``lay`` as the memory checks take it (bf16
+    autocast, AdamW); returns ``(step, optimizer)``: call ``step()`` once so the optimizer's state exists, then
+    measure the next."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    x = torch.randn(1, lay.num_frames, 16, lay.latent_height, lay.latent_width)
+    text = torch.randn(1, lay.text_tokens, 4096)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x, torch.tensor([500.0]), text, lay)
+        out.float().square().mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step, opt
+
+
 PEAK_MODEL = dict(num_layers=3, num_attention_heads=2, attention_head_dim=32)  # the CPU memory test's small DiT
 PEAK_LAYOUT = dict(latent_height=10, latent_width=20)
 
@@ -254,17 +272,7 @@ def _peak_job(mixer: str, estimated: float, low: float, high: float):
     torch.manual_seed(0)
     model = SegmentedDiT(DiTConfig(mixer=mixer, gradient_checkpointing=True, **PEAK_MODEL)).train()
     parallelize(model, make_mesh(1, dist.get_world_size()), sequence_parallel=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    x = torch.randn(1, lay.num_frames, 16, lay.latent_height, lay.latent_width)
-    text = torch.randn(1, lay.text_tokens, 4096)
-
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model(x, torch.tensor([500.0]), text, lay)
-        out.float().square().mean().backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
+    step, opt = _adamw_step(model, lay)
     step()
     held = [t._local_tensor if isinstance(t, DTensor) else t  # parameters and AdamW state, there before the step
             for t in [*model.parameters(), *(v for st in opt.state.values() for v in st.values())]]
@@ -604,17 +612,7 @@ def test_plan_memory_estimate_matches_a_measured_step_on_cpu(mixer, low, high):
     lay = VideoLayout.paper(3, **small)
     torch.manual_seed(0)
     model = SegmentedDiT(DiTConfig(mixer=mixer, mixer_config=mc, gradient_checkpointing=True, **over)).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    x = torch.randn(1, lay.num_frames, 16, lay.latent_height, lay.latent_width)
-    text = torch.randn(1, lay.text_tokens, 4096)
-
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model(x, torch.tensor([500.0]), text, lay)
-        out.float().square().mean().backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
+    step, opt = _adamw_step(model, lay)
     step()
     tracker = MemTracker()
     tracker.track_external(model, opt)
