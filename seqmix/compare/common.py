@@ -324,11 +324,8 @@ def _map_runs(fn, runs: list[tuple], jobs: int, label, desc: str, progress: bool
 
         threads = max(1, (os.cpu_count() or 1) // jobs)
         logger.info("%s: %d runs in %d processes x %d threads", desc, len(runs), jobs, threads)
-        # One run per process (max_tasks_per_child=1): a run's numbers must not depend on which runs a reused
-        # worker ran before it, and which worker takes which run depends on their timing (make run's table moved
-        # with a change of one layer's speed).
         pool = ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_exit_with_parent,
-                                   initargs=(os.getpid(),), max_tasks_per_child=1)
+                                   initargs=(os.getpid(),))
         try:
             with _sigterm_raises():
                 futures = {pool.submit(_in_worker, fn, run, threads): run for run in runs}
