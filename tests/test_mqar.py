@@ -279,7 +279,7 @@ def test_mqar_lact_recipe_builds_the_public_lm_layer():
     mixer = lm.blocks[0].mixer.double().eval()
     c = mixer.config
     assert c.causal and c.window == c.chunk_size > 0 and c.momentum and c.ttt_scale and not c.muon
-    assert c.rope and not c.ttt_nope and c.rope_theta == 500_000 and lm.blocks[0].rope
+    assert c.rope and not c.ttt_nope and c.rope_theta == 1_000_000 and lm.blocks[0].rope
     torch.manual_seed(0)
     x = torch.randn(2, 37, mixer.dim, dtype=torch.float64)
     with torch.no_grad():

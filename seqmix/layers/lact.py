@@ -146,7 +146,8 @@ class LaCT(Mixer):
                 by the token positions a backbone passes (``positions [T]`` or ``[B, T]``; calls without them are
                 refused); the halves of a head rotate together (fla's ``RotaryEmbedding``). Off: positions are
                 ignored, and the order comes from the chunk scan and the backbone's short convolution.
-            rope_theta: its base (the public layer's default 500,000; its 760M config 1e6).
+            rope_theta: its base (the public layer's default 500,000; the public LM model passes its config's
+                ``rope_theta``, 1e6 in every released config and in ``recipes/mqar/lact.yaml``).
             ttt_nope: the public ``ttt_nope``: the rotary embedding on the window attention only.
             backend: ``"auto"``, ``"torch"`` (chunked matmuls) or ``"naive"`` (per-token reference).
         """
