@@ -36,7 +36,7 @@ recipes (Lightning CLI; `seqmix fit --help` lists every option):
   predict             run a model's predict step
 """
 # Boolean options that may be given bare (``--quick``) as well as with a value (``--quick true``).
-_BARE_FLAGS = ("--quick", "--preview", "--resume", "--json")
+_BARE_FLAGS = ("--quick", "--preview", "--resume", "--json", "--measure")
 # The Lightning CLI lives in seqmix.lightning_cli (seqmix.compare builds runs with it); these names were
 # importable from here and still are.
 _LIGHTNING_NAMES = ("RecipeError", "SeqmixCLI", "run_lightning")
@@ -245,7 +245,8 @@ def _compare_summaries() -> dict:
 def plan(model: str, duration: int | None = None, gpus: int = 8, gpu_memory: str = "80GB", strategy: str = "fsdp+tp",
          tp: int | None = None, mixer: str = "ttt_mlp", mixer_config: dict | None = None, batch: int = 64,
          mfu: float = 0.4, fsdp_precision: str = "full", sequence_parallel: bool | None = None,
-         json: bool = False) -> None:
+         dit_overrides: dict | None = None, layout_overrides: dict | None = None, measure: bool = False,
+         device: str = "auto", json: bool = False, out: str | None = None) -> None:
     """Per-GPU memory (parameters, gradients, optimizer, activations) and step time of a training layout for the
     paper's five stages; bad layouts fail here, before any process starts.
 
@@ -263,28 +264,85 @@ def plan(model: str, duration: int | None = None, gpus: int = 8, gpu_memory: str
         sequence_parallel: the residual stream sharded over the tensor-parallel ranks by tokens, between blocks
             and, in the DiT, inside them (the recipe's model.init_args.sequence_parallel); default: on for the DiT
             (as its paper recipe), off for the world model.
+        dit_overrides: other DiT config fields (e.g. '{num_layers: 2}': a shallow model, to measure on one GPU).
+        layout_overrides: other fields of every stage's video layout (e.g. '{latent_height: 10, latent_width: 20}').
+        measure: also run one rank of the layout for real on `device`, each stage (the model parallelized on a fake
+            process group of all the ranks, two training steps on random data; seqmix.parallel.measure): its
+            measured peak memory and step time beside the estimate. It needs the memory of one rank: on CPU, size
+            the model down with dit_overrides / layout_overrides.
+        device: where --measure runs (auto: cuda if there is one, else cpu).
         json: print the estimate as JSON ({"stages": [{"stage": "63 s", "total_gb": ..., "fits": ...}, ...]}).
+        out: also write the JSON document to this file.
     """
+    import json as json_lib
+
     from seqmix.parallel.estimate import estimate, markdown
 
     if mixer_config is None and model == "dit":
         mixer_config = _paper_mixer_config(mixer)
     if tp is None and "tp" in strategy.split("+"):
         tp = min(gpus, 8) if gpus >= 1 else gpus  # the paper's layout: tensor parallel inside one node
+    sequence_parallel = (model == "dit") if sequence_parallel is None else sequence_parallel
     try:
+        if measure and model != "dit":
+            raise ValueError(f"--measure runs the DiT (model dit), not {model!r}")
         p = estimate(model, gpus=gpus, strategy=strategy, tp=tp, gpu_memory=gpu_memory, batch=batch,
                      durations=[duration] if duration else None, mixer=mixer, mixer_config=mixer_config, mfu=mfu,
-                     fsdp_precision=fsdp_precision,
-                     sequence_parallel=(model == "dit") if sequence_parallel is None else sequence_parallel)
+                     fsdp_precision=fsdp_precision, sequence_parallel=sequence_parallel,
+                     dit_overrides=dit_overrides, layout_overrides=layout_overrides)
     except ValueError as e:  # a bad layout is the user's input, not a bug: one line, argparse's exit status
         print(f"seqmix plan: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    if json:
-        import json as json_lib
+    if measure:
+        import torch
 
-        print(json_lib.dumps(p.to_json(), indent=1))
+        from seqmix.parallel.measure import measure_rank
+
+        dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        problem = _measure_does_not_fit(p, dev)
+        if problem:
+            print(f"seqmix plan: error: {problem}", file=sys.stderr)
+            raise SystemExit(2)
+        for row in p.rows:
+            row.measured = measure_rank(gpus=gpus, strategy=strategy, tp=tp, seconds=row.seconds, mixer=mixer,
+                                        mixer_config=mixer_config, trainable=row.trainable,
+                                        dit_overrides=dit_overrides, layout_overrides=layout_overrides,
+                                        sequence_parallel=sequence_parallel, fsdp_precision=fsdp_precision,
+                                        device=dev)
+    text = json_lib.dumps(p.to_json(), indent=1)
+    if out:
+        from pathlib import Path
+
+        from seqmix.data.shards import atomic_write_bytes
+
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(Path(out), (text + "\n").encode())
+    print(text if json else markdown(p))
+
+
+def _measure_does_not_fit(p, device: str) -> str | None:
+    """Why one rank of plan ``p`` cannot be measured here (``None``: it can): the model is built whole in host memory
+    (fp32) before it is split, and the rank needs its estimated peak on ``device``."""
+    import torch
+
+    host = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    need_host = 4 * p.num_params
+    need_dev = max(r.total for r in p.rows)
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            return "--device cuda, but no CUDA GPU is visible"
+        free = torch.cuda.mem_get_info(dev)[0]
     else:
-        print(markdown(p))
+        free = host
+    hint = "size the model down (--dit-overrides '{num_layers: 2}', --layout-overrides) or measure on a GPU"
+    if need_host > host:
+        return (f"--measure builds the {p.num_params / 1e9:.2f}B-parameter model in host memory first ("
+                f"{need_host / 1e9:.1f} GB fp32), {host / 1e9:.1f} GB are free; {hint}")
+    if need_dev > free:
+        return (f"--measure: one rank needs ~{need_dev / 1e9:.1f} GB (the estimate) on {device}, {free / 1e9:.1f} GB "
+                f"are free; {hint}")
+    return None
 
 
 def _paper_mixer_config(mixer: str) -> dict | None:

@@ -9,3 +9,9 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``first`` run before the others (a stable sort): the GPU kit's ``tests`` stage ends the contract
+    harness at its deadline, and a check that must not be starved by it runs ahead of it."""
+    items.sort(key=lambda item: item.get_closest_marker("first") is None)

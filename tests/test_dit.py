@@ -421,6 +421,11 @@ def test_param_groups_partition():
                if n.endswith(".alpha"))
     local = tiny_model(num_layers=1).param_groups()
     assert local["global_layer"] == {}
+    model.set_trainable("attention+global")  # the paper's later stages
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {*groups["attention_qkvo"],
+                                                                          *groups["global_layer"]}
+    with pytest.raises(ValueError, match="trainable='qkv'; valid: all, attention\\+global, global"):
+        model.set_trainable("qkv")
 
 
 # ================================================================================================= bad input

@@ -155,19 +155,20 @@ PAPER_T = "[18048,99894,341550]"
 PIN_TTT = {"SEQMIX_TTT_NUM_WARPS": "8"}
 
 STAGES: tuple[Stage, ...] = (
-    # every GPU-marked test, incl. the contract harness (tests/test_gpu_contract.py): layer x CUDA backend x dtype
-    Stage("tests", 110,
+    # every GPU-marked test, incl. the contract harness (tests/test_gpu_contract.py): layer x CUDA backend x dtype;
+    # first the plan check (one rank of the paper layout, tests/test_scale_out.py, marker `first`)
+    Stage("tests", 140,
           ("-m", "pytest", "-q", "-p", "no:cacheprovider", "--continue-on-collection-errors", "-m", "gpu", "tests",
            "-o", "junit_family=xunit1",
            "--junitxml={out}/junit.xml"),
           ("-k", "float32 and default"), document="junit.xml", env=PIN_TTT),
-    Stage("layers", 95,
+    Stage("layers", 75,
           ("-m", "seqmix.cli", "bench", "layers", "--device", "cuda", "--dtype", "bfloat16", "--dim", "3072",
            "--heads", "48", "--modes", "[fwd,fwd+bwd]", "--backends", "[all]", "--lengths", PAPER_T,
            "--repeats", "2", "--max_call_seconds", "2.5", "--notes", "{notes}", "--out", "{out}"),
           ("--quick", "--device", "cpu", "--dtype", "float32", "--dim", "64", "--heads", "2", "--lengths", "[48,96]",
            "--repeats", "1"), env=PIN_TTT),
-    Stage("dit", 50,
+    Stage("dit", 40,
           ("-m", "seqmix.cli", "bench", "dit", "--device", "cuda", "--num_layers", "1", "--durations", "[3,18,63]",
            "--modes", "[fwd,fwd+bwd]", "--repeats", "2", "--max_call_seconds", "3", "--notes", "{notes}",
            "--out", "{out}"),

@@ -7,9 +7,12 @@ each stage, from the task's parameter groups) and FLOPs (the analytic costs, :fu
 each mixer's ``cost``). Memory, per GPU, in the layout :func:`seqmix.parallel.plan.parallelize` builds:
 
 * parameters: fp32, split by TP where the plan splits them, then sharded over the data-parallel ranks (fsdp*),
-  plus two gathered fp32 blocks (FSDP2 gathers one block and prefetches the next; the plan keeps the parameters'
-  dtype, autocast computes in bf16); ddp keeps a full copy;
-* gradients: fp32 of the trainable parameters, split / sharded as the parameters;
+  plus FSDP2's gathered copies in the gather dtype (fp32, or bf16 with ``fsdp_precision="bf16"``): the root's
+  parameters (gathered for its forward and kept through backward) and two blocks (one and the prefetched next);
+  ddp keeps a full copy;
+* gradients: fp32 of the trainable parameters, split / sharded as the parameters, plus FSDP2's unsharded ones in
+  backward: the root's (reduced at the end of backward) and one block's, in the gather dtype, with the block's fp32
+  reduce-scatter input;
 * optimizer: AdamW's two fp32 moments of the trainable parameters, split / sharded as the parameters;
 * activations (per example): with activation checkpointing, every block's inputs plus what autograd saves in one
   block's forward, recomputed in backward; without checkpointing what every block saves. DiT: those bytes are
@@ -28,31 +31,30 @@ each mixer's ``cost``). Memory, per GPU, in the layout :func:`seqmix.parallel.pl
 Step time: analytic FLOPs (forward + backward = 3 forwards, + 1 forward recomputed under checkpointing) of
 ``batch / data-parallel`` examples per rank, split by P, at ``mfu`` of the peak bf16 rate, plus collectives at the
 given link speeds (FSDP: all-gather fp32 parameters twice, reduce-scatter fp32 gradients; TP: two all-reduces of
-``T D`` per token-mixing pass and MLP, forward and backward). These are ESTIMATES (the GPU kit checks the memory
-figure against a measured step); they are meant for choosing a layout, not for reporting speed.
+``T D`` per token-mixing pass and MLP, forward and backward). These are ESTIMATES
+(:func:`seqmix.parallel.measure.measure_rank` runs one rank of a layout for real, ``seqmix plan --measure``; the GPU
+kit checks the memory figure against one rank of the paper layout); they are meant for choosing a layout, not for
+reporting speed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 
 from .checks import blocks_of, check_layout, check_model, meta_model, shardable
+from .measure import RankMeasurement, fake_ranks
 
-__all__ = ["PAPER_STAGES", "PlanRow", "estimate", "markdown", "parse_bytes"]
+__all__ = ["PAPER_STAGES", "PLAN_SCHEMA", "Plan", "PlanRow", "estimate", "markdown", "parse_bytes"]
 
 #: The paper's stages: (seconds, steps, trainable parameter groups); 3 s trains everything, later stages the
 #: global layers and attention Q/K/V/O (recipes/t2v/paper/stages/*.yaml).
 PAPER_STAGES = ((3, 5000, "all"), (9, 5000, "attention+global"), (18, 1000, "attention+global"),
                 (30, 500, "attention+global"), (63, 250, "attention+global"))
-_GROUPS = {"all": ("pretrained", "attention_qkvo", "global_layer"),
-           "attention+global": ("attention_qkvo", "global_layer")}
 _GB = 1e9
 
 
@@ -72,7 +74,8 @@ def parse_bytes(s: str | int | float) -> float:
 
 @dataclass
 class PlanRow:
-    """One stage (duration) of the estimate; memory in bytes per GPU, times in seconds."""
+    """One stage (duration) of the estimate; memory in bytes per GPU, times in seconds; ``measured``: one rank of
+    the layout run for real (``seqmix plan --measure``), if it was."""
 
     seconds: int
     tokens: int
@@ -88,6 +91,11 @@ class PlanRow:
     comm_s: float
     steps: int | None = None
     stage_h: float | None = None
+    measured: RankMeasurement | None = None
+
+
+#: The ``schema`` name of :meth:`Plan.to_json` documents.
+PLAN_SCHEMA = "seqmix.plan/1"
 
 
 @dataclass
@@ -115,12 +123,19 @@ class Plan:
         gb = lambda b: round(b / _GB, 3)  # noqa: E731
         head = {k: v for k, v in self.to_dict().items() if k != "rows"}
         head["gpu_memory_gb"] = gb(head.pop("gpu_memory"))
-        stages = [{"stage": f"{r.seconds} s", "seconds": r.seconds, "tokens": r.tokens, "trainable": r.trainable,
-                   "params_gb": gb(r.params), "grads_gb": gb(r.grads), "optimizer_gb": gb(r.optimizer),
-                   "activations_gb": gb(r.activations), "total_gb": gb(r.total), "fits": r.fits,
-                   "step_s": r.step_s, "compute_s": r.compute_s, "comm_s": r.comm_s, "steps": r.steps,
-                   "stage_h": r.stage_h} for r in self.rows]
-        return {**head, "stages": stages}
+        stages = []
+        for r in self.rows:
+            st = {"stage": f"{r.seconds} s", "seconds": r.seconds, "tokens": r.tokens, "trainable": r.trainable,
+                  "params_gb": gb(r.params), "grads_gb": gb(r.grads), "optimizer_gb": gb(r.optimizer),
+                  "activations_gb": gb(r.activations), "total_gb": gb(r.total), "fits": r.fits,
+                  "step_s": r.step_s, "compute_s": r.compute_s, "comm_s": r.comm_s, "steps": r.steps,
+                  "stage_h": r.stage_h}
+            if r.measured is not None:  # one rank run for real: its peak, over the estimate, and its step
+                m = r.measured
+                st.update(measured_gb=gb(m.peak), measured_over_estimate=round(m.peak / r.total, 4),
+                          measured_step_s=m.step_s, measured_device=m.device)
+            stages.append(st)
+        return {"schema": PLAN_SCHEMA, **head, "stages": stages}
 
 
 def _split_params(model: nn.Module) -> set[int]:
@@ -245,29 +260,6 @@ def _inside(m: nn.Module, block: nn.Module) -> bool:
     return any(m is x for x in block.modules())
 
 
-@contextlib.contextmanager
-def one_rank_of(tensor_parallel: int):
-    """A ``(1, tensor_parallel)`` mesh in this one process on torch's fake process group (collectives return at
-    once without communicating; every rank's shapes are rank 0's), so that one rank's share of a model can be
-    built by :func:`~seqmix.parallel.plan.parallelize` and run under ``FakeTensorMode``; yields None for 1.
-    Needs a process without a default process group (the plan runs before training starts)."""
-    if tensor_parallel == 1:
-        yield None
-        return
-    if dist.is_initialized():
-        raise RuntimeError("the plan measures one tensor-parallel rank on a fake process group and needs a process "
-                           "without a default process group; run it before torch.distributed.init_process_group")
-    from torch.testing._internal.distributed.fake_pg import FakeStore  # importing it registers the "fake" backend
-
-    from .plan import make_mesh
-
-    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=tensor_parallel)
-    try:
-        yield make_mesh(1, tensor_parallel)
-    finally:
-        dist.destroy_process_group()
-
-
 @functools.lru_cache(maxsize=16)
 def _dit_block_activations(mixer: str, mixer_config: tuple, overrides: tuple, layout_kw: tuple,
                            tensor_parallel: int = 1, sequence_parallel: bool = False) -> BlockActivations:
@@ -283,7 +275,7 @@ def _dit_block_activations(mixer: str, mixer_config: tuple, overrides: tuple, la
     cfg = DiTConfig(mixer=mixer, mixer_config=dict(mixer_config),
                     **{**dict(overrides), "num_layers": 2 if sequence_parallel else 1})
     one = VideoLayout.paper(3, **dict(layout_kw))
-    with one_rank_of(tensor_parallel) as mesh:
+    with fake_ranks(1, tensor_parallel) as mesh:
         def build():
             model = SegmentedDiT(cfg)
             if mesh is not None:
@@ -356,13 +348,19 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
     split = _split_params(m) if P > 1 else set()
     n_split = sum(p.numel() for p in m.parameters() if id(p) in split)
     blocks = blocks_of(m)
-    n_block = sum(p.numel() for p in blocks[0].parameters())
+    in_blocks = {id(p) for b in blocks for p in b.parameters()}
+    first_block = {id(p) for p in blocks[0].parameters()}
+    root = [(n, p) for n, p in m.named_parameters() if id(p) not in in_blocks]  # FSDP2's root unit
+    block = [(n, p) for n, p in m.named_parameters() if id(p) in first_block]
     passes, split_passes = _passes(m)
-    fsdp = strategy in ("fsdp", "fsdp+tp")
+    fsdp = strategy in ("fsdp", "fsdp+tp") and dp > 1  # parallelize shards with FSDP2 when there are data ranks
     shard = dp if fsdp else 1
 
     def per_gpu(numel_all: int, numel_split: int) -> float:
         return (numel_all - numel_split + numel_split / P) / shard
+
+    def on_rank(named, names=None) -> float:  # numel on one tensor-parallel rank, unsharded (of ``names`` only)
+        return sum(p.numel() / P if id(p) in split else p.numel() for n, p in named if names is None or n in names)
 
     sequence_parallel = sequence_parallel and P > 1
     plan = Plan(model, strategy, gpus, dp, P, mem, batch, n_all, n_split, fsdp_precision=fsdp_precision,
@@ -376,7 +374,7 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
             T, D = lay.total_tokens, m.config.inner_dim
             steps, trainable = stages[sec]
             groups = m.param_groups()
-            train_names = {n for g in _GROUPS[trainable] for n in groups[g]}
+            train_names = {n for g in m.TRAINABLE[trainable] for n in groups[g]}
             flops = dit_cost(m, lay, "fwd").flops
         else:
             frames = sec * latent_fps
@@ -387,8 +385,14 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
                          if "mixers" not in n and p.dim() == 2)
         tr_all = sum(p.numel() for n, p in m.named_parameters() if n in train_names)
         tr_split = sum(p.numel() for n, p in m.named_parameters() if n in train_names and id(p) in split)
-        params = 4 * per_gpu(n_all, n_split) + (2 * gather_bytes * n_block / P if fsdp else 0)
+        params = 4 * per_gpu(n_all, n_split)
         grads = 4 * per_gpu(tr_all, tr_split)
+        if fsdp:  # FSDP2's unsharded buffers, in the gather dtype: the root's parameters (gathered for its forward
+            # and kept through backward), a block's and the prefetched next one's; in backward the root's unsharded
+            # gradients (reduced at its end) and a block's, with their fp32 reduce-scatter input
+            params += gather_bytes * (on_rank(root) + 2 * on_rank(block))
+            block_tr = on_rank(block, train_names)
+            grads += gather_bytes * (on_rank(root, train_names) + block_tr) + 4 * block_tr
         optim = 8 * per_gpu(tr_all, tr_split)
         nb = len(blocks)
         if model == "dit":  # measured from the code on one rank of this layout, scaled to this layout's tokens
@@ -432,14 +436,19 @@ def markdown(plan: Plan) -> str:
             f"{'bf16' if plan.fsdp_precision == 'bf16' else 'fp32'}; sequence parallel "
             f"{'on' if plan.sequence_parallel else 'off'}"
             + (f"; global layer {plan.mixer_config}" if plan.mixer_config else "") + "\n\n")
+    measured = any(r.measured is not None for r in plan.rows)
     lines = ["| stage | tokens | trains | params GB | grads GB | AdamW GB | activations GB | total GB | fits | "
-             "step s (compute + comm) | stage h |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+             "step s (compute + comm) | stage h |" + (" measured GB (/ estimate) | measured step s |" if measured
+                                                      else ""),
+             "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|" + ("---:|---:|" if measured else "")]
     for r in plan.rows:
         stage_h = "" if r.stage_h is None else f"{r.stage_h:.1f}"
+        m = r.measured
         lines.append(f"| {r.seconds} s | {r.tokens:,} | {r.trainable} | {g(r.params)} | {g(r.grads)} | "
                      f"{g(r.optimizer)} | {g(r.activations)} | {g(r.total)} | {'yes' if r.fits else 'NO'} | "
-                     f"{t(r.step_s)} ({t(r.compute_s)} + {t(r.comm_s)}) | {stage_h} |")
+                     f"{t(r.step_s)} ({t(r.compute_s)} + {t(r.comm_s)}) | {stage_h} |"
+                     + ("" if not measured else " |  |" if m is None else
+                        f" {m.peak / _GB:.3g} ({m.peak / r.total:.2f}) on {m.device} | {t(m.step_s)} |"))
     hours = [r.stage_h for r in plan.rows if r.stage_h is not None]
     tail = f"\n\nall stages: {sum(hours):.1f} h" if len(hours) == len(PAPER_STAGES) else ""
     return head + "\n".join(lines) + tail

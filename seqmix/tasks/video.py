@@ -127,7 +127,7 @@ class VideoDiffusionTask(MixedLayoutClipping, pl.LightningModule):
             self._init_from(init_from)
         self.layout: VideoLayout | None = None
         self._storyboard: StoryboardConfig | None = None
-        self._set_trainable()
+        self.dit.set_trainable(trainable)
 
     # ------------------------------------------------------------------------------------------------ setup
     def _init_from(self, path: str) -> None:
@@ -139,15 +139,6 @@ class VideoDiffusionTask(MixedLayoutClipping, pl.LightningModule):
             raise ValueError(f"init_from {path}: unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
         if missing:
             logger.info("init_from %s: %d parameters initialised fresh (e.g. %s)", path, len(missing), missing[0])
-
-    def _set_trainable(self) -> None:
-        groups = self.dit.param_groups()
-        train = {"all": ("pretrained", "attention_qkvo", "global_layer"),
-                 "attention+global": ("attention_qkvo", "global_layer"),
-                 "global": ("global_layer",)}[self.hparams.trainable]
-        for g, params in groups.items():
-            for p in params.values():
-                p.requires_grad_(g in train)
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self._trainer is not None else None

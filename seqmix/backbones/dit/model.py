@@ -119,6 +119,20 @@ class SegmentedDiT(nn.Module):
         """True for parameter / state-dict names of the global layers (absent from CogVideoX checkpoints)."""
         return f".{_GLOBAL}." in f".{name}"
 
+    #: What each training stage trains (:meth:`param_groups` names; :meth:`set_trainable`): ``all`` (the paper's 3 s
+    #: stage), ``attention+global`` (its later stages), ``global`` (the global layers alone).
+    TRAINABLE: dict[str, tuple[str, ...]] = {"all": ("pretrained", "attention_qkvo", "global_layer"),
+                                             "attention+global": ("attention_qkvo", "global_layer"),
+                                             "global": ("global_layer",)}
+
+    def set_trainable(self, trainable: str) -> None:
+        """Train the parameter groups of ``trainable`` (a :data:`TRAINABLE` key) and freeze the others."""
+        if trainable not in self.TRAINABLE:
+            raise ValueError(f"trainable={trainable!r}; valid: {', '.join(self.TRAINABLE)}")
+        for g, params in self.param_groups().items():
+            for p in params.values():
+                p.requires_grad_(g in self.TRAINABLE[trainable])
+
     def param_groups(self) -> dict[str, dict[str, nn.Parameter]]:
         """Parameters by training role (the paper's stages): ``{"pretrained", "attention_qkvo", "global_layer"}``,
         each ``{name: parameter}``; every parameter is in exactly one group.

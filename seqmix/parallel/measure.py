@@ -1,0 +1,206 @@
+"""One rank of a training layout, run for real in this one process.
+
+A layout of hundreds of GPUs has one number that decides whether it trains: the peak memory of one rank. The plan
+(:func:`seqmix.parallel.estimate.estimate`) estimates it; :func:`measure_rank` measures it. It builds the model,
+splits it with the real :func:`~seqmix.parallel.plan.parallelize` on torch's fake process group of all the
+layout's ranks (every collective returns at once without moving data, so no other rank has to exist; the shapes,
+buffers and saved tensors are the real ones) and takes training steps on random data on this machine's device: on
+one GPU, the memory and the compute time of one rank of a 256-GPU layout. The values a rank computes are garbage
+(its collectives never ran); its memory and its work are not.
+
+:class:`LivePeak` measures the peak of live tensors where the device has no allocator statistics (CPU), also for
+tensor-parallel modules, whose swapped head-split parameters torch's ``MemTracker`` cannot follow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import weakref
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from .checks import check_layout
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LivePeak", "RankMeasurement", "fake_ranks", "measure_rank", "training_step"]
+
+
+class LivePeak:
+    """Peak bytes of live tensor storages while :attr:`mode` is active: every op's outputs (a DTensor's local shard)
+    count from their allocation until their storage is freed, starting from ``held``, tensors that exist already
+    (counted once, also when an op writes them in place). Inputs made before, and not in ``held``, are not counted.
+
+    Usage: ``tracker = LivePeak(held); with tracker.mode: step()``; then ``tracker.peak`` (bytes).
+    """
+
+    def __init__(self, held: list[torch.Tensor]):
+        tracker = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                tracker._add(out)
+                return out
+
+        self.mode, self._live, self.now = Mode(), {}, 0
+        for t in held:
+            st = _local(t).untyped_storage()
+            if id(st) not in self._live:
+                self._live[id(st)] = st.nbytes()
+                self.now += st.nbytes()
+        self.peak = self.now
+
+    def _add(self, out) -> None:
+        for t in tree_leaves(out):
+            if not isinstance(t, torch.Tensor):
+                continue
+            st = _local(t).untyped_storage()
+            if id(st) not in self._live and st.nbytes():
+                self._live[id(st)] = st.nbytes()
+                self.now += st.nbytes()
+                self.peak = max(self.peak, self.now)
+                weakref.finalize(st, self._free, id(st))
+
+    def _free(self, key) -> None:
+        self.now -= self._live.pop(key)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t._local_tensor if isinstance(t, DTensor) else t
+
+
+@contextlib.contextmanager
+def fake_ranks(data_parallel: int, tensor_parallel: int, device_type: str = "cpu"):
+    """This process as rank 0 of ``data_parallel x tensor_parallel`` ranks on torch's fake process group; yields
+    their ``(data_parallel, tensor_parallel)`` mesh (:func:`~seqmix.parallel.plan.make_mesh`), or None for one rank.
+    Collectives return at once without communicating (every rank's shapes are rank 0's). Needs a process without a
+    default process group."""
+    if data_parallel * tensor_parallel == 1:
+        yield None
+        return
+    if dist.is_initialized():
+        raise RuntimeError("one rank of a layout runs on a fake process group and needs a process without a default "
+                           "process group; run it before torch.distributed.init_process_group")
+    from torch.testing._internal.distributed.fake_pg import FakeStore  # importing it registers the "fake" backend
+
+    from .plan import make_mesh
+
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=data_parallel * tensor_parallel)
+    try:
+        yield make_mesh(data_parallel, tensor_parallel, device_type)
+    finally:
+        dist.destroy_process_group()
+
+
+@dataclass(frozen=True)
+class RankMeasurement:
+    """One rank of a layout measured by :func:`measure_rank`: ``peak`` (bytes: parameters, gradients, optimizer
+    state and activations at the highest point of a training step; not the step's input batch), ``step_s``
+    (seconds of that step: one example's forward, backward and optimizer step on this rank, collectives free; on
+    CPU with :class:`LivePeak`'s bookkeeping),
+    ``device`` (what ran it)."""
+
+    seconds: int
+    tokens: int
+    peak: float
+    step_s: float
+    device: str
+
+
+def training_step(model, layout, device: str | torch.device = "cpu"):
+    """A training step of ``model`` (a :class:`~seqmix.backbones.dit.SegmentedDiT`, parallelized or not) as the video
+    task takes it, on one random example of ``layout``: bf16 autocast, backward, AdamW over the trainable
+    parameters grouped by distributed layout (multi-tensor kernels). Returns ``(step, optimizer, input_bytes)``:
+    call ``step()`` once so the optimizer's state exists, then measure the next."""
+    from .plan import split_by_layout
+
+    dev = torch.device(device)
+    c = model.config
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW([{"params": g} for g in split_by_layout(params)], lr=1e-6, foreach=True)
+    latents = torch.randn(1, layout.num_frames, c.in_channels, layout.latent_height, layout.latent_width, device=dev)
+    text = torch.randn(1, layout.text_tokens, c.text_embed_dim, device=dev)
+    t = torch.tensor([500.0], device=dev)
+
+    def step():
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
+            out = model(latents, t, text, layout)
+        out.float().square().mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step, opt, latents.nbytes + text.nbytes + t.nbytes
+
+
+def measure_rank(*, gpus: int, strategy: str = "fsdp+tp", tp: int | None = None, seconds: int = 3,
+                 mixer: str = "ttt_mlp", mixer_config: dict | None = None, trainable: str | None = None,
+                 dit_overrides: dict | None = None, layout_overrides: dict | None = None,
+                 sequence_parallel: bool = False, fsdp_precision: str = "full", activation_checkpointing: bool = True,
+                 device: str | torch.device = "cpu", seed: int = 0) -> RankMeasurement:
+    """Peak memory and step time of rank 0 of a layout, run for real in this process (see the module doc).
+
+    The DiT (CogVideoX-5B with ``mixer`` as its global layer, with ``dit_overrides``) is built, its parameter
+    groups of ``trainable`` (default: the paper stage's, :data:`~seqmix.parallel.estimate.PAPER_STAGES`) set to
+    train, split by :func:`~seqmix.parallel.plan.parallelize` as training splits it (``strategy`` over ``gpus``
+    ranks, ``sequence_parallel``, ``fsdp_precision``, per-block activation checkpointing), and trained as the video
+    task trains it: bf16 autocast, AdamW over the trainable parameters grouped by layout (multi-tensor kernels),
+    one example of the paper layout of ``seconds`` (with ``layout_overrides``) per step. The first step creates the
+    optimizer state; the second is measured: on CUDA by the allocator's peak, elsewhere by :class:`LivePeak`.
+    ``ddp`` runs the model whole (DDP's gradient buckets are not counted).
+
+    Needs a process without a default process group. The model is built on the CPU first: size the depth to the
+    host's memory (a 2-block model at the paper's width measures what one block costs; the plan scales).
+    """
+    from seqmix.backbones.dit import DiTConfig, SegmentedDiT
+    from seqmix.backbones.layout import VideoLayout
+
+    from .estimate import PAPER_STAGES
+    from .plan import parallelize
+
+    layout = check_layout(strategy, gpus, tp)
+    dev = torch.device(device)
+    if seconds not in VideoLayout.PAPER_DURATIONS:
+        raise ValueError(f"no paper layout for {seconds} s; valid: {sorted(VideoLayout.PAPER_DURATIONS)}")
+    lay = VideoLayout.paper(seconds, **(layout_overrides or {}))
+    if trainable is None:
+        trainable = {s: tr for s, _, tr in PAPER_STAGES}[seconds]
+    torch.manual_seed(seed)
+    model = SegmentedDiT(DiTConfig(mixer=mixer, mixer_config=dict(mixer_config or {}),
+                                   gradient_checkpointing=activation_checkpointing, **(dit_overrides or {})))
+    model.set_trainable(trainable)
+    model.to(dev).train()
+    parallel = strategy != "ddp"
+    with fake_ranks(layout.data_parallel if parallel else 1, layout.tensor_parallel, dev.type) as mesh:
+        if mesh is not None:
+            parallelize(model, mesh, sequence_parallel=sequence_parallel, fsdp_precision=fsdp_precision,
+                        activation_checkpointing=activation_checkpointing)
+        step, opt, inputs = training_step(model, lay, dev)
+        step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+            start = time.perf_counter()
+            step()
+            torch.cuda.synchronize(dev)
+            elapsed = time.perf_counter() - start
+            peak = torch.cuda.max_memory_allocated(dev) - inputs
+        else:
+            held = [*model.parameters(), *(v for st in opt.state.values() for v in st.values()
+                                           if isinstance(v, torch.Tensor))]
+            tracker = LivePeak(held)
+            start = time.perf_counter()
+            with tracker.mode:
+                step()
+            elapsed = time.perf_counter() - start
+            peak = tracker.peak
+    logger.info("one rank of %s on %d GPUs (tp %s), %d s: peak %.3f GB, step %.2f s on %s", strategy, gpus,
+                layout.tensor_parallel, seconds, peak / 1e9, elapsed, dev)
+    return RankMeasurement(seconds, lay.total_tokens, float(peak), elapsed, str(dev))
