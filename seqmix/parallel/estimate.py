@@ -10,10 +10,12 @@ each mixer's ``cost``). Memory, per GPU, in the layout :func:`seqmix.parallel.pl
   plus FSDP2's gathered copies in the gather dtype (fp32, or bf16 with ``fsdp_precision="bf16"``): the root's
   parameters (gathered for its forward and kept through backward) and two blocks (one and the prefetched next);
   ddp keeps a full copy;
-* gradients: fp32 of the trainable parameters, split / sharded as the parameters, plus FSDP2's unsharded ones in
-  backward: the root's (reduced at the end of backward) and one block's, in the gather dtype, with the block's fp32
-  reduce-scatter input;
-* optimizer: AdamW's two fp32 moments of the trainable parameters, split / sharded as the parameters;
+* gradients: fp32 of the trainable parameters, split / sharded as the parameters, plus FSDP2's unsharded ones of
+  the block in backward, in the gather dtype, and their fp32 reduce-scatter input (the root's are reduced at the end
+  of backward, when the activations are gone);
+* optimizer: AdamW's two fp32 moments of the trainable parameters, split / sharded as the parameters; the total is
+  the larger of the training step's peak (all of the above plus activations) and the optimizer step's (the sharded
+  parameters, gradients and moments plus AdamW's multi-tensor temporaries, one fp32 copy of its largest group);
 * activations (per example): with activation checkpointing, every block's inputs plus what autograd saves in one
   block's forward, recomputed in backward; without checkpointing what every block saves. DiT: those bytes are
   MEASURED from the code, not counted by hand, for ONE tensor-parallel rank of the layout the code builds: a
@@ -388,11 +390,11 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
         params = 4 * per_gpu(n_all, n_split)
         grads = 4 * per_gpu(tr_all, tr_split)
         if fsdp:  # FSDP2's unsharded buffers, in the gather dtype: the root's parameters (gathered for its forward
-            # and kept through backward), a block's and the prefetched next one's; in backward the root's unsharded
-            # gradients (reduced at its end) and a block's, with their fp32 reduce-scatter input
+            # and kept through backward), a block's and the prefetched next one's; in backward a block's unsharded
+            # gradients with their fp32 reduce-scatter input (measured on one rank: seqmix.parallel.measure)
             params += gather_bytes * (on_rank(root) + 2 * on_rank(block))
             block_tr = on_rank(block, train_names)
-            grads += gather_bytes * (on_rank(root, train_names) + block_tr) + 4 * block_tr
+            grads += gather_bytes * block_tr + 4 * block_tr
         optim = 8 * per_gpu(tr_all, tr_split)
         nb = len(blocks)
         if model == "dit":  # measured from the code on one rank of this layout, scaled to this layout's tokens
@@ -407,7 +409,11 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
             work = T * D * 2 * (R + (S + 12 * (passes - split_passes)) / P) * 2
             kept, every_block = T * D * 2 / (P if sequence_parallel else 1), nb * work / 2  # a layer's bf16 input
         acts = (nb * kept + work) if activation_checkpointing else every_block
-        total = params + grads + optim + acts
+        # the optimizer step can be the peak where activations are small: the sharded state plus AdamW's multi-tensor
+        # temporaries (one fp32 tensor per parameter of a group; its groups are the layouts: split by TP or not)
+        at_step = 4 * per_gpu(n_all, n_split) + 4 * per_gpu(tr_all, tr_split) + optim + 4 * max(
+            tr_split / P, tr_all - tr_split) / shard
+        total = max(params + grads + optim + acts, at_step)
         # time: forward + backward (3x) + recompute (1x) per example; examples per rank = batch / dp
         per_example = flops * (4.0 if activation_checkpointing else 3.0) / P
         compute = per_example * (batch // dp) / (tflops * 1e12 * mfu)

@@ -38,6 +38,11 @@ class LivePeak:
     count from their allocation until their storage is freed, starting from ``held``, tensors that exist already
     (counted once, also when an op writes them in place). Inputs made before, and not in ``held``, are not counted.
 
+    A storage can also be resized in place, which no dispatch mode sees: FSDP2 frees a gathered block with
+    ``untyped_storage().resize_(0)`` and regrows the same storage for the next gather. So the running total is an
+    upper bound between re-reads: whenever it would set a new peak, every live storage's size is read again, and an
+    op that writes a known storage updates its size. The peak is exact at every allocation.
+
     Usage: ``tracker = LivePeak(held); with tracker.mode: step()``; then ``tracker.peak`` (bytes).
     """
 
@@ -50,27 +55,44 @@ class LivePeak:
                 tracker._add(out)
                 return out
 
-        self.mode, self._live, self.now = Mode(), {}, 0
+        self.mode = Mode()
+        self._live: dict[int, tuple[weakref.ref, int]] = {}  # id(storage) -> (storage, bytes last read)
+        self.now = 0
         for t in held:
-            st = _local(t).untyped_storage()
-            if id(st) not in self._live:
-                self._live[id(st)] = st.nbytes()
-                self.now += st.nbytes()
-        self.peak = self.now
+            self._see(_local(t).untyped_storage())
+        self.peak = self._reread()
+
+    def _see(self, st) -> None:
+        key = id(st)
+        if key in self._live:
+            ref, n = self._live[key]
+            if st.nbytes() != n:  # regrown (or shrunk) in place since it was last read
+                self._live[key] = (ref, st.nbytes())
+                self.now += st.nbytes() - n
+        elif st.nbytes():
+            self._live[key] = (weakref.ref(st), st.nbytes())
+            self.now += st.nbytes()
+            weakref.finalize(st, self._free, key)
 
     def _add(self, out) -> None:
         for t in tree_leaves(out):
-            if not isinstance(t, torch.Tensor):
-                continue
-            st = _local(t).untyped_storage()
-            if id(st) not in self._live and st.nbytes():
-                self._live[id(st)] = st.nbytes()
-                self.now += st.nbytes()
-                self.peak = max(self.peak, self.now)
-                weakref.finalize(st, self._free, id(st))
+            if isinstance(t, torch.Tensor):
+                self._see(_local(t).untyped_storage())
+        if self.now > self.peak:
+            self.peak = max(self.peak, self._reread())
+
+    def _reread(self) -> int:
+        """Every live storage's size read again (those resized in place included); returns the exact total."""
+        for key, (ref, _) in list(self._live.items()):
+            st = ref()
+            if st is not None:
+                self._live[key] = (ref, st.nbytes())
+        self.now = sum(n for _, n in self._live.values())
+        return self.now
 
     def _free(self, key) -> None:
-        self.now -= self._live.pop(key)
+        _, n = self._live.pop(key)
+        self.now -= n
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
