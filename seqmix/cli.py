@@ -284,8 +284,6 @@ def plan(model: str, duration: int | None = None, gpus: int = 8, gpu_memory: str
         tp = min(gpus, 8) if gpus >= 1 else gpus  # the paper's layout: tensor parallel inside one node
     sequence_parallel = (model == "dit") if sequence_parallel is None else sequence_parallel
     try:
-        if measure and model != "dit":
-            raise ValueError(f"--measure runs the DiT (model dit), not {model!r}")
         p = estimate(model, gpus=gpus, strategy=strategy, tp=tp, gpu_memory=gpu_memory, batch=batch,
                      durations=[duration] if duration else None, mixer=mixer, mixer_config=mixer_config, mfu=mfu,
                      fsdp_precision=fsdp_precision, sequence_parallel=sequence_parallel,
@@ -303,12 +301,16 @@ def plan(model: str, duration: int | None = None, gpus: int = 8, gpu_memory: str
         if problem:
             print(f"seqmix plan: error: {problem}", file=sys.stderr)
             raise SystemExit(2)
-        for row in p.rows:
-            row.measured = measure_rank(gpus=gpus, strategy=strategy, tp=tp, seconds=row.seconds, mixer=mixer,
-                                        mixer_config=mixer_config, trainable=row.trainable,
-                                        dit_overrides=dit_overrides, layout_overrides=layout_overrides,
-                                        sequence_parallel=sequence_parallel, fsdp_precision=fsdp_precision,
-                                        device=dev)
+        try:
+            for row in p.rows:
+                row.measured = measure_rank(
+                    model, gpus=gpus, strategy=strategy, tp=tp, seconds=row.seconds, mixer=mixer,
+                    mixer_config=mixer_config, trainable=row.trainable if model == "dit" else None,
+                    dit_overrides=dit_overrides, layout_overrides=layout_overrides,
+                    sequence_parallel=sequence_parallel, fsdp_precision=fsdp_precision, device=dev)
+        except ValueError as e:
+            print(f"seqmix plan: error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
     text = json_lib.dumps(p.to_json(), indent=1)
     if out:
         from pathlib import Path

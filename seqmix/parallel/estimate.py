@@ -290,6 +290,12 @@ def _dit_block_activations(mixer: str, mixer_config: tuple, overrides: tuple, la
     return b.scaled(1 / one.total_tokens)
 
 
+def worldmodel_stack(mixer: str) -> str:
+    """The world model's mixer stack the plan sizes for ``mixer`` (the plan's default, ``ttt_mlp``, is the DiT's:
+    for the world model it means the paper's model, ``blockwise_ssm``)."""
+    return "blockwise_ssm" if mixer == "ttt_mlp" else mixer
+
+
 @functools.lru_cache(maxsize=4)
 def _worldmodel(mixers: str):
     from seqmix.backbones.wm_config import WorldModelConfig
@@ -340,7 +346,7 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
     if model == "dit":
         m = _dit(mixer, tuple(sorted((mixer_config or {}).items())), tuple(sorted((dit_overrides or {}).items())))
     elif model == "worldmodel":
-        m = _worldmodel(mixer if mixer != "ttt_mlp" else "blockwise_ssm")
+        m = _worldmodel(worldmodel_stack(mixer))
     else:
         raise ValueError(f"unknown model {model!r}; valid: dit, worldmodel")
     check_model(m, P)

@@ -30,7 +30,7 @@ from .checks import check_layout
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LivePeak", "RankMeasurement", "fake_ranks", "measure_rank", "training_step"]
+__all__ = ["LivePeak", "RankMeasurement", "example_inputs", "fake_ranks", "measure_rank", "training_step"]
 
 
 class LivePeak:
@@ -137,74 +137,110 @@ class RankMeasurement:
     device: str
 
 
-def training_step(model, layout, device: str | torch.device = "cpu"):
-    """A training step of ``model`` (a :class:`~seqmix.backbones.dit.SegmentedDiT`, parallelized or not) as the video
-    task takes it, on one random example of ``layout``: bf16 autocast, backward, AdamW over the trainable
-    parameters grouped by distributed layout (multi-tensor kernels). Returns ``(step, optimizer, input_bytes)``:
-    call ``step()`` once so the optimizer's state exists, then measure the next."""
-    from .plan import split_by_layout
+def example_inputs(model, layout, device: str | torch.device = "cpu") -> tuple:
+    """Forward arguments of one random training example: a :class:`~seqmix.backbones.dit.SegmentedDiT` at
+    ``layout`` (a :class:`~seqmix.backbones.layout.VideoLayout`): ``(latents, timestep, text, layout)``; a
+    :class:`~seqmix.backbones.worldmodel.WorldModel` at ``layout`` frames: ``(latents, noise_levels, actions)``
+    (per-frame noise levels, actions as the model is conditioned)."""
+    from seqmix.backbones.dit import SegmentedDiT
 
     dev = torch.device(device)
     c = model.config
+    if isinstance(model, SegmentedDiT):
+        return (torch.randn(1, layout.num_frames, c.in_channels, layout.latent_height, layout.latent_width,
+                            device=dev),
+                torch.tensor([500.0], device=dev), torch.randn(1, layout.text_tokens, c.text_embed_dim, device=dev),
+                layout)
+    frames = int(layout)
+    H, W = (g * c.patch_size for g in c.grid)
+    actions = (torch.randint(0, c.num_actions, (1, frames), device=dev) if c.action_kind == "discrete" else
+               torch.randn(1, frames, c.action_dim, device=dev) if c.action_kind == "continuous" else None)
+    return (torch.randn(1, frames, c.channels, H, W, device=dev), torch.randint(0, 1000, (1, frames), device=dev),
+            actions)
+
+
+def training_step(model, inputs: tuple, device: str | torch.device = "cpu"):
+    """A training step of ``model`` (a backbone, parallelized or not) as the tasks take it, on ``inputs``
+    (:func:`example_inputs`): bf16 autocast, backward of a squared output, AdamW over the trainable parameters
+    grouped by distributed layout (multi-tensor kernels). Returns ``(step, optimizer)``: call ``step()`` once so
+    the optimizer's state exists, then measure the next."""
+    from .plan import split_by_layout
+
+    dev = torch.device(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": g} for g in split_by_layout(params)], lr=1e-6, foreach=True)
-    latents = torch.randn(1, layout.num_frames, c.in_channels, layout.latent_height, layout.latent_width, device=dev)
-    text = torch.randn(1, layout.text_tokens, c.text_embed_dim, device=dev)
-    t = torch.tensor([500.0], device=dev)
 
     def step():
         with torch.autocast(dev.type, dtype=torch.bfloat16):
-            out = model(latents, t, text, layout)
+            out = model(*inputs)
         out.float().square().mean().backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return step, opt, latents.nbytes + text.nbytes + t.nbytes
+    return step, opt
 
 
-def measure_rank(*, gpus: int, strategy: str = "fsdp+tp", tp: int | None = None, seconds: int = 3,
-                 mixer: str = "ttt_mlp", mixer_config: dict | None = None, trainable: str | None = None,
-                 dit_overrides: dict | None = None, layout_overrides: dict | None = None,
-                 sequence_parallel: bool = False, fsdp_precision: str = "full", activation_checkpointing: bool = True,
-                 device: str | torch.device = "cpu", seed: int = 0) -> RankMeasurement:
+def measure_rank(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: int | None = None,
+                 seconds: int = 3, mixer: str = "ttt_mlp", mixer_config: dict | None = None,
+                 trainable: str | None = None, dit_overrides: dict | None = None,
+                 layout_overrides: dict | None = None, sequence_parallel: bool = False, fsdp_precision: str = "full",
+                 activation_checkpointing: bool = True, latent_fps: int = 4, device: str | torch.device = "cpu",
+                 seed: int = 0) -> RankMeasurement:
     """Peak memory and step time of rank 0 of a layout, run for real in this process (see the module doc).
 
-    The DiT (CogVideoX-5B with ``mixer`` as its global layer, with ``dit_overrides``) is built, its parameter
-    groups of ``trainable`` (default: the paper stage's, :data:`~seqmix.parallel.estimate.PAPER_STAGES`) set to
-    train, split by :func:`~seqmix.parallel.plan.parallelize` as training splits it (``strategy`` over ``gpus``
-    ranks, ``sequence_parallel``, ``fsdp_precision``, per-block activation checkpointing), and trained as the video
-    task trains it: bf16 autocast, AdamW over the trainable parameters grouped by layout (multi-tensor kernels),
-    one example of the paper layout of ``seconds`` (with ``layout_overrides``) per step. The first step creates the
-    optimizer state; the second is measured: on CUDA by the allocator's peak, elsewhere by :class:`LivePeak`.
-    ``ddp`` runs the model whole (DDP's gradient buckets are not counted).
+    The model is built as :func:`~seqmix.parallel.estimate.estimate` sizes it: ``dit``, CogVideoX-5B with ``mixer``
+    as its global layer (and ``dit_overrides``), its parameter groups of ``trainable`` (default: the paper stage's,
+    :data:`~seqmix.parallel.estimate.PAPER_STAGES`) set to train, one example of the paper layout of ``seconds``
+    (with ``layout_overrides``); or ``worldmodel``, its ``paper`` preset with the ``mixer`` stack (``ttt_mlp``, the
+    plan's default, means the paper's model, ``blockwise_ssm``), ``seconds x latent_fps`` frames. It is split by
+    :func:`~seqmix.parallel.plan.parallelize` as training splits it (``strategy`` over ``gpus`` ranks,
+    ``sequence_parallel``, ``fsdp_precision``, per-block activation checkpointing) and trained as the tasks train
+    it (:func:`training_step`). The first step creates the optimizer state; the second is measured: on CUDA by the
+    allocator's peak, elsewhere by :class:`LivePeak`. ``ddp`` runs the model whole (DDP's gradient buckets are not
+    counted).
 
     Needs a process without a default process group. The model is built on the CPU first: size the depth to the
     host's memory (a 2-block model at the paper's width measures what one block costs; the plan scales).
     """
-    from seqmix.backbones.dit import DiTConfig, SegmentedDiT
     from seqmix.backbones.layout import VideoLayout
 
-    from .estimate import PAPER_STAGES
+    from .estimate import PAPER_STAGES, worldmodel_stack
     from .plan import parallelize
 
     layout = check_layout(strategy, gpus, tp)
     dev = torch.device(device)
-    if seconds not in VideoLayout.PAPER_DURATIONS:
-        raise ValueError(f"no paper layout for {seconds} s; valid: {sorted(VideoLayout.PAPER_DURATIONS)}")
-    lay = VideoLayout.paper(seconds, **(layout_overrides or {}))
-    if trainable is None:
-        trainable = {s: tr for s, _, tr in PAPER_STAGES}[seconds]
     torch.manual_seed(seed)
-    model = SegmentedDiT(DiTConfig(mixer=mixer, mixer_config=dict(mixer_config or {}),
-                                   gradient_checkpointing=activation_checkpointing, **(dit_overrides or {})))
-    model.set_trainable(trainable)
-    model.to(dev).train()
+    if model == "dit":
+        from seqmix.backbones.dit import DiTConfig, SegmentedDiT
+
+        if seconds not in VideoLayout.PAPER_DURATIONS:
+            raise ValueError(f"no paper layout for {seconds} s; valid: {sorted(VideoLayout.PAPER_DURATIONS)}")
+        lay = VideoLayout.paper(seconds, **(layout_overrides or {}))
+        net = SegmentedDiT(DiTConfig(mixer=mixer, mixer_config=dict(mixer_config or {}),
+                                     gradient_checkpointing=activation_checkpointing, **(dit_overrides or {})))
+        net.set_trainable(trainable or {s: tr for s, _, tr in PAPER_STAGES}[seconds])
+        tokens = lay.total_tokens
+    elif model == "worldmodel":
+        from seqmix.backbones.wm_config import WorldModelConfig
+        from seqmix.backbones.worldmodel import WorldModel
+
+        if dit_overrides or layout_overrides or mixer_config:
+            raise ValueError("the world model is measured at its paper preset: dit_overrides, layout_overrides and "
+                             "mixer_config are the DiT's")
+        net = WorldModel(WorldModelConfig.preset("paper", mixers=worldmodel_stack(mixer)))
+        net.gradient_checkpointing = activation_checkpointing
+        lay = seconds * latent_fps
+        tokens = lay * net.config.tokens_per_frame
+    else:
+        raise ValueError(f"unknown model {model!r}; valid: dit, worldmodel")
+    net.to(dev).train()
     parallel = strategy != "ddp"
     with fake_ranks(layout.data_parallel if parallel else 1, layout.tensor_parallel, dev.type) as mesh:
         if mesh is not None:
-            parallelize(model, mesh, sequence_parallel=sequence_parallel, fsdp_precision=fsdp_precision,
+            parallelize(net, mesh, sequence_parallel=sequence_parallel, fsdp_precision=fsdp_precision,
                         activation_checkpointing=activation_checkpointing)
-        step, opt, inputs = training_step(model, lay, dev)
+        inputs = example_inputs(net, lay, dev)
+        step, opt = training_step(net, inputs, dev)
         step()
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
@@ -213,9 +249,9 @@ def measure_rank(*, gpus: int, strategy: str = "fsdp+tp", tp: int | None = None,
             step()
             torch.cuda.synchronize(dev)
             elapsed = time.perf_counter() - start
-            peak = torch.cuda.max_memory_allocated(dev) - inputs
+            peak = torch.cuda.max_memory_allocated(dev) - sum(t.nbytes for t in inputs if isinstance(t, torch.Tensor))
         else:
-            held = [*model.parameters(), *(v for st in opt.state.values() for v in st.values()
+            held = [*net.parameters(), *(v for st in opt.state.values() for v in st.values()
                                            if isinstance(v, torch.Tensor))]
             tracker = LivePeak(held)
             start = time.perf_counter()
@@ -223,6 +259,6 @@ def measure_rank(*, gpus: int, strategy: str = "fsdp+tp", tp: int | None = None,
                 step()
             elapsed = time.perf_counter() - start
             peak = tracker.peak
-    logger.info("one rank of %s on %d GPUs (tp %s), %d s: peak %.3f GB, step %.2f s on %s", strategy, gpus,
-                layout.tensor_parallel, seconds, peak / 1e9, elapsed, dev)
-    return RankMeasurement(seconds, lay.total_tokens, float(peak), elapsed, str(dev))
+    logger.info("one rank of the %s, %s on %d GPUs (tp %s), %d s: peak %.3f GB, step %.2f s on %s", model, strategy,
+                gpus, layout.tensor_parallel, seconds, peak / 1e9, elapsed, dev)
+    return RankMeasurement(seconds, tokens, float(peak), elapsed, str(dev))
