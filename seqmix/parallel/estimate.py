@@ -49,14 +49,10 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from .checks import blocks_of, check_layout, check_model, meta_model, shardable
-from .measure import RankMeasurement, fake_ranks
+from .measure import PAPER_STAGES, RankMeasurement, fake_ranks, worldmodel_stack
 
 __all__ = ["PAPER_STAGES", "PLAN_SCHEMA", "Plan", "PlanRow", "estimate", "markdown", "parse_bytes"]
 
-#: The paper's stages: (seconds, steps, trainable parameter groups); 3 s trains everything, later stages the
-#: global layers and attention Q/K/V/O (recipes/t2v/paper/stages/*.yaml).
-PAPER_STAGES = ((3, 5000, "all"), (9, 5000, "attention+global"), (18, 1000, "attention+global"),
-                (30, 500, "attention+global"), (63, 250, "attention+global"))
 _GB = 1e9
 
 
@@ -288,12 +284,6 @@ def _dit_block_activations(mixer: str, mixer_config: tuple, overrides: tuple, la
 
         b = measure_block_activations(build, one, block=1 if sequence_parallel else 0)
     return b.scaled(1 / one.total_tokens)
-
-
-def worldmodel_stack(mixer: str) -> str:
-    """The world model's mixer stack the plan sizes for ``mixer`` (the plan's default, ``ttt_mlp``, is the DiT's:
-    for the world model it means the paper's model, ``blockwise_ssm``)."""
-    return "blockwise_ssm" if mixer == "ttt_mlp" else mixer
 
 
 @functools.lru_cache(maxsize=4)

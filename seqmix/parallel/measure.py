@@ -30,7 +30,19 @@ from .checks import check_layout
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LivePeak", "RankMeasurement", "example_inputs", "fake_ranks", "measure_rank", "training_step"]
+__all__ = ["PAPER_STAGES", "LivePeak", "RankMeasurement", "example_inputs", "fake_ranks", "measure_rank",
+           "training_step", "worldmodel_stack"]
+
+#: The paper's stages: (seconds, steps, trainable parameter groups); 3 s trains everything, later stages the
+#: global layers and attention Q/K/V/O (recipes/t2v/paper/stages/*.yaml).
+PAPER_STAGES = ((3, 5000, "all"), (9, 5000, "attention+global"), (18, 1000, "attention+global"),
+                (30, 500, "attention+global"), (63, 250, "attention+global"))
+
+
+def worldmodel_stack(mixer: str) -> str:
+    """The world model's mixer stack the plan sizes for ``mixer`` (the plan's default, ``ttt_mlp``, is the DiT's:
+    for the world model it means the paper's model, ``blockwise_ssm``)."""
+    return "blockwise_ssm" if mixer == "ttt_mlp" else mixer
 
 
 class LivePeak:
@@ -190,7 +202,7 @@ def measure_rank(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp
 
     The model is built as :func:`~seqmix.parallel.estimate.estimate` sizes it: ``dit``, CogVideoX-5B with ``mixer``
     as its global layer (and ``dit_overrides``), its parameter groups of ``trainable`` (default: the paper stage's,
-    :data:`~seqmix.parallel.estimate.PAPER_STAGES`) set to train, one example of the paper layout of ``seconds``
+    :data:`PAPER_STAGES`) set to train, one example of the paper layout of ``seconds``
     (with ``layout_overrides``); or ``worldmodel``, its ``paper`` preset with the ``mixer`` stack (``ttt_mlp``, the
     plan's default, means the paper's model, ``blockwise_ssm``), ``seconds x latent_fps`` frames. It is split by
     :func:`~seqmix.parallel.plan.parallelize` as training splits it (``strategy`` over ``gpus`` ranks,
@@ -204,7 +216,6 @@ def measure_rank(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp
     """
     from seqmix.backbones.layout import VideoLayout
 
-    from .estimate import PAPER_STAGES, worldmodel_stack
     from .plan import parallelize
 
     layout = check_layout(strategy, gpus, tp)
