@@ -330,7 +330,10 @@ def _measure_does_not_fit(p, device: str) -> str | None:
     host = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     need_host = 4 * p.num_params
     need_dev = max(r.total for r in p.rows)
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        return f"--device {device!r} is not a device; valid: auto, cpu, cuda, cuda:N"
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             return "--device cuda, but no CUDA GPU is visible"

@@ -658,7 +658,9 @@ def test_plan_measure_writes_the_measured_rank_beside_the_estimate(tmp_path, cap
     assert "builds the 1000.00B-parameter model in host memory" in _measure_does_not_fit(huge, "cpu")
     deep = SimpleNamespace(num_params=10**6, rows=[SimpleNamespace(total=1e15)])
     assert "one rank needs ~1000000.0 GB (the estimate) on cpu" in _measure_does_not_fit(deep, "cpu")
-    assert _measure_does_not_fit(SimpleNamespace(num_params=10**6, rows=[SimpleNamespace(total=1e6)]), "cpu") is None
+    small = SimpleNamespace(num_params=10**6, rows=[SimpleNamespace(total=1e6)])
+    assert _measure_does_not_fit(small, "cpu") is None
+    assert "--device 'gpu' is not a device; valid: auto, cpu, cuda, cuda:N" in _measure_does_not_fit(small, "gpu")
 
 
 @pytest.mark.gpu
