@@ -211,10 +211,7 @@ def _peak_job(mixer: str, estimated: float, one_process: float, low: float, high
     parallelize(model, make_mesh(1, dist.get_world_size()), sequence_parallel=True)
     step, opt = training_step(model, example_inputs(model, lay))
     step()
-    tracker = LivePeak([*model.parameters(), *(v for st in opt.state.values() for v in st.values())])
-    with tracker.mode:  # parameters and AdamW state are there before the step
-        step()
-    peak = tracker.peak
+    peak = LivePeak.of_step(step, model, opt)
     where = f"{mixer} at tp={dist.get_world_size()}, rank {dist.get_rank()}"
     assert low <= peak / estimated <= high, (f"{where}: measured peak {peak / 1e6:.1f} MB vs estimated "
                                              f"{estimated / 1e6:.1f} MB")
@@ -577,7 +574,6 @@ def test_plan_memory_estimate_matches_each_tensor_parallel_rank_on_cpu():
     rank keeps there: at the paper's width and TP 8 the 63 s stage read 49 GB of activations where one rank of the
     code as it was then kept 76 GB."""
     from seqmix.parallel.estimate import estimate
-
     from seqmix.parallel.measure import measure_rank
 
     jobs = []
@@ -673,10 +669,11 @@ def test_one_rank_of_the_paper_layout_matches_the_plan_on_gpu(record_property):
     allocator's peak against the plan's estimate for the same model. The numbers go to the kit's test summary
     (properties). It runs first in the kit's tests stage (marker ``first``). CPU twin: the fake-process-group tests
     above."""
-    seconds = 63
     from seqmix.cli import _paper_mixer_config
     from seqmix.parallel.estimate import estimate
     from seqmix.parallel.measure import measure_rank
+
+    seconds = 63
 
     kw = dict(gpus=256, strategy="fsdp+tp", tp=8, mixer_config=_paper_mixer_config("ttt_mlp"),
               dit_overrides={"num_layers": 2}, sequence_parallel=True)

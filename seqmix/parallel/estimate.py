@@ -385,13 +385,16 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
         tr_split = sum(p.numel() for n, p in m.named_parameters() if n in train_names and id(p) in split)
         params = 4 * per_gpu(n_all, n_split)
         grads = 4 * per_gpu(tr_all, tr_split)
+        optim = 8 * per_gpu(tr_all, tr_split)
+        # the optimizer step can be the peak where activations are small: the sharded state plus AdamW's multi-tensor
+        # temporaries (one fp32 tensor per parameter of a group; its groups are the layouts: split by TP or not)
+        at_step = params + grads + optim + 4 * max(tr_split / P, tr_all - tr_split) / shard
         if fsdp:  # FSDP2's unsharded buffers, in the gather dtype: the root's parameters (gathered for its forward
             # and kept through backward), a block's and the prefetched next one's; in backward a block's unsharded
             # gradients with their fp32 reduce-scatter input (measured on one rank: seqmix.parallel.measure)
             params += gather_bytes * (on_rank(root) + 2 * on_rank(block))
             block_tr = on_rank(block, train_names)
             grads += gather_bytes * block_tr + 4 * block_tr
-        optim = 8 * per_gpu(tr_all, tr_split)
         nb = len(blocks)
         if model == "dit":  # measured from the code on one rank of this layout, scaled to this layout's tokens
             b = _dit_block_activations(mixer, tuple(sorted((mixer_config or {}).items())),
@@ -405,10 +408,6 @@ def estimate(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp: in
             work = T * D * 2 * (R + (S + 12 * (passes - split_passes)) / P) * 2
             kept, every_block = T * D * 2 / (P if sequence_parallel else 1), nb * work / 2  # a layer's bf16 input
         acts = (nb * kept + work) if activation_checkpointing else every_block
-        # the optimizer step can be the peak where activations are small: the sharded state plus AdamW's multi-tensor
-        # temporaries (one fp32 tensor per parameter of a group; its groups are the layouts: split by TP or not)
-        at_step = 4 * per_gpu(n_all, n_split) + 4 * per_gpu(tr_all, tr_split) + optim + 4 * max(
-            tr_split / P, tr_all - tr_split) / shard
         total = max(params + grads + optim + acts, at_step)
         # time: forward + backward (3x) + recompute (1x) per example; examples per rank = batch / dp
         per_example = flops * (4.0 if activation_checkpointing else 3.0) / P

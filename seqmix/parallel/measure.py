@@ -55,7 +55,8 @@ class LivePeak:
     upper bound between re-reads: whenever it would set a new peak, every live storage's size is read again, and an
     op that writes a known storage updates its size. The peak is exact at every allocation.
 
-    Usage: ``tracker = LivePeak(held); with tracker.mode: step()``; then ``tracker.peak`` (bytes).
+    Usage: ``tracker = LivePeak(held); with tracker.mode: step()``; then ``tracker.peak`` (bytes);
+    :meth:`of_step` for a training step.
     """
 
     def __init__(self, held: list[torch.Tensor]):
@@ -73,6 +74,16 @@ class LivePeak:
         for t in held:
             self._see(_local(t).untyped_storage())
         self.peak = self._reread()
+
+    @classmethod
+    def of_step(cls, step, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+        """The peak bytes of one call of ``step()``, counting ``model``'s parameters and ``optimizer``'s state
+        (there before the step: call ``step()`` once first so the state exists)."""
+        tracker = cls([*model.parameters(), *(v for st in optimizer.state.values() for v in st.values()
+                                              if isinstance(v, torch.Tensor))])
+        with tracker.mode:
+            step()
+        return tracker.peak
 
     def _see(self, st) -> None:
         key = id(st)
@@ -262,14 +273,9 @@ def measure_rank(model: str = "dit", *, gpus: int, strategy: str = "fsdp+tp", tp
             elapsed = time.perf_counter() - start
             peak = torch.cuda.max_memory_allocated(dev) - sum(t.nbytes for t in inputs if isinstance(t, torch.Tensor))
         else:
-            held = [*net.parameters(), *(v for st in opt.state.values() for v in st.values()
-                                           if isinstance(v, torch.Tensor))]
-            tracker = LivePeak(held)
             start = time.perf_counter()
-            with tracker.mode:
-                step()
+            peak = LivePeak.of_step(step, net, opt)
             elapsed = time.perf_counter() - start
-            peak = tracker.peak
     logger.info("one rank of the %s, %s on %d GPUs (tp %s), %d s: peak %.3f GB, step %.2f s on %s", model, strategy,
                 gpus, layout.tensor_parallel, seconds, peak / 1e9, elapsed, dev)
     return RankMeasurement(seconds, tokens, float(peak), elapsed, str(dev))
